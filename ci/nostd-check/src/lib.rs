@@ -1,0 +1,36 @@
+#![no_std]
+
+extern crate alloc;
+
+use core::alloc::{GlobalAlloc, Layout};
+
+struct NoAlloc;
+
+// The check only has to link, never run: this allocator hands out no memory.
+unsafe impl GlobalAlloc for NoAlloc {
+    unsafe fn alloc(&self, _layout: Layout) -> *mut u8 {
+        core::ptr::null_mut()
+    }
+    unsafe fn dealloc(&self, _ptr: *mut u8, _layout: Layout) {}
+}
+
+#[global_allocator]
+static ALLOC: NoAlloc = NoAlloc;
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+    loop {}
+}
+
+/// Uses the crates so they are really linked in.
+#[unsafe(no_mangle)]
+pub extern "C" fn pmesh_nostd_check(bytes: *const u8, len: usize) -> u32 {
+    let data = unsafe { core::slice::from_raw_parts(bytes, len) };
+    let mut node = pmesh_node::Node::without_plugins(pmesh_node::Config::new(1));
+    node.handle_connect(pmesh_node::ConnId(1), pmesh_node::Instant::ZERO, pmesh_node::Direction::Ap);
+    node.handle_bytes(pmesh_node::ConnId(1), pmesh_node::Instant::ZERO, data);
+    match pmesh_proto::Envelope::parse(data, 255) {
+        Ok(env) => env.dest,
+        Err(_) => 0,
+    }
+}

@@ -1,0 +1,870 @@
+//! The sans-IO node: connections, routing, node sync, time sync and plugin dispatch.
+//!
+//! Every input is a method call carrying the time (`handle_*`); every output is drained by the
+//! host (`poll_*`). Nothing here reads a clock, touches a socket or spawns a thread, and all
+//! iteration orders are deterministic, so a seed replays a run exactly.
+
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::vec::Vec;
+use core::cell::RefCell;
+use core::fmt;
+
+use bytes::Bytes;
+use pmesh_proto::message::{time_type, types, write_sync_trailer};
+use pmesh_proto::tree::write_tree_fields;
+use pmesh_proto::{
+    Envelope, FrameDecoder, FrameError, Message, NodeSync, NodeTree, Routing, TimeMessage,
+    UserMessage, encode_frame,
+};
+
+use crate::config::Config;
+use crate::event::{ConnId, Direction, DropReason, Event, Transmit};
+use crate::ntp;
+use crate::plugin::{ConnectionChange, Context, Handled, Incoming, Neighbour, Plugin};
+use crate::stats::NodeStats;
+use crate::time::{Instant, earliest};
+
+/// Why a send was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// No connection leads to the destination.
+    NoRoute,
+    /// The connection does not exist (any more).
+    UnknownConnection,
+    /// NEIGHBOUR routing needs a connection: use a per-connection send.
+    NeedsConnection,
+    /// The frame exceeds the configured frame cap, so peers would drop it.
+    TooLarge,
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SendError::NoRoute => "no route to the destination",
+            SendError::UnknownConnection => "unknown connection",
+            SendError::NeedsConnection => "neighbour routing needs a connection",
+            SendError::TooLarge => "frame larger than the frame cap",
+        })
+    }
+}
+
+/// A TIME_REPLY waiting out the hold before it is sent (see [`Config::time_reply_hold`]).
+#[derive(Debug)]
+struct HeldReply {
+    due: Instant,
+    conn: ConnId,
+    request: TimeMessage,
+    received_at: u32,
+}
+
+/// Per-connection state.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) id: ConnId,
+    pub(crate) direction: Direction,
+    /// The neighbour's id; 0 until its first NODE_SYNC.
+    pub(crate) node_id: u32,
+    /// The tree the neighbour last reported (`{nodeId:0}` until synced).
+    pub(crate) tree: NodeTree,
+    /// `tree` serialized once, reused in every NODE_SYNC we send to the others.
+    tree_json: Vec<u8>,
+    tree_size: usize,
+    /// The last NODE_SYNC request and reply frames, to skip re-parsing identical ones.
+    last_sync_frames: [Option<Bytes>; 2],
+    framer: FrameDecoder,
+    node_sync_at: Option<Instant>,
+    sync_timeout_at: Option<Instant>,
+    time_sync_at: Option<Instant>,
+    /// A time sync with this neighbour has completed at least once.
+    time_synced: bool,
+}
+
+impl Conn {
+    fn synced(&self) -> bool {
+        self.node_id != 0
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        earliest(earliest(self.node_sync_at, self.sync_timeout_at), self.time_sync_at)
+    }
+
+    fn set_tree(&mut self, tree: NodeTree) {
+        self.tree_json = tree.to_json();
+        self.tree_size = tree.size();
+        self.tree = tree;
+    }
+}
+
+/// SplitMix64: a tiny deterministic generator, so the node needs no RNG crate on `no_std`.
+#[derive(Debug)]
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// Everything but the plugin, so a plugin can borrow it mutably through a [`Context`].
+#[derive(Debug)]
+pub(crate) struct Core<E> {
+    pub(crate) cfg: Config,
+    conns: Vec<Conn>,
+    time_offset: u32,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event<E>>,
+    held_replies: Vec<HeldReply>,
+    /// node id -> connection leading there; rebuilt lazily after topology changes.
+    routes: RefCell<Option<BTreeMap<u32, ConnId>>>,
+    /// Plugin callbacks owed after the current input is processed.
+    pending_changes: Vec<ConnectionChange>,
+    pub(crate) rng: Rng,
+    stats: NodeStats,
+}
+
+/// A painlessMesh node. See the crate docs for the calling convention.
+#[derive(Debug)]
+pub struct Node<P: Plugin = ()> {
+    core: Core<P::Event>,
+    plugin: P,
+}
+
+impl Node<()> {
+    /// A node without plugins.
+    pub fn without_plugins(cfg: Config) -> Self {
+        Node::new(cfg, ())
+    }
+}
+
+impl<P: Plugin> Node<P> {
+    /// A node with `plugin` on top.
+    pub fn new(cfg: Config, plugin: P) -> Self {
+        let seed = cfg.seed;
+        Node {
+            core: Core {
+                cfg,
+                conns: Vec::new(),
+                time_offset: 0,
+                transmits: VecDeque::new(),
+                events: VecDeque::new(),
+                held_replies: Vec::new(),
+                routes: RefCell::new(None),
+                pending_changes: Vec::new(),
+                rng: Rng(seed),
+                stats: NodeStats::default(),
+            },
+            plugin,
+        }
+    }
+
+    // --- inputs -------------------------------------------------------------------------
+
+    /// A TCP connection was established. `Station`: we dialled (NODE_SYNC goes out at once);
+    /// `Ap`: the peer dialled us (our first NODE_SYNC after [`Config::ap_first_sync_delay`]).
+    pub fn handle_connect(&mut self, conn: ConnId, now: Instant, direction: Direction) {
+        if self.core.conn(conn).is_some() {
+            return;
+        }
+        let first_sync = match direction {
+            Direction::Station => now,
+            Direction::Ap => now + self.core.cfg.ap_first_sync_delay,
+        };
+        self.core.conns.push(Conn {
+            id: conn,
+            direction,
+            node_id: 0,
+            tree: NodeTree::leaf(0),
+            tree_json: Vec::new(),
+            tree_size: 1,
+            last_sync_frames: [None, None],
+            framer: FrameDecoder::new(self.core.cfg.max_frame),
+            node_sync_at: Some(first_sync),
+            sync_timeout_at: None,
+            time_sync_at: None,
+            time_synced: false,
+        });
+        self.core.invalidate_routes();
+        self.after_input(now);
+    }
+
+    /// Bytes arrived on a connection at `now` (the socket arrival time).
+    pub fn handle_bytes(&mut self, conn: ConnId, now: Instant, data: &[u8]) {
+        let Some(idx) = self.core.index(conn) else { return };
+        self.core.stats.bytes_in += data.len() as u64;
+        let mut frames = Vec::new();
+        self.core.conns[idx].framer.push(data, |f| frames.push(f));
+        for frame in frames {
+            match frame {
+                Ok(raw) => self.handle_frame(conn, now, raw),
+                Err(FrameError::Oversized { .. }) => self.core.stats.dropped_oversized += 1,
+            }
+            if self.core.conn(conn).is_none() {
+                break; // closed by a frame
+            }
+        }
+        self.after_input(now);
+    }
+
+    /// The connection closed (by the peer or the network).
+    pub fn handle_disconnect(&mut self, conn: ConnId, now: Instant) {
+        self.core.remove_conn(conn, DropReason::Disconnected, false);
+        self.after_input(now);
+    }
+
+    /// Closes a connection on the application's request.
+    pub fn close(&mut self, conn: ConnId, now: Instant) {
+        self.core.remove_conn(conn, DropReason::Closed, true);
+        self.after_input(now);
+    }
+
+    /// Timers: call when [`Node::poll_timeout`]'s deadline has passed (calling early is harmless).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.after_input(now);
+    }
+
+    // --- outputs ------------------------------------------------------------------------
+
+    /// Next thing to write or close.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.core.transmits.pop_front()
+    }
+
+    /// Next event for the application.
+    pub fn poll_event(&mut self) -> Option<Event<P::Event>> {
+        self.core.events.pop_front()
+    }
+
+    /// When [`Node::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = self.plugin.poll_timeout();
+        for c in &self.core.conns {
+            t = earliest(t, c.next_deadline());
+        }
+        for h in &self.core.held_replies {
+            t = earliest(t, Some(h.due));
+        }
+        t
+    }
+
+    // --- application API ----------------------------------------------------------------
+
+    /// `sendSingle`: a SINGLE message to `dest` along the tree.
+    pub fn send_single(&mut self, now: Instant, dest: u32, msg: impl Into<Vec<u8>>) -> Result<(), SendError> {
+        let frame = UserMessage { ty: types::SINGLE, dest, from: self.id(), msg: msg.into() };
+        let r = self.core.send_frame(Routing::Single, dest, frame.to_json());
+        self.after_input(now);
+        r
+    }
+
+    /// `sendBroadcast`: a BROADCAST to every node. With `include_self` the application also
+    /// receives it as a [`Event::Received`].
+    pub fn send_broadcast(&mut self, now: Instant, msg: impl Into<Vec<u8>>, include_self: bool) -> Result<(), SendError> {
+        let frame = UserMessage { ty: types::BROADCAST, dest: 0, from: self.id(), msg: msg.into() };
+        let r = self.core.send_frame(Routing::Broadcast, 0, frame.to_json());
+        if include_self && r.is_ok() {
+            self.core.push_event(Event::Received { from: frame.from, msg: frame.msg, broadcast: true });
+        }
+        self.after_input(now);
+        r
+    }
+
+    /// Sends a package this node builds (a native plugin package with its own `routing`).
+    pub fn send_frame(&mut self, now: Instant, routing: Routing, dest: u32, json: Vec<u8>) -> Result<(), SendError> {
+        let r = self.core.send_frame(routing, dest, json);
+        self.after_input(now);
+        r
+    }
+
+    /// `startDelayMeas`: measures the one-way delay to `dest`; the result comes as [`Event::Delay`].
+    pub fn start_delay_meas(&mut self, now: Instant, dest: u32) -> Result<(), SendError> {
+        let msg = TimeMessage {
+            ty: types::TIME_DELAY,
+            dest,
+            from: self.id(),
+            time_type: time_type::REQUEST,
+            t0: self.core.mesh_time(now),
+            t1: 0,
+            t2: 0,
+        };
+        let r = self.core.send_frame(Routing::Single, dest, msg.to_json());
+        self.after_input(now);
+        r
+    }
+
+    /// Runs `f` with the plugin and a context, so the application can drive the plugin
+    /// (offer firmware, say) and have its sends go out.
+    pub fn with_plugin<R>(&mut self, now: Instant, f: impl FnOnce(&mut P, &mut Context<'_, P::Event>) -> R) -> R {
+        let r = f(&mut self.plugin, &mut Context { core: &mut self.core, now });
+        self.after_input(now);
+        r
+    }
+
+    /// The plugin, read-only.
+    pub fn plugin(&self) -> &P {
+        &self.plugin
+    }
+
+    /// Sets `root` and re-syncs the topology.
+    pub fn set_root(&mut self, now: Instant, root: bool) {
+        self.core.cfg.root = root;
+        self.core.force_node_sync(now, None);
+        self.after_input(now);
+    }
+
+    /// Sets time authority and re-syncs the topology.
+    pub fn set_time_authority(&mut self, now: Instant, authority: bool) {
+        self.core.cfg.time_authority = authority;
+        self.core.force_node_sync(now, None);
+        self.after_input(now);
+    }
+
+    // --- queries ------------------------------------------------------------------------
+
+    /// This node's id.
+    pub fn id(&self) -> u32 {
+        self.core.cfg.node_id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.core.cfg
+    }
+
+    /// Mesh time at `now`: the local clock as u32 plus the offset (`getNodeTime`).
+    pub fn mesh_time(&self, now: Instant) -> u32 {
+        self.core.mesh_time(now)
+    }
+
+    /// The current time offset (u32, wrapping).
+    pub fn time_offset(&self) -> u32 {
+        self.core.time_offset
+    }
+
+    /// `getNodeList(include_self)`: every reachable node, pre-order.
+    pub fn node_list(&self, include_self: bool) -> Vec<u32> {
+        self.core.node_list(include_self)
+    }
+
+    /// `asNodeTree`: this node and every synced neighbour's tree, in connection order.
+    pub fn tree(&self) -> NodeTree {
+        self.core.tree()
+    }
+
+    /// `subConnectionJson(pretty)`.
+    pub fn sub_connection_json(&self, pretty: bool) -> Vec<u8> {
+        let tree = self.tree();
+        if pretty { tree.to_json_pretty() } else { tree.to_json() }
+    }
+
+    /// `isConnected(id)`: a route to `id` exists.
+    pub fn is_connected(&self, id: u32) -> bool {
+        self.core.route(id).is_some()
+    }
+
+    /// The connection a SINGLE to `id` leaves by (`findRoute`).
+    pub fn route(&self, id: u32) -> Option<ConnId> {
+        self.core.route(id)
+    }
+
+    /// Connections, synced or not, in connection order.
+    pub fn neighbours(&self) -> impl Iterator<Item = Neighbour> + '_ {
+        self.core.conns.iter().map(|c| Neighbour { conn: c.id, node_id: c.node_id, direction: c.direction })
+    }
+
+    /// The tree a connection's neighbour last reported.
+    pub fn neighbour_tree(&self, conn: ConnId) -> Option<&NodeTree> {
+        self.core.conn(conn).map(|c| &c.tree)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> NodeStats {
+        self.core.stats
+    }
+
+    /// Bytes of partial frames held across all connections (bounded by the frame cap each).
+    pub fn buffered_bytes(&self) -> usize {
+        self.core.conns.iter().map(|c| c.framer.buffered()).sum()
+    }
+
+    // --- internals ----------------------------------------------------------------------
+
+    fn handle_frame(&mut self, conn: ConnId, now: Instant, raw: Bytes) {
+        let json = &raw[..raw.len() - 1];
+        // Identical NODE_SYNC frames (the steady state) skip parsing.
+        if let Some(idx) = self.core.index(conn) {
+            let c = &self.core.conns[idx];
+            for (slot, ty) in [(0, types::NODE_SYNC_REQUEST), (1, types::NODE_SYNC_REPLY)] {
+                if c.last_sync_frames[slot].as_ref() == Some(&raw) {
+                    self.core.stats.frames_in += 1;
+                    self.core.node_sync_unchanged(idx, now, ty);
+                    return;
+                }
+            }
+        }
+        let env = match Envelope::parse(json, self.core.cfg.max_depth) {
+            Ok(env) => env,
+            Err(_) => {
+                self.core.stats.dropped_invalid += 1;
+                return;
+            }
+        };
+        self.core.stats.frames_in += 1;
+        let me = self.id();
+        match env.routing {
+            Routing::Single if env.dest != me => {
+                match self.core.route(env.dest) {
+                    Some(out) => {
+                        self.core.stats.forwarded += 1;
+                        self.core.queue(out, raw);
+                    }
+                    None => self.core.stats.dropped_no_route += 1,
+                }
+                return;
+            }
+            Routing::Broadcast => {
+                let targets: Vec<ConnId> = self
+                    .core
+                    .conns
+                    .iter()
+                    .filter(|c| c.id != conn && c.synced())
+                    .map(|c| c.id)
+                    .collect();
+                for t in targets {
+                    self.core.stats.forwarded += 1;
+                    self.core.queue(t, raw.clone());
+                }
+            }
+            _ => {}
+        }
+        self.process_locally(conn, now, env, raw);
+    }
+
+    fn process_locally(&mut self, conn: ConnId, now: Instant, env: Envelope, raw: Bytes) {
+        match env.ty {
+            types::TIME_DELAY | types::TIME_SYNC | types::NODE_SYNC_REQUEST | types::NODE_SYNC_REPLY => {
+                match env.decode() {
+                    Message::NodeSyncRequest(sync) | Message::NodeSyncReply(sync) => {
+                        self.core.handle_node_sync(conn, now, sync, raw);
+                    }
+                    Message::TimeSync(t) => self.core.handle_time_sync(conn, now, t),
+                    Message::TimeDelay(t) => self.core.handle_time_delay(conn, now, t),
+                    _ => {}
+                }
+            }
+            types::CONTROL => self.core.stats.dropped_unhandled += 1,
+            ty => {
+                let neighbour = self.core.conn(conn).map_or(0, |c| c.node_id);
+                let incoming = Incoming { conn, neighbour, envelope: &env, raw: &raw };
+                let handled = self.plugin.on_frame(&mut Context { core: &mut self.core, now }, &incoming);
+                if ty == types::SINGLE || ty == types::BROADCAST {
+                    if let Message::Single(m) | Message::Broadcast(m) = env.decode() {
+                        self.core.push_event(Event::Received { from: m.from, msg: m.msg, broadcast: ty == types::BROADCAST });
+                    }
+                } else if handled == Handled::No {
+                    self.core.push_event(Event::Package { envelope: env, raw });
+                }
+            }
+        }
+    }
+
+    /// Runs due timers and owed plugin callbacks; called at the end of every input.
+    fn after_input(&mut self, now: Instant) {
+        // Bounded: each pass either fires a timer (which re-arms in the future) or stops.
+        for _ in 0..64 {
+            self.core.run_timers(now);
+            let changes = core::mem::take(&mut self.core.pending_changes);
+            for change in changes {
+                self.plugin.on_connection(&mut Context { core: &mut self.core, now }, change);
+            }
+            if self.plugin.poll_timeout().is_some_and(|t| t <= now) {
+                self.plugin.on_timeout(&mut Context { core: &mut self.core, now });
+            }
+            let timers_due = self.core.conns.iter().any(|c| c.next_deadline().is_some_and(|t| t <= now))
+                || self.core.held_replies.iter().any(|h| h.due <= now);
+            if !timers_due && self.core.pending_changes.is_empty() {
+                break;
+            }
+        }
+    }
+}
+
+impl<E> Core<E> {
+    pub(crate) fn mesh_time(&self, now: Instant) -> u32 {
+        now.micros_u32().wrapping_add(self.time_offset)
+    }
+
+    fn index(&self, conn: ConnId) -> Option<usize> {
+        self.conns.iter().position(|c| c.id == conn)
+    }
+
+    pub(crate) fn conn(&self, conn: ConnId) -> Option<&Conn> {
+        self.conns.iter().find(|c| c.id == conn)
+    }
+
+    pub(crate) fn push_event(&mut self, event: Event<E>) {
+        if self.events.len() >= self.cfg.max_queued_events {
+            self.events.pop_front();
+            self.stats.dropped_events += 1;
+        }
+        self.events.push_back(event);
+    }
+
+    fn invalidate_routes(&mut self) {
+        *self.routes.get_mut() = None;
+    }
+
+    /// `findRoute`: the first connection (in connection order) whose tree contains `id`.
+    pub(crate) fn route(&self, id: u32) -> Option<ConnId> {
+        let mut cache = self.routes.borrow_mut();
+        let map = cache.get_or_insert_with(|| {
+            let mut map = BTreeMap::new();
+            for c in &self.conns {
+                let mut stack = alloc::vec![&c.tree];
+                while let Some(t) = stack.pop() {
+                    map.entry(t.node_id).or_insert(c.id);
+                    stack.extend(t.subs.iter());
+                }
+            }
+            map
+        });
+        map.get(&id).copied()
+    }
+
+    pub(crate) fn tree(&self) -> NodeTree {
+        NodeTree {
+            node_id: self.cfg.node_id,
+            root: self.cfg.root,
+            has_time_authority: self.cfg.time_authority,
+            subs: self.conns.iter().filter(|c| c.synced()).map(|c| c.tree.clone()).collect(),
+        }
+    }
+
+    pub(crate) fn node_list(&self, include_self: bool) -> Vec<u32> {
+        let mut out = Vec::new();
+        if include_self {
+            out.push(self.cfg.node_id);
+        }
+        for c in self.conns.iter().filter(|c| c.synced()) {
+            out.extend(c.tree.node_list(true));
+        }
+        out
+    }
+
+    pub(crate) fn neighbours(&self) -> impl Iterator<Item = Neighbour> + '_ {
+        self.conns
+            .iter()
+            .filter(|c| c.synced())
+            .map(|c| Neighbour { conn: c.id, node_id: c.node_id, direction: c.direction })
+    }
+
+    fn queue(&mut self, conn: ConnId, data: Bytes) {
+        self.stats.frames_out += 1;
+        self.stats.bytes_out += data.len() as u64;
+        self.transmits.push_back(Transmit::Send { conn, data });
+    }
+
+    pub(crate) fn send_to_conn(&mut self, conn: ConnId, json: Vec<u8>) -> Result<(), SendError> {
+        self.send_raw_to_conn(conn, encode_frame(json))
+    }
+
+    pub(crate) fn send_raw_to_conn(&mut self, conn: ConnId, frame: Bytes) -> Result<(), SendError> {
+        if self.conn(conn).is_none() {
+            return Err(SendError::UnknownConnection);
+        }
+        if frame.len() > self.cfg.max_frame + 1 {
+            return Err(SendError::TooLarge);
+        }
+        self.queue(conn, frame);
+        Ok(())
+    }
+
+    pub(crate) fn send_frame(&mut self, routing: Routing, dest: u32, json: Vec<u8>) -> Result<(), SendError> {
+        if json.len() > self.cfg.max_frame {
+            return Err(SendError::TooLarge);
+        }
+        match routing {
+            Routing::Single => {
+                let conn = self.route(dest).ok_or(SendError::NoRoute)?;
+                self.queue(conn, encode_frame(json));
+            }
+            Routing::Broadcast => {
+                let frame = encode_frame(json);
+                let targets: Vec<ConnId> = self.conns.iter().filter(|c| c.synced()).map(|c| c.id).collect();
+                for t in targets {
+                    self.queue(t, frame.clone());
+                }
+            }
+            Routing::Neighbour | Routing::None => return Err(SendError::NeedsConnection),
+        }
+        Ok(())
+    }
+
+    /// Forgets a connection; `notify_host` queues a Close for it.
+    fn remove_conn(&mut self, conn: ConnId, reason: DropReason, notify_host: bool) {
+        let Some(idx) = self.index(conn) else { return };
+        let c = self.conns.remove(idx);
+        self.held_replies.retain(|h| h.conn != conn);
+        self.invalidate_routes();
+        if notify_host {
+            self.stats.closed_by_node += u64::from(reason != DropReason::Closed);
+            self.transmits.push_back(Transmit::Close { conn, reason });
+        }
+        self.push_event(Event::DroppedConnection { node_id: c.node_id, conn, reason });
+        if c.synced() {
+            self.pending_changes.push(ConnectionChange::Dropped { conn, node_id: c.node_id });
+            self.topology_changed(None);
+        }
+    }
+
+    /// Something in the topology changed: re-sync every other connection now (`syncLayout`).
+    fn topology_changed(&mut self, source: Option<ConnId>) {
+        self.stats.topology_changes += 1;
+        self.invalidate_routes();
+        self.push_event(Event::ChangedConnections);
+        self.pending_changes.push(ConnectionChange::Topology);
+        self.force_node_sync_all_but(source);
+    }
+
+    fn force_node_sync_all_but(&mut self, source: Option<ConnId>) {
+        // "Now" is expressed as the earliest possible deadline; run_timers fires it at once.
+        for c in self.conns.iter_mut().filter(|c| Some(c.id) != source) {
+            c.node_sync_at = Some(Instant::ZERO);
+        }
+    }
+
+    fn force_node_sync(&mut self, _now: Instant, source: Option<ConnId>) {
+        self.force_node_sync_all_but(source);
+    }
+
+    /// Our NODE_SYNC frame for one connection: our tree without that neighbour's branch.
+    fn node_sync_frame(&self, idx: usize, ty: i32) -> Bytes {
+        let target = &self.conns[idx];
+        let excluded = target.node_id;
+        let mut out = Vec::with_capacity(64 + self.conns.iter().map(|c| c.tree_json.len() + 1).sum::<usize>());
+        out.push(b'{');
+        write_tree_fields(&mut out, self.cfg.node_id, self.cfg.root, self.cfg.time_authority, |out| {
+            let mut first = true;
+            for c in self.conns.iter().filter(|c| c.synced() && c.node_id != excluded) {
+                if !first {
+                    out.push(b',');
+                }
+                out.extend_from_slice(&c.tree_json);
+                first = false;
+            }
+            !first
+        });
+        write_sync_trailer(&mut out, ty, excluded, self.cfg.node_id);
+        encode_frame(out)
+    }
+
+    fn run_timers(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.conns.len() {
+            let c = &self.conns[i];
+            let id = c.id;
+            if c.sync_timeout_at.is_some_and(|t| t <= now) {
+                self.remove_conn(id, DropReason::SyncTimeout, true);
+                continue; // index i now holds the next connection
+            }
+            if c.node_sync_at.is_some_and(|t| t <= now) {
+                let frame = self.node_sync_frame(i, types::NODE_SYNC_REQUEST);
+                self.queue(id, frame);
+                let c = &mut self.conns[i];
+                c.node_sync_at = Some(now + self.cfg.node_sync_interval);
+                c.sync_timeout_at = Some(now + self.cfg.node_timeout);
+            }
+            if self.conns[i].time_sync_at.is_some_and(|t| t <= now) {
+                self.start_time_sync(i, now);
+            }
+            i += 1;
+        }
+        let mut k = 0;
+        while k < self.held_replies.len() {
+            if self.held_replies[k].due <= now {
+                let h = self.held_replies.swap_remove(k);
+                let reply = TimeMessage {
+                    ty: types::TIME_SYNC,
+                    dest: h.request.from,
+                    from: h.request.dest,
+                    time_type: time_type::REPLY,
+                    t0: h.request.t0,
+                    t1: h.received_at,
+                    t2: self.mesh_time(now),
+                };
+                let _ = self.send_to_conn(h.conn, reply.to_json());
+            } else {
+                k += 1;
+            }
+        }
+    }
+
+    // --- node sync ----------------------------------------------------------------------
+
+    fn handle_node_sync(&mut self, conn: ConnId, now: Instant, sync: NodeSync, raw: Bytes) {
+        let Some(idx) = self.index(conn) else { return };
+        let me = self.cfg.node_id;
+        let is_request = sync.ty == types::NODE_SYNC_REQUEST;
+        let mut tree = sync.tree;
+        let first = !self.conns[idx].synced();
+        if first {
+            if tree.node_id == 0 || tree.node_id == me {
+                return self.remove_conn(conn, DropReason::InvalidNodeId, true);
+            }
+            if self.route(tree.node_id).is_some_and(|via| via != conn) {
+                return self.remove_conn(conn, DropReason::AlreadyConnected, true);
+            }
+        } else if tree.node_id != self.conns[idx].node_id {
+            return self.remove_conn(conn, DropReason::NodeIdChanged, true);
+        }
+        if tree.subs_contain(tree.node_id) {
+            return self.remove_conn(conn, DropReason::LoopNeighbourInSubs, true);
+        }
+        if tree.contains(me) {
+            return self.remove_conn(conn, DropReason::LoopContainsSelf, true);
+        }
+        // Stock nodes omit hasTimeAuthority in replies but send it in requests (spec §4,
+        // "fork asymmetry"); keep the flag from their last request instead of flapping.
+        if !is_request && !tree.has_time_authority && self.conns[idx].tree.has_time_authority {
+            tree.has_time_authority = true;
+        }
+        let c = &mut self.conns[idx];
+        c.last_sync_frames[usize::from(!is_request)] = Some(raw);
+        let changed = c.tree != tree;
+        if first {
+            c.node_id = tree.node_id;
+            c.time_sync_at = Some(match c.direction {
+                Direction::Station => now,
+                Direction::Ap => now + self.cfg.ap_first_sync_delay,
+            });
+        }
+        if changed {
+            c.set_tree(tree);
+        }
+        if first {
+            let node_id = self.conns[idx].node_id;
+            self.push_event(Event::NewConnection { node_id, conn });
+            self.pending_changes.push(ConnectionChange::New { conn, node_id });
+        }
+        if changed {
+            self.topology_changed(Some(conn));
+        }
+        self.node_sync_answer(idx, now, sync.ty, changed);
+    }
+
+    /// A NODE_SYNC frame identical to the last one of its kind: nothing changed.
+    fn node_sync_unchanged(&mut self, idx: usize, now: Instant, ty: i32) {
+        self.node_sync_answer(idx, now, ty, false);
+    }
+
+    fn node_sync_answer(&mut self, idx: usize, now: Instant, ty: i32, changed: bool) {
+        if ty == types::NODE_SYNC_REQUEST {
+            let frame = self.node_sync_frame(idx, types::NODE_SYNC_REPLY);
+            let id = self.conns[idx].id;
+            self.queue(id, frame);
+        } else {
+            let c = &mut self.conns[idx];
+            c.sync_timeout_at = None;
+            if !changed {
+                c.node_sync_at = Some(now + self.cfg.node_sync_interval);
+            }
+        }
+    }
+
+    // --- time sync ----------------------------------------------------------------------
+
+    /// `ntp::adopt` for one connection.
+    fn adopts_from(&self, idx: usize) -> bool {
+        let c = &self.conns[idx];
+        let my_sub_count = 1 + self
+            .conns
+            .iter()
+            .filter(|o| o.synced() && o.node_id != c.node_id)
+            .map(|o| o.tree_size)
+            .sum::<usize>();
+        ntp::adopt(
+            self.cfg.node_id,
+            self.cfg.time_authority,
+            my_sub_count,
+            c.node_id,
+            c.tree.has_time_authority,
+            c.tree_size,
+        )
+    }
+
+    fn start_time_sync(&mut self, idx: usize, now: Instant) {
+        let c = &self.conns[idx];
+        let msg = if self.adopts_from(idx) {
+            TimeMessage { ty: types::TIME_SYNC, dest: c.node_id, from: self.cfg.node_id, time_type: time_type::REQUEST, t0: self.mesh_time(now), t1: 0, t2: 0 }
+        } else {
+            TimeMessage { ty: types::TIME_SYNC, dest: c.node_id, from: self.cfg.node_id, time_type: time_type::SYNC_REQUEST, t0: 0, t1: 0, t2: 0 }
+        };
+        let id = c.id;
+        let interval = if c.time_synced { self.cfg.time_sync_interval } else { self.cfg.time_sync_unsynced_interval };
+        self.conns[idx].time_sync_at = Some(now + interval);
+        let _ = self.send_to_conn(id, msg.to_json());
+    }
+
+    fn handle_time_sync(&mut self, conn: ConnId, now: Instant, msg: TimeMessage) {
+        let Some(idx) = self.index(conn) else { return };
+        match msg.time_type {
+            time_type::ERROR => self.conns[idx].time_sync_at = Some(now),
+            time_type::SYNC_REQUEST => {
+                // "Please start": answer as if we had started ourselves.
+                let reply = TimeMessage { ty: types::TIME_SYNC, dest: msg.from, from: msg.dest, time_type: time_type::REQUEST, t0: self.mesh_time(now), t1: 0, t2: 0 };
+                let _ = self.send_to_conn(conn, reply.to_json());
+            }
+            time_type::REQUEST => {
+                let received_at = self.mesh_time(now);
+                self.conns[idx].time_sync_at = Some(now + self.cfg.time_sync_interval);
+                if self.held_replies.len() >= 16 {
+                    self.held_replies.remove(0);
+                }
+                self.held_replies.push(HeldReply { due: now + self.cfg.time_reply_hold, conn, request: msg, received_at });
+            }
+            time_type::REPLY => {
+                let t3 = self.mesh_time(now);
+                let offset = ntp::clock_offset(msg.t0, msg.t1, msg.t2, t3);
+                self.time_offset = self.time_offset.wrapping_add(offset as u32);
+                self.push_event(Event::TimeAdjusted { offset });
+                if ntp::sync_complete(offset) {
+                    let c = &mut self.conns[idx];
+                    c.time_synced = true;
+                    c.time_sync_at = Some(now + self.cfg.time_sync_interval);
+                    for other in self.conns.iter_mut().filter(|o| o.id != conn && o.synced()) {
+                        other.time_sync_at = Some(now);
+                    }
+                } else {
+                    self.stats.time_samples_retried += 1;
+                    self.conns[idx].time_sync_at = Some(now + self.cfg.time_sync_retry);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_time_delay(&mut self, conn: ConnId, now: Instant, msg: TimeMessage) {
+        match msg.time_type {
+            time_type::REQUEST => {
+                let reply = TimeMessage {
+                    ty: types::TIME_DELAY,
+                    dest: msg.from,
+                    from: msg.dest,
+                    time_type: time_type::REPLY,
+                    t0: msg.t0,
+                    t1: self.mesh_time(now),
+                    t2: self.mesh_time(now),
+                };
+                let _ = self.send_to_conn(conn, reply.to_json());
+            }
+            time_type::REPLY => {
+                let delay_us = ntp::trip_delay(msg.t0, msg.t1, msg.t2, self.mesh_time(now));
+                self.push_event(Event::Delay { node_id: msg.from, delay_us });
+            }
+            _ => {}
+        }
+    }
+}

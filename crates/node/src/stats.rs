@@ -1,0 +1,32 @@
+//! Counters a node keeps; hosts export them (simulator reports, Prometheus).
+
+/// Monotonic counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Frames received and parsed.
+    pub frames_in: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Frames queued for sending (forwarded ones included).
+    pub frames_out: u64,
+    /// Bytes queued for sending.
+    pub bytes_out: u64,
+    /// Frames forwarded unchanged for other nodes.
+    pub forwarded: u64,
+    /// Frames dropped: longer than the frame cap.
+    pub dropped_oversized: u64,
+    /// Frames dropped: not JSON the reference accepts, or not an object.
+    pub dropped_invalid: u64,
+    /// SINGLE frames dropped: no route to `dest`.
+    pub dropped_no_route: u64,
+    /// Frames dropped: CONTROL, or an unknown type without routing that nobody handles.
+    pub dropped_unhandled: u64,
+    /// Events dropped because the host did not drain them.
+    pub dropped_events: u64,
+    /// Connections closed by this node's protocol rules.
+    pub closed_by_node: u64,
+    /// NODE_SYNC frames received that changed a neighbour's tree.
+    pub topology_changes: u64,
+    /// Time-sync samples rejected by the 85x round-trip rule or giving offset 0.
+    pub time_samples_retried: u64,
+}
