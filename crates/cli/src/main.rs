@@ -18,12 +18,38 @@ struct Cli {
 enum Command {
     /// Decode painlessMesh frames from stdin, one JSON object per frame.
     Decode(cmd::decode::Args),
+    /// Run a simulated mesh (deterministic, virtual time) and report on it.
+    Sim(cmd::sim::Args),
+    /// Benchmarks whose figures go into docs/BENCHMARKS.md.
+    #[command(subcommand)]
+    Bench(cmd::bench::Command),
+    /// Run a mesh node on this host (TCP, painlessMesh port 5555 by default).
+    Node(cmd::node::Args),
+    /// Firmware distribution (OTA).
+    #[command(subcommand)]
+    Ota(cmd::ota::Command),
+    /// Send a message through a running node.
+    Send(cmd::control::SendArgs),
+    /// List the nodes a running node knows.
+    Nodes(cmd::control::NodesArgs),
+    /// Show the mesh topology as a running node sees it.
+    Topology(cmd::control::TopologyArgs),
+    /// A simulated mesh behind a real gateway, with OTA rollout, MQTT bridge and /metrics.
+    Demo(cmd::demo::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Decode(args) => cmd::decode::run(args),
+        Command::Sim(args) => cmd::sim::run(args),
+        Command::Bench(c) => cmd::bench::run(c),
+        Command::Node(args) => cmd::node::run(args),
+        Command::Ota(c) => cmd::ota::run(c),
+        Command::Send(args) => cmd::control::send(args),
+        Command::Nodes(args) => cmd::control::nodes(args),
+        Command::Topology(args) => cmd::control::topology(args),
+        Command::Demo(args) => cmd::demo::run(args),
     };
     match result {
         Ok(code) => code,

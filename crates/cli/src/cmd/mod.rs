@@ -1,3 +1,9 @@
-//! One module per subcommand; each has an `Args` (clap) and a `run`.
+//! One module per subcommand; each has clap arguments and a `run`.
 
+pub mod bench;
+pub mod control;
 pub mod decode;
+pub mod demo;
+pub mod node;
+pub mod ota;
+pub mod sim;

@@ -1,0 +1,27 @@
+//! `pmesh bench ...`: benchmarks whose output goes into docs/BENCHMARKS.md.
+
+use std::process::ExitCode;
+
+pub mod ota;
+pub mod relay;
+pub mod sim;
+
+/// Benchmarks.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Simulator speed and time-sync accuracy at 50, 200 and 1,000 nodes.
+    Sim(sim::Args),
+    /// Firmware distribution: classic unicast, classic broadcast and pmesh modes side by side.
+    Ota(ota::Args),
+    /// Real processes on 127.0.0.1: relay throughput, idle memory, OTA relay CPU.
+    Relay(relay::Args),
+}
+
+/// Runs a benchmark.
+pub fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Sim(a) => sim::run(a),
+        Command::Ota(a) => ota::run(a),
+        Command::Relay(a) => relay::run(a),
+    }
+}

@@ -1,0 +1,12 @@
+//! `pmesh demo`.
+
+use std::process::ExitCode;
+
+/// Arguments.
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+/// Runs the command.
+pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("pmesh demo is not implemented yet")
+}
