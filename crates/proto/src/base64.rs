@@ -42,7 +42,9 @@ impl fmt::Display for Base64Error {
 
 /// Standard base64 with padding.
 pub fn encode(data: &[u8]) -> Vec<u8> {
-    base64::engine::general_purpose::STANDARD.encode(data).into_bytes()
+    base64::engine::general_purpose::STANDARD
+        .encode(data)
+        .into_bytes()
 }
 
 /// Decodes standard or URL-safe base64, padded or not.

@@ -48,7 +48,12 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     /// A decoder that cuts frames longer than `max_frame` bytes (NUL excluded).
     pub fn new(max_frame: usize) -> Self {
-        Self { buf: BytesMut::new(), max_frame, discarding: false, stats: FramerStats::default() }
+        Self {
+            buf: BytesMut::new(),
+            max_frame,
+            discarding: false,
+            stats: FramerStats::default(),
+        }
     }
 
     /// Feeds received bytes; calls `on_frame` for every complete frame (without its NUL) and
@@ -125,7 +130,10 @@ mod tests {
     fn split_and_concatenated() {
         let mut d = FrameDecoder::new(100);
         assert!(frames(&mut d, b"{\"a\"").is_empty());
-        assert_eq!(frames(&mut d, b":1}\0\0{}\0{"), vec![Ok(b"{\"a\":1}".to_vec()), Ok(b"{}".to_vec())]);
+        assert_eq!(
+            frames(&mut d, b":1}\0\0{}\0{"),
+            vec![Ok(b"{\"a\":1}".to_vec()), Ok(b"{}".to_vec())]
+        );
         assert_eq!(d.buffered(), 1);
         assert_eq!(d.stats().empty, 1);
     }
@@ -136,7 +144,10 @@ mod tests {
         let mut got = frames(&mut d, b"12345");
         got.extend(frames(&mut d, b"6789"));
         got.extend(frames(&mut d, b"0\0ok\0"));
-        assert_eq!(got, vec![Err(FrameError::Oversized { len: 5 }), Ok(b"ok".to_vec())]);
+        assert_eq!(
+            got,
+            vec![Err(FrameError::Oversized { len: 5 }), Ok(b"ok".to_vec())]
+        );
         assert_eq!(d.buffered(), 0);
         // Exactly at the cap is fine.
         assert_eq!(frames(&mut d, b"abcd\0"), vec![Ok(b"abcd".to_vec())]);

@@ -9,7 +9,6 @@
 //! error. The writer always emits valid JSON syntax (control characters escaped); bytes that
 //! are not UTF-8 pass through unchanged, exactly as a stock node relays them.
 
-use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -58,7 +57,10 @@ impl Object {
 
     /// Looks up a key.
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.entries.iter().find(|(k, _)| k == key.as_bytes()).map(|(_, v)| v)
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key.as_bytes())
+            .map(|(_, v)| v)
     }
 
     /// Inserts or replaces (keeping the original position, as ArduinoJson does).
@@ -123,12 +125,18 @@ impl fmt::Display for JsonError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind {
             JsonErrorKind::Empty => write!(f, "empty input"),
-            JsonErrorKind::Incomplete => write!(f, "input ends inside a value at byte {}", self.offset),
-            JsonErrorKind::TooDeep => write!(f, "nesting deeper than the limit at byte {}", self.offset),
+            JsonErrorKind::Incomplete => {
+                write!(f, "input ends inside a value at byte {}", self.offset)
+            }
+            JsonErrorKind::TooDeep => {
+                write!(f, "nesting deeper than the limit at byte {}", self.offset)
+            }
             JsonErrorKind::Unexpected(b) if b.is_ascii_graphic() => {
                 write!(f, "unexpected '{}' at byte {}", b as char, self.offset)
             }
-            JsonErrorKind::Unexpected(b) => write!(f, "unexpected byte 0x{b:02x} at byte {}", self.offset),
+            JsonErrorKind::Unexpected(b) => {
+                write!(f, "unexpected byte 0x{b:02x} at byte {}", self.offset)
+            }
             JsonErrorKind::BadEscape => write!(f, "invalid string escape at byte {}", self.offset),
             JsonErrorKind::BadNumber => write!(f, "malformed number at byte {}", self.offset),
         }
@@ -142,10 +150,17 @@ impl fmt::Display for JsonError {
 /// leading `+`, leading zeros, `.5` and `5.`. Rejected like the reference: comments, trailing
 /// commas, `NaN`, `Infinity`, hex literals, a byte-order mark.
 pub fn parse(input: &[u8], max_depth: usize) -> Result<Value, JsonError> {
-    let mut p = Parser { input, pos: 0, max_depth };
+    let mut p = Parser {
+        input,
+        pos: 0,
+        max_depth,
+    };
     p.skip_ws();
     if p.pos == input.len() {
-        return Err(JsonError { kind: JsonErrorKind::Empty, offset: 0 });
+        return Err(JsonError {
+            kind: JsonErrorKind::Empty,
+            offset: 0,
+        });
     }
     p.value(0)
 }
@@ -158,7 +173,10 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn err<T>(&self, kind: JsonErrorKind) -> Result<T, JsonError> {
-        Err(JsonError { kind, offset: self.pos })
+        Err(JsonError {
+            kind,
+            offset: self.pos,
+        })
     }
 
     fn peek(&self) -> Option<u8> {
@@ -293,11 +311,11 @@ impl Parser<'_> {
     fn string(&mut self, quote: u8) -> Result<Vec<u8>, JsonError> {
         let start = self.pos;
         // Fast path: no escapes.
-        if let Some(end) = memchr::memchr2(quote, b'\\', &self.input[start..]) {
-            if self.input[start + end] == quote {
-                self.pos = start + end + 1;
-                return Ok(self.input[start..start + end].to_vec());
-            }
+        if let Some(end) = memchr::memchr2(quote, b'\\', &self.input[start..])
+            && self.input[start + end] == quote
+        {
+            self.pos = start + end + 1;
+            return Ok(self.input[start..start + end].to_vec());
         }
         let mut out = Vec::new();
         loop {
@@ -406,7 +424,11 @@ impl Parser<'_> {
         }
         if int_end == int_start && self.pos - int_end <= 1 {
             // No digit at all ("-", "+", ".").
-            return if self.peek().is_none() { self.err(JsonErrorKind::Incomplete) } else { self.err(JsonErrorKind::BadNumber) };
+            return if self.peek().is_none() {
+                self.err(JsonErrorKind::Incomplete)
+            } else {
+                self.err(JsonErrorKind::BadNumber)
+            };
         }
         if let Some(b'e' | b'E') = self.peek() {
             is_float = true;
@@ -423,22 +445,23 @@ impl Parser<'_> {
             }
         }
         // A number glued to letters (0x10, 1abc) is not a number.
-        if self.peek().is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        if self
+            .peek()
+            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
             return self.err(JsonErrorKind::BadNumber);
         }
         let digits = &self.input[int_start..int_end];
-        if !is_float {
-            if let Some(n) = parse_u64(digits) {
-                return Ok(Value::Number(if !negative {
-                    Number::UInt(n)
-                } else if n == 0 {
-                    Number::UInt(0)
-                } else if n <= 1 << 63 {
-                    Number::Int((n as i64).wrapping_neg())
-                } else {
-                    Number::Float(-(n as f64))
-                }));
-            }
+        if !is_float && let Some(n) = parse_u64(digits) {
+            return Ok(Value::Number(if !negative {
+                Number::UInt(n)
+            } else if n == 0 {
+                Number::UInt(0)
+            } else if n <= 1 << 63 {
+                Number::Int((n as i64).wrapping_neg())
+            } else {
+                Number::Float(-(n as f64))
+            }));
         }
         // Floats (and integers beyond 64 bits) go through core's correct float parser.
         let text = core::str::from_utf8(&self.input[start..self.pos]).unwrap_or("0");
@@ -450,7 +473,10 @@ impl Parser<'_> {
                 let trimmed = text.trim_end_matches('.');
                 match trimmed.parse::<f64>() {
                     Ok(f) => Ok(Value::Number(Number::Float(f))),
-                    Err(_) => Err(JsonError { kind: JsonErrorKind::BadNumber, offset: start }),
+                    Err(_) => Err(JsonError {
+                        kind: JsonErrorKind::BadNumber,
+                        offset: start,
+                    }),
                 }
             }
         }
@@ -505,7 +531,10 @@ impl Value {
                 if let Ok(i) = text.parse::<i64>() {
                     return Some(i);
                 }
-                if text.bytes().all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b)) {
+                if text
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b))
+                {
                     let f = text.parse::<f64>().ok()?;
                     return Number::Float(f).to_i64_truncating();
                 }
@@ -619,23 +648,53 @@ impl Number {
         }
     }
 
-    /// Writes the number; floats in Rust's shortest round-trip form.
+    /// Writes the number. Integers exactly; floats in the shortest form that reads back to
+    /// the same `f64` (integral values below 1e15 without a fraction, very large or small ones
+    /// with an exponent); NaN and infinities, which JSON cannot express, as `null`.
     pub fn write(self, out: &mut Vec<u8>) {
-        use core::fmt::Write;
-        let mut s = String::new();
-        let _ = match self {
-            Number::UInt(n) => write!(s, "{n}"),
-            Number::Int(n) => write!(s, "{n}"),
-            Number::Float(f) if f.is_finite() => {
-                if f.abs() < 1e15 && (f as i64) as f64 == f {
-                    write!(s, "{}", f as i64)
-                } else {
-                    write!(s, "{f}")
-                }
-            }
-            Number::Float(_) => write!(s, "null"),
-        };
-        out.extend_from_slice(s.as_bytes());
+        match self {
+            Number::UInt(n) => write_u64(out, n),
+            Number::Int(n) => write_i64(out, n),
+            Number::Float(f) => write_f64(out, f),
+        }
+    }
+}
+
+/// Appends formatted text to a byte buffer without an intermediate `String`.
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl fmt::Write for VecWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Writes an `f64` as a JSON number (see [`Number::write`]).
+pub fn write_f64(out: &mut Vec<u8>, f: f64) {
+    use core::fmt::Write as _;
+    if !f.is_finite() {
+        out.extend_from_slice(b"null");
+    } else if f.abs() < 1e15 && (f as i64) as f64 == f {
+        write_i64(out, f as i64);
+    } else if f.abs() >= 1e15 || f.abs() < 1e-5 {
+        let _ = write!(VecWriter(out), "{f:e}");
+    } else {
+        let _ = write!(VecWriter(out), "{f}");
+    }
+}
+
+/// Writes an `f32` (a C++ `float` field) in its own shortest form, so 0.95f32 is `0.95`.
+pub fn write_f32(out: &mut Vec<u8>, f: f32) {
+    use core::fmt::Write as _;
+    if !f.is_finite() {
+        out.extend_from_slice(b"null");
+    } else if f.abs() < 1e7 && (f as i64) as f32 == f {
+        write_i64(out, f as i64);
+    } else if f.abs() >= 1e15 || f.abs() < 1e-5 {
+        let _ = write!(VecWriter(out), "{f:e}");
+    } else {
+        let _ = write!(VecWriter(out), "{f}");
     }
 }
 
@@ -735,8 +794,14 @@ mod tests {
         assert_eq!(p("").unwrap_err().kind, JsonErrorKind::Empty);
         assert_eq!(p("  ").unwrap_err().kind, JsonErrorKind::Empty);
         assert_eq!(p("{\"a\":1").unwrap_err().kind, JsonErrorKind::Incomplete);
-        assert_eq!(p("{\"a\":broken}").unwrap_err().kind, JsonErrorKind::Unexpected(b'b'));
-        assert_eq!(p("{\"a\":0x10}").unwrap_err().kind, JsonErrorKind::BadNumber);
+        assert_eq!(
+            p("{\"a\":broken}").unwrap_err().kind,
+            JsonErrorKind::Unexpected(b'b')
+        );
+        assert_eq!(
+            p("{\"a\":0x10}").unwrap_err().kind,
+            JsonErrorKind::BadNumber
+        );
         assert!(p("{\"a\":1,}").is_err());
         assert!(p("[1,]").is_err());
         assert!(p("{\"a\":NaN}").is_err());

@@ -146,7 +146,13 @@ impl Envelope {
         let routing_field = body.get("routing").and_then(Value::as_i32_strict);
         let dest = body.get("dest").map(Value::to_u32_lenient).unwrap_or(0);
         let from = body.get("from").map(Value::to_u32_lenient).unwrap_or(0);
-        Envelope { ty, routing: Routing::classify(ty, routing_field), dest, from, body }
+        Envelope {
+            ty,
+            routing: Routing::classify(ty, routing_field),
+            dest,
+            from,
+            body,
+        }
     }
 
     /// A field of the body.
@@ -199,12 +205,19 @@ pub struct TimeMessage {
 impl TimeMessage {
     fn from_envelope(env: &Envelope) -> Self {
         let msg = env.get("msg").and_then(Value::as_object);
-        let stamp = |k| msg.and_then(|m| m.get(k)).and_then(Value::as_u32_strict).unwrap_or(0);
+        let stamp = |k| {
+            msg.and_then(|m| m.get(k))
+                .and_then(Value::as_u32_strict)
+                .unwrap_or(0)
+        };
         TimeMessage {
             ty: env.ty,
             dest: env.dest,
             from: env.from,
-            time_type: msg.and_then(|m| m.get("type")).map(Value::to_i32_lenient).unwrap_or(0),
+            time_type: msg
+                .and_then(|m| m.get("type"))
+                .map(Value::to_i32_lenient)
+                .unwrap_or(0),
             t0: stamp("t0"),
             t1: stamp("t1"),
             t2: stamp("t2"),
@@ -319,6 +332,9 @@ impl UserMessage {
 }
 
 /// A decoded frame.
+// Variants are not boxed: a Message is decoded, handled and dropped one frame at a time,
+// and boxing would cost an allocation per frame on the relay path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Message {
     /// TIME_DELAY (3).
@@ -372,7 +388,10 @@ impl Message {
                     ty: env.ty,
                     dest: env.dest,
                     from: env.from,
-                    msg: env.get("msg").map(Value::to_text).unwrap_or_else(|| b"null".to_vec()),
+                    msg: env
+                        .get("msg")
+                        .map(Value::to_text)
+                        .unwrap_or_else(|| b"null".to_vec()),
                 };
                 if env.ty == types::BROADCAST {
                     Message::Broadcast(m)

@@ -32,7 +32,10 @@ pub struct FirmwareInfo {
 impl FirmwareInfo {
     fn from_envelope(env: &Envelope) -> Self {
         let text = |k| {
-            let bytes = env.get(k).map(Value::to_text).unwrap_or_else(|| b"null".to_vec());
+            let bytes = env
+                .get(k)
+                .map(Value::to_text)
+                .unwrap_or_else(|| b"null".to_vec());
             String::from_utf8_lossy(&bytes).into_owned()
         };
         let flag = |k| env.get(k).and_then(Value::as_bool).unwrap_or(false);
@@ -89,20 +92,29 @@ pub struct Announce {
 impl Announce {
     /// Typed decode of a type-10 frame.
     pub fn from_envelope(env: &Envelope) -> Self {
-        Announce { from: env.from, info: FirmwareInfo::from_envelope(env) }
+        Announce {
+            from: env.from,
+            info: FirmwareInfo::from_envelope(env),
+        }
     }
 
     /// Byte-exact serialization.
     pub fn to_json(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(200);
-        self.info.write_head(&mut out, self.from, 2, types::OTA_ANNOUNCE);
+        self.info
+            .write_head(&mut out, self.from, 2, types::OTA_ANNOUNCE);
         out.push(b'}');
         out
     }
 
     /// `DataRequest::replyTo(announce, from, partNo)`.
     pub fn request(&self, from: u32, part_no: u32) -> DataRequest {
-        DataRequest { from, dest: self.from, part_no, info: self.info.clone() }
+        DataRequest {
+            from,
+            dest: self.from,
+            part_no,
+            info: self.info.clone(),
+        }
     }
 }
 
@@ -133,7 +145,8 @@ impl DataRequest {
     /// Byte-exact serialization.
     pub fn to_json(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(220);
-        self.info.write_head(&mut out, self.from, 1, types::OTA_DATA_REQUEST);
+        self.info
+            .write_head(&mut out, self.from, 1, types::OTA_DATA_REQUEST);
         write_dest_part(&mut out, self.dest, self.part_no);
         out.push(b'}');
         out
@@ -174,7 +187,10 @@ impl Data {
             dest: env.dest,
             part_no: env.get("partNo").map(Value::to_u32_lenient).unwrap_or(0),
             info: FirmwareInfo::from_envelope(env),
-            data: env.get("data").map(Value::to_text).unwrap_or_else(|| b"null".to_vec()),
+            data: env
+                .get("data")
+                .map(Value::to_text)
+                .unwrap_or_else(|| b"null".to_vec()),
         }
     }
 
@@ -186,7 +202,8 @@ impl Data {
     /// Byte-exact serialization.
     pub fn to_json(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(240 + self.data.len());
-        self.info.write_head(&mut out, self.from, self.routing(), types::OTA_DATA);
+        self.info
+            .write_head(&mut out, self.from, self.routing(), types::OTA_DATA);
         write_dest_part(&mut out, self.dest, self.part_no);
         out.extend_from_slice(b",\"data\":");
         write_str(&mut out, &self.data);
@@ -203,7 +220,12 @@ impl Data {
     /// builds it. Note its `from` is this Data's `dest` — in broadcast mode that is the root,
     /// not the node asking (the reference's broken fallback, spec §6).
     pub fn next_request(&self, part_no: u32) -> DataRequest {
-        DataRequest { from: self.dest, dest: self.from, part_no, info: self.info.clone() }
+        DataRequest {
+            from: self.dest,
+            dest: self.from,
+            part_no,
+            info: self.info.clone(),
+        }
     }
 }
 

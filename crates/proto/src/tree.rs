@@ -23,7 +23,10 @@ pub struct NodeTree {
 impl NodeTree {
     /// A leaf.
     pub fn leaf(node_id: u32) -> Self {
-        Self { node_id, ..Self::default() }
+        Self {
+            node_id,
+            ..Self::default()
+        }
     }
 
     /// Reads a NodeTree from a JSON object the way the reference does: `nodeId` only when it
@@ -46,7 +49,12 @@ impl NodeTree {
                 .collect(),
             _ => Vec::new(),
         };
-        Self { node_id, root: flag("root"), has_time_authority: flag("hasTimeAuthority"), subs }
+        Self {
+            node_id,
+            root: flag("root"),
+            has_time_authority: flag("hasTimeAuthority"),
+            subs,
+        }
     }
 
     /// Number of nodes in the tree, this one included (`layout::size`).
@@ -99,7 +107,12 @@ impl NodeTree {
             node_id: self.node_id,
             root: self.root,
             has_time_authority: self.has_time_authority,
-            subs: self.subs.iter().filter(|s| s.node_id != id).cloned().collect(),
+            subs: self
+                .subs
+                .iter()
+                .filter(|s| s.node_id != id)
+                .cloned()
+                .collect(),
         }
     }
 
@@ -113,17 +126,23 @@ impl NodeTree {
 
     /// The fields of [`NodeTree::write_json`] without the braces (NODE_SYNC appends its header).
     pub fn write_fields(&self, out: &mut Vec<u8>) {
-        write_tree_fields(out, self.node_id, self.root, self.has_time_authority, |out| {
-            let mut any = false;
-            for (i, s) in self.subs.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
+        write_tree_fields(
+            out,
+            self.node_id,
+            self.root,
+            self.has_time_authority,
+            |out| {
+                let mut any = false;
+                for (i, s) in self.subs.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    s.write_json(out);
+                    any = true;
                 }
-                s.write_json(out);
-                any = true;
-            }
-            any
-        });
+                any
+            },
+        );
     }
 
     /// Compact JSON as a `Vec<u8>`.
@@ -147,7 +166,10 @@ impl NodeTree {
         pad(out, indent + 2);
         out.extend_from_slice(b"\"nodeId\": ");
         write_u64(out, u64::from(self.node_id));
-        for (flag, name) in [(self.root, "root"), (self.has_time_authority, "hasTimeAuthority")] {
+        for (flag, name) in [
+            (self.root, "root"),
+            (self.has_time_authority, "hasTimeAuthority"),
+        ] {
             if flag {
                 out.extend_from_slice(b",\r\n");
                 pad(out, indent + 2);
