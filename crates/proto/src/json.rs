@@ -143,6 +143,8 @@ impl fmt::Display for JsonError {
     }
 }
 
+impl core::error::Error for JsonError {}
+
 /// Parses the first JSON value in `input`; trailing bytes are ignored, as the reference does.
 ///
 /// Accepted beyond strict JSON, because a stock node accepts (and relays) them: raw control

@@ -106,6 +106,8 @@ impl fmt::Display for DecodeError {
     }
 }
 
+impl core::error::Error for DecodeError {}
+
 impl From<JsonError> for DecodeError {
     fn from(e: JsonError) -> Self {
         DecodeError::Json(e)
