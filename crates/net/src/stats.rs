@@ -1,0 +1,110 @@
+//! Counters of the runtime, and why links close.
+
+use std::fmt;
+use std::io;
+
+use pmesh_node::DropReason;
+use serde::Serialize;
+
+/// Why the runtime closed a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer closed the connection (EOF).
+    PeerClosed,
+    /// Reading failed (reset, ...).
+    ReadError(io::ErrorKind),
+    /// Writing failed (reset, broken pipe, ...).
+    WriteError(io::ErrorKind),
+    /// The peer did not read: its send queue passed the limit.
+    SendQueueFull,
+    /// The peer accepted no byte for the stall timeout while data was queued.
+    WriteStalled,
+    /// The node closed it by a protocol rule (sync timeout, loop, second path, ...).
+    Node(DropReason),
+    /// This node is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// A short machine-readable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::PeerClosed => "peer_closed",
+            CloseReason::ReadError(_) => "read_error",
+            CloseReason::WriteError(_) => "write_error",
+            CloseReason::SendQueueFull => "send_queue_full",
+            CloseReason::WriteStalled => "write_stalled",
+            CloseReason::Node(r) => r.as_str(),
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+
+    /// Whether this is a fault worth a warning (not a normal close).
+    pub fn is_fault(self) -> bool {
+        !matches!(
+            self,
+            CloseReason::PeerClosed | CloseReason::Shutdown | CloseReason::Node(DropReason::Closed)
+        )
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::ReadError(k) | CloseReason::WriteError(k) => {
+                write!(f, "{} ({k})", self.as_str())
+            }
+            _ => f.write_str(self.as_str()),
+        }
+    }
+}
+
+/// Counters kept by the runtime (the node's protocol counters are [`pmesh_node::NodeStats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NetStats {
+    /// Connections accepted on the listener.
+    pub accepted: u64,
+    /// Accepted connections closed at once because `max_connections` was reached.
+    pub rejected_max_connections: u64,
+    /// Uplink connections established.
+    pub dialled: u64,
+    /// Uplink connect attempts that failed.
+    pub dial_failures: u64,
+    /// Links closed because the peer closed them.
+    pub closed_peer: u64,
+    /// Links closed on a read or write error.
+    pub closed_io_error: u64,
+    /// Links dropped because their send queue passed the limit.
+    pub closed_send_queue_full: u64,
+    /// Links dropped because the peer stopped reading.
+    pub closed_write_stalled: u64,
+    /// Links closed by a node protocol rule.
+    pub closed_by_node: u64,
+    /// Bytes read from sockets.
+    pub bytes_in: u64,
+    /// Bytes written to sockets.
+    pub bytes_out: u64,
+    /// Frames the node handed out for links that were already gone.
+    pub dropped_no_link: u64,
+    /// Times a reader paused because a queue it fed was above the high-water mark.
+    pub reader_pauses: u64,
+    /// Largest send queue seen, bytes.
+    pub max_queue_bytes: u64,
+    /// Frames the node cut at the frame cap, over all links.
+    pub frames_oversized: u64,
+    /// Frames the node could not parse, over all links.
+    pub frames_invalid: u64,
+}
+
+impl NetStats {
+    pub(crate) fn count_close(&mut self, reason: CloseReason) {
+        match reason {
+            CloseReason::PeerClosed => self.closed_peer += 1,
+            CloseReason::ReadError(_) | CloseReason::WriteError(_) => self.closed_io_error += 1,
+            CloseReason::SendQueueFull => self.closed_send_queue_full += 1,
+            CloseReason::WriteStalled => self.closed_write_stalled += 1,
+            CloseReason::Node(_) => self.closed_by_node += 1,
+            CloseReason::Shutdown => {}
+        }
+    }
+}
