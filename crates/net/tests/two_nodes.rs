@@ -6,6 +6,9 @@ use std::time::Duration;
 use pmesh_net::{MeshBuilder, MeshEvent, NetConfig};
 use pmesh_node::{Config, Event, Node};
 
+/// (from, msg, broadcast)
+type Received = (u32, Vec<u8>, bool);
+
 fn cfg(listen: bool, connect: Vec<String>) -> NetConfig {
     NetConfig {
         listen: listen.then(|| "127.0.0.1:0".parse().unwrap()),
@@ -31,7 +34,7 @@ async fn two_nodes_sync_and_talk() {
         .spawn()
         .unwrap();
     let addr = a.local_addr().unwrap();
-    let got: Arc<Mutex<Vec<(u32, Vec<u8>, bool)>>> = Arc::default();
+    let got: Arc<Mutex<Vec<Received>>> = Arc::default();
     let got2 = got.clone();
     let b = MeshBuilder::new(
         Node::without_plugins(Config::new(1002)),
