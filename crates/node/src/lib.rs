@@ -35,12 +35,14 @@ pub mod node;
 pub mod ntp;
 pub mod plugin;
 pub mod stats;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod time;
 
 pub use config::Config;
 pub use event::{ConnId, Direction, DropReason, Event, Transmit};
 pub use node::{Node, SendError};
 pub use plugin::{ConnectionChange, Context, Handled, Incoming, Neighbour, Plugin};
+pub use pmesh_proto as proto;
 pub use stats::NodeStats;
 pub use time::Instant;
-pub use pmesh_proto as proto;

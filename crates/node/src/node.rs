@@ -10,6 +10,7 @@ use core::cell::RefCell;
 use core::fmt;
 
 use bytes::Bytes;
+use pmesh_proto::json::Value;
 use pmesh_proto::message::{time_type, types, write_sync_trailer};
 use pmesh_proto::tree::write_tree_fields;
 use pmesh_proto::{
@@ -48,7 +49,11 @@ impl fmt::Display for SendError {
     }
 }
 
-/// A TIME_REPLY waiting out the hold before it is sent (see [`Config::time_reply_hold`]).
+/// Replies held at once, across all links; beyond it the oldest is dropped (bounded memory).
+const MAX_HELD_REPLIES: usize = 16;
+
+/// A TIME_SYNC or TIME_DELAY reply waiting out the hold before it is sent
+/// (see [`Config::time_reply_hold`]).
 #[derive(Debug)]
 struct HeldReply {
     due: Instant,
@@ -70,13 +75,15 @@ pub(crate) struct Conn {
     tree_json: Vec<u8>,
     tree_size: usize,
     /// The last NODE_SYNC request and reply frames, to skip re-parsing identical ones.
+    /// Invariant: a frame kept here decodes to the tree in `tree` (a frame that changes the
+    /// tree clears the other slot).
     last_sync_frames: [Option<Bytes>; 2],
     framer: FrameDecoder,
     node_sync_at: Option<Instant>,
     sync_timeout_at: Option<Instant>,
+    /// Next run of this link's time-sync task; `None` until the first NODE_SYNC, as the
+    /// reference creates the task only then.
     time_sync_at: Option<Instant>,
-    /// A time sync with this neighbour has completed at least once.
-    time_synced: bool,
 }
 
 impl Conn {
@@ -85,7 +92,10 @@ impl Conn {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        earliest(earliest(self.node_sync_at, self.sync_timeout_at), self.time_sync_at)
+        earliest(
+            earliest(self.node_sync_at, self.sync_timeout_at),
+            self.time_sync_at,
+        )
     }
 
     fn set_tree(&mut self, tree: NodeTree) {
@@ -185,7 +195,6 @@ impl<P: Plugin> Node<P> {
             node_sync_at: Some(first_sync),
             sync_timeout_at: None,
             time_sync_at: None,
-            time_synced: false,
         });
         self.core.invalidate_routes();
         self.after_input(now);
@@ -193,7 +202,9 @@ impl<P: Plugin> Node<P> {
 
     /// Bytes arrived on a connection at `now` (the socket arrival time).
     pub fn handle_bytes(&mut self, conn: ConnId, now: Instant, data: &[u8]) {
-        let Some(idx) = self.core.index(conn) else { return };
+        let Some(idx) = self.core.index(conn) else {
+            return;
+        };
         self.core.stats.bytes_in += data.len() as u64;
         let mut frames = Vec::new();
         self.core.conns[idx].framer.push(data, |f| frames.push(f));
@@ -253,8 +264,18 @@ impl<P: Plugin> Node<P> {
     // --- application API ----------------------------------------------------------------
 
     /// `sendSingle`: a SINGLE message to `dest` along the tree.
-    pub fn send_single(&mut self, now: Instant, dest: u32, msg: impl Into<Vec<u8>>) -> Result<(), SendError> {
-        let frame = UserMessage { ty: types::SINGLE, dest, from: self.id(), msg: msg.into() };
+    pub fn send_single(
+        &mut self,
+        now: Instant,
+        dest: u32,
+        msg: impl Into<Vec<u8>>,
+    ) -> Result<(), SendError> {
+        let frame = UserMessage {
+            ty: types::SINGLE,
+            dest,
+            from: self.id(),
+            msg: msg.into(),
+        };
         let r = self.core.send_frame(Routing::Single, dest, frame.to_json());
         self.after_input(now);
         r
@@ -262,18 +283,38 @@ impl<P: Plugin> Node<P> {
 
     /// `sendBroadcast`: a BROADCAST to every node. With `include_self` the application also
     /// receives it as a [`Event::Received`].
-    pub fn send_broadcast(&mut self, now: Instant, msg: impl Into<Vec<u8>>, include_self: bool) -> Result<(), SendError> {
-        let frame = UserMessage { ty: types::BROADCAST, dest: 0, from: self.id(), msg: msg.into() };
+    pub fn send_broadcast(
+        &mut self,
+        now: Instant,
+        msg: impl Into<Vec<u8>>,
+        include_self: bool,
+    ) -> Result<(), SendError> {
+        let frame = UserMessage {
+            ty: types::BROADCAST,
+            dest: 0,
+            from: self.id(),
+            msg: msg.into(),
+        };
         let r = self.core.send_frame(Routing::Broadcast, 0, frame.to_json());
         if include_self && r.is_ok() {
-            self.core.push_event(Event::Received { from: frame.from, msg: frame.msg, broadcast: true });
+            self.core.push_event(Event::Received {
+                from: frame.from,
+                msg: frame.msg,
+                broadcast: true,
+            });
         }
         self.after_input(now);
         r
     }
 
     /// Sends a package this node builds (a native plugin package with its own `routing`).
-    pub fn send_frame(&mut self, now: Instant, routing: Routing, dest: u32, json: Vec<u8>) -> Result<(), SendError> {
+    pub fn send_frame(
+        &mut self,
+        now: Instant,
+        routing: Routing,
+        dest: u32,
+        json: Vec<u8>,
+    ) -> Result<(), SendError> {
         let r = self.core.send_frame(routing, dest, json);
         self.after_input(now);
         r
@@ -297,8 +338,18 @@ impl<P: Plugin> Node<P> {
 
     /// Runs `f` with the plugin and a context, so the application can drive the plugin
     /// (offer firmware, say) and have its sends go out.
-    pub fn with_plugin<R>(&mut self, now: Instant, f: impl FnOnce(&mut P, &mut Context<'_, P::Event>) -> R) -> R {
-        let r = f(&mut self.plugin, &mut Context { core: &mut self.core, now });
+    pub fn with_plugin<R>(
+        &mut self,
+        now: Instant,
+        f: impl FnOnce(&mut P, &mut Context<'_, P::Event>) -> R,
+    ) -> R {
+        let r = f(
+            &mut self.plugin,
+            &mut Context {
+                core: &mut self.core,
+                now,
+            },
+        );
         self.after_input(now);
         r
     }
@@ -344,6 +395,38 @@ impl<P: Plugin> Node<P> {
         self.core.time_offset
     }
 
+    /// Sets the time offset, so that `mesh_time(now) = now + offset` (the reference's public
+    /// `timeOffset` member). Neighbours learn the new time at their next time sync.
+    pub fn set_time_offset(&mut self, offset: u32) {
+        self.core.time_offset = offset;
+    }
+
+    /// `isRoot()`: this node announces `root:true`.
+    pub fn is_root(&self) -> bool {
+        self.core.cfg.root
+    }
+
+    /// `layout::isRooted(asNodeTree())`: this node or any node it can reach is root.
+    pub fn is_rooted(&self) -> bool {
+        self.core.cfg.root
+            || self
+                .core
+                .conns
+                .iter()
+                .any(|c| c.synced() && c.tree.is_rooted())
+    }
+
+    /// Number of nodes in this node's view, itself included (`layout::size(asNodeTree())`).
+    pub fn mesh_size(&self) -> usize {
+        1 + self
+            .core
+            .conns
+            .iter()
+            .filter(|c| c.synced())
+            .map(|c| c.tree_size)
+            .sum::<usize>()
+    }
+
     /// `getNodeList(include_self)`: every reachable node, pre-order.
     pub fn node_list(&self, include_self: bool) -> Vec<u32> {
         self.core.node_list(include_self)
@@ -357,7 +440,11 @@ impl<P: Plugin> Node<P> {
     /// `subConnectionJson(pretty)`.
     pub fn sub_connection_json(&self, pretty: bool) -> Vec<u8> {
         let tree = self.tree();
-        if pretty { tree.to_json_pretty() } else { tree.to_json() }
+        if pretty {
+            tree.to_json_pretty()
+        } else {
+            tree.to_json()
+        }
     }
 
     /// `isConnected(id)`: a route to `id` exists.
@@ -372,7 +459,11 @@ impl<P: Plugin> Node<P> {
 
     /// Connections, synced or not, in connection order.
     pub fn neighbours(&self) -> impl Iterator<Item = Neighbour> + '_ {
-        self.core.conns.iter().map(|c| Neighbour { conn: c.id, node_id: c.node_id, direction: c.direction })
+        self.core.conns.iter().map(|c| Neighbour {
+            conn: c.id,
+            node_id: c.node_id,
+            direction: c.direction,
+        })
     }
 
     /// The tree a connection's neighbour last reported.
@@ -388,6 +479,14 @@ impl<P: Plugin> Node<P> {
     /// Bytes of partial frames held across all connections (bounded by the frame cap each).
     pub fn buffered_bytes(&self) -> usize {
         self.core.conns.iter().map(|c| c.framer.buffered()).sum()
+    }
+
+    /// Approximate heap and inline memory held by the protocol state, in bytes: connections,
+    /// the neighbours' trees and their cached JSON, the last NODE_SYNC frames, partial frames,
+    /// the route index, held replies and the undrained transmit and event queues. The
+    /// plugin's own state is not included. Meant for simulator reports, not for accounting.
+    pub fn state_bytes(&self) -> usize {
+        self.core.state_bytes()
     }
 
     // --- internals ----------------------------------------------------------------------
@@ -445,24 +544,41 @@ impl<P: Plugin> Node<P> {
 
     fn process_locally(&mut self, conn: ConnId, now: Instant, env: Envelope, raw: Bytes) {
         match env.ty {
-            types::TIME_DELAY | types::TIME_SYNC | types::NODE_SYNC_REQUEST | types::NODE_SYNC_REPLY => {
-                match env.decode() {
-                    Message::NodeSyncRequest(sync) | Message::NodeSyncReply(sync) => {
-                        self.core.handle_node_sync(conn, now, sync, raw);
-                    }
-                    Message::TimeSync(t) => self.core.handle_time_sync(conn, now, t),
-                    Message::TimeDelay(t) => self.core.handle_time_delay(conn, now, t),
-                    _ => {}
+            types::TIME_DELAY
+            | types::TIME_SYNC
+            | types::NODE_SYNC_REQUEST
+            | types::NODE_SYNC_REPLY => match env.decode() {
+                Message::NodeSyncRequest(mut sync) | Message::NodeSyncReply(mut sync) => {
+                    sync.tree.node_id = sync_node_id(&env);
+                    self.core.handle_node_sync(conn, now, sync, raw);
                 }
-            }
+                Message::TimeSync(t) => self.core.handle_time_sync(conn, now, t),
+                Message::TimeDelay(t) => self.core.handle_time_delay(conn, now, t),
+                _ => {}
+            },
             types::CONTROL => self.core.stats.dropped_unhandled += 1,
             ty => {
                 let neighbour = self.core.conn(conn).map_or(0, |c| c.node_id);
-                let incoming = Incoming { conn, neighbour, envelope: &env, raw: &raw };
-                let handled = self.plugin.on_frame(&mut Context { core: &mut self.core, now }, &incoming);
+                let incoming = Incoming {
+                    conn,
+                    neighbour,
+                    envelope: &env,
+                    raw: &raw,
+                };
+                let handled = self.plugin.on_frame(
+                    &mut Context {
+                        core: &mut self.core,
+                        now,
+                    },
+                    &incoming,
+                );
                 if ty == types::SINGLE || ty == types::BROADCAST {
                     if let Message::Single(m) | Message::Broadcast(m) = env.decode() {
-                        self.core.push_event(Event::Received { from: m.from, msg: m.msg, broadcast: ty == types::BROADCAST });
+                        self.core.push_event(Event::Received {
+                            from: m.from,
+                            msg: m.msg,
+                            broadcast: ty == types::BROADCAST,
+                        });
                     }
                 } else if handled == Handled::No {
                     self.core.push_event(Event::Package { envelope: env, raw });
@@ -478,12 +594,25 @@ impl<P: Plugin> Node<P> {
             self.core.run_timers(now);
             let changes = core::mem::take(&mut self.core.pending_changes);
             for change in changes {
-                self.plugin.on_connection(&mut Context { core: &mut self.core, now }, change);
+                self.plugin.on_connection(
+                    &mut Context {
+                        core: &mut self.core,
+                        now,
+                    },
+                    change,
+                );
             }
             if self.plugin.poll_timeout().is_some_and(|t| t <= now) {
-                self.plugin.on_timeout(&mut Context { core: &mut self.core, now });
+                self.plugin.on_timeout(&mut Context {
+                    core: &mut self.core,
+                    now,
+                });
             }
-            let timers_due = self.core.conns.iter().any(|c| c.next_deadline().is_some_and(|t| t <= now))
+            let timers_due = self
+                .core
+                .conns
+                .iter()
+                .any(|c| c.next_deadline().is_some_and(|t| t <= now))
                 || self.core.held_replies.iter().any(|h| h.due <= now);
             if !timers_due && self.core.pending_changes.is_empty() {
                 break;
@@ -492,7 +621,66 @@ impl<P: Plugin> Node<P> {
     }
 }
 
+/// The id a NODE_SYNC announces, read as the reference reads it: `nodeId` when it is a JSON
+/// integer in u32 range, otherwise `from` converted leniently (`as<uint32_t>()`: `"7"` is 7).
+/// `NodeTree::from_object` falls back only when `nodeId` is absent and reads `from` strictly,
+/// so a frame with `"nodeId":-1` or `"from":"7"` would otherwise name another node.
+fn sync_node_id(env: &Envelope) -> u32 {
+    env.get("nodeId")
+        .and_then(Value::as_u32_strict)
+        .unwrap_or(env.from)
+}
+
+/// Memory a tree's nodes take (each `NodeTree` inline plus its `subs` vector's spare room).
+fn tree_bytes(tree: &NodeTree) -> usize {
+    let mut total = 0;
+    let mut stack = alloc::vec![tree];
+    while let Some(t) = stack.pop() {
+        total += t.subs.capacity() * core::mem::size_of::<NodeTree>();
+        stack.extend(t.subs.iter());
+    }
+    total + core::mem::size_of::<NodeTree>()
+}
+
 impl<E> Core<E> {
+    fn state_bytes(&self) -> usize {
+        use core::mem::size_of;
+        let conns: usize = self
+            .conns
+            .iter()
+            .map(|c| {
+                tree_bytes(&c.tree)
+                    + c.tree_json.capacity()
+                    + c.last_sync_frames
+                        .iter()
+                        .flatten()
+                        .map(Bytes::len)
+                        .sum::<usize>()
+                    + c.framer.buffered()
+            })
+            .sum();
+        // A BTreeMap entry: key, value and roughly a third of a node's bookkeeping.
+        let routes = self.routes.borrow().as_ref().map_or(0, |m| {
+            m.len() * (size_of::<u32>() + size_of::<ConnId>() + 8)
+        });
+        let transmits: usize = self
+            .transmits
+            .iter()
+            .map(|t| match t {
+                Transmit::Send { data, .. } => data.len(),
+                Transmit::Close { .. } => 0,
+            })
+            .sum();
+        size_of::<Self>()
+            + self.conns.capacity() * size_of::<Conn>()
+            + conns
+            + routes
+            + self.transmits.capacity() * size_of::<Transmit>()
+            + transmits
+            + self.events.capacity() * size_of::<Event<E>>()
+            + self.held_replies.capacity() * size_of::<HeldReply>()
+    }
+
     pub(crate) fn mesh_time(&self, now: Instant) -> u32 {
         now.micros_u32().wrapping_add(self.time_offset)
     }
@@ -539,7 +727,12 @@ impl<E> Core<E> {
             node_id: self.cfg.node_id,
             root: self.cfg.root,
             has_time_authority: self.cfg.time_authority,
-            subs: self.conns.iter().filter(|c| c.synced()).map(|c| c.tree.clone()).collect(),
+            subs: self
+                .conns
+                .iter()
+                .filter(|c| c.synced())
+                .map(|c| c.tree.clone())
+                .collect(),
         }
     }
 
@@ -555,10 +748,11 @@ impl<E> Core<E> {
     }
 
     pub(crate) fn neighbours(&self) -> impl Iterator<Item = Neighbour> + '_ {
-        self.conns
-            .iter()
-            .filter(|c| c.synced())
-            .map(|c| Neighbour { conn: c.id, node_id: c.node_id, direction: c.direction })
+        self.conns.iter().filter(|c| c.synced()).map(|c| Neighbour {
+            conn: c.id,
+            node_id: c.node_id,
+            direction: c.direction,
+        })
     }
 
     fn queue(&mut self, conn: ConnId, data: Bytes) {
@@ -582,7 +776,12 @@ impl<E> Core<E> {
         Ok(())
     }
 
-    pub(crate) fn send_frame(&mut self, routing: Routing, dest: u32, json: Vec<u8>) -> Result<(), SendError> {
+    pub(crate) fn send_frame(
+        &mut self,
+        routing: Routing,
+        dest: u32,
+        json: Vec<u8>,
+    ) -> Result<(), SendError> {
         if json.len() > self.cfg.max_frame {
             return Err(SendError::TooLarge);
         }
@@ -593,7 +792,12 @@ impl<E> Core<E> {
             }
             Routing::Broadcast => {
                 let frame = encode_frame(json);
-                let targets: Vec<ConnId> = self.conns.iter().filter(|c| c.synced()).map(|c| c.id).collect();
+                let targets: Vec<ConnId> = self
+                    .conns
+                    .iter()
+                    .filter(|c| c.synced())
+                    .map(|c| c.id)
+                    .collect();
                 for t in targets {
                     self.queue(t, frame.clone());
                 }
@@ -613,9 +817,16 @@ impl<E> Core<E> {
             self.stats.closed_by_node += u64::from(reason != DropReason::Closed);
             self.transmits.push_back(Transmit::Close { conn, reason });
         }
-        self.push_event(Event::DroppedConnection { node_id: c.node_id, conn, reason });
+        self.push_event(Event::DroppedConnection {
+            node_id: c.node_id,
+            conn,
+            reason,
+        });
         if c.synced() {
-            self.pending_changes.push(ConnectionChange::Dropped { conn, node_id: c.node_id });
+            self.pending_changes.push(ConnectionChange::Dropped {
+                conn,
+                node_id: c.node_id,
+            });
             self.topology_changed(None);
         }
     }
@@ -629,9 +840,15 @@ impl<E> Core<E> {
         self.force_node_sync_all_but(source);
     }
 
+    /// `layout::syncLayout`: only links whose first NODE_SYNC arrived are forced; a new link
+    /// keeps its own schedule (station at once, AP after 10 s).
     fn force_node_sync_all_but(&mut self, source: Option<ConnId>) {
         // "Now" is expressed as the earliest possible deadline; run_timers fires it at once.
-        for c in self.conns.iter_mut().filter(|c| Some(c.id) != source) {
+        for c in self
+            .conns
+            .iter_mut()
+            .filter(|c| Some(c.id) != source && c.synced())
+        {
             c.node_sync_at = Some(Instant::ZERO);
         }
     }
@@ -644,19 +861,35 @@ impl<E> Core<E> {
     fn node_sync_frame(&self, idx: usize, ty: i32) -> Bytes {
         let target = &self.conns[idx];
         let excluded = target.node_id;
-        let mut out = Vec::with_capacity(64 + self.conns.iter().map(|c| c.tree_json.len() + 1).sum::<usize>());
+        let mut out = Vec::with_capacity(
+            64 + self
+                .conns
+                .iter()
+                .map(|c| c.tree_json.len() + 1)
+                .sum::<usize>(),
+        );
         out.push(b'{');
-        write_tree_fields(&mut out, self.cfg.node_id, self.cfg.root, self.cfg.time_authority, |out| {
-            let mut first = true;
-            for c in self.conns.iter().filter(|c| c.synced() && c.node_id != excluded) {
-                if !first {
-                    out.push(b',');
+        write_tree_fields(
+            &mut out,
+            self.cfg.node_id,
+            self.cfg.root,
+            self.cfg.time_authority,
+            |out| {
+                let mut first = true;
+                for c in self
+                    .conns
+                    .iter()
+                    .filter(|c| c.synced() && c.node_id != excluded)
+                {
+                    if !first {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(&c.tree_json);
+                    first = false;
                 }
-                out.extend_from_slice(&c.tree_json);
-                first = false;
-            }
-            !first
-        });
+                !first
+            },
+        );
         write_sync_trailer(&mut out, ty, excluded, self.cfg.node_id);
         encode_frame(out)
     }
@@ -686,8 +919,9 @@ impl<E> Core<E> {
         while k < self.held_replies.len() {
             if self.held_replies[k].due <= now {
                 let h = self.held_replies.swap_remove(k);
+                // As the reference's `reply()`: msg.type + 1, `from`/`dest` swapped.
                 let reply = TimeMessage {
-                    ty: types::TIME_SYNC,
+                    ty: h.request.ty,
                     dest: h.request.from,
                     from: h.request.dest,
                     time_type: time_type::REPLY,
@@ -732,8 +966,13 @@ impl<E> Core<E> {
             tree.has_time_authority = true;
         }
         let c = &mut self.conns[idx];
-        c.last_sync_frames[usize::from(!is_request)] = Some(raw);
         let changed = c.tree != tree;
+        let slot = usize::from(!is_request);
+        c.last_sync_frames[slot] = Some(raw);
+        if changed {
+            // The other kind's last frame described the old tree: it no longer may short-cut.
+            c.last_sync_frames[1 - slot] = None;
+        }
         if first {
             c.node_id = tree.node_id;
             c.time_sync_at = Some(match c.direction {
@@ -747,7 +986,8 @@ impl<E> Core<E> {
         if first {
             let node_id = self.conns[idx].node_id;
             self.push_event(Event::NewConnection { node_id, conn });
-            self.pending_changes.push(ConnectionChange::New { conn, node_id });
+            self.pending_changes
+                .push(ConnectionChange::New { conn, node_id });
         }
         if changed {
             self.topology_changed(Some(conn));
@@ -760,17 +1000,20 @@ impl<E> Core<E> {
         self.node_sync_answer(idx, now, ty, false);
     }
 
+    /// What follows a NODE_SYNC (`handleNodeSync` and the two package callbacks): an
+    /// unchanged tree of either kind postpones our own request by one interval (the
+    /// reference's `nodeSyncTask.delay()`, so in the steady state only one side asks); a
+    /// request is answered at once; a reply stops the timeout.
     fn node_sync_answer(&mut self, idx: usize, now: Instant, ty: i32, changed: bool) {
+        if !changed {
+            self.conns[idx].node_sync_at = Some(now + self.cfg.node_sync_interval);
+        }
         if ty == types::NODE_SYNC_REQUEST {
             let frame = self.node_sync_frame(idx, types::NODE_SYNC_REPLY);
             let id = self.conns[idx].id;
             self.queue(id, frame);
         } else {
-            let c = &mut self.conns[idx];
-            c.sync_timeout_at = None;
-            if !changed {
-                c.node_sync_at = Some(now + self.cfg.node_sync_interval);
-            }
+            self.conns[idx].sync_timeout_at = None;
         }
     }
 
@@ -798,32 +1041,77 @@ impl<E> Core<E> {
     fn start_time_sync(&mut self, idx: usize, now: Instant) {
         let c = &self.conns[idx];
         let msg = if self.adopts_from(idx) {
-            TimeMessage { ty: types::TIME_SYNC, dest: c.node_id, from: self.cfg.node_id, time_type: time_type::REQUEST, t0: self.mesh_time(now), t1: 0, t2: 0 }
+            TimeMessage {
+                ty: types::TIME_SYNC,
+                dest: c.node_id,
+                from: self.cfg.node_id,
+                time_type: time_type::REQUEST,
+                t0: self.mesh_time(now),
+                t1: 0,
+                t2: 0,
+            }
         } else {
-            TimeMessage { ty: types::TIME_SYNC, dest: c.node_id, from: self.cfg.node_id, time_type: time_type::SYNC_REQUEST, t0: 0, t1: 0, t2: 0 }
+            TimeMessage {
+                ty: types::TIME_SYNC,
+                dest: c.node_id,
+                from: self.cfg.node_id,
+                time_type: time_type::SYNC_REQUEST,
+                t0: 0,
+                t1: 0,
+                t2: 0,
+            }
         };
         let id = c.id;
-        let interval = if c.time_synced { self.cfg.time_sync_interval } else { self.cfg.time_sync_unsynced_interval };
-        self.conns[idx].time_sync_at = Some(now + interval);
+        // The task's own period; a reply that completes the sync postpones it to 60 s, one
+        // that does not brings it forward to 200 ms (`handleTimeSync`).
+        self.conns[idx].time_sync_at = Some(now + self.cfg.time_sync_unsynced_interval);
         let _ = self.send_to_conn(id, msg.to_json());
+    }
+
+    /// Reschedules a link's time-sync task, if it exists yet (`Task::delay` /
+    /// `forceNextIteration` on a task the reference has not created do nothing).
+    fn delay_time_sync(&mut self, idx: usize, at: Instant) {
+        if let Some(t) = self.conns[idx].time_sync_at.as_mut() {
+            *t = at;
+        }
+    }
+
+    /// Holds a reply to a TIME_SYNC or TIME_DELAY request for [`Config::time_reply_hold`].
+    fn hold_reply(&mut self, conn: ConnId, now: Instant, request: TimeMessage) {
+        let received_at = self.mesh_time(now);
+        if self.held_replies.len() >= MAX_HELD_REPLIES {
+            // A peer flooding requests: the oldest answer is lost, memory stays bounded.
+            self.held_replies.remove(0);
+        }
+        self.held_replies.push(HeldReply {
+            due: now + self.cfg.time_reply_hold,
+            conn,
+            request,
+            received_at,
+        });
     }
 
     fn handle_time_sync(&mut self, conn: ConnId, now: Instant, msg: TimeMessage) {
         let Some(idx) = self.index(conn) else { return };
         match msg.time_type {
-            time_type::ERROR => self.conns[idx].time_sync_at = Some(now),
+            time_type::ERROR => self.delay_time_sync(idx, now),
             time_type::SYNC_REQUEST => {
                 // "Please start": answer as if we had started ourselves.
-                let reply = TimeMessage { ty: types::TIME_SYNC, dest: msg.from, from: msg.dest, time_type: time_type::REQUEST, t0: self.mesh_time(now), t1: 0, t2: 0 };
+                let reply = TimeMessage {
+                    ty: types::TIME_SYNC,
+                    dest: msg.from,
+                    from: msg.dest,
+                    time_type: time_type::REQUEST,
+                    t0: self.mesh_time(now),
+                    t1: 0,
+                    t2: 0,
+                };
                 let _ = self.send_to_conn(conn, reply.to_json());
             }
             time_type::REQUEST => {
-                let received_at = self.mesh_time(now);
-                self.conns[idx].time_sync_at = Some(now + self.cfg.time_sync_interval);
-                if self.held_replies.len() >= 16 {
-                    self.held_replies.remove(0);
-                }
-                self.held_replies.push(HeldReply { due: now + self.cfg.time_reply_hold, conn, request: msg, received_at });
+                // "After the response is sent I assume sync is completed."
+                self.delay_time_sync(idx, now + self.cfg.time_sync_interval);
+                self.hold_reply(conn, now, msg);
             }
             time_type::REPLY => {
                 let t3 = self.mesh_time(now);
@@ -831,15 +1119,16 @@ impl<E> Core<E> {
                 self.time_offset = self.time_offset.wrapping_add(offset as u32);
                 self.push_event(Event::TimeAdjusted { offset });
                 if ntp::sync_complete(offset) {
-                    let c = &mut self.conns[idx];
-                    c.time_synced = true;
-                    c.time_sync_at = Some(now + self.cfg.time_sync_interval);
-                    for other in self.conns.iter_mut().filter(|o| o.id != conn && o.synced()) {
-                        other.time_sync_at = Some(now);
+                    self.delay_time_sync(idx, now + self.cfg.time_sync_interval);
+                    // Our time moved: bring every other link's sync forward.
+                    for other in self.conns.iter_mut().filter(|o| o.id != conn) {
+                        if let Some(t) = other.time_sync_at.as_mut() {
+                            *t = now;
+                        }
                     }
                 } else {
                     self.stats.time_samples_retried += 1;
-                    self.conns[idx].time_sync_at = Some(now + self.cfg.time_sync_retry);
+                    self.delay_time_sync(idx, now + self.cfg.time_sync_retry);
                 }
             }
             _ => {}
@@ -848,21 +1137,15 @@ impl<E> Core<E> {
 
     fn handle_time_delay(&mut self, conn: ConnId, now: Instant, msg: TimeMessage) {
         match msg.time_type {
-            time_type::REQUEST => {
-                let reply = TimeMessage {
-                    ty: types::TIME_DELAY,
-                    dest: msg.from,
-                    from: msg.dest,
-                    time_type: time_type::REPLY,
-                    t0: msg.t0,
-                    t1: self.mesh_time(now),
-                    t2: self.mesh_time(now),
-                };
-                let _ = self.send_to_conn(conn, reply.to_json());
-            }
+            // Held like a TIME_SYNC reply, so `t2 - t1` is real here too; the trip delay
+            // subtracts it, so the measurement is unaffected.
+            time_type::REQUEST => self.hold_reply(conn, now, msg),
             time_type::REPLY => {
                 let delay_us = ntp::trip_delay(msg.t0, msg.t1, msg.t2, self.mesh_time(now));
-                self.push_event(Event::Delay { node_id: msg.from, delay_us });
+                self.push_event(Event::Delay {
+                    node_id: msg.from,
+                    delay_us,
+                });
             }
             _ => {}
         }

@@ -1,0 +1,643 @@
+//! One node against scripted neighbours: each behaviour issue 2 lists for node sync, tree-ness,
+//! routing and time sync (spec §4, §5), checked frame by frame and to the microsecond.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Rig, sync_frame};
+use pmesh_node::{Config, ConnId, Direction, DropReason, Event, Instant};
+
+const T0: Instant = Instant::from_micros(1_000_000_000);
+const ME: u32 = 1000;
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn rig() -> Rig {
+    Rig::new(Config::new(ME), T0)
+}
+
+fn requests_on(rig: &Rig, mark: usize, conn: ConnId) -> Vec<(Instant, String)> {
+    rig.sent_since(mark)
+        .iter()
+        .filter(|s| s.conn == conn && s.ty() == 5)
+        .map(|s| (s.at, s.text.clone()))
+        .collect()
+}
+
+// --- node sync timers --------------------------------------------------------------------
+
+#[test]
+fn station_syncs_at_once_ap_after_ten_seconds() {
+    let mut r = rig();
+    r.connect(ConnId(1), Direction::Station);
+    r.connect(ConnId(2), Direction::Ap);
+    // The station's first request goes out on connect, to dest 0 (peer unknown).
+    assert_eq!(
+        requests_on(&r, 0, ConnId(1)),
+        vec![(
+            T0,
+            format!("{{\"nodeId\":{ME},\"type\":5,\"dest\":0,\"from\":{ME}}}")
+        )]
+    );
+    assert!(requests_on(&r, 0, ConnId(2)).is_empty());
+    r.advance_to(T0 + secs(10) - Duration::from_micros(1));
+    assert!(requests_on(&r, 0, ConnId(2)).is_empty());
+    r.advance_to(T0 + secs(10));
+    assert_eq!(requests_on(&r, 0, ConnId(2)).len(), 1);
+}
+
+#[test]
+fn unanswered_request_closes_after_ten_seconds() {
+    let mut r = rig();
+    r.connect(ConnId(1), Direction::Station);
+    r.connect(ConnId(2), Direction::Ap);
+    r.advance_to(T0 + secs(10) - Duration::from_micros(1));
+    assert!(r.closed.is_empty());
+    r.advance_to(T0 + secs(10));
+    assert_eq!(r.closed, vec![(ConnId(1), DropReason::SyncTimeout)]);
+    // The AP side asks first at 10 s, so a silent station is closed at 20 s.
+    r.advance_to(T0 + secs(20) - Duration::from_micros(1));
+    assert_eq!(r.closed.len(), 1);
+    r.advance_to(T0 + secs(20));
+    assert_eq!(r.closed[1], (ConnId(2), DropReason::SyncTimeout));
+    let dropped: Vec<_> = r
+        .events
+        .iter()
+        .filter_map(|(at, e)| match e {
+            Event::DroppedConnection {
+                node_id,
+                conn,
+                reason,
+            } => Some((*at, *node_id, *conn, *reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        dropped,
+        vec![
+            (T0 + secs(10), 0, ConnId(1), DropReason::SyncTimeout),
+            (T0 + secs(20), 0, ConnId(2), DropReason::SyncTimeout)
+        ]
+    );
+    // An unsynced link going away is not a topology change.
+    assert!(
+        !r.events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::ChangedConnections))
+    );
+}
+
+#[test]
+fn a_reply_stops_the_timeout_and_the_next_request_comes_a_minute_later() {
+    let mut r = rig();
+    r.add_neighbour(ConnId(1), Direction::Station, "{\"nodeId\":2000}");
+    // Station: request at T0 (answered by the rig), then the neighbour's request.
+    let mark = r.sent.len();
+    r.advance_to(T0 + secs(70));
+    assert!(r.closed.is_empty());
+    // The neighbour's unchanged request at T0 postponed ours to T0 + 60 s.
+    let reqs = requests_on(&r, mark, ConnId(1));
+    assert_eq!(
+        reqs.iter().map(|(at, _)| *at).collect::<Vec<_>>(),
+        vec![T0 + secs(60)]
+    );
+    r.advance_to(T0 + secs(300));
+    let times: Vec<_> = requests_on(&r, mark, ConnId(1))
+        .into_iter()
+        .map(|(at, _)| at)
+        .collect();
+    assert_eq!(
+        times,
+        (1..=5).map(|m| T0 + secs(60 * m)).collect::<Vec<_>>()
+    );
+    assert!(r.closed.is_empty());
+}
+
+/// `handleNodeSync` calls `nodeSyncTask.delay()` on any unchanged NODE_SYNC, request or reply:
+/// a neighbour that keeps asking every minute keeps us from asking at all.
+#[test]
+fn unchanged_requests_from_the_neighbour_postpone_ours() {
+    let mut r = rig();
+    r.add_neighbour(ConnId(1), Direction::Ap, "{\"nodeId\":2000}");
+    let frame = sync_frame("{\"nodeId\":2000}", 5, ME, 2000);
+    // The first NODE_SYNC is always a change: the AP side's own first request still comes.
+    let mark = r.sent.len();
+    r.advance_to(T0 + secs(10));
+    assert_eq!(requests_on(&r, mark, ConnId(1)).len(), 1);
+    let mark = r.sent.len();
+    for m in 1..=5 {
+        r.advance_to(T0 + secs(50 * m));
+        r.deliver(ConnId(1), &frame);
+    }
+    r.advance_to(T0 + secs(250) + secs(60) - Duration::from_micros(1));
+    assert!(
+        requests_on(&r, mark, ConnId(1)).is_empty(),
+        "{:?}",
+        requests_on(&r, mark, ConnId(1))
+    );
+    r.advance_to(T0 + secs(310));
+    assert_eq!(requests_on(&r, mark, ConnId(1)).len(), 1);
+}
+
+#[test]
+fn a_changed_reply_does_not_postpone_the_next_request() {
+    let mut r = rig();
+    r.add_neighbour(ConnId(1), Direction::Station, "{\"nodeId\":2000}");
+    r.advance_to(T0 + secs(1));
+    // The neighbour's tree changes; the rig now answers with the new tree.
+    r.peers.get_mut(&ConnId(1)).unwrap().1 =
+        "{\"nodeId\":2000,\"subs\":[{\"nodeId\":2001}]}".into();
+    let mark = r.sent.len();
+    r.advance_to(T0 + secs(60));
+    // Our periodic request at 60 s (the first was postponed by the unchanged request at T0)
+    // gets a changed reply: the one after stays 60 s after it.
+    assert_eq!(requests_on(&r, mark, ConnId(1)).len(), 1);
+    assert_eq!(r.node.node_list(false), vec![2000, 2001]);
+    r.advance_to(T0 + secs(120));
+    assert_eq!(requests_on(&r, mark, ConnId(1)).len(), 2);
+}
+
+// --- forced re-sync on topology change --------------------------------------------------
+
+#[test]
+fn topology_change_forces_sync_on_other_synced_links_only() {
+    let mut r = rig();
+    r.add_neighbour(ConnId(1), Direction::Ap, "{\"nodeId\":2000}");
+    r.add_neighbour(ConnId(2), Direction::Ap, "{\"nodeId\":3000}");
+    r.connect(ConnId(3), Direction::Ap); // not synced yet
+    r.advance_to(T0 + secs(1));
+    let mark = r.sent.len();
+    r.deliver(
+        ConnId(1),
+        &sync_frame(
+            "{\"nodeId\":2000,\"subs\":[{\"nodeId\":2001}]}",
+            5,
+            ME,
+            2000,
+        ),
+    );
+    // Link 2 hears about 2001 at once; link 1 (the source) and the unsynced link 3 do not.
+    let to2 = requests_on(&r, mark, ConnId(2));
+    assert_eq!(
+        to2,
+        vec![(
+            T0 + secs(1),
+            format!(
+                "{{\"nodeId\":{ME},\"subs\":[{{\"nodeId\":2000,\"subs\":[{{\"nodeId\":2001}}]}}],\"type\":5,\"dest\":3000,\"from\":{ME}}}"
+            )
+        )]
+    );
+    assert!(requests_on(&r, mark, ConnId(1)).is_empty());
+    assert!(requests_on(&r, mark, ConnId(3)).is_empty());
+    // The new link keeps its own schedule: first request 10 s after it opened.
+    r.advance_to(T0 + secs(10));
+    assert_eq!(requests_on(&r, mark, ConnId(3)).len(), 1);
+    assert!(
+        r.events
+            .iter()
+            .any(|(at, e)| *at == T0 + secs(1) && matches!(e, Event::ChangedConnections))
+    );
+}
+
+#[test]
+fn dropping_a_synced_link_forces_sync_on_the_others() {
+    let mut r = rig();
+    r.add_neighbour(ConnId(1), Direction::Ap, "{\"nodeId\":2000}");
+    r.add_neighbour(ConnId(2), Direction::Ap, "{\"nodeId\":3000}");
+    r.advance_to(T0 + secs(1));
+    let mark = r.sent.len();
+    r.node.handle_disconnect(ConnId(1), r.now);
+    r.pump();
+    assert_eq!(
+        requests_on(&r, mark, ConnId(2)),
+        vec![(
+            T0 + secs(1),
+            format!("{{\"nodeId\":{ME},\"type\":5,\"dest\":3000,\"from\":{ME}}}")
+        )]
+    );
+    assert_eq!(r.node.node_list(true), vec![ME, 3000]);
+    let tail: Vec<_> = r
+        .events
+        .iter()
+        .filter(|(at, _)| *at == T0 + secs(1))
+        .map(|(_, e)| e.clone())
+        .collect();
+    assert!(tail.contains(&Event::DroppedConnection {
+        node_id: 2000,
+        conn: ConnId(1),
+        reason: DropReason::Disconnected
+    }));
+    assert!(tail.contains(&Event::ChangedConnections));
+}
+
+// --- tree-ness ---------------------------------------------------------------------------
+
+#[test]
+fn second_path_to_a_known_node_is_closed() {
+    let mut r = rig();
+    r.add_neighbour(
+        ConnId(1),
+        Direction::Ap,
+        "{\"nodeId\":2000,\"subs\":[{\"nodeId\":3000}]}",
+    );
+    r.add_neighbour(ConnId(2), Direction::Ap, "{\"nodeId\":3000}");
+    assert_eq!(r.closed, vec![(ConnId(2), DropReason::AlreadyConnected)]);
+    assert_eq!(r.node.node_list(true), vec![ME, 2000, 3000]);
+    assert_eq!(r.node.route(3000), Some(ConnId(1)));
+}
+
+#[test]
+fn loop_rules_close_the_link() {
+    let cases = [
+        (
+            "{\"nodeId\":2000,\"subs\":[{\"nodeId\":5,\"subs\":[{\"nodeId\":2000}]}]}",
+            DropReason::LoopNeighbourInSubs,
+        ),
+        (
+            "{\"nodeId\":2000,\"subs\":[{\"nodeId\":1000}]}",
+            DropReason::LoopContainsSelf,
+        ),
+        ("{\"nodeId\":1000}", DropReason::InvalidNodeId),
+        ("{\"nodeId\":0}", DropReason::InvalidNodeId),
+    ];
+    for (tree, reason) in cases {
+        // On the first NODE_SYNC ...
+        let mut r = rig();
+        r.add_neighbour(ConnId(1), Direction::Ap, tree);
+        assert_eq!(r.closed, vec![(ConnId(1), reason)], "{tree}");
+        assert_eq!(r.node.node_list(false), Vec::<u32>::new());
+        // ... and on a later one.
+        if reason != DropReason::InvalidNodeId {
+            let mut r = rig();
+            r.add_neighbour(ConnId(1), Direction::Ap, "{\"nodeId\":2000}");
+            r.deliver(ConnId(1), &sync_frame(tree, 6, ME, 2000));
+            assert_eq!(r.closed, vec![(ConnId(1), reason)], "{tree}");
+            assert_eq!(r.node.node_list(false), Vec::<u32>::new());
+        }
+    }
+    let mut r = rig();
+    r.add_neighbour(ConnId(1), Direction::Ap, "{\"nodeId\":2000}");
+    r.deliver(ConnId(1), &sync_frame("{\"nodeId\":2001}", 6, ME, 2001));
+    assert_eq!(r.closed, vec![(ConnId(1), DropReason::NodeIdChanged)]);
+    assert!(
+        r.events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::DroppedConnection { node_id: 2000, .. }))
+    );
+}
+
+// --- NODE_SYNC parse cache ---------------------------------------------------------------
+
+/// Identical NODE_SYNC frames skip parsing; a frame of the other kind that changed the tree
+/// must invalidate the shortcut, or an old reply coming back would leave a stale tree.
+#[test]
+fn identical_frame_shortcut_never_keeps_a_stale_tree() {
+    let x = "{\"nodeId\":2000,\"subs\":[{\"nodeId\":2001}]}";
+    let y = "{\"nodeId\":2000}";
+    let mut r = rig();
+    r.add_neighbour(ConnId(1), Direction::Ap, x);
+    r.deliver(ConnId(1), &sync_frame(x, 6, ME, 2000)); // reply with X
+    r.deliver(ConnId(1), &sync_frame(y, 5, ME, 2000)); // request with Y
+    assert_eq!(r.node.node_list(false), vec![2000]);
+    r.deliver(ConnId(1), &sync_frame(x, 6, ME, 2000)); // the same reply bytes as before
+    assert_eq!(r.node.node_list(false), vec![2000, 2001]);
+}
+
+// --- time authority flag -----------------------------------------------------------------
+
+#[test]
+fn time_authority_learnt_from_a_request_survives_stock_replies() {
+    let ta = "{\"nodeId\":2000,\"hasTimeAuthority\":true}";
+    let plain = "{\"nodeId\":2000}";
+    let mut r = rig();
+    r.add_neighbour(ConnId(1), Direction::Ap, ta); // a request with the flag
+    let changes = |r: &Rig| {
+        r.events
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::ChangedConnections))
+            .count()
+    };
+    let before = changes(&r);
+    // A stock reply omits the flag: no flap, no topology change.
+    r.deliver(ConnId(1), &sync_frame(plain, 6, ME, 2000));
+    assert!(r.node.neighbour_tree(ConnId(1)).unwrap().has_time_authority);
+    assert_eq!(changes(&r), before);
+    // A request without it means the neighbour gave it up.
+    r.deliver(ConnId(1), &sync_frame(plain, 5, ME, 2000));
+    assert!(!r.node.neighbour_tree(ConnId(1)).unwrap().has_time_authority);
+    assert_eq!(changes(&r), before + 1);
+}
+
+#[test]
+fn our_replies_carry_time_authority() {
+    let mut cfg = Config::new(ME);
+    cfg.time_authority = true;
+    let mut r = Rig::new(cfg, T0);
+    r.add_neighbour(ConnId(1), Direction::Ap, "{\"nodeId\":2000}");
+    let reply = r.sent.iter().find(|s| s.ty() == 6).unwrap();
+    assert_eq!(
+        reply.text,
+        format!(
+            "{{\"nodeId\":{ME},\"hasTimeAuthority\":true,\"type\":6,\"dest\":2000,\"from\":{ME}}}"
+        )
+    );
+}
+
+// --- routing -----------------------------------------------------------------------------
+
+fn routed_rig() -> Rig {
+    let mut r = rig();
+    r.add_neighbour(
+        ConnId(1),
+        Direction::Ap,
+        "{\"nodeId\":2000,\"subs\":[{\"nodeId\":2001}]}",
+    );
+    r.add_neighbour(ConnId(2), Direction::Ap, "{\"nodeId\":3000}");
+    r.connect(ConnId(3), Direction::Ap); // unsynced
+    r.advance_to(T0 + secs(1));
+    r
+}
+
+fn sent_on(r: &Rig, mark: usize) -> Vec<(u64, String)> {
+    r.sent_since(mark)
+        .iter()
+        .map(|s| (s.conn.0, s.text.clone()))
+        .collect()
+}
+
+#[test]
+fn single_is_forwarded_unchanged_by_subtree() {
+    let mut r = routed_rig();
+    // Odd spacing and an unknown field: forwarded byte for byte, not re-serialized.
+    let frame = "{\"type\":9, \"dest\":2001,\"from\":3000,\"msg\":\"hi\",\"x\":[1]}";
+    let mark = r.sent.len();
+    r.deliver(ConnId(2), frame);
+    assert_eq!(sent_on(&r, mark), vec![(1, frame.to_owned())]);
+    assert!(
+        !r.events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Received { .. }))
+    );
+    assert_eq!(r.node.stats().forwarded, 1);
+    // No route: dropped and counted.
+    let mark = r.sent.len();
+    r.deliver(
+        ConnId(2),
+        "{\"type\":9,\"dest\":4242,\"from\":3000,\"msg\":\"hi\"}",
+    );
+    assert!(sent_on(&r, mark).is_empty());
+    assert_eq!(r.node.stats().dropped_no_route, 1);
+    // Back out of the link it came from when the destination lies behind it (observed).
+    let frame = "{\"type\":9,\"dest\":2001,\"from\":2000,\"msg\":\"to-my-own-child\"}";
+    let mark = r.sent.len();
+    r.deliver(ConnId(1), frame);
+    assert_eq!(sent_on(&r, mark), vec![(1, frame.to_owned())]);
+}
+
+#[test]
+fn single_for_us_is_received() {
+    let mut r = routed_rig();
+    let mark = r.sent.len();
+    r.deliver(
+        ConnId(1),
+        &format!("{{\"type\":9,\"dest\":{ME},\"from\":2001,\"msg\":\"hello\"}}"),
+    );
+    assert!(sent_on(&r, mark).is_empty());
+    let got: Vec<_> = r
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Received {
+                from,
+                msg,
+                broadcast,
+            } => Some((*from, msg.clone(), *broadcast)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, vec![(2001, b"hello".to_vec(), false)]);
+}
+
+#[test]
+fn broadcast_goes_to_every_other_synced_link_and_locally() {
+    let mut r = routed_rig();
+    let frame = "{\"type\":8,\"dest\":0,\"from\":2001,\"msg\":\"all\"}";
+    let mark = r.sent.len();
+    r.deliver(ConnId(1), frame);
+    assert_eq!(sent_on(&r, mark), vec![(2, frame.to_owned())]);
+    assert!(r.events.iter().any(|(_, e)| *e
+        == Event::Received {
+            from: 2001,
+            msg: b"all".to_vec(),
+            broadcast: true
+        }));
+    // A broadcast arriving on the unsynced link is forwarded to both synced ones and delivered.
+    let mark = r.sent.len();
+    r.deliver(ConnId(3), frame);
+    assert_eq!(
+        sent_on(&r, mark),
+        vec![(1, frame.to_owned()), (2, frame.to_owned())]
+    );
+}
+
+#[test]
+fn our_own_sends_route_like_the_reference() {
+    let mut r = routed_rig();
+    let now = r.now;
+    let mark = r.sent.len();
+    r.node.send_single(now, 2001, "s").unwrap();
+    r.node.send_broadcast(now, "b", false).unwrap();
+    r.pump();
+    assert_eq!(
+        sent_on(&r, mark),
+        vec![
+            (
+                1,
+                format!("{{\"type\":9,\"dest\":2001,\"from\":{ME},\"msg\":\"s\"}}")
+            ),
+            (
+                1,
+                format!("{{\"type\":8,\"dest\":0,\"from\":{ME},\"msg\":\"b\"}}")
+            ),
+            (
+                2,
+                format!("{{\"type\":8,\"dest\":0,\"from\":{ME},\"msg\":\"b\"}}")
+            ),
+        ]
+    );
+    assert_eq!(
+        r.node.send_single(now, 4242, "x"),
+        Err(pmesh_node::SendError::NoRoute)
+    );
+    assert_eq!(
+        r.node.send_single(now, ME, "x"),
+        Err(pmesh_node::SendError::NoRoute)
+    );
+    // include_self delivers it here too.
+    r.node.send_broadcast(now, "me too", true).unwrap();
+    r.pump();
+    assert!(r.events.iter().any(|(_, e)| *e
+        == Event::Received {
+            from: ME,
+            msg: b"me too".to_vec(),
+            broadcast: true
+        }));
+}
+
+#[test]
+fn unknown_types_travel_by_their_routing_field() {
+    let mut r = routed_rig();
+    let cases = [
+        // (frame, arriving on, expected forwards)
+        (
+            "{\"type\":300,\"routing\":2,\"from\":2001,\"v\":1}",
+            1,
+            vec![2],
+        ),
+        (
+            "{\"type\":301,\"routing\":1,\"dest\":3000,\"from\":2001}",
+            1,
+            vec![2],
+        ),
+        (
+            &*format!("{{\"type\":302,\"routing\":1,\"dest\":{ME},\"from\":2001}}"),
+            1,
+            vec![],
+        ),
+        (
+            "{\"type\":303,\"routing\":0,\"dest\":3000,\"from\":2001}",
+            1,
+            vec![],
+        ),
+        ("{\"type\":304,\"from\":2001}", 1, vec![]),
+    ];
+    for (frame, on, forwards) in cases {
+        let mark = r.sent.len();
+        let ev = r.events.len();
+        r.deliver(ConnId(on), frame);
+        let out: Vec<u64> = sent_on(&r, mark)
+            .into_iter()
+            .map(|(c, text)| {
+                assert_eq!(text, frame);
+                c
+            })
+            .collect();
+        assert_eq!(out, forwards, "{frame}");
+        // Processed here unless it was a SINGLE for someone else.
+        let local = r.events[ev..]
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Package { .. }));
+        assert_eq!(
+            local,
+            !frame.contains("\"routing\":1,\"dest\":3000"),
+            "{frame}"
+        );
+    }
+    // CONTROL (7) is accepted and dropped; broken JSON is dropped; the link stays.
+    let ev = r.events.len();
+    r.deliver(ConnId(1), "{\"type\":7,\"from\":2001}");
+    r.deliver(
+        ConnId(1),
+        &format!("{{\"type\":9,\"dest\":{ME},\"from\":1001,\"msg\":broken}}"),
+    );
+    assert_eq!(r.events.len(), ev);
+    assert_eq!(r.node.stats().dropped_unhandled, 1);
+    assert_eq!(r.node.stats().dropped_invalid, 1);
+    assert!(r.closed.is_empty());
+}
+
+#[test]
+fn single_to_zero_goes_back_to_the_unsynced_link() {
+    // Observed on the reference: findRoute(0) matches a link whose nodeId is still 0.
+    let mut r = routed_rig();
+    let frame = "{\"type\":9,\"dest\":0,\"from\":2001,\"msg\":\"?\"}";
+    let mark = r.sent.len();
+    r.deliver(ConnId(1), frame);
+    assert_eq!(sent_on(&r, mark), vec![(3, frame.to_owned())]);
+}
+
+// --- time sync ---------------------------------------------------------------------------
+
+fn time_starts(r: &Rig, mark: usize, conn: ConnId) -> Vec<Instant> {
+    r.time_sync_starts(mark, conn)
+        .into_iter()
+        .map(|s| s.at)
+        .collect()
+}
+
+#[test]
+fn time_sync_starts_after_the_first_node_sync_station_at_once_ap_after_ten_seconds() {
+    let mut r = rig();
+    r.connect(ConnId(1), Direction::Station);
+    r.connect(ConnId(2), Direction::Ap);
+    r.advance_to(T0 + secs(1));
+    assert!(
+        r.sent.iter().all(|s| s.ty() != 4),
+        "no time sync before the first NODE_SYNC"
+    );
+    r.peers
+        .insert(ConnId(1), (2000, "{\"nodeId\":2000}".into()));
+    r.peers
+        .insert(ConnId(2), (3000, "{\"nodeId\":3000}".into()));
+    r.deliver(ConnId(1), &sync_frame("{\"nodeId\":2000}", 6, ME, 2000));
+    r.deliver(ConnId(2), &sync_frame("{\"nodeId\":3000}", 5, ME, 3000));
+    // No reply ever comes: the task runs every 10 s.
+    r.advance_to(T0 + secs(40));
+    assert_eq!(
+        time_starts(&r, 0, ConnId(1)),
+        (0..4).map(|k| T0 + secs(1 + 10 * k)).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        time_starts(&r, 0, ConnId(2)),
+        (1..4).map(|k| T0 + secs(1 + 10 * k)).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn time_request_on_an_unsynced_link_is_answered_but_starts_no_task() {
+    let mut r = rig();
+    r.connect(ConnId(1), Direction::Ap);
+    r.deliver(
+        ConnId(1),
+        "{\"type\":4,\"dest\":0,\"from\":2000,\"msg\":{\"type\":1,\"t0\":5}}",
+    );
+    r.deliver(
+        ConnId(1),
+        "{\"type\":4,\"dest\":0,\"from\":2000,\"msg\":{\"type\":-1}}",
+    );
+    r.advance_to(T0 + secs(5));
+    let time: Vec<_> = r.sent.iter().filter(|s| s.ty() == 4).collect();
+    assert_eq!(time.len(), 1);
+    assert_eq!(time[0].msg_type(), Some(2));
+    assert_eq!(time[0].at, T0 + Duration::from_millis(1));
+}
+
+#[test]
+fn time_delay_is_forwarded_and_answered_by_its_target() {
+    let mut r = routed_rig();
+    let req = "{\"type\":3,\"dest\":2001,\"from\":3000,\"msg\":{\"type\":1,\"t0\":77}}";
+    let mark = r.sent.len();
+    r.deliver(ConnId(2), req);
+    assert_eq!(sent_on(&r, mark), vec![(1, req.to_owned())]);
+    // Addressed to us: answered on the link it came from after the hold.
+    let now_mesh = r.node.mesh_time(r.now);
+    let mark = r.sent.len();
+    r.deliver(
+        ConnId(2),
+        &format!("{{\"type\":3,\"dest\":{ME},\"from\":3000,\"msg\":{{\"type\":1,\"t0\":77}}}}"),
+    );
+    r.advance(Duration::from_millis(1));
+    assert_eq!(
+        sent_on(&r, mark),
+        vec![(
+            2,
+            format!(
+                "{{\"type\":3,\"dest\":3000,\"from\":{ME},\"msg\":{{\"type\":2,\"t0\":77,\"t1\":{now_mesh},\"t2\":{}}}}}",
+                now_mesh + 1000
+            )
+        )]
+    );
+}
