@@ -121,6 +121,21 @@ pub enum JsonErrorKind {
     BadNumber,
 }
 
+impl JsonErrorKind {
+    /// The reference's `DeserializationError` name for this kind (`EmptyInput`,
+    /// `IncompleteInput`, `TooDeep`, `InvalidInput`).
+    pub fn reference_name(self) -> &'static str {
+        match self {
+            JsonErrorKind::Empty => "EmptyInput",
+            JsonErrorKind::Incomplete => "IncompleteInput",
+            JsonErrorKind::TooDeep => "TooDeep",
+            JsonErrorKind::Unexpected(_) | JsonErrorKind::BadEscape | JsonErrorKind::BadNumber => {
+                "InvalidInput"
+            }
+        }
+    }
+}
+
 impl fmt::Display for JsonError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind {

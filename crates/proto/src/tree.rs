@@ -30,14 +30,17 @@ impl NodeTree {
     }
 
     /// Reads a NodeTree from a JSON object the way the reference does: `nodeId` only when it
-    /// is a JSON integer in u32 range, falling back to `from` when absent; `root` and
+    /// is a JSON integer in u32 range, falling back to `from` otherwise; `root` and
     /// `hasTimeAuthority` only when they are bools; `subs` only when it is an array, whose
     /// non-object elements become nodeId-0 subtrees.
     pub fn from_object(obj: &Object) -> Self {
-        let node_id = match obj.get("nodeId") {
-            Some(v) => v.as_u32_strict().unwrap_or(0),
-            None => obj.get("from").and_then(Value::as_u32_strict).unwrap_or(0),
-        };
+        // `nodeId` counts only as a JSON integer in u32 range (`is<uint32_t>`); otherwise
+        // (absent, a string, a float, out of range) the reference falls back to `from`, read
+        // leniently (`as<uint32_t>`: "7" is 7).
+        let node_id = obj
+            .get("nodeId")
+            .and_then(Value::as_u32_strict)
+            .unwrap_or_else(|| obj.get("from").map(Value::to_u32_lenient).unwrap_or(0));
         let flag = |k| obj.get(k).and_then(Value::as_bool).unwrap_or(false);
         let subs = match obj.get("subs") {
             Some(Value::Array(items)) => items
