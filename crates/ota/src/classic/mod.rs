@@ -1,0 +1,10 @@
+//! Classic painlessMesh OTA (types 10/11/12, spec §6), wire-compatible with stock nodes:
+//! the distributor, pmesh's receiver, and the stock receiver's behaviour for simulation.
+
+pub mod distributor;
+pub mod receiver;
+pub mod reference;
+
+pub use distributor::{AnnounceSchedule, ClassicDistributor, ClassicDistributorStats};
+pub use receiver::{ClassicReceiver, ClassicReceiverStats, ClassicTuning};
+pub use reference::{ReferenceReceiver, ReferenceStats};

@@ -1,0 +1,352 @@
+//! [`Ota`]: the node plugin that puts it all together — classic distributor, a classic
+//! receiver (pmesh's or the stock behaviour), and the pmesh-protocol agent — over one
+//! firmware sink and one store.
+
+use alloc::string::String;
+
+use pmesh_node::{ConnectionChange, Context, Handled, Incoming, Instant, Plugin};
+use pmesh_proto::message::types;
+use pmesh_proto::ota::{Announce, Data, DataRequest};
+
+use crate::classic::{
+    AnnounceSchedule, ClassicDistributor, ClassicReceiver, ClassicTuning, ReferenceReceiver,
+};
+use crate::event::{OtaEvent, Refusal, TransferId};
+use crate::io::{FirmwareSink, OtaStore};
+use crate::offer::{Offer, Protocol};
+use crate::pmesh::{PmeshAgent, PmeshTuning, wire};
+
+/// How this node takes classic (painlessMesh) OTA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClassicReceiverKind {
+    /// pmesh's receiver: out-of-order chunks, own-id requests, broadcast that starts, gzip.
+    Pmesh,
+    /// The stock painlessMesh receiver, bugs included (for simulating mixed meshes).
+    Reference,
+    /// Ignore classic offers.
+    Off,
+}
+
+/// Configuration of the [`Ota`] plugin.
+#[derive(Clone, Debug)]
+pub struct OtaConfig {
+    /// This node's role (compared exactly with offers).
+    pub role: String,
+    /// This node's hardware (compared exactly with offers).
+    pub hardware: String,
+    /// Classic receiver behaviour.
+    pub classic_receiver: ClassicReceiverKind,
+    /// Install pmesh-protocol rollouts (false: relay them only).
+    pub pmesh_receiver: bool,
+    /// Classic receiver timers and window.
+    pub classic: ClassicTuning,
+    /// Classic distributor announce schedule.
+    pub announce: AnnounceSchedule,
+    /// pmesh protocol knobs.
+    pub pmesh: PmeshTuning,
+}
+
+impl OtaConfig {
+    /// A pmesh node of `role` on `hardware` with every default.
+    pub fn new(role: impl Into<String>, hardware: impl Into<String>) -> Self {
+        OtaConfig {
+            role: role.into(),
+            hardware: hardware.into(),
+            classic_receiver: ClassicReceiverKind::Pmesh,
+            pmesh_receiver: true,
+            classic: ClassicTuning::default(),
+            announce: AnnounceSchedule::default(),
+            pmesh: PmeshTuning::default(),
+        }
+    }
+
+    /// A node behaving like a stock painlessMesh receiver (classic OTA only, no pmesh protocol).
+    pub fn stock(role: impl Into<String>, hardware: impl Into<String>) -> Self {
+        OtaConfig {
+            classic_receiver: ClassicReceiverKind::Reference,
+            pmesh_receiver: false,
+            ..OtaConfig::new(role, hardware)
+        }
+    }
+}
+
+#[derive(Debug)]
+enum ClassicRx {
+    Pmesh(ClassicReceiver),
+    Reference(ReferenceReceiver),
+    Off,
+}
+
+/// The OTA plugin. `S` receives images, `T` remembers progress; both survive reboots when the
+/// host keeps them (the memory implementations are shared handles).
+///
+/// Drive it through the node: `node.with_plugin(now, |ota, ctx| ota.offer(ctx, offer))`.
+#[derive(Debug)]
+pub struct Ota<S: FirmwareSink, T: OtaStore> {
+    cfg: OtaConfig,
+    sink: S,
+    store: T,
+    classic_tx: ClassicDistributor,
+    classic_rx: ClassicRx,
+    pmesh: PmeshAgent,
+    booted: bool,
+    /// A stock node speaks no pmesh protocol at all (it neither relays nor answers HELLO).
+    speaks_pmesh: bool,
+}
+
+impl<S: FirmwareSink, T: OtaStore> Ota<S, T> {
+    /// A plugin over `sink` and `store`. It reads the store (current image, a transfer to
+    /// resume) on its first callback.
+    pub fn new(cfg: OtaConfig, sink: S, store: T) -> Self {
+        let classic_rx = match cfg.classic_receiver {
+            ClassicReceiverKind::Pmesh => ClassicRx::Pmesh(ClassicReceiver::new(
+                cfg.role.clone(),
+                cfg.hardware.clone(),
+                cfg.classic,
+            )),
+            ClassicReceiverKind::Reference => ClassicRx::Reference(ReferenceReceiver::new(
+                cfg.role.clone(),
+                cfg.hardware.clone(),
+            )),
+            ClassicReceiverKind::Off => ClassicRx::Off,
+        };
+        let speaks_pmesh = cfg.classic_receiver != ClassicReceiverKind::Reference;
+        Ota {
+            classic_tx: ClassicDistributor::new(cfg.announce),
+            pmesh: PmeshAgent::new(
+                cfg.role.clone(),
+                cfg.hardware.clone(),
+                cfg.pmesh_receiver,
+                cfg.pmesh,
+            ),
+            classic_rx,
+            cfg,
+            sink,
+            store,
+            booted: false,
+            speaks_pmesh,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &OtaConfig {
+        &self.cfg
+    }
+
+    /// The firmware sink.
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+
+    /// The store.
+    pub fn store(&self) -> &T {
+        &self.store
+    }
+
+    /// The classic distributor.
+    pub fn classic_distributor(&self) -> &ClassicDistributor {
+        &self.classic_tx
+    }
+
+    /// pmesh's classic receiver, if this node uses it.
+    pub fn classic_receiver(&self) -> Option<&ClassicReceiver> {
+        match &self.classic_rx {
+            ClassicRx::Pmesh(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The stock-behaviour receiver, if this node uses it.
+    pub fn reference_receiver(&self) -> Option<&ReferenceReceiver> {
+        match &self.classic_rx {
+            ClassicRx::Reference(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The pmesh-protocol agent.
+    pub fn pmesh(&self) -> &PmeshAgent {
+        &self.pmesh
+    }
+
+    /// Largest receiver tracking state held now (classic or pmesh), bytes.
+    pub fn tracking_bytes(&self) -> usize {
+        let classic = match &self.classic_rx {
+            ClassicRx::Pmesh(r) => r.tracking_bytes(),
+            _ => 0,
+        };
+        classic.max(self.pmesh.tracking_bytes())
+    }
+
+    /// Offers an image to the mesh from this node (the distributor API).
+    pub fn offer(
+        &mut self,
+        ctx: &mut Context<'_, OtaEvent>,
+        offer: Offer,
+    ) -> Result<TransferId, Refusal> {
+        self.ensure_booted(ctx);
+        match offer.protocol {
+            Protocol::Classic => {
+                let prepared = offer.prepare_classic()?;
+                Ok(self.classic_tx.offer(ctx, prepared))
+            }
+            Protocol::Pmesh => self.pmesh.offer(ctx, offer),
+        }
+    }
+
+    /// Sets the apply time (mesh µs) of the pmesh rollout this node distributes.
+    pub fn apply_at(&mut self, ctx: &mut Context<'_, OtaEvent>, mesh_time: u32) -> bool {
+        self.pmesh.apply_at(ctx, mesh_time)
+    }
+
+    /// Cancels the pmesh rollout this node distributes.
+    pub fn cancel_pmesh(&mut self, ctx: &mut Context<'_, OtaEvent>) -> bool {
+        self.pmesh.cancel(ctx)
+    }
+
+    /// Stops announcing and serving a classic image.
+    pub fn cancel_classic(&mut self, md5: &str) -> bool {
+        self.classic_tx.cancel(md5)
+    }
+
+    fn classic_busy(&self) -> bool {
+        match &self.classic_rx {
+            ClassicRx::Pmesh(r) => r.active().is_some(),
+            _ => false,
+        }
+    }
+
+    fn pmesh_busy(&self) -> bool {
+        self.pmesh
+            .status()
+            .is_some_and(|s| s.target && s.phase == crate::event::Phase::Distribute)
+    }
+
+    fn ensure_booted(&mut self, ctx: &mut Context<'_, OtaEvent>) {
+        if self.booted {
+            return;
+        }
+        self.booted = true;
+        match &mut self.classic_rx {
+            ClassicRx::Pmesh(r) => r.boot(ctx, &mut self.sink, &mut self.store),
+            ClassicRx::Reference(r) => r.boot(&self.store),
+            ClassicRx::Off => {}
+        }
+        if self.speaks_pmesh && !self.classic_busy() {
+            self.pmesh.boot(ctx, &mut self.sink, &mut self.store);
+        }
+    }
+}
+
+impl<S: FirmwareSink, T: OtaStore> Plugin for Ota<S, T> {
+    type Event = OtaEvent;
+
+    fn on_frame(&mut self, ctx: &mut Context<'_, OtaEvent>, frame: &Incoming<'_>) -> Handled {
+        self.ensure_booted(ctx);
+        let env = frame.envelope;
+        match env.ty {
+            types::OTA_ANNOUNCE => {
+                let a = Announce::from_envelope(env);
+                let busy = self.pmesh_busy();
+                match &mut self.classic_rx {
+                    ClassicRx::Pmesh(r) => r.on_announce(
+                        ctx,
+                        a,
+                        &frame.raw[..],
+                        &mut self.sink,
+                        &mut self.store,
+                        busy,
+                    ),
+                    ClassicRx::Reference(r) => r.on_announce(ctx, &a),
+                    ClassicRx::Off => {}
+                }
+                Handled::Yes
+            }
+            types::OTA_DATA_REQUEST => {
+                if env.dest == ctx.node_id() {
+                    self.classic_tx
+                        .on_request(ctx, &DataRequest::from_envelope(env));
+                }
+                Handled::Yes
+            }
+            types::OTA_DATA => {
+                let d = Data::from_envelope(env);
+                match &mut self.classic_rx {
+                    ClassicRx::Pmesh(r) => r.on_data(ctx, &d, &mut self.sink, &mut self.store),
+                    ClassicRx::Reference(r) => r.on_data(ctx, &d, &mut self.sink, &mut self.store),
+                    ClassicRx::Off => {}
+                }
+                Handled::Yes
+            }
+            wire::HELLO..=wire::CANCEL => {
+                if self.speaks_pmesh {
+                    let busy = self.classic_busy();
+                    self.pmesh
+                        .on_frame(ctx, frame, &mut self.sink, &mut self.store, busy);
+                    Handled::Yes
+                } else {
+                    Handled::No
+                }
+            }
+            _ => Handled::No,
+        }
+    }
+
+    fn on_connection(&mut self, ctx: &mut Context<'_, OtaEvent>, change: ConnectionChange) {
+        self.ensure_booted(ctx);
+        if !self.speaks_pmesh {
+            return;
+        }
+        match change {
+            ConnectionChange::New { conn, .. } => {
+                self.pmesh.on_new_connection(ctx, conn);
+                self.pmesh.on_topology(ctx);
+            }
+            ConnectionChange::Dropped { conn, .. } => {
+                self.pmesh.on_dropped(ctx, conn, &mut self.sink)
+            }
+            ConnectionChange::Topology => self.pmesh.on_topology(ctx),
+        }
+    }
+
+    fn on_timeout(&mut self, ctx: &mut Context<'_, OtaEvent>) {
+        self.ensure_booted(ctx);
+        let now = ctx.now();
+        if self.classic_tx.poll_timeout().is_some_and(|t| t <= now) {
+            self.classic_tx.on_timeout(ctx);
+        }
+        match &mut self.classic_rx {
+            ClassicRx::Pmesh(r) if r.poll_timeout().is_some_and(|t| t <= now) => r.on_timeout(ctx),
+            ClassicRx::Reference(r) if r.poll_timeout().is_some_and(|t| t <= now) => {
+                r.on_timeout(ctx)
+            }
+            _ => {}
+        }
+        if self.speaks_pmesh && self.pmesh.poll_timeout().is_some_and(|t| t <= now) {
+            self.pmesh.on_timeout(ctx, &mut self.sink, &mut self.store);
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        if !self.booted {
+            return Some(Instant::ZERO);
+        }
+        let rx = match &self.classic_rx {
+            ClassicRx::Pmesh(r) => r.poll_timeout(),
+            ClassicRx::Reference(r) => r.poll_timeout(),
+            ClassicRx::Off => None,
+        };
+        [
+            self.classic_tx.poll_timeout(),
+            rx,
+            if self.speaks_pmesh {
+                self.pmesh.poll_timeout()
+            } else {
+                None
+            },
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}

@@ -1,0 +1,1649 @@
+//! pmesh's own OTA protocol, one agent per node: distributor, target, or relay for others.
+//!
+//! How a rollout runs (full description in `docs/ota.md`):
+//!
+//! 1. The distributor floods a MANIFEST. Every pmesh node checks it before it accepts any
+//!    chunk: sizes consistent, compression known, the image fits, role and hardware match,
+//!    not already current (unless forced). Targets open the sink (or resume a recorded
+//!    transfer of the same image); other nodes become relays.
+//! 2. A node that needs chunks — a target, or a relay whose subscribers need some — sends
+//!    WANT to its upstream: the neighbour on its route to the distributor when that neighbour
+//!    speaks pmesh OTA (it said HELLO), otherwise the distributor itself by SINGLE routing
+//!    (through stock nodes). WANT carries the bitmap of chunks not to send.
+//! 3. Every holder pushes to each subscriber the lowest chunk that the subscriber needs and
+//!    the holder has, as soon as it has it, keeping up to `window` chunks unacknowledged per
+//!    link; subscribers ACK with a count every `ack_every` chunks. Targets store and forward
+//!    (from a small frame cache, or re-read from the sink); relays cut through and hold at
+//!    most a window of frames, acknowledging upstream only once every subscriber that
+//!    needs a frame has it, so back-pressure reaches the source.
+//! 4. A subscriber that hears nothing for `rewant_after` while it still misses chunks sends
+//!    WANT again with its bitmap: the holder re-sends exactly what is missing. After a
+//!    reboot, a lost parent or a late join, the node subscribes to whichever neighbour is now
+//!    upstream, with its persisted bitmap: repair comes from the nearest holder, never from
+//!    chunk 0.
+//! 5. Progress travels upstream inside ACKs (node, chunks, phase) at every 1 % step and every
+//!    phase change. A target that holds every chunk verifies the SHA-256 of what it wrote,
+//!    reports `verified`, and applies on verify or at the mesh time an APPLY sets.
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use bytes::Bytes;
+use pmesh_node::{ConnId, Context, Incoming, Instant};
+use pmesh_proto::{Envelope, Routing, encode_frame};
+
+use crate::bitmap::ChunkBitmap;
+use crate::classic::receiver::read_back_hashes;
+use crate::codec::{self, Sha256Hasher};
+use crate::event::{OtaEvent, Phase, Refusal, TransferId};
+use crate::io::{FirmwareSink, FirmwareSource, InstalledImage, OtaStore};
+use crate::offer::{ApplyPolicy, Offer, PMESH_CHUNK};
+use crate::pmesh::wire::{self, ChunkMsg, Compression, Manifest, Report, Via, Want};
+
+/// Knobs of the pmesh protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PmeshTuning {
+    /// Chunks in flight (sent, not acknowledged) per link.
+    pub window: u32,
+    /// A subscriber acknowledges every this many chunks.
+    pub ack_every: u32,
+    /// Silence after which a subscriber that still misses chunks asks again.
+    pub rewant_after: Duration,
+    /// The re-ask interval doubles up to this.
+    pub rewant_max: Duration,
+    /// The distributor re-floods the manifest this often.
+    pub manifest_interval: Duration,
+    /// Progress reports wait at most this long for an ACK to ride on.
+    pub report_flush: Duration,
+    /// Cap on OTA data per link, bytes per second (`None`: no cap).
+    pub rate_limit: Option<u32>,
+    /// Recent chunk frames kept for forwarding to slower subscribers.
+    pub cache_frames: usize,
+}
+
+impl Default for PmeshTuning {
+    fn default() -> Self {
+        PmeshTuning {
+            window: 8,
+            ack_every: 4,
+            rewant_after: Duration::from_secs(3),
+            rewant_max: Duration::from_secs(30),
+            manifest_interval: Duration::from_secs(60),
+            report_flush: Duration::from_millis(500),
+            rate_limit: None,
+            cache_frames: 16,
+        }
+    }
+}
+
+/// Counters of a pmesh agent (the simulator sums them into the bench figures).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PmeshStats {
+    /// CHUNK frames sent.
+    pub data_frames_sent: u64,
+    /// CHUNK bytes sent (frame bytes, NUL included).
+    pub data_bytes_sent: u64,
+    /// Of those, sent to a re-subscribed node (resume, new parent, re-ask): repair.
+    pub repair_bytes_sent: u64,
+    /// Of the repair bytes, sent to a direct neighbour.
+    pub repair_bytes_to_neighbour: u64,
+    /// Control frames sent (HELLO, MANIFEST, WANT, ACK, APPLY, CANCEL).
+    pub control_frames_sent: u64,
+    /// Control bytes sent (NUL included).
+    pub control_bytes_sent: u64,
+    /// New chunks written to the sink.
+    pub chunks_written: u64,
+    /// Chunks received that were already held.
+    pub duplicates: u64,
+    /// Chunks rejected: CRC mismatch, bad DEFLATE, wrong length, undecodable.
+    pub corrupt: u64,
+    /// Frames rebuilt from the sink or source (not in the cache).
+    pub frames_rebuilt: u64,
+    /// WANT frames sent after silence (re-asks).
+    pub rewants: u64,
+    /// Malformed pmesh frames ignored.
+    pub malformed: u64,
+}
+
+/// A subscriber or an upstream: a neighbour, or a node reached by SINGLE routing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Peer {
+    Conn(ConnId),
+    Remote(u32),
+}
+
+/// What this node is in the rollout.
+enum Role {
+    Distributor(Box<DistState>),
+    Target,
+    Relay,
+}
+
+struct DistState {
+    source: Box<dyn FirmwareSource>,
+    policy: ApplyPolicy,
+    reports: BTreeMap<u32, (u32, Phase)>,
+    next_manifest: Instant,
+    verified_emitted: bool,
+}
+
+struct Child {
+    peer: Peer,
+    need: ChunkBitmap,
+    sent: u32,
+    acked: u32,
+    recent: VecDeque<u32>,
+    repair: bool,
+    tokens: i64,
+    refilled: Instant,
+    wake: Option<Instant>,
+}
+
+struct Upstream {
+    peer: Peer,
+    recv: u32,
+    acked_sent: u32,
+    rewant_at: Option<Instant>,
+    backoff: Duration,
+}
+
+struct Rollout {
+    m: Manifest,
+    role: Role,
+    have: ChunkBitmap,
+    phase: Phase,
+    upstream: Option<Upstream>,
+    /// This node subscribed before in this rollout (so later subscriptions are repair).
+    had_state: bool,
+    children: Vec<Child>,
+    cache: VecDeque<(u32, Bytes)>,
+    held: VecDeque<(u32, Bytes)>,
+    released: u32,
+    reports: Vec<Report>,
+    report_due: Option<Instant>,
+    last_pct: u32,
+    apply_local: Option<Instant>,
+    hashes: Option<(String, String)>,
+}
+
+impl Rollout {
+    fn id(&self) -> TransferId {
+        TransferId {
+            mode: crate::event::Mode::Pmesh,
+            id: self.m.id,
+        }
+    }
+
+    /// Chunks this node still wants from upstream (for itself or for its subscribers).
+    fn needs_upstream(&self) -> bool {
+        match self.role {
+            Role::Distributor(_) => false,
+            Role::Target => !self.have.is_complete(),
+            Role::Relay => self.children.iter().any(|c| c.need.count() > 0),
+        }
+    }
+
+    /// The WANT bitmap: what not to send us.
+    fn want_bitmap(&self) -> ChunkBitmap {
+        match self.role {
+            Role::Relay => {
+                let mut needed = ChunkBitmap::new(self.m.count);
+                for c in &self.children {
+                    needed.union_with(&c.need);
+                }
+                for (i, _) in &self.held {
+                    needed.unset(*i);
+                }
+                needed.invert();
+                needed
+            }
+            _ => self.have.clone(),
+        }
+    }
+
+    /// Chunks received from upstream that may be acknowledged.
+    fn ackable(&self) -> u32 {
+        let recv = self.upstream.as_ref().map_or(0, |u| u.recv);
+        match self.role {
+            Role::Relay => self.released.min(recv),
+            _ => recv,
+        }
+    }
+}
+
+/// The pmesh-protocol side of a node.
+pub struct PmeshAgent {
+    role: String,
+    hardware: String,
+    tuning: PmeshTuning,
+    receive: bool,
+    pmesh_conns: Vec<(ConnId, u32)>,
+    r: Option<Rollout>,
+    current_sha: Option<String>,
+    refused: Vec<(u32, &'static str)>,
+    stats: PmeshStats,
+}
+
+impl core::fmt::Debug for PmeshAgent {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PmeshAgent")
+            .field("role", &self.role)
+            .field(
+                "rollout",
+                &self.r.as_ref().map(|r| (r.m.id, r.have.count(), r.phase)),
+            )
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+/// A snapshot of a node's part in the current rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RolloutStatus {
+    /// The rollout.
+    pub id: TransferId,
+    /// This node distributes it.
+    pub distributor: bool,
+    /// This node installs it (false: relay only).
+    pub target: bool,
+    /// Chunks held.
+    pub have: u32,
+    /// Chunks in the image.
+    pub total: u32,
+    /// Phase (targets).
+    pub phase: Phase,
+    /// Subscribers served.
+    pub subscribers: usize,
+}
+
+type Ctx<'a, 'b> = Context<'a, OtaEvent>;
+
+impl PmeshAgent {
+    /// An agent for `role` on `hardware`; `receive` = false makes it relay only.
+    pub fn new(
+        role: impl Into<String>,
+        hardware: impl Into<String>,
+        receive: bool,
+        tuning: PmeshTuning,
+    ) -> Self {
+        PmeshAgent {
+            role: role.into(),
+            hardware: hardware.into(),
+            tuning,
+            receive,
+            pmesh_conns: Vec::new(),
+            r: None,
+            current_sha: None,
+            refused: Vec::new(),
+            stats: PmeshStats::default(),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> PmeshStats {
+        self.stats
+    }
+
+    /// This node's part in the current rollout.
+    pub fn status(&self) -> Option<RolloutStatus> {
+        self.r.as_ref().map(|r| RolloutStatus {
+            id: r.id(),
+            distributor: matches!(r.role, Role::Distributor(_)),
+            target: matches!(r.role, Role::Target),
+            have: r.have.count(),
+            total: r.m.count,
+            phase: r.phase,
+            subscribers: r.children.len(),
+        })
+    }
+
+    /// The distributor's latest report per node: (chunks held, phase).
+    pub fn reports(&self) -> Vec<(u32, u32, Phase)> {
+        match self.r.as_ref().map(|r| &r.role) {
+            Some(Role::Distributor(d)) => {
+                d.reports.iter().map(|(n, (c, p))| (*n, *c, *p)).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Bytes of receiver tracking state: the rollout's fixed fields, its bitmaps (own and one
+    /// per subscriber), the in-flight lists and queued reports. Excludes chunk frames held for
+    /// forwarding ([`PmeshAgent::frame_bytes`]) and the chunk being written.
+    pub fn tracking_bytes(&self) -> usize {
+        self.r.as_ref().map_or(0, |r| {
+            core::mem::size_of::<Rollout>()
+                + r.have.heap_bytes()
+                + r.m.sha256.capacity()
+                + r.m.version.capacity()
+                + r.m.role.capacity()
+                + r.m.hardware.capacity()
+                + r.reports.capacity() * core::mem::size_of::<Report>()
+                + r.children
+                    .iter()
+                    .map(|c| {
+                        core::mem::size_of::<Child>()
+                            + c.need.heap_bytes()
+                            + c.recent.capacity() * 4
+                    })
+                    .sum::<usize>()
+        })
+    }
+
+    /// Bytes of chunk frames held in RAM (cache and relay queue).
+    pub fn frame_bytes(&self) -> usize {
+        self.r.as_ref().map_or(0, |r| {
+            r.cache
+                .iter()
+                .chain(r.held.iter())
+                .map(|(_, b)| b.len())
+                .sum()
+        })
+    }
+
+    // --- boot and connections ----------------------------------------------------------
+
+    /// Boot: the current image, and a transfer to resume if one is recorded.
+    pub(crate) fn boot(
+        &mut self,
+        ctx: &mut Ctx<'_, '_>,
+        sink: &mut dyn FirmwareSink,
+        store: &mut dyn OtaStore,
+    ) {
+        if let Some(cur) = store.current_image()
+            && cur.role == self.role
+            && cur.hardware == self.hardware
+            && !cur.sha256.is_empty()
+        {
+            self.current_sha = Some(cur.sha256);
+        }
+        if !self.receive {
+            return;
+        }
+        let Some(rec) = store.load_transfer() else {
+            return;
+        };
+        let Ok(env) = Envelope::parse(&rec.offer, pmesh_proto::DEFAULT_MAX_DEPTH) else {
+            return;
+        };
+        if env.ty != wire::MANIFEST {
+            return;
+        }
+        let Ok(m) = Manifest::from_envelope(&env) else {
+            let _ = store.clear_transfer();
+            return;
+        };
+        if rec.have.len() != m.count || sink.resume(Some(m.size)).is_err() {
+            let _ = store.clear_transfer();
+            return;
+        }
+        let done = rec.have.count();
+        let mut r = new_rollout(m, Role::Target, rec.have);
+        r.had_state = true;
+        let id = r.id();
+        let total = r.m.count;
+        r.last_pct = done * 100 / total;
+        self.r = Some(r);
+        ctx.emit(OtaEvent::Accepted {
+            id,
+            chunks: total,
+            resumed_from: done,
+        });
+        if done == total {
+            self.verify(ctx, sink, store);
+        }
+    }
+
+    /// A neighbour completed its first NODE_SYNC: say HELLO.
+    pub(crate) fn on_new_connection(&mut self, ctx: &mut Ctx<'_, '_>, conn: ConnId) {
+        let json = wire::hello(ctx.node_id());
+        self.send_control(ctx, Peer::Conn(conn), json);
+    }
+
+    /// A neighbour is gone.
+    pub(crate) fn on_dropped(
+        &mut self,
+        ctx: &mut Ctx<'_, '_>,
+        conn: ConnId,
+        sink: &mut dyn FirmwareSink,
+    ) {
+        self.pmesh_conns.retain(|(c, _)| *c != conn);
+        if let Some(r) = &mut self.r {
+            r.children.retain(|c| c.peer != Peer::Conn(conn));
+            if r.upstream
+                .as_ref()
+                .is_some_and(|u| u.peer == Peer::Conn(conn))
+            {
+                r.upstream = None;
+                r.had_state = true;
+            }
+        }
+        self.release_held();
+        self.evaluate_upstream(ctx);
+        self.pump(ctx, sink);
+    }
+
+    /// The topology changed somewhere: the way to the distributor may have too.
+    pub(crate) fn on_topology(&mut self, ctx: &mut Ctx<'_, '_>) {
+        self.evaluate_upstream(ctx);
+    }
+
+    // --- distributor ---------------------------------------------------------------------
+
+    /// Starts a pmesh rollout of `offer` from this node.
+    pub(crate) fn offer(
+        &mut self,
+        ctx: &mut Ctx<'_, '_>,
+        mut offer: Offer,
+    ) -> Result<TransferId, Refusal> {
+        if self
+            .r
+            .as_ref()
+            .is_some_and(|r| !matches!(r.role, Role::Relay) || r.needs_upstream())
+        {
+            return Err(Refusal::Busy);
+        }
+        let chunk = if offer.chunk_size == 0 {
+            PMESH_CHUNK
+        } else {
+            offer.chunk_size
+        };
+        if !(crate::offer::MIN_PMESH_CHUNK..=crate::offer::MAX_PMESH_CHUNK).contains(&chunk) {
+            return Err(Refusal::BadOffer("chunk size out of range"));
+        }
+        let size = offer.image.len();
+        if size == 0 {
+            return Err(Refusal::BadOffer("empty image"));
+        }
+        let count = u32::try_from(size.div_ceil(u64::from(chunk)))
+            .map_err(|_| Refusal::BadOffer("too many chunks"))?;
+        let mut sha = Sha256Hasher::default();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut at = 0;
+        while at < size {
+            let n = offer.image.read_at(at, &mut buf)?;
+            if n == 0 {
+                return Err(Refusal::BadOffer("image source ended early"));
+            }
+            sha.update(&buf[..n]);
+            at += n as u64;
+        }
+        let id = loop {
+            let id = ctx.random() as u32;
+            if id != 0 {
+                break id;
+            }
+        };
+        let m = Manifest {
+            from: ctx.node_id(),
+            id,
+            size,
+            chunk,
+            count,
+            sha256: sha.finish_hex(),
+            version: core::mem::take(&mut offer.version),
+            role: core::mem::take(&mut offer.role),
+            hardware: core::mem::take(&mut offer.hardware),
+            compression: if offer.compressed {
+                Compression::Deflate
+            } else {
+                Compression::None
+            },
+            forced: offer.forced,
+            coordinated: offer.apply != ApplyPolicy::OnVerify,
+            apply_at: None,
+        };
+        let dist = DistState {
+            source: offer.image,
+            policy: offer.apply,
+            reports: BTreeMap::new(),
+            next_manifest: ctx.now() + self.tuning.manifest_interval,
+            verified_emitted: false,
+        };
+        let r = new_rollout(
+            m,
+            Role::Distributor(Box::new(dist)),
+            ChunkBitmap::full(count),
+        );
+        let json = r.m.to_json(2);
+        let tid = r.id();
+        self.r = Some(r);
+        self.flood(ctx, json);
+        Ok(tid)
+    }
+
+    /// Sets the apply time of the rollout this node distributes (mesh µs); floods APPLY.
+    pub(crate) fn apply_at(&mut self, ctx: &mut Ctx<'_, '_>, at: u32) -> bool {
+        let Some(r) = &mut self.r else { return false };
+        if !matches!(r.role, Role::Distributor(_)) {
+            return false;
+        }
+        r.m.apply_at = Some(at);
+        let json = wire::apply(ctx.node_id(), r.m.id, at);
+        self.flood(ctx, json);
+        true
+    }
+
+    /// Cancels the rollout this node distributes; floods CANCEL.
+    pub(crate) fn cancel(&mut self, ctx: &mut Ctx<'_, '_>) -> bool {
+        let Some(r) = &self.r else { return false };
+        if !matches!(r.role, Role::Distributor(_)) {
+            return false;
+        }
+        let json = wire::cancel(ctx.node_id(), r.m.id);
+        self.r = None;
+        self.flood(ctx, json);
+        true
+    }
+
+    fn flood(&mut self, ctx: &mut Ctx<'_, '_>, json: Vec<u8>) {
+        let len = json.len() as u64 + 1;
+        let links = ctx.neighbours().count() as u64;
+        if ctx.send(Routing::Broadcast, 0, json).is_ok() {
+            self.stats.control_frames_sent += links;
+            self.stats.control_bytes_sent += links * len;
+        }
+    }
+
+    // --- frames --------------------------------------------------------------------------
+
+    /// A pmesh OTA frame processed locally.
+    pub(crate) fn on_frame(
+        &mut self,
+        ctx: &mut Ctx<'_, '_>,
+        f: &Incoming<'_>,
+        sink: &mut dyn FirmwareSink,
+        store: &mut dyn OtaStore,
+        busy: bool,
+    ) {
+        let env = f.envelope;
+        let me = ctx.node_id();
+        // The peer a hop-by-hop frame came from; SINGLE frames come from their origin.
+        let peer = if env.routing == Routing::Single {
+            Peer::Remote(env.from)
+        } else {
+            Peer::Conn(f.conn)
+        };
+        match env.ty {
+            wire::HELLO => {
+                if f.neighbour != 0 && !self.pmesh_conns.iter().any(|(c, _)| *c == f.conn) {
+                    self.pmesh_conns.push((f.conn, f.neighbour));
+                }
+                if let Some(r) = &self.r {
+                    let json = r.m.to_json(0);
+                    self.send_control(ctx, Peer::Conn(f.conn), json);
+                }
+                self.evaluate_upstream(ctx);
+            }
+            wire::MANIFEST => match Manifest::from_envelope(env) {
+                Ok(m) if m.from != me => self.on_manifest(ctx, m, f, sink, store, busy),
+                Ok(_) => {}
+                Err(reason) => {
+                    self.stats.malformed += 1;
+                    let id = env.get("id").and_then(|v| v.as_u32_strict()).unwrap_or(0);
+                    self.refuse(ctx, id, reason);
+                }
+            },
+            wire::WANT => {
+                let Some(count) = self.r.as_ref().map(|r| r.m.count) else {
+                    return;
+                };
+                match Want::from_envelope(env, count) {
+                    Some(w) => self.on_want(ctx, peer, w, sink),
+                    None => self.stats.malformed += 1,
+                }
+            }
+            wire::CHUNK => match ChunkMsg::from_envelope(env) {
+                Some(c) => self.on_chunk(
+                    ctx,
+                    peer,
+                    env.routing == Routing::Neighbour,
+                    c,
+                    f.raw,
+                    sink,
+                    store,
+                ),
+                None => self.stats.malformed += 1,
+            },
+            wire::ACK => match wire::parse_ack(env, 4096) {
+                Some((id, n, reports)) => self.on_ack(ctx, peer, id, n, reports, sink),
+                None => self.stats.malformed += 1,
+            },
+            wire::APPLY => {
+                let id = env.get("id").and_then(|v| v.as_u32_strict());
+                let at = env.get("at").and_then(|v| v.as_u32_strict());
+                if let (Some(id), Some(at)) = (id, at) {
+                    self.on_apply(ctx, id, at, sink, store);
+                }
+            }
+            wire::CANCEL => {
+                if let Some(id) = env.get("id").and_then(|v| v.as_u32_strict()) {
+                    self.on_cancel(ctx, id, sink, store);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn refuse(&mut self, ctx: &mut Ctx<'_, '_>, id: u32, reason: Refusal) {
+        let key = (id, reason.code());
+        if !self.refused.contains(&key) {
+            if self.refused.len() >= 16 {
+                self.refused.remove(0);
+            }
+            self.refused.push(key);
+            ctx.emit(OtaEvent::Refused {
+                id: TransferId {
+                    mode: crate::event::Mode::Pmesh,
+                    id,
+                },
+                reason,
+            });
+        }
+    }
+
+    fn on_manifest(
+        &mut self,
+        ctx: &mut Ctx<'_, '_>,
+        m: Manifest,
+        f: &Incoming<'_>,
+        sink: &mut dyn FirmwareSink,
+        store: &mut dyn OtaStore,
+        busy: bool,
+    ) {
+        let mut resumed: Option<ChunkBitmap> = None;
+        if let Some(r) = &mut self.r {
+            if r.m.id == m.id {
+                if r.m.apply_at.is_none()
+                    && let Some(at) = m.apply_at
+                {
+                    self.on_apply(ctx, m.id, at, sink, store);
+                }
+                self.evaluate_upstream(ctx);
+                return;
+            }
+            if matches!(r.role, Role::Distributor(_)) {
+                return; // we distribute another rollout
+            }
+            // A new rollout replaces the old; the same image keeps its progress.
+            if matches!(r.role, Role::Target) && r.m.same_image(&m) && r.phase == Phase::Distribute
+            {
+                resumed = Some(core::mem::take(&mut r.have));
+                let _ = store.begin_transfer(&m.to_json(0), m.count);
+                if let Some(h) = &resumed {
+                    let mut i = 0;
+                    while let Some(n) = h.next_held(i) {
+                        let _ = store.mark_chunk(n);
+                        i = n + 1;
+                    }
+                }
+            } else if matches!(r.role, Role::Target) && r.phase != Phase::Applied {
+                sink.abort();
+                let _ = store.clear_transfer();
+            }
+            self.r = None;
+        }
+        let id = m.id;
+        let tid = TransferId {
+            mode: crate::event::Mode::Pmesh,
+            id,
+        };
+        let target = if !self.receive {
+            Err(None)
+        } else if m.role != self.role {
+            Err(Some(Refusal::WrongRole {
+                offered: m.role.clone(),
+                mine: self.role.clone(),
+            }))
+        } else if m.hardware != self.hardware {
+            Err(Some(Refusal::WrongHardware {
+                offered: m.hardware.clone(),
+                mine: self.hardware.clone(),
+            }))
+        } else if self.current_sha.as_deref() == Some(m.sha256.as_str()) && !m.forced {
+            Err(Some(Refusal::AlreadyCurrent))
+        } else if m.size > sink.capacity() {
+            Err(Some(Refusal::TooLarge {
+                size: m.size,
+                capacity: sink.capacity(),
+            }))
+        } else if busy {
+            Err(Some(Refusal::Busy))
+        } else {
+            Ok(())
+        };
+        let from_neighbour = f.envelope.routing == Routing::Neighbour;
+        let mut report_failure = None;
+        let r = match target {
+            Ok(()) => {
+                let have = match resumed {
+                    Some(h) => Some(h),
+                    None => self.open_sink(&m, sink, store),
+                };
+                match have {
+                    Some(have) => {
+                        let done = have.count();
+                        ctx.emit(OtaEvent::Accepted {
+                            id: tid,
+                            chunks: m.count,
+                            resumed_from: done,
+                        });
+                        let mut r = new_rollout(m, Role::Target, have);
+                        r.had_state = done > 0;
+                        r.last_pct = done * 100 / r.m.count;
+                        r
+                    }
+                    None => {
+                        self.refuse(
+                            ctx,
+                            id,
+                            Refusal::Io(crate::io::IoError::BadState("sink refused the image")),
+                        );
+                        new_rollout(m.clone(), Role::Relay, ChunkBitmap::new(m.count))
+                    }
+                }
+            }
+            Err(reason) => {
+                if let Some(reason) = reason {
+                    if matches!(reason, Refusal::TooLarge { .. } | Refusal::Busy) {
+                        report_failure = Some(Phase::Failed(reason.wire_code()));
+                    }
+                    self.refuse(ctx, id, reason);
+                }
+                let count = m.count;
+                new_rollout(m, Role::Relay, ChunkBitmap::new(count))
+            }
+        };
+        let relay_json = from_neighbour.then(|| r.m.to_json(0));
+        let complete = matches!(r.role, Role::Target) && r.have.is_complete();
+        self.r = Some(r);
+        if let Some(phase) = report_failure {
+            self.report_own(ctx, phase);
+        }
+        // A manifest that came from one neighbour only (not flooded) goes on to the others.
+        if let Some(json) = relay_json {
+            let others: Vec<ConnId> = self
+                .pmesh_conns
+                .iter()
+                .map(|(c, _)| *c)
+                .filter(|c| *c != f.conn)
+                .collect();
+            for c in others {
+                self.send_control(ctx, Peer::Conn(c), json.clone());
+            }
+        }
+        if complete {
+            self.verify(ctx, sink, store);
+        }
+        self.evaluate_upstream(ctx);
+    }
+
+    /// Opens the sink for `m`, resuming a recorded transfer of the same image.
+    fn open_sink(
+        &mut self,
+        m: &Manifest,
+        sink: &mut dyn FirmwareSink,
+        store: &mut dyn OtaStore,
+    ) -> Option<ChunkBitmap> {
+        if let Some(rec) = store.load_transfer()
+            && let Ok(env) = Envelope::parse(&rec.offer, pmesh_proto::DEFAULT_MAX_DEPTH)
+            && env.ty == wire::MANIFEST
+            && let Ok(old) = Manifest::from_envelope(&env)
+            && old.same_image(m)
+            && rec.have.len() == m.count
+            && sink.resume(Some(m.size)).is_ok()
+        {
+            return Some(rec.have);
+        }
+        sink.begin(Some(m.size)).ok()?;
+        store.begin_transfer(&m.to_json(0), m.count).ok()?;
+        Some(ChunkBitmap::new(m.count))
+    }
+
+    fn on_want(&mut self, ctx: &mut Ctx<'_, '_>, peer: Peer, w: Want, sink: &mut dyn FirmwareSink) {
+        let window = self.tuning.window as usize;
+        let now = ctx.now();
+        {
+            let Some(r) = &mut self.r else { return };
+            if r.m.id != w.id {
+                return;
+            }
+            let pos = r.children.iter().position(|c| c.peer == peer);
+            if w.stop {
+                if let Some(p) = pos {
+                    r.children.remove(p);
+                }
+            } else {
+                let mut need = w.have;
+                need.invert();
+                let child = match pos {
+                    Some(p) => &mut r.children[p],
+                    None => {
+                        r.children.push(Child {
+                            peer,
+                            need: ChunkBitmap::new(r.m.count),
+                            sent: 0,
+                            acked: 0,
+                            recent: VecDeque::with_capacity(window),
+                            repair: false,
+                            tokens: 0,
+                            refilled: now,
+                            wake: None,
+                        });
+                        r.children.last_mut().expect("just pushed")
+                    }
+                };
+                // Chunks sent after the subscriber's n-th are still on their way: not missing.
+                let in_flight = child.sent.saturating_sub(w.n) as usize;
+                for &i in child.recent.iter().rev().take(in_flight) {
+                    need.unset(i);
+                }
+                child.need = need;
+                child.acked = child.acked.max(w.n.min(child.sent));
+                child.repair |= w.re;
+            }
+        }
+        self.release_held();
+        self.evaluate_upstream(ctx);
+        self.refresh_upstream_want(ctx);
+        self.pump(ctx, sink);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_chunk(
+        &mut self,
+        ctx: &mut Ctx<'_, '_>,
+        peer: Peer,
+        hop_by_hop: bool,
+        c: ChunkMsg,
+        raw: &Bytes,
+        sink: &mut dyn FirmwareSink,
+        store: &mut dyn OtaStore,
+    ) {
+        let now = ctx.now();
+        let tuning = self.tuning;
+        let Some(r) = &mut self.r else { return };
+        if r.m.id != c.id || c.index >= r.m.count || matches!(r.role, Role::Distributor(_)) {
+            return;
+        }
+        if let Some(u) = &mut r.upstream
+            && u.peer == peer
+        {
+            u.recv += 1;
+            u.backoff = tuning.rewant_after;
+            u.rewant_at = Some(now + tuning.rewant_after);
+        }
+        let i = c.index;
+        // A frame we can forward as is: hop-by-hop, with its NUL.
+        let forwardable = if hop_by_hop {
+            raw.clone()
+        } else {
+            let json = wire::chunk_frame(
+                r.m.from,
+                Via::Neighbour,
+                c.id,
+                i,
+                c.deflated,
+                c.crc,
+                &c.payload,
+            );
+            encode_frame(json)
+        };
+        match r.role {
+            Role::Target => {
+                if r.have.get(i) {
+                    self.stats.duplicates += 1;
+                } else {
+                    let len = r.m.chunk_len(i);
+                    let bytes = if c.deflated {
+                        codec::inflate_chunk(&c.payload, len).ok()
+                    } else {
+                        Some(c.payload)
+                    };
+                    match bytes.filter(|b| b.len() == len && codec::crc32(b) == c.crc) {
+                        None => self.stats.corrupt += 1,
+                        Some(bytes) => {
+                            let offset = u64::from(i) * u64::from(r.m.chunk);
+                            if let Err(e) = sink
+                                .write_at(offset, &bytes)
+                                .and_then(|_| store.mark_chunk(i))
+                            {
+                                return self.fail(ctx, Refusal::Io(e), sink, store);
+                            }
+                            r.have.set(i);
+                            self.stats.chunks_written += 1;
+                            if tuning.cache_frames > 0 {
+                                if r.cache.len() >= tuning.cache_frames {
+                                    r.cache.pop_front();
+                                }
+                                r.cache.push_back((i, forwardable));
+                            }
+                            self.progress(ctx);
+                        }
+                    }
+                }
+            }
+            Role::Relay => {
+                if r.children.iter().any(|ch| ch.need.get(i))
+                    && !r.held.iter().any(|(h, _)| *h == i)
+                {
+                    r.held.push_back((i, forwardable));
+                } else {
+                    r.released += 1;
+                }
+            }
+            Role::Distributor(_) => {}
+        }
+        self.pump(ctx, sink);
+        self.maybe_ack(ctx, false);
+        if let Some(r) = &self.r
+            && matches!(r.role, Role::Target)
+            && r.phase == Phase::Distribute
+            && r.have.is_complete()
+        {
+            self.verify(ctx, sink, store);
+        }
+        self.evaluate_upstream(ctx);
+    }
+
+    fn on_ack(
+        &mut self,
+        ctx: &mut Ctx<'_, '_>,
+        peer: Peer,
+        id: u32,
+        n: u32,
+        reports: Vec<Report>,
+        sink: &mut dyn FirmwareSink,
+    ) {
+        let now = ctx.now();
+        let flush = self.tuning.report_flush;
+        let Some(r) = &mut self.r else { return };
+        if r.m.id != id {
+            return;
+        }
+        if let Some(c) = r.children.iter_mut().find(|c| c.peer == peer) {
+            c.acked = c.acked.max(n.min(c.sent));
+        }
+        if !reports.is_empty() {
+            let tid = r.id();
+            let total = r.m.count;
+            match &mut r.role {
+                Role::Distributor(d) => {
+                    for (node, done, phase) in reports {
+                        let Some(phase) = Phase::from_wire(phase) else {
+                            continue;
+                        };
+                        d.reports.insert(node, (done.min(total), phase));
+                        ctx.emit(OtaEvent::NodeProgress {
+                            id: tid,
+                            node,
+                            done: done.min(total),
+                            total,
+                            phase,
+                        });
+                    }
+                    self.check_all_verified(ctx);
+                }
+                _ => {
+                    if r.reports.len() + reports.len() > 1024 {
+                        // Bounded: keep only each node's latest report.
+                        r.reports.extend(reports);
+                        let mut latest: BTreeMap<u32, Report> = BTreeMap::new();
+                        for rep in r.reports.drain(..) {
+                            latest.insert(rep.0, rep);
+                        }
+                        r.reports.extend(latest.into_values());
+                    } else {
+                        r.reports.extend(reports);
+                    }
+                    if r.report_due.is_none() {
+                        r.report_due = Some(now + flush);
+                    }
+                }
+            }
+        }
+        self.pump(ctx, sink);
+    }
+
+    fn on_apply(
+        &mut self,
+        ctx: &mut Ctx<'_, '_>,
+        id: u32,
+        at: u32,
+        sink: &mut dyn FirmwareSink,
+        store: &mut dyn OtaStore,
+    ) {
+        let now = ctx.now();
+        let mesh_now = ctx.mesh_time();
+        let Some(r) = &mut self.r else { return };
+        if r.m.id != id || matches!(r.role, Role::Distributor(_)) {
+            return;
+        }
+        r.m.apply_at = Some(at);
+        let delta = at.wrapping_sub(mesh_now) as i32;
+        let local = if delta > 0 {
+            now + Duration::from_micros(delta as u64)
+        } else {
+            now
+        };
+        r.apply_local = Some(local);
+        if local <= now && r.phase == Phase::Verified {
+            self.apply(ctx, sink, store);
+        }
+    }
+
+    fn on_cancel(
+        &mut self,
+        ctx: &mut Ctx<'_, '_>,
+        id: u32,
+        sink: &mut dyn FirmwareSink,
+        store: &mut dyn OtaStore,
+    ) {
+        let Some(r) = &self.r else { return };
+        if r.m.id != id || matches!(r.role, Role::Distributor(_)) {
+            return;
+        }
+        if matches!(r.role, Role::Target) && r.phase != Phase::Applied {
+            sink.abort();
+            let _ = store.clear_transfer();
+            ctx.emit(OtaEvent::Failed {
+                id: r.id(),
+                reason: Refusal::BadOffer("cancelled by the distributor"),
+            });
+        }
+        self.r = None;
+    }
+
+    // --- progress, verify, apply ---------------------------------------------------------
+
+    fn progress(&mut self, ctx: &mut Ctx<'_, '_>) {
+        let Some(r) = &mut self.r else { return };
+        let (done, total) = (r.have.count(), r.m.count);
+        let pct = done * 100 / total;
+        if pct != r.last_pct || done == total {
+            r.last_pct = pct;
+            let id = r.id();
+            ctx.emit(OtaEvent::Progress { id, done, total });
+            self.report_own(ctx, Phase::Distribute);
+        }
+    }
+
+    fn report_own(&mut self, ctx: &mut Ctx<'_, '_>, phase: Phase) {
+        let me = ctx.node_id();
+        let now = ctx.now();
+        let flush = self.tuning.report_flush;
+        let Some(r) = &mut self.r else { return };
+        r.reports.push((me, r.have.count(), phase.wire()));
+        if r.report_due.is_none() {
+            r.report_due = Some(now + flush);
+        }
+    }
+
+    fn verify(
+        &mut self,
+        ctx: &mut Ctx<'_, '_>,
+        sink: &mut dyn FirmwareSink,
+        store: &mut dyn OtaStore,
+    ) {
+        let Some(r) = &mut self.r else { return };
+        let size = r.m.size;
+        let expected = r.m.sha256.clone();
+        let (md5, sha) = match read_back_hashes(sink, size) {
+            Ok(h) => h,
+            Err(e) => return self.fail(ctx, Refusal::Io(e), sink, store),
+        };
+        if sha != expected {
+            return self.fail(
+                ctx,
+                Refusal::HashMismatch {
+                    expected,
+                    actual: sha,
+                },
+                sink,
+                store,
+            );
+        }
+        if let Err(e) = sink.verify(size) {
+            return self.fail(ctx, Refusal::Io(e), sink, store);
+        }
+        r.phase = Phase::Verified;
+        r.hashes = Some((md5, sha));
+        let id = r.id();
+        let due = if r.m.coordinated {
+            r.apply_local.filter(|&t| t <= ctx.now())
+        } else {
+            Some(ctx.now())
+        };
+        ctx.emit(OtaEvent::Verified { id });
+        self.report_own(ctx, Phase::Verified);
+        if due.is_some() {
+            self.apply(ctx, sink, store);
+        } else {
+            self.flush_reports(ctx);
+        }
+    }
+
+    fn apply(
+        &mut self,
+        ctx: &mut Ctx<'_, '_>,
+        sink: &mut dyn FirmwareSink,
+        store: &mut dyn OtaStore,
+    ) {
+        let Some(r) = &mut self.r else { return };
+        if r.phase != Phase::Verified {
+            return;
+        }
+        if let Err(e) = sink.commit() {
+            return self.fail(ctx, Refusal::Io(e), sink, store);
+        }
+        let (md5, sha256) = r.hashes.take().unwrap_or_default();
+        let image = InstalledImage {
+            role: self.role.clone(),
+            hardware: self.hardware.clone(),
+            md5,
+            sha256: sha256.clone(),
+            version: r.m.version.clone(),
+        };
+        let _ = store.set_current_image(&image);
+        let _ = store.clear_transfer();
+        self.current_sha = Some(sha256);
+        r.phase = Phase::Applied;
+        r.apply_local = None;
+        // The pending image is gone: from now on this node relays for the others.
+        r.role = Role::Relay;
+        r.have = ChunkBitmap::new(r.m.count);
+        r.cache.clear();
+        let id = r.id();
+        self.report_own(ctx, Phase::Applied);
+        self.flush_reports(ctx);
+        ctx.emit(OtaEvent::Installed { id, image });
+    }
+
+    fn fail(
+        &mut self,
+        ctx: &mut Ctx<'_, '_>,
+        reason: Refusal,
+        sink: &mut dyn FirmwareSink,
+        store: &mut dyn OtaStore,
+    ) {
+        let Some(r) = &mut self.r else { return };
+        sink.abort();
+        let _ = store.clear_transfer();
+        r.role = Role::Relay;
+        r.have = ChunkBitmap::new(r.m.count);
+        r.cache.clear();
+        r.phase = Phase::Failed(reason.wire_code());
+        let id = r.id();
+        let phase = r.phase;
+        self.report_own(ctx, phase);
+        self.flush_reports(ctx);
+        ctx.emit(OtaEvent::Failed { id, reason });
+        self.evaluate_upstream(ctx);
+    }
+
+    fn check_all_verified(&mut self, ctx: &mut Ctx<'_, '_>) {
+        let mesh_now = ctx.mesh_time();
+        let Some(r) = &mut self.r else { return };
+        let tid = r.id();
+        let Role::Distributor(d) = &mut r.role else {
+            return;
+        };
+        if d.verified_emitted || d.reports.is_empty() {
+            return;
+        }
+        let pending = d.reports.values().any(|(_, p)| *p == Phase::Distribute);
+        let verified = d
+            .reports
+            .values()
+            .filter(|(_, p)| matches!(p, Phase::Verified | Phase::Applied))
+            .count() as u32;
+        let failed = d
+            .reports
+            .values()
+            .filter(|(_, p)| matches!(p, Phase::Failed(_)))
+            .count() as u32;
+        if pending {
+            return;
+        }
+        let apply_at = match d.policy {
+            ApplyPolicy::WhenAllVerified { delay, min_targets } => {
+                if verified < min_targets.max(1) {
+                    return;
+                }
+                Some(mesh_now.wrapping_add(delay.as_micros() as u32))
+            }
+            ApplyPolicy::OnVerify => None,
+            ApplyPolicy::Manual => None,
+        };
+        if d.policy == ApplyPolicy::OnVerify
+            && d.reports.values().any(|(_, p)| *p == Phase::Verified)
+        {
+            return; // wait for them to report applied
+        }
+        d.verified_emitted = true;
+        ctx.emit(OtaEvent::RolloutVerified {
+            id: tid,
+            verified,
+            failed,
+            apply_at,
+        });
+        if let Some(at) = apply_at {
+            self.apply_at(ctx, at);
+        }
+    }
+
+    // --- sending -------------------------------------------------------------------------
+
+    /// The way to the distributor: the next-hop neighbour if it speaks pmesh OTA, else the
+    /// distributor itself by SINGLE routing.
+    fn peer_toward(&self, ctx: &Ctx<'_, '_>, node: u32) -> Option<Peer> {
+        let conn = ctx.route(node)?;
+        if self.pmesh_conns.iter().any(|(c, _)| *c == conn) {
+            Some(Peer::Conn(conn))
+        } else {
+            Some(Peer::Remote(node))
+        }
+    }
+
+    fn via(peer: Peer) -> Via {
+        match peer {
+            Peer::Conn(_) => Via::Neighbour,
+            Peer::Remote(n) => Via::Single(n),
+        }
+    }
+
+    fn send_control(&mut self, ctx: &mut Ctx<'_, '_>, peer: Peer, json: Vec<u8>) -> bool {
+        let len = json.len() as u64 + 1;
+        let ok = match peer {
+            Peer::Conn(c) => ctx.send_to_conn(c, json).is_ok(),
+            Peer::Remote(n) => ctx.send(Routing::Single, n, json).is_ok(),
+        };
+        if ok {
+            self.stats.control_frames_sent += 1;
+            self.stats.control_bytes_sent += len;
+        }
+        ok
+    }
+
+    /// Subscribes to the right upstream (or unsubscribes) after anything changed.
+    fn evaluate_upstream(&mut self, ctx: &mut Ctx<'_, '_>) {
+        let now = ctx.now();
+        let me = ctx.node_id();
+        let Some(r) = &self.r else { return };
+        if matches!(r.role, Role::Distributor(_)) {
+            return;
+        }
+        let needs = r.needs_upstream();
+        let desired = if needs {
+            self.peer_toward(ctx, r.m.from)
+        } else {
+            None
+        };
+        let current = r.upstream.as_ref().map(|u| u.peer);
+        if desired == current {
+            return;
+        }
+        let id = r.m.id;
+        let count = r.m.count;
+        if let Some(old) = current {
+            let still_there = match old {
+                Peer::Conn(c) => ctx.neighbours().any(|n| n.conn == c),
+                Peer::Remote(_) => true,
+            };
+            if still_there {
+                let stop = Want {
+                    id,
+                    n: r.ackable(),
+                    have: ChunkBitmap::new(count),
+                    re: false,
+                    stop: true,
+                };
+                self.send_control(ctx, old, stop.to_json(me, Self::via(old)));
+            }
+        }
+        let Some(r) = &mut self.r else { return };
+        r.upstream = None;
+        let Some(peer) = desired else { return };
+        let re = r.had_state || r.have.count() > 0;
+        r.had_state = true;
+        r.upstream = Some(Upstream {
+            peer,
+            recv: 0,
+            acked_sent: 0,
+            rewant_at: Some(now + self.tuning.rewant_after),
+            backoff: self.tuning.rewant_after,
+        });
+        let want = Want {
+            id,
+            n: 0,
+            have: r.want_bitmap(),
+            re,
+            stop: false,
+        };
+        self.send_control(ctx, peer, want.to_json(me, Self::via(peer)));
+    }
+
+    /// A relay's subscribers changed: tell upstream what is needed now.
+    fn refresh_upstream_want(&mut self, ctx: &mut Ctx<'_, '_>) {
+        let me = ctx.node_id();
+        let Some(r) = &self.r else { return };
+        if !matches!(r.role, Role::Relay) {
+            return;
+        }
+        let Some(u) = &r.upstream else { return };
+        let want = Want {
+            id: r.m.id,
+            n: r.ackable(),
+            have: r.want_bitmap(),
+            re: false,
+            stop: false,
+        };
+        let peer = u.peer;
+        self.send_control(ctx, peer, want.to_json(me, Self::via(peer)));
+    }
+
+    /// Acknowledges upstream when enough chunks came in (or always, with `force`).
+    fn maybe_ack(&mut self, ctx: &mut Ctx<'_, '_>, force: bool) {
+        let me = ctx.node_id();
+        let every = self.tuning.ack_every.max(1);
+        let Some(r) = &mut self.r else { return };
+        let ackable = r.ackable();
+        let Some(u) = &mut r.upstream else { return };
+        let due = ackable >= u.acked_sent + every
+            || (force && (ackable > u.acked_sent || !r.reports.is_empty()));
+        if !due {
+            return;
+        }
+        u.acked_sent = ackable;
+        let peer = u.peer;
+        let reports = core::mem::take(&mut r.reports);
+        r.report_due = None;
+        let json = wire::ack(me, Self::via(peer), r.m.id, ackable, &reports);
+        self.send_control(ctx, peer, json);
+    }
+
+    /// Sends queued progress reports now, toward the distributor.
+    fn flush_reports(&mut self, ctx: &mut Ctx<'_, '_>) {
+        let me = ctx.node_id();
+        let Some(r) = &self.r else { return };
+        if r.reports.is_empty() || matches!(r.role, Role::Distributor(_)) {
+            return;
+        }
+        let Some(peer) = r
+            .upstream
+            .as_ref()
+            .map(|u| u.peer)
+            .or_else(|| self.peer_toward(ctx, r.m.from))
+        else {
+            return; // no way to the distributor now; keep them for later
+        };
+        let Some(r) = &mut self.r else { return };
+        let n = match &mut r.upstream {
+            Some(u) if u.peer == peer => {
+                u.acked_sent = r.released.max(u.acked_sent);
+                r.ackable()
+            }
+            _ => 0,
+        };
+        let reports = core::mem::take(&mut r.reports);
+        r.report_due = None;
+        let json = wire::ack(me, Self::via(peer), r.m.id, n, &reports);
+        self.send_control(ctx, peer, json);
+    }
+
+    /// Relay: frames nobody needs any more are released (and may be acknowledged).
+    fn release_held(&mut self) {
+        let Some(r) = &mut self.r else { return };
+        let before = r.held.len();
+        let children = &r.children;
+        r.held
+            .retain(|(i, _)| children.iter().any(|c| c.need.get(*i)));
+        r.released += (before - r.held.len()) as u32;
+    }
+
+    /// Sends every subscriber what it needs and we have, within its window and rate.
+    fn pump(&mut self, ctx: &mut Ctx<'_, '_>, sink: &mut dyn FirmwareSink) {
+        let now = ctx.now();
+        let me = ctx.node_id();
+        let tuning = self.tuning;
+        let Some(r) = &mut self.r else { return };
+        let is_relay = matches!(r.role, Role::Relay);
+        for ci in 0..r.children.len() {
+            loop {
+                let c = &mut r.children[ci];
+                if c.sent.saturating_sub(c.acked) >= tuning.window {
+                    break;
+                }
+                if let Some(rate) = tuning.rate_limit {
+                    let elapsed = now.saturating_since(c.refilled).as_micros() as i64;
+                    let cap = i64::from(rate).max(1);
+                    c.tokens = (c.tokens + elapsed * i64::from(rate) / 1_000_000).min(cap);
+                    c.refilled = now;
+                    if c.tokens < 0 {
+                        let wait = (-c.tokens) * 1_000_000 / i64::from(rate).max(1) + 1;
+                        c.wake = Some(now + Duration::from_micros(wait as u64));
+                        break;
+                    }
+                    c.wake = None;
+                }
+                // The lowest chunk this subscriber needs that we can send.
+                let pick = if is_relay {
+                    r.held
+                        .iter()
+                        .find(|(i, _)| c.need.get(*i))
+                        .map(|(i, f)| (*i, Some(f.clone())))
+                } else {
+                    c.need.first_common(&r.have, 0).map(|i| (i, None))
+                };
+                let Some((i, frame)) = pick else { break };
+                let peer = c.peer;
+                let frame = match (frame, peer) {
+                    (Some(f), Peer::Conn(_)) => f,
+                    (_, Peer::Conn(_)) => match r.cache.iter().find(|(ci, _)| *ci == i) {
+                        Some((_, f)) => f.clone(),
+                        None => {
+                            let Some(json) = build_chunk(r, me, Via::Neighbour, i, sink) else {
+                                break;
+                            };
+                            self.stats.frames_rebuilt += 1;
+                            let f = encode_frame(json);
+                            if tuning.cache_frames > 0 {
+                                if r.cache.len() >= tuning.cache_frames {
+                                    r.cache.pop_front();
+                                }
+                                r.cache.push_back((i, f.clone()));
+                            }
+                            f
+                        }
+                    },
+                    (_, Peer::Remote(n)) => {
+                        let Some(json) = build_chunk(r, me, Via::Single(n), i, sink) else {
+                            break;
+                        };
+                        self.stats.frames_rebuilt += 1;
+                        encode_frame(json)
+                    }
+                };
+                let len = frame.len() as u64;
+                let ok = match peer {
+                    Peer::Conn(conn) => ctx.send_raw_to_conn(conn, frame).is_ok(),
+                    Peer::Remote(n) => {
+                        // SINGLE routing needs the JSON without its NUL.
+                        ctx.send(Routing::Single, n, frame[..frame.len() - 1].to_vec())
+                            .is_ok()
+                    }
+                };
+                let c = &mut r.children[ci];
+                if !ok {
+                    break;
+                }
+                c.need.unset(i);
+                c.sent += 1;
+                if c.recent.len() >= tuning.window as usize {
+                    c.recent.pop_front();
+                }
+                c.recent.push_back(i);
+                if tuning.rate_limit.is_some() {
+                    c.tokens -= len as i64;
+                }
+                self.stats.data_frames_sent += 1;
+                self.stats.data_bytes_sent += len;
+                if c.repair {
+                    self.stats.repair_bytes_sent += len;
+                    if matches!(peer, Peer::Conn(_)) {
+                        self.stats.repair_bytes_to_neighbour += len;
+                    }
+                }
+            }
+        }
+        if is_relay {
+            self.release_held();
+            self.maybe_ack(ctx, false);
+        }
+    }
+
+    // --- timers --------------------------------------------------------------------------
+
+    /// Next deadline.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let r = self.r.as_ref()?;
+        let mut t = r.report_due;
+        let mut add = |x: Option<Instant>| {
+            t = match (t, x) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        };
+        add(r.upstream.as_ref().and_then(|u| u.rewant_at));
+        if r.phase == Phase::Verified {
+            add(r.apply_local);
+        }
+        if let Role::Distributor(d) = &r.role {
+            add(Some(d.next_manifest));
+        }
+        for c in &r.children {
+            add(c.wake);
+        }
+        t
+    }
+
+    /// Runs due timers.
+    pub(crate) fn on_timeout(
+        &mut self,
+        ctx: &mut Ctx<'_, '_>,
+        sink: &mut dyn FirmwareSink,
+        store: &mut dyn OtaStore,
+    ) {
+        let now = ctx.now();
+        let me = ctx.node_id();
+        let tuning = self.tuning;
+        let Some(r) = &mut self.r else { return };
+        // Distributor: re-flood the manifest for nodes that missed it.
+        if let Role::Distributor(d) = &mut r.role
+            && d.next_manifest <= now
+        {
+            d.next_manifest = now + tuning.manifest_interval;
+            let json = r.m.to_json(2);
+            self.flood(ctx, json);
+        }
+        let Some(r) = &mut self.r else { return };
+        if r.phase == Phase::Verified && r.apply_local.is_some_and(|t| t <= now) {
+            self.apply(ctx, sink, store);
+        }
+        let Some(r) = &mut self.r else { return };
+        if r.report_due.is_some_and(|t| t <= now) {
+            r.report_due = None;
+            self.maybe_ack(ctx, true);
+            self.flush_reports(ctx);
+        }
+        let Some(r) = &mut self.r else { return };
+        let needs = r.needs_upstream();
+        let want_bits = needs.then(|| r.want_bitmap());
+        let ackable = r.ackable();
+        let id = r.m.id;
+        if let Some(u) = &mut r.upstream
+            && u.rewant_at.is_some_and(|t| t <= now)
+        {
+            if let Some(have) = want_bits {
+                // Silence while chunks are missing: ask again with what we hold.
+                u.rewant_at = Some(now + u.backoff);
+                u.backoff = (u.backoff * 2).min(tuning.rewant_max);
+                let peer = u.peer;
+                let want = Want {
+                    id,
+                    n: u.recv.max(ackable),
+                    have,
+                    re: true,
+                    stop: false,
+                };
+                self.stats.rewants += 1;
+                self.send_control(ctx, peer, want.to_json(me, Self::via(peer)));
+            } else {
+                u.rewant_at = None;
+            }
+        }
+        if self
+            .r
+            .as_ref()
+            .is_some_and(|r| r.children.iter().any(|c| c.wake.is_some_and(|t| t <= now)))
+        {
+            self.pump(ctx, sink);
+        }
+        self.evaluate_upstream(ctx);
+    }
+}
+
+fn new_rollout(m: Manifest, role: Role, have: ChunkBitmap) -> Rollout {
+    Rollout {
+        m,
+        role,
+        have,
+        phase: Phase::Distribute,
+        upstream: None,
+        had_state: false,
+        children: Vec::new(),
+        cache: VecDeque::new(),
+        held: VecDeque::new(),
+        released: 0,
+        reports: Vec::new(),
+        report_due: None,
+        last_pct: 0,
+        apply_local: None,
+        hashes: None,
+    }
+}
+
+/// Builds chunk `i` from the source (distributor) or the sink (a target holding it).
+fn build_chunk(
+    r: &mut Rollout,
+    me: u32,
+    via: Via,
+    i: u32,
+    sink: &mut dyn FirmwareSink,
+) -> Option<Vec<u8>> {
+    let len = r.m.chunk_len(i);
+    let offset = u64::from(i) * u64::from(r.m.chunk);
+    let mut bytes = vec![0u8; len];
+    match &mut r.role {
+        Role::Distributor(d) => {
+            let n = d.source.read_at(offset, &mut bytes).ok()?;
+            if n != len {
+                return None;
+            }
+        }
+        Role::Target => sink.read_at(offset, &mut bytes).ok()?,
+        Role::Relay => return None,
+    }
+    let crc = codec::crc32(&bytes);
+    if r.m.compression == Compression::Deflate {
+        let z = codec::deflate_chunk(&bytes);
+        if z.len() < bytes.len() {
+            return Some(wire::chunk_frame(me, via, r.m.id, i, true, crc, &z));
+        }
+    }
+    Some(wire::chunk_frame(me, via, r.m.id, i, false, crc, &bytes))
+}

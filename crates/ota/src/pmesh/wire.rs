@@ -1,0 +1,544 @@
+//! pmesh's own OTA frames, types 710–716 (outside every range the painlessMesh spec lists:
+//! 3–14, 20/21, 200–206, 400, 600–614, 620–622).
+//!
+//! Hop-by-hop frames carry `routing:0`, which a stock node processes locally, finds no handler
+//! for and drops; mesh-wide frames carry `routing:2`, which a stock node floods unchanged;
+//! frames for a node beyond a stock node carry `routing:1` and a `dest`. All are compact,
+//! printable-ASCII JSON without NUL; chunk data is base85 (see [`crate::b85`]).
+//!
+//! | type | name | routing | fields after `type,routing,from` |
+//! |---|---|---|---|
+//! | 710 | HELLO | 0 | `v` (protocol version) |
+//! | 711 | MANIFEST | 2 (0 to one neighbour) | `id,size,chunk,count,sha256,version,role,hardware,compression,forced,apply[,at]` |
+//! | 712 | WANT | 0 (1 + `dest` to the distributor) | `id,n,have[,re][,stop]` |
+//! | 713 | CHUNK | 0 (1 + `dest`) | `id,i,z,crc,d` |
+//! | 714 | ACK | 0 (1 + `dest`) | `id,n[,p]` |
+//! | 715 | APPLY | 2 | `id,at` |
+//! | 716 | CANCEL | 2 | `id` |
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use pmesh_proto::Envelope;
+use pmesh_proto::json::{Value, write_str, write_u64};
+
+use crate::b85;
+use crate::bitmap::ChunkBitmap;
+use crate::event::Refusal;
+use crate::offer::{MAX_PMESH_CHUNK, MIN_PMESH_CHUNK};
+
+/// HELLO: "I speak pmesh OTA" to a new neighbour.
+pub const HELLO: i32 = 710;
+/// MANIFEST: what is offered, checked before any chunk is accepted.
+pub const MANIFEST: i32 = 711;
+/// WANT: subscribe to a neighbour (or the distributor) with the chunks already held.
+pub const WANT: i32 = 712;
+/// CHUNK: one chunk of the image.
+pub const CHUNK: i32 = 713;
+/// ACK: chunks received on a link so far, plus progress reports travelling to the distributor.
+pub const ACK: i32 = 714;
+/// APPLY: commit and reboot at a mesh time.
+pub const APPLY: i32 = 715;
+/// CANCEL: abandon the rollout.
+pub const CANCEL: i32 = 716;
+
+/// Protocol version sent in HELLO.
+pub const VERSION: u32 = 1;
+
+/// What a frame is, for accounting (`data` vs `control` bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FrameKind {
+    /// Classic Announce (10).
+    ClassicAnnounce,
+    /// Classic DataRequest (11).
+    ClassicRequest,
+    /// Classic Data (12): data.
+    ClassicData,
+    /// pmesh HELLO.
+    Hello,
+    /// pmesh MANIFEST.
+    Manifest,
+    /// pmesh WANT.
+    Want,
+    /// pmesh CHUNK: data.
+    Chunk,
+    /// pmesh ACK (with progress).
+    Ack,
+    /// pmesh APPLY.
+    Apply,
+    /// pmesh CANCEL.
+    Cancel,
+}
+
+impl FrameKind {
+    /// The kind of an OTA frame of this `type`, `None` for other frames.
+    pub fn of_type(ty: i32) -> Option<FrameKind> {
+        Some(match ty {
+            10 => FrameKind::ClassicAnnounce,
+            11 => FrameKind::ClassicRequest,
+            12 => FrameKind::ClassicData,
+            HELLO => FrameKind::Hello,
+            MANIFEST => FrameKind::Manifest,
+            WANT => FrameKind::Want,
+            CHUNK => FrameKind::Chunk,
+            ACK => FrameKind::Ack,
+            APPLY => FrameKind::Apply,
+            CANCEL => FrameKind::Cancel,
+            _ => return None,
+        })
+    }
+
+    /// Carries image bytes (everything else is control).
+    pub fn is_data(self) -> bool {
+        matches!(self, FrameKind::ClassicData | FrameKind::Chunk)
+    }
+}
+
+/// Compression of pmesh chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    /// Chunks are image bytes.
+    None,
+    /// Each chunk is a raw DEFLATE block of one chunk of the image (or stored raw, `z:0`,
+    /// when that is smaller).
+    Deflate,
+}
+
+impl Compression {
+    /// The manifest's text.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Deflate => "deflate",
+        }
+    }
+}
+
+/// A pmesh manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    /// The distributor.
+    pub from: u32,
+    /// Rollout id (chosen by the distributor).
+    pub id: u32,
+    /// Image bytes (what ends up in flash).
+    pub size: u64,
+    /// Image bytes per chunk (the last chunk may be shorter).
+    pub chunk: u32,
+    /// Chunk count, `ceil(size / chunk)`.
+    pub count: u32,
+    /// Lowercase hex SHA-256 of the image.
+    pub sha256: String,
+    /// Version text.
+    pub version: String,
+    /// Target role.
+    pub role: String,
+    /// Target hardware.
+    pub hardware: String,
+    /// Chunk compression.
+    pub compression: Compression,
+    /// Install even where the image is current.
+    pub forced: bool,
+    /// Wait for APPLY (true) or apply on verify (false).
+    pub coordinated: bool,
+    /// Apply time (mesh µs), once the distributor set it.
+    pub apply_at: Option<u32>,
+}
+
+impl Manifest {
+    /// Image bytes in chunk `i`.
+    pub fn chunk_len(&self, i: u32) -> usize {
+        let start = u64::from(i) * u64::from(self.chunk);
+        self.size.saturating_sub(start).min(u64::from(self.chunk)) as usize
+    }
+
+    /// Same image, same chunking: a transfer of one can resume as the other.
+    pub fn same_image(&self, o: &Manifest) -> bool {
+        self.size == o.size
+            && self.chunk == o.chunk
+            && self.sha256 == o.sha256
+            && self.compression == o.compression
+    }
+
+    /// Serializes with this `routing` (2 to flood, 0 to one neighbour).
+    pub fn to_json(&self, routing: u8) -> Vec<u8> {
+        let mut o = head(MANIFEST, routing, self.from);
+        num(&mut o, "id", u64::from(self.id));
+        num(&mut o, "size", self.size);
+        num(&mut o, "chunk", u64::from(self.chunk));
+        num(&mut o, "count", u64::from(self.count));
+        text(&mut o, "sha256", &self.sha256);
+        text(&mut o, "version", &self.version);
+        text(&mut o, "role", &self.role);
+        text(&mut o, "hardware", &self.hardware);
+        text(&mut o, "compression", self.compression.name());
+        o.extend_from_slice(if self.forced {
+            b",\"forced\":true"
+        } else {
+            b",\"forced\":false"
+        });
+        num(&mut o, "apply", u64::from(self.coordinated));
+        if let Some(at) = self.apply_at {
+            num(&mut o, "at", u64::from(at));
+        }
+        o.push(b'}');
+        o
+    }
+
+    /// Parses and checks a manifest: every field present and consistent. An unknown
+    /// compression is reported as [`Refusal::UnknownCompression`].
+    pub fn from_envelope(env: &Envelope) -> Result<Manifest, Refusal> {
+        let u = |k: &'static str| {
+            env.get(k)
+                .and_then(Value::as_u32_strict)
+                .ok_or(Refusal::BadOffer(k))
+        };
+        let s = |k: &'static str| match env.get(k) {
+            Some(Value::String(b)) => {
+                String::from_utf8(b.clone()).map_err(|_| Refusal::BadOffer(k))
+            }
+            _ => Err(Refusal::BadOffer(k)),
+        };
+        let size = match env.get("size") {
+            Some(Value::Number(pmesh_proto::json::Number::UInt(n))) => *n,
+            _ => return Err(Refusal::BadOffer("size")),
+        };
+        let chunk = u("chunk")?;
+        let count = u("count")?;
+        let sha256 = s("sha256")?;
+        if sha256.len() != 64
+            || !sha256
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(Refusal::BadOffer("sha256 is not 64 lowercase hex digits"));
+        }
+        if !(MIN_PMESH_CHUNK..=MAX_PMESH_CHUNK).contains(&chunk) {
+            return Err(Refusal::BadOffer("chunk size out of range"));
+        }
+        if size == 0 || size.div_ceil(u64::from(chunk)) != u64::from(count) {
+            return Err(Refusal::BadOffer("count does not match size and chunk"));
+        }
+        let compression = match s("compression")?.as_str() {
+            "none" => Compression::None,
+            "deflate" => Compression::Deflate,
+            other => return Err(Refusal::UnknownCompression(other.into())),
+        };
+        Ok(Manifest {
+            from: env.from,
+            id: u("id")?,
+            size,
+            chunk,
+            count,
+            sha256,
+            version: s("version")?,
+            role: s("role")?,
+            hardware: s("hardware")?,
+            compression,
+            forced: env.get("forced").and_then(Value::as_bool).unwrap_or(false),
+            coordinated: env.get("apply").and_then(Value::as_u32_strict).unwrap_or(0) != 0,
+            apply_at: env.get("at").and_then(Value::as_u32_strict),
+        })
+    }
+}
+
+/// `{"type":T,"routing":R,"from":F` (no closing brace).
+pub(crate) fn head(ty: i32, routing: u8, from: u32) -> Vec<u8> {
+    let mut o = Vec::with_capacity(96);
+    o.extend_from_slice(b"{\"type\":");
+    write_u64(&mut o, ty as u64);
+    o.extend_from_slice(b",\"routing\":");
+    write_u64(&mut o, u64::from(routing));
+    o.extend_from_slice(b",\"from\":");
+    write_u64(&mut o, u64::from(from));
+    o
+}
+
+pub(crate) fn num(o: &mut Vec<u8>, key: &str, v: u64) {
+    o.push(b',');
+    write_str(o, key.as_bytes());
+    o.push(b':');
+    write_u64(o, v);
+}
+
+pub(crate) fn text(o: &mut Vec<u8>, key: &str, v: &str) {
+    o.push(b',');
+    write_str(o, key.as_bytes());
+    o.push(b':');
+    write_str(o, v.as_bytes());
+}
+
+/// Where a hop-by-hop frame goes: a neighbour (`routing:0`) or a node further away
+/// (`routing:1` with `dest`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Via {
+    Neighbour,
+    Single(u32),
+}
+
+fn routed_head(ty: i32, from: u32, via: Via) -> Vec<u8> {
+    match via {
+        Via::Neighbour => head(ty, 0, from),
+        Via::Single(dest) => {
+            let mut o = head(ty, 1, from);
+            num(&mut o, "dest", u64::from(dest));
+            o
+        }
+    }
+}
+
+/// HELLO.
+pub(crate) fn hello(from: u32) -> Vec<u8> {
+    let mut o = head(HELLO, 0, from);
+    num(&mut o, "v", u64::from(VERSION));
+    o.push(b'}');
+    o
+}
+
+/// A WANT frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Want {
+    /// Rollout.
+    pub id: u32,
+    /// Chunks the sender received on this link so far.
+    pub n: u32,
+    /// Chunks not to send (held already, or needed by nobody downstream).
+    pub have: ChunkBitmap,
+    /// A re-subscription (the sender held state before): what follows counts as repair.
+    pub re: bool,
+    /// Unsubscribe.
+    pub stop: bool,
+}
+
+impl Want {
+    pub(crate) fn to_json(&self, from: u32, via: Via) -> Vec<u8> {
+        let mut o = routed_head(WANT, from, via);
+        num(&mut o, "id", u64::from(self.id));
+        num(&mut o, "n", u64::from(self.n));
+        o.extend_from_slice(b",\"have\":\"");
+        b85::encode_into(&self.have.to_bytes(), &mut o);
+        o.push(b'"');
+        if self.re {
+            o.extend_from_slice(b",\"re\":1");
+        }
+        if self.stop {
+            o.extend_from_slice(b",\"stop\":1");
+        }
+        o.push(b'}');
+        o
+    }
+
+    pub(crate) fn from_envelope(env: &Envelope, count: u32) -> Option<Want> {
+        let have = match env.get("have") {
+            Some(Value::String(t)) => ChunkBitmap::from_bytes(count, &b85::decode(t).ok()?)?,
+            _ => return None,
+        };
+        Some(Want {
+            id: env.get("id")?.as_u32_strict()?,
+            n: env.get("n")?.as_u32_strict()?,
+            have,
+            re: env.get("re").and_then(Value::as_u32_strict).unwrap_or(0) != 0,
+            stop: env.get("stop").and_then(Value::as_u32_strict).unwrap_or(0) != 0,
+        })
+    }
+}
+
+/// Builds a CHUNK frame around already-encoded payload bytes.
+pub(crate) fn chunk_frame(
+    from: u32,
+    via: Via,
+    id: u32,
+    index: u32,
+    deflated: bool,
+    crc: u32,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut o = routed_head(CHUNK, from, via);
+    o.reserve(48 + b85::encoded_len(payload.len()));
+    num(&mut o, "id", u64::from(id));
+    num(&mut o, "i", u64::from(index));
+    num(&mut o, "z", u64::from(deflated));
+    num(&mut o, "crc", u64::from(crc));
+    o.extend_from_slice(b",\"d\":\"");
+    b85::encode_into(payload, &mut o);
+    o.extend_from_slice(b"\"}");
+    o
+}
+
+/// A parsed CHUNK.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ChunkMsg {
+    pub id: u32,
+    pub index: u32,
+    pub deflated: bool,
+    pub crc: u32,
+    pub payload: Vec<u8>,
+}
+
+impl ChunkMsg {
+    pub(crate) fn from_envelope(env: &Envelope) -> Option<ChunkMsg> {
+        let payload = match env.get("d") {
+            Some(Value::String(t)) => b85::decode(t).ok()?,
+            _ => return None,
+        };
+        Some(ChunkMsg {
+            id: env.get("id")?.as_u32_strict()?,
+            index: env.get("i")?.as_u32_strict()?,
+            deflated: env.get("z")?.as_u32_strict()? != 0,
+            crc: env.get("crc")?.as_u32_strict()?,
+            payload,
+        })
+    }
+}
+
+/// One progress report: node, chunks held, phase (wire number).
+pub type Report = (u32, u32, u32);
+
+/// An ACK frame.
+pub(crate) fn ack(from: u32, via: Via, id: u32, n: u32, reports: &[Report]) -> Vec<u8> {
+    let mut o = routed_head(ACK, from, via);
+    num(&mut o, "id", u64::from(id));
+    num(&mut o, "n", u64::from(n));
+    if !reports.is_empty() {
+        o.extend_from_slice(b",\"p\":[");
+        for (k, (node, done, phase)) in reports.iter().enumerate() {
+            if k > 0 {
+                o.push(b',');
+            }
+            o.push(b'[');
+            write_u64(&mut o, u64::from(*node));
+            o.push(b',');
+            write_u64(&mut o, u64::from(*done));
+            o.push(b',');
+            write_u64(&mut o, u64::from(*phase));
+            o.push(b']');
+        }
+        o.push(b']');
+    }
+    o.push(b'}');
+    o
+}
+
+/// Parses an ACK: id, n, reports (malformed report entries are skipped).
+pub(crate) fn parse_ack(env: &Envelope, max_reports: usize) -> Option<(u32, u32, Vec<Report>)> {
+    let id = env.get("id")?.as_u32_strict()?;
+    let n = env.get("n")?.as_u32_strict()?;
+    let mut reports = Vec::new();
+    if let Some(Value::Array(items)) = env.get("p") {
+        for item in items.iter().take(max_reports) {
+            if let Value::Array(f) = item
+                && let [a, b, c] = f.as_slice()
+                && let (Some(a), Some(b), Some(c)) =
+                    (a.as_u32_strict(), b.as_u32_strict(), c.as_u32_strict())
+            {
+                reports.push((a, b, c));
+            }
+        }
+    }
+    Some((id, n, reports))
+}
+
+/// APPLY.
+pub(crate) fn apply(from: u32, id: u32, at: u32) -> Vec<u8> {
+    let mut o = head(APPLY, 2, from);
+    num(&mut o, "id", u64::from(id));
+    num(&mut o, "at", u64::from(at));
+    o.push(b'}');
+    o
+}
+
+/// CANCEL.
+pub(crate) fn cancel(from: u32, id: u32) -> Vec<u8> {
+    let mut o = head(CANCEL, 2, from);
+    num(&mut o, "id", u64::from(id));
+    o.push(b'}');
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &[u8]) -> Envelope {
+        Envelope::parse(json, 255).unwrap()
+    }
+
+    #[test]
+    fn manifest_roundtrip_and_checks() {
+        let m = Manifest {
+            from: 7,
+            id: 99,
+            size: 10_000,
+            chunk: 4096,
+            count: 3,
+            sha256: "a".repeat(64),
+            version: "1.2.3".into(),
+            role: "sensor".into(),
+            hardware: "ESP32".into(),
+            compression: Compression::Deflate,
+            forced: false,
+            coordinated: true,
+            apply_at: Some(5),
+        };
+        let json = m.to_json(2);
+        let env = parse(&json);
+        assert_eq!(env.ty, MANIFEST);
+        assert_eq!(env.routing, pmesh_proto::Routing::Broadcast);
+        assert_eq!(Manifest::from_envelope(&env).unwrap(), m);
+        assert_eq!(m.chunk_len(2), 10_000 - 8192);
+        let bad = String::from_utf8(json.clone())
+            .unwrap()
+            .replace("\"count\":3", "\"count\":4");
+        assert_eq!(
+            Manifest::from_envelope(&parse(bad.as_bytes())),
+            Err(Refusal::BadOffer("count does not match size and chunk"))
+        );
+        let lz = String::from_utf8(json).unwrap().replace("deflate", "lz4");
+        assert_eq!(
+            Manifest::from_envelope(&parse(lz.as_bytes())),
+            Err(Refusal::UnknownCompression("lz4".into()))
+        );
+    }
+
+    #[test]
+    fn chunk_want_ack_roundtrip() {
+        let f = chunk_frame(
+            1,
+            Via::Single(9),
+            5,
+            2,
+            true,
+            0xdead_beef,
+            b"\x00\x01payload\"\\",
+        );
+        assert!(!f.contains(&0));
+        let env = parse(&f);
+        assert_eq!((env.routing, env.dest), (pmesh_proto::Routing::Single, 9));
+        let c = ChunkMsg::from_envelope(&env).unwrap();
+        assert_eq!(
+            (c.id, c.index, c.deflated, c.crc),
+            (5, 2, true, 0xdead_beef)
+        );
+        assert_eq!(c.payload, b"\x00\x01payload\"\\");
+        let mut have = ChunkBitmap::new(70);
+        have.set(3);
+        have.set(69);
+        let w = Want {
+            id: 5,
+            n: 12,
+            have,
+            re: true,
+            stop: false,
+        };
+        let env = parse(&w.to_json(4, Via::Neighbour));
+        assert_eq!(env.routing, pmesh_proto::Routing::Neighbour);
+        assert_eq!(Want::from_envelope(&env, 70), Some(w));
+        let a = ack(4, Via::Neighbour, 5, 12, &[(4, 10, 0), (8, 70, 1)]);
+        assert_eq!(
+            parse_ack(&parse(&a), 100),
+            Some((5, 12, alloc::vec![(4, 10, 0), (8, 70, 1)]))
+        );
+        assert_eq!(FrameKind::of_type(713), Some(FrameKind::Chunk));
+        assert!(FrameKind::Chunk.is_data() && !FrameKind::Ack.is_data());
+    }
+}
