@@ -1,0 +1,441 @@
+//! Classic painlessMesh OTA end to end on a small in-memory mesh: pmesh's receiver and the
+//! stock receiver's behaviour, unicast and broadcast, compression, faults.
+
+mod common;
+
+use common::{Mesh, Spec, Tamper, firmware, frame_type};
+use pmesh_ota::codec::{gzip, md5_hex};
+use pmesh_ota::{MemorySource, Offer, OtaConfig, OtaEvent, Refusal};
+
+const MIN: u64 = 60_000_000;
+
+fn gateway() -> OtaConfig {
+    OtaConfig::new("gateway", "linux")
+}
+
+fn pmesh_rx() -> OtaConfig {
+    OtaConfig::new("sensor", "ESP32")
+}
+
+fn stock_rx() -> OtaConfig {
+    OtaConfig::stock("sensor", "ESP32")
+}
+
+fn offer(mesh: &mut Mesh, at: usize, o: Offer) {
+    mesh.with(at, |ota, ctx| ota.offer(ctx, o))
+        .expect("offer accepted");
+}
+
+fn run_until_installed(mesh: &mut Mesh, nodes: &[usize], minutes: u64) -> bool {
+    let until = mesh.now + minutes * MIN;
+    let nodes = nodes.to_vec();
+    mesh.run_until(until, |m| nodes.iter().all(|&i| m.installed(i)))
+}
+
+#[test]
+fn unicast_updates_pmesh_and_stock_receivers() {
+    // 0 gateway (root) - 1 pmesh - 2 stock - 3 pmesh, and 4 stock under 1.
+    let mut specs = vec![
+        Spec::new(100, gateway()),
+        Spec::new(101, pmesh_rx()),
+        Spec::new(102, stock_rx()),
+    ];
+    specs.push(Spec::new(103, pmesh_rx()));
+    specs.push(Spec::new(104, stock_rx()));
+    specs[0].root = true;
+    let mut mesh = Mesh::new(specs);
+    mesh.link(1, 0);
+    mesh.link(2, 1);
+    mesh.link(3, 2);
+    mesh.link(4, 1);
+    mesh.run_for(30.0);
+    let image = firmware(20_000, 1);
+    offer(
+        &mut mesh,
+        0,
+        Offer::new("sensor", "ESP32", MemorySource::new(image.clone())),
+    );
+    assert!(
+        run_until_installed(&mut mesh, &[1, 2, 3, 4], 10),
+        "events: {:?}",
+        mesh.events
+    );
+    for i in 1..=4 {
+        assert_eq!(
+            mesh.sinks[i].booted().as_deref(),
+            Some(&image[..]),
+            "node {i}"
+        );
+        let cur = pmesh_ota::OtaStore::current_image(&mesh.stores[i]).unwrap();
+        assert_eq!(cur.md5, md5_hex(&image));
+    }
+    // Classic unicast: 20 chunks to each of 4 receivers at 1, 2, 3 and 2 hops.
+    let data = mesh.count("data").frames;
+    assert_eq!(
+        data,
+        20 * (1 + 2 + 3 + 2),
+        "each chunk crosses every hop of every receiver's path once"
+    );
+    // The pmesh receivers kept several requests in flight; progress events came in 1 % steps or finer.
+    let progress: Vec<u32> = mesh.events[1]
+        .iter()
+        .filter_map(|e| match e {
+            OtaEvent::Progress { done, .. } => Some(*done),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(progress.last(), Some(&20));
+}
+
+#[test]
+fn wrong_role_or_hardware_is_ignored() {
+    let mut specs = vec![
+        Spec::new(1, gateway()),
+        Spec::new(2, OtaConfig::new("relay", "ESP32")),
+    ];
+    specs.push(Spec::new(3, OtaConfig::new("sensor", "ESP8266")));
+    specs.push(Spec::new(4, OtaConfig::stock("relay", "ESP32")));
+    let mut mesh = Mesh::new(specs);
+    mesh.tree(3);
+    mesh.run_for(30.0);
+    offer(
+        &mut mesh,
+        0,
+        Offer::new("sensor", "ESP32", MemorySource::new(firmware(5000, 2))),
+    );
+    mesh.run_for(300.0);
+    assert_eq!(
+        mesh.count("request").frames,
+        0,
+        "nobody asked for an image not meant for it"
+    );
+    for i in 1..4 {
+        assert!(mesh.sinks[i].pending().is_none() && mesh.sinks[i].booted().is_none());
+    }
+    assert!(mesh.events[1].iter().any(|e| matches!(
+        e,
+        OtaEvent::Refused {
+            reason: Refusal::WrongRole { .. },
+            ..
+        }
+    )));
+    assert!(mesh.events[2].iter().any(|e| matches!(
+        e,
+        OtaEvent::Refused {
+            reason: Refusal::WrongHardware { .. },
+            ..
+        }
+    )));
+    // Five announces in five minutes, each refused once only.
+    assert_eq!(
+        mesh.events[1]
+            .iter()
+            .filter(|e| matches!(e, OtaEvent::Refused { .. }))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn broadcast_from_root_distributor_never_starts_with_stock_nodes_but_does_with_pmesh() {
+    // The documented setup: the distributor is the root. Stock receivers wait forever.
+    let mut specs: Vec<Spec> = (0..4)
+        .map(|i| Spec::new(10 + i, if i == 0 { gateway() } else { stock_rx() }))
+        .collect();
+    specs[0].root = true;
+    let mut stock = Mesh::new(specs);
+    stock.tree(2);
+    stock.run_for(30.0);
+    let image = firmware(12_000, 3);
+    offer(
+        &mut stock,
+        0,
+        Offer::new("sensor", "ESP32", MemorySource::new(image.clone())).broadcast(true),
+    );
+    stock.run_for(600.0);
+    assert_eq!(stock.count("request").frames, 0);
+    assert!((1..4).all(|i| !stock.installed(i)));
+
+    // Same mesh with two pmesh receivers among the stock ones: one of them drives the flood,
+    // and the stock nodes take every chunk in sequence from it.
+    let mut specs: Vec<Spec> = (0..5)
+        .map(|i| {
+            Spec::new(
+                10 + i,
+                match i {
+                    0 => gateway(),
+                    1 | 4 => pmesh_rx(),
+                    _ => stock_rx(),
+                },
+            )
+        })
+        .collect();
+    specs[0].root = true;
+    let mut mixed = Mesh::new(specs);
+    mixed.tree(2);
+    mixed.run_for(30.0);
+    offer(
+        &mut mixed,
+        0,
+        Offer::new("sensor", "ESP32", MemorySource::new(image.clone())).broadcast(true),
+    );
+    assert!(
+        run_until_installed(&mut mixed, &[1, 2, 3, 4], 15),
+        "events: {:?}",
+        mixed.events
+    );
+    for i in 1..5 {
+        assert_eq!(
+            mixed.sinks[i].booted().as_deref(),
+            Some(&image[..]),
+            "node {i}"
+        );
+    }
+    // One flood: each chunk once per link (4 links), plus at most a few duplicate floods.
+    let chunks = 12;
+    let data = mixed.count("data").frames;
+    assert!(
+        data >= 4 * chunks && data <= 4 * chunks + 8,
+        "data frames {data}"
+    );
+}
+
+#[test]
+fn broadcast_missed_chunks_strand_stock_node_but_not_pmesh() {
+    // Distributor 1 is not root; root 0 is a stock receiver that wants the image (the one
+    // setup in which the reference's broadcast works). Node 2's link flaps mid-flood, so it
+    // misses a few chunks. Run once with node 2 stock, once with node 2 pmesh.
+    for pmesh in [false, true] {
+        let mut specs = vec![Spec::new(20, stock_rx()), Spec::new(21, gateway())];
+        specs.push(Spec::new(22, if pmesh { pmesh_rx() } else { stock_rx() }));
+        specs.push(Spec::new(23, stock_rx()));
+        specs[0].root = true;
+        let mut mesh = Mesh::new(specs);
+        mesh.link(1, 0);
+        let flappy = mesh.link(2, 0);
+        mesh.link(3, 0);
+        mesh.run_for(30.0);
+        let image = firmware(40_000, 4); // 40 chunks
+        offer(
+            &mut mesh,
+            1,
+            Offer::new("sensor", "ESP32", MemorySource::new(image.clone())).broadcast(true),
+        );
+        let seen_10 = mesh.run_until(mesh.now + MIN, |m| {
+            m.events[2]
+                .iter()
+                .any(|e| matches!(e, OtaEvent::Progress { done, .. } if *done >= 10))
+        });
+        assert!(seen_10);
+        mesh.set_link(flappy, false);
+        mesh.run_for(0.03);
+        mesh.set_link(flappy, true);
+        assert!(
+            run_until_installed(&mut mesh, &[0, 3], 10),
+            "events: {:?}",
+            mesh.events
+        );
+        mesh.run_for(1800.0);
+        if pmesh {
+            // It asked for what it missed with its own id once the flood went quiet.
+            assert!(mesh.installed(2), "{:?}", mesh.events[2]);
+            assert_eq!(mesh.sinks[2].booted().as_deref(), Some(&image[..]));
+        } else {
+            // The stock fallback asked with the root's id: the chunk went to the root, which
+            // ignored it; after 10 tries the node gave up. It never installs this rollout.
+            assert!(!mesh.installed(2), "stock node should be stuck");
+            let stats = mesh.with(2, |ota, _| ota.reference_receiver().unwrap().stats());
+            assert!(stats.fallbacks >= 1 && stats.gave_up >= 1, "{stats:?}");
+        }
+    }
+}
+
+#[test]
+fn compressed_roundtrip_pmesh_inflates_stock_flashes_gzip() {
+    let specs = vec![
+        Spec::new(30, gateway()),
+        Spec::new(31, pmesh_rx()),
+        Spec::new(32, stock_rx()),
+    ];
+    let mut mesh = Mesh::new(specs);
+    mesh.chain();
+    mesh.run_for(30.0);
+    let image = firmware(60_000, 5);
+    let gz = gzip(&image);
+    assert!(gz.len() < image.len() * 3 / 4, "test image should compress");
+    offer(
+        &mut mesh,
+        0,
+        Offer::new("sensor", "ESP32", MemorySource::new(image.clone())).compressed(true),
+    );
+    assert!(
+        run_until_installed(&mut mesh, &[1, 2], 10),
+        "events: {:?}",
+        mesh.events
+    );
+    // pmesh inflated while writing: flash holds the image. The MD5 announced is of the gzip.
+    assert_eq!(mesh.sinks[1].booted().as_deref(), Some(&image[..]));
+    let cur = pmesh_ota::OtaStore::current_image(&mesh.stores[1]).unwrap();
+    assert_eq!(cur.md5, md5_hex(&gz));
+    assert_eq!(cur.sha256, pmesh_ota::codec::sha256_hex(&image));
+    // The stock node writes what it is served: the gzip file.
+    assert_eq!(mesh.sinks[2].booted().as_deref(), Some(&gz[..]));
+    // Served bytes were gzip: fewer chunks than the raw image would need.
+    assert_eq!(
+        mesh.count("data").frames as usize,
+        gz.len().div_ceil(1024) * 3
+    );
+}
+
+#[test]
+fn corrupted_chunk_never_commits() {
+    for stock in [false, true] {
+        let specs = vec![
+            Spec::new(40, gateway()),
+            Spec::new(41, if stock { stock_rx() } else { pmesh_rx() }),
+        ];
+        let mut mesh = Mesh::new(specs);
+        mesh.chain();
+        mesh.run_for(30.0);
+        // Flip one base64 character of the first Data for part 3 (still valid base64).
+        let mut done = false;
+        mesh.tamper = Some(Box::new(move |_, _, data: &[u8]| {
+            if done
+                || frame_type(data) != Some(12)
+                || !data.windows(10).any(|w| w == b"\"partNo\":3")
+            {
+                return Tamper::Pass;
+            }
+            done = true;
+            let mut d = data.to_vec();
+            let at = d.windows(8).position(|w| w == b"\"data\":\"").unwrap() + 8;
+            d[at] = if d[at] == b'A' { b'B' } else { b'A' };
+            Tamper::Replace(d)
+        }));
+        let image = firmware(8_000, 6);
+        offer(
+            &mut mesh,
+            0,
+            Offer::new("sensor", "ESP32", MemorySource::new(image.clone())),
+        );
+        // First attempt fails the MD5 check; the next announce (60 s later) starts over.
+        let failed = mesh.run_until(mesh.now + 5 * MIN, |m| {
+            m.events[1].iter().any(|e| {
+                matches!(
+                    e,
+                    OtaEvent::Failed {
+                        reason: Refusal::HashMismatch { .. },
+                        ..
+                    }
+                )
+            })
+        });
+        assert!(failed, "stock={stock}: {:?}", mesh.events[1]);
+        assert_eq!(
+            mesh.sinks[1].stats().commits,
+            0,
+            "nothing committed after the mismatch"
+        );
+        assert!(mesh.sinks[1].booted().is_none());
+        assert!(
+            run_until_installed(&mut mesh, &[1], 10),
+            "stock={stock}: {:?}",
+            mesh.events[1]
+        );
+        assert_eq!(mesh.sinks[1].booted().as_deref(), Some(&image[..]));
+        assert_eq!(mesh.sinks[1].stats().commits, 1);
+    }
+}
+
+#[test]
+fn seed_offer_checks_md5_and_parts() {
+    let image = firmware(3000, 7);
+    let md5 = md5_hex(&image);
+    assert!(
+        Offer::from_seed(
+            "s",
+            "ESP32",
+            &md5,
+            3,
+            false,
+            false,
+            false,
+            MemorySource::new(image.clone())
+        )
+        .is_ok()
+    );
+    let wrong = Offer::from_seed(
+        "s",
+        "ESP32",
+        "00000000000000000000000000000000",
+        3,
+        false,
+        false,
+        false,
+        MemorySource::new(image.clone()),
+    );
+    assert!(matches!(wrong, Err(Refusal::HashMismatch { .. })));
+    let parts = Offer::from_seed(
+        "s",
+        "ESP32",
+        &md5,
+        4,
+        false,
+        false,
+        false,
+        MemorySource::new(image.clone()),
+    );
+    assert!(matches!(parts, Err(Refusal::BadOffer(_))));
+    // With `compressed`, md5 and parts describe the gzip served.
+    let gz = gzip(&image);
+    let ok = Offer::from_seed(
+        "s",
+        "ESP32",
+        &md5_hex(&gz),
+        gz.len().div_ceil(1024) as u32,
+        false,
+        true,
+        true,
+        MemorySource::new(image),
+    );
+    assert!(ok.is_ok());
+}
+
+#[test]
+fn crash_mid_transfer_resumes_classic() {
+    let specs = vec![Spec::new(50, gateway()), Spec::new(51, pmesh_rx())];
+    let mut mesh = Mesh::new(specs);
+    mesh.chain();
+    mesh.run_for(30.0);
+    let image = firmware(100_000, 8);
+    offer(
+        &mut mesh,
+        0,
+        Offer::new("sensor", "ESP32", MemorySource::new(image.clone())),
+    );
+    let got_some = mesh.run_until(mesh.now + MIN, |m| {
+        m.events[1]
+            .iter()
+            .any(|e| matches!(e, OtaEvent::Progress { done, .. } if *done >= 40))
+    });
+    assert!(got_some);
+    mesh.crash(1);
+    mesh.run_for(5.0);
+    mesh.restart(1);
+    assert!(
+        run_until_installed(&mut mesh, &[1], 10),
+        "{:?}",
+        mesh.events[1]
+    );
+    assert_eq!(mesh.sinks[1].booted().as_deref(), Some(&image[..]));
+    let resumed = mesh.events[1].iter().find_map(|e| match e {
+        OtaEvent::Accepted { resumed_from, .. } if *resumed_from > 0 => Some(*resumed_from),
+        _ => None,
+    });
+    assert!(resumed.is_some_and(|r| r >= 40), "resumed from {resumed:?}");
+    assert_eq!(
+        mesh.sinks[1].stats().begins,
+        1,
+        "never restarted from chunk 0"
+    );
+}
