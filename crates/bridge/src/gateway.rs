@@ -1,0 +1,187 @@
+//! The boundary between the gateway runtime (`pmesh node`, `pmesh demo`, a test's fake mesh)
+//! and the bridge.
+//!
+//! The gateway **feeds** the bridge what the mesh does through a [`crate::BridgeHandle`]
+//! (topology snapshots, received messages and packages, counters, OTA progress), and the
+//! bridge **asks** the gateway to act through the [`Gateway`] trait (send, broadcast, start or
+//! abort an OTA campaign). Both directions are non-blocking.
+
+use pmesh_node::NodeStats;
+use pmesh_proto::{Envelope, NodeTree};
+
+/// Why the gateway refused or failed an action; the text goes into the MQTT response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayError(pub String);
+
+impl std::fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for GatewayError {}
+
+impl From<&str> for GatewayError {
+    fn from(s: &str) -> Self {
+        GatewayError(s.to_string())
+    }
+}
+
+/// What the bridge asks of the mesh. Implemented by the gateway; methods must not block
+/// (queue the work onto the node's task and return).
+pub trait Gateway: Send + Sync + 'static {
+    /// Sends a SINGLE user message to `dest` (`Node::send_single`).
+    fn send_single(&self, dest: u32, msg: Vec<u8>) -> Result<(), GatewayError>;
+    /// Sends a BROADCAST user message (`Node::send_broadcast(.., include_self=false)`).
+    fn send_broadcast(&self, msg: Vec<u8>) -> Result<(), GatewayError>;
+    /// Starts a firmware campaign. The gateway reports progress with
+    /// [`crate::BridgeHandle::ota`] using `req.campaign`.
+    fn ota_start(&self, req: OtaStart) -> Result<(), GatewayError>;
+    /// Aborts the running campaign `campaign`.
+    fn ota_abort(&self, campaign: u64) -> Result<(), GatewayError>;
+}
+
+/// How firmware travels (spec §6 and design/ota.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OtaMode {
+    /// Classic painlessMesh: each node pulls every chunk (stock nodes).
+    Unicast,
+    /// Classic painlessMesh broadcast mode (chunks flooded along the tree).
+    Broadcast,
+    /// pmesh's own pipelined protocol (pmesh nodes).
+    Pmesh,
+}
+
+impl OtaMode {
+    /// The name used on MQTT.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OtaMode::Unicast => "unicast",
+            OtaMode::Broadcast => "broadcast",
+            OtaMode::Pmesh => "pmesh",
+        }
+    }
+
+    /// Parses the MQTT name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "unicast" => Some(OtaMode::Unicast),
+            "broadcast" => Some(OtaMode::Broadcast),
+            "pmesh" => Some(OtaMode::Pmesh),
+            _ => None,
+        }
+    }
+}
+
+/// A firmware campaign requested over MQTT.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtaStart {
+    /// Id the bridge chose; progress reports carry it.
+    pub campaign: u64,
+    /// The firmware image as it should end up in flash.
+    pub image: Vec<u8>,
+    /// MD5 of `image`, lowercase hex (the classic protocol's integrity check).
+    pub md5: String,
+    /// Target role (painlessMesh `role`), e.g. `sensor`.
+    pub role: String,
+    /// Target hardware, `ESP32` or `ESP8266`.
+    pub hardware: String,
+    /// Distribution mode.
+    pub mode: OtaMode,
+    /// Send compressed (gzip) where the receivers support it.
+    pub compressed: bool,
+}
+
+/// Progress of a campaign, reported by the gateway.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OtaProgress {
+    /// The campaign is running; `targets` are the nodes expected to update (may grow later
+    /// through [`OtaProgress::Node`] reports from nodes not listed here).
+    Started {
+        /// Campaign id from [`OtaStart::campaign`].
+        campaign: u64,
+        /// Nodes that will update.
+        targets: Vec<u32>,
+    },
+    /// A node's transfer advanced.
+    Node {
+        /// Campaign id.
+        campaign: u64,
+        /// The node.
+        node: u32,
+        /// Chunks (or bytes) the node holds.
+        done: u64,
+        /// Chunks (or bytes) in the image.
+        total: u64,
+    },
+    /// A node verified and applied the image.
+    NodeDone {
+        /// Campaign id.
+        campaign: u64,
+        /// The node.
+        node: u32,
+    },
+    /// A node failed (timeout, hash mismatch, left the mesh, ...).
+    NodeFailed {
+        /// Campaign id.
+        campaign: u64,
+        /// The node.
+        node: u32,
+        /// Why.
+        reason: String,
+    },
+    /// The campaign ended (`aborted` true when stopped by `ota_abort`).
+    Finished {
+        /// Campaign id.
+        campaign: u64,
+        /// Stopped on request.
+        aborted: bool,
+    },
+    /// Bytes of firmware data the gateway put on links (adds to the OTA byte counter).
+    BytesSent {
+        /// Bytes.
+        bytes: u64,
+    },
+}
+
+/// Counters of one of the gateway's own mesh links (a direct neighbour).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// The neighbour's node id.
+    pub peer: u32,
+    /// Bytes received on the link since it opened.
+    pub bytes_in: u64,
+    /// Bytes sent on the link since it opened.
+    pub bytes_out: u64,
+    /// Last measured one-way delay in µs (TIME_DELAY), if any.
+    pub delay_us: Option<u32>,
+}
+
+/// What the gateway tells the bridge. Usually sent through the [`crate::BridgeHandle`]
+/// helpers rather than built by hand.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MeshEvent {
+    /// The mesh as seen from the gateway, after any change (`Node::tree()`; the top is the
+    /// gateway itself). Joins and leaves are derived from successive trees.
+    Topology(NodeTree),
+    /// A user message for the gateway or a broadcast (`Event::Received`).
+    Message {
+        /// Origin node.
+        from: u32,
+        /// Payload bytes as received.
+        msg: Vec<u8>,
+        /// BROADCAST (true) or SINGLE (false).
+        broadcast: bool,
+    },
+    /// A frame of a non-core type (`Event::Package`), e.g. Alteriom 203/604/204 status.
+    Package(Envelope),
+    /// The gateway node's counters and its links.
+    Stats {
+        /// `Node::stats()`.
+        node: NodeStats,
+        /// One entry per current neighbour.
+        links: Vec<LinkStats>,
+    },
+    /// OTA campaign progress.
+    Ota(OtaProgress),
+}

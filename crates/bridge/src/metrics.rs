@@ -1,0 +1,289 @@
+//! Prometheus metrics (prometheus-client, OpenMetrics text) and the `/metrics` endpoint (axum).
+//!
+//! Names follow Prometheus conventions: base units, `_total` counters, small label sets
+//! (`node` for per-node series, `peer` for links, `kind`/`result` with a handful of values).
+//! Per-node and per-link series are removed when the node or link goes away.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::model::Model;
+
+type Labels = Vec<(String, String)>;
+type FGauge = Gauge<f64, AtomicU64>;
+
+fn l(k: &str, v: impl ToString) -> Labels {
+    vec![(k.to_string(), v.to_string())]
+}
+
+/// All metric families; cheap to clone (shared handles).
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    mesh_nodes: Gauge,
+    mesh_depth: Gauge,
+    topology_changes: Counter,
+    messages_rx: Family<Labels, Counter>,
+    messages_tx: Family<Labels, Counter>,
+    status_reports: Counter,
+    node_up: Family<Labels, Gauge>,
+    node_hops: Family<Labels, Gauge>,
+    node_heap: Family<Labels, Gauge>,
+    node_uptime: Family<Labels, Gauge>,
+    node_loss: Family<Labels, FGauge>,
+    node_ota_progress: Family<Labels, FGauge>,
+    gw_frames: Family<Labels, Counter>,
+    gw_bytes: Family<Labels, Counter>,
+    gw_dropped: Family<Labels, Counter>,
+    link_bytes_rx: Family<Labels, Counter>,
+    link_bytes_tx: Family<Labels, Counter>,
+    link_delay: Family<Labels, FGauge>,
+    ota_campaigns: Counter,
+    ota_nodes: Family<Labels, Counter>,
+    ota_bytes: Counter,
+    ota_running: Gauge,
+    alerts_active: Gauge,
+    /// Bridge: connected to the broker (0/1).
+    pub connected: Gauge,
+    /// Bridge: MQTT connections made.
+    pub connections: Counter,
+    /// Bridge: publishes handed to the client, by kind (`state`, `event`, `message`, `response`).
+    pub publishes: Family<Labels, Counter>,
+    /// Bridge: payload bytes published.
+    pub publish_bytes: Counter,
+    /// Bridge: events and alerts waiting for acknowledgement.
+    pub outbox_depth: Gauge,
+    /// Bridge: outbox entries dropped because it was full.
+    pub outbox_dropped: Counter,
+    /// Bridge: requests answered, by result (`ok`, `error`).
+    pub requests: Family<Labels, Counter>,
+    /// Bridge: bad input rejected, by source (`mqtt`, `mesh`).
+    pub invalid_input: Family<Labels, Counter>,
+    /// Bridge: gateway inputs dropped because the queue was full.
+    pub input_dropped: Counter,
+    state: Arc<std::sync::Mutex<Seen>>,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    nodes: BTreeSet<u32>,
+    peers: BTreeSet<u32>,
+    ota_nodes: BTreeSet<u32>,
+    frames: [u64; 2],
+    bytes: [u64; 2],
+    dropped: [u64; 5],
+    links: std::collections::BTreeMap<u32, (u64, u64)>,
+    rx: [u64; 2],
+    tx: [u64; 2],
+    topo: u64,
+    reports: u64,
+    ota: [u64; 4],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every family.
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("pmesh");
+        macro_rules! reg {
+            ($name:literal, $help:literal, $m:expr) => {{
+                let m = $m;
+                r.register($name, $help, m.clone());
+                m
+            }};
+        }
+        let m = Metrics {
+            mesh_nodes: reg!("mesh_nodes", "Nodes in the mesh as seen from the gateway, gateway included", Gauge::default()),
+            mesh_depth: reg!("mesh_depth", "Depth of the mesh tree from the gateway (gateway alone = 1)", Gauge::default()),
+            topology_changes: reg!("mesh_topology_changes", "Topology changes seen by the bridge", Counter::default()),
+            messages_rx: reg!("mesh_messages_received", "User messages received by the gateway, by kind (single, broadcast)", Family::default()),
+            messages_tx: reg!("mesh_messages_sent", "User messages the bridge sent into the mesh, by kind", Family::default()),
+            status_reports: reg!("mesh_status_reports", "Status packages (203/604/204) received", Counter::default()),
+            node_up: reg!("node_up", "1 while the node is in the mesh", Family::default()),
+            node_hops: reg!("node_hops", "Hops from the gateway to the node", Family::default()),
+            node_heap: reg!("node_free_heap_bytes", "Free heap the node last reported", Family::default()),
+            node_uptime: reg!("node_uptime_seconds", "Uptime the node last reported", Family::default()),
+            node_loss: reg!("node_packet_loss_ratio", "Packet loss the node last reported (0..1)", Family::default()),
+            node_ota_progress: reg!("node_ota_progress_ratio", "Firmware transfer progress of a node being updated (0..1)", Family::default()),
+            gw_frames: reg!("gateway_frames", "Frames through the gateway node, by direction (in, out)", Family::default()),
+            gw_bytes: reg!("gateway_bytes", "Bytes through the gateway node, by direction (in, out)", Family::default()),
+            gw_dropped: reg!("gateway_frames_dropped", "Frames the gateway dropped, by reason", Family::default()),
+            link_bytes_rx: reg!("link_received_bytes", "Bytes received on a gateway link, by peer", Family::default()),
+            link_bytes_tx: reg!("link_sent_bytes", "Bytes sent on a gateway link, by peer", Family::default()),
+            link_delay: reg!("link_delay_seconds", "Last measured one-way delay to a neighbour", Family::default()),
+            ota_campaigns: reg!("ota_campaigns", "Firmware campaigns started over MQTT", Counter::default()),
+            ota_nodes: reg!("ota_node_results", "Node firmware updates finished, by result (updated, failed)", Family::default()),
+            ota_bytes: reg!("ota_sent_bytes", "Firmware data bytes the gateway sent", Counter::default()),
+            ota_running: reg!("ota_campaign_running", "1 while a campaign runs", Gauge::default()),
+            alerts_active: reg!("alerts_active", "Alerts currently raised", Gauge::default()),
+            connected: reg!("bridge_connected", "1 while connected to the MQTT broker", Gauge::default()),
+            connections: reg!("bridge_connections", "MQTT connections made", Counter::default()),
+            publishes: reg!("bridge_publishes", "MQTT publishes, by kind (state, event, message, response)", Family::default()),
+            publish_bytes: reg!("bridge_published_bytes", "MQTT payload bytes published", Counter::default()),
+            outbox_depth: reg!("bridge_outbox_depth", "Events and alerts waiting for the broker's acknowledgement", Gauge::default()),
+            outbox_dropped: reg!("bridge_outbox_dropped", "Outbox entries dropped because it was full", Counter::default()),
+            requests: reg!("bridge_requests", "MQTT requests answered, by result (ok, error)", Family::default()),
+            invalid_input: reg!("bridge_invalid_input", "Bad input rejected, by source (mqtt, mesh)", Family::default()),
+            input_dropped: reg!("bridge_input_dropped", "Gateway inputs dropped because the bridge queue was full", Counter::default()),
+            registry: Arc::new(Registry::default()),
+            state: Arc::default(),
+        };
+        Metrics { registry: Arc::new(r), ..m }
+    }
+
+    /// Brings the mesh gauges and counters in line with the model; removes series of nodes
+    /// and links that are gone.
+    pub fn sync(&self, m: &Model) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.mesh_nodes.set(m.node_count() as i64);
+        self.mesh_depth.set(m.tree.depth() as i64);
+        self.alerts_active.set(m.alerts.len() as i64);
+        self.ota_running.set(i64::from(m.ota_running()));
+        let c = &m.counters;
+        bump(&self.topology_changes, &mut s.topo, c.topology_changes);
+        bump(&self.status_reports, &mut s.reports, c.status_reports);
+        bump(&self.messages_rx.get_or_create(&l("kind", "single")), &mut s.rx[0], c.rx_single);
+        bump(&self.messages_rx.get_or_create(&l("kind", "broadcast")), &mut s.rx[1], c.rx_broadcast);
+        bump(&self.messages_tx.get_or_create(&l("kind", "single")), &mut s.tx[0], c.tx_single);
+        bump(&self.messages_tx.get_or_create(&l("kind", "broadcast")), &mut s.tx[1], c.tx_broadcast);
+        bump(&self.ota_campaigns, &mut s.ota[0], c.ota_campaigns);
+        bump(&self.ota_nodes.get_or_create(&l("result", "updated")), &mut s.ota[1], c.ota_nodes_done);
+        bump(&self.ota_nodes.get_or_create(&l("result", "failed")), &mut s.ota[2], c.ota_nodes_failed);
+        bump(&self.ota_bytes, &mut s.ota[3], c.ota_bytes);
+        let g = &m.gateway_stats;
+        bump(&self.gw_frames.get_or_create(&l("direction", "in")), &mut s.frames[0], g.frames_in);
+        bump(&self.gw_frames.get_or_create(&l("direction", "out")), &mut s.frames[1], g.frames_out);
+        bump(&self.gw_bytes.get_or_create(&l("direction", "in")), &mut s.bytes[0], g.bytes_in);
+        bump(&self.gw_bytes.get_or_create(&l("direction", "out")), &mut s.bytes[1], g.bytes_out);
+        for (i, (reason, v)) in [
+            ("oversized", g.dropped_oversized),
+            ("invalid", g.dropped_invalid),
+            ("no_route", g.dropped_no_route),
+            ("unhandled", g.dropped_unhandled),
+            ("events", g.dropped_events),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            bump(&self.gw_dropped.get_or_create(&l("reason", reason)), &mut s.dropped[i], v);
+        }
+        // Per-node series: online nodes only.
+        let online: BTreeSet<u32> = m.nodes.iter().filter(|(_, r)| r.online).map(|(id, _)| *id).collect();
+        let gone_nodes: Vec<u32> = s.nodes.difference(&online).copied().collect();
+        for gone in &gone_nodes {
+            let lb = l("node", gone);
+            self.node_up.remove(&lb);
+            self.node_hops.remove(&lb);
+            self.node_heap.remove(&lb);
+            self.node_uptime.remove(&lb);
+            self.node_loss.remove(&lb);
+        }
+        for id in &online {
+            let r = &m.nodes[id];
+            let lb = l("node", id);
+            self.node_up.get_or_create(&lb).set(1);
+            self.node_hops.get_or_create(&lb).set(i64::from(r.hops));
+            let heap = r.metrics.as_ref().and_then(|x| x.heap).or(r.status.as_ref().and_then(|x| x.mem_kb.map(|k| k * 1024)));
+            match heap {
+                Some(h) => {
+                    self.node_heap.get_or_create(&lb).set(h as i64);
+                }
+                None => {
+                    self.node_heap.remove(&lb);
+                }
+            }
+            if let Some(u) = r.status.as_ref().and_then(|x| x.uptime_s) {
+                self.node_uptime.get_or_create(&lb).set(u as i64);
+            }
+            let loss = r.status.as_ref().and_then(|x| x.loss_percent).or(r.metrics.as_ref().and_then(|x| x.loss_percent()));
+            if let Some(p) = loss {
+                self.node_loss.get_or_create(&lb).set(p as f64 / 100.0);
+            }
+        }
+        s.nodes = online;
+        let updating: BTreeSet<u32> =
+            m.nodes.iter().filter(|(_, r)| r.update.state == "updating").map(|(id, _)| *id).collect();
+        let gone_ota: Vec<u32> = s.ota_nodes.difference(&updating).copied().collect();
+        for gone in &gone_ota {
+            self.node_ota_progress.remove(&l("node", gone));
+        }
+        for id in &updating {
+            let p = m.nodes[id].update.progress.unwrap_or(0.0) / 100.0;
+            self.node_ota_progress.get_or_create(&l("node", id)).set(p);
+        }
+        s.ota_nodes = updating;
+        // Links.
+        let peers: BTreeSet<u32> = m.links.iter().map(|x| x.peer).collect();
+        let gone_peers: Vec<u32> = s.peers.difference(&peers).copied().collect();
+        for gone in &gone_peers {
+            let lb = l("peer", gone);
+            self.link_bytes_rx.remove(&lb);
+            self.link_bytes_tx.remove(&lb);
+            self.link_delay.remove(&lb);
+            s.links.remove(gone);
+        }
+        for link in &m.links {
+            let lb = l("peer", link.peer);
+            let prev = s.links.entry(link.peer).or_default();
+            bump(&self.link_bytes_rx.get_or_create(&lb), &mut prev.0, link.bytes_in);
+            bump(&self.link_bytes_tx.get_or_create(&lb), &mut prev.1, link.bytes_out);
+            if let Some(d) = link.delay_us {
+                self.link_delay.get_or_create(&lb).set(f64::from(d) / 1e6);
+            }
+        }
+        s.peers = peers;
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Serves `GET /metrics` on `addr` until the task is dropped; returns the bound address.
+    pub async fn serve(&self, addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        use axum::http::header::CONTENT_TYPE;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let me = self.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let me = me.clone();
+                async move {
+                    ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], me.render())
+                }
+            }),
+        );
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::warn!("metrics server stopped: {e}");
+            }
+        });
+        Ok((local, task))
+    }
+}
+
+/// Moves a Prometheus counter to an absolute total reported elsewhere (a reset, e.g. a
+/// gateway restart of the source, restarts the delta from the new value).
+fn bump(c: &Counter, last: &mut u64, now: u64) {
+    if now > *last {
+        c.inc_by(now - *last);
+    }
+    *last = now;
+}

@@ -1,0 +1,1274 @@
+//! The bridge task: one tokio task that owns the model, the outbox and the MQTT connection.
+//!
+//! Connection life cycle (a fresh rumqttc client per connection, so nothing is silently
+//! re-sent or dropped inside the client):
+//!
+//! 1. connect with the last will `{"state":"offline","session":N}` (retained);
+//! 2. on CONNACK subscribe to every command topic and wait for the SUBACK;
+//! 3. only then publish `bridge/state` online (same session), then every retained topic
+//!    (info, health, status snapshot, node states and availability, HA discovery);
+//! 4. replay the outbox (events and alerts not yet acknowledged) in order;
+//! 5. an outbox entry leaves the outbox only on its PUBACK.
+//!
+//! A stale will (from an older session whose connection the broker declared dead late)
+//! arriving on `bridge/state` while online is answered at once by re-publishing online.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use md5::{Digest, Md5};
+use pmesh_proto::NodeTree;
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, Transport};
+use serde_json::{Map, Value as J, json};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::BridgeConfig;
+use crate::gateway::{Gateway, MeshEvent, OtaMode, OtaStart};
+use crate::ha;
+use crate::metrics::Metrics;
+use crate::model::{Alert, Campaign, Change, Model};
+use crate::outbox::Outbox;
+use crate::payload::{Topics, packet_size, page, stamp};
+use crate::status::StatusReport;
+
+/// Largest firmware image `ota/start` reads from a path on the gateway.
+pub const MAX_IMAGE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Control messages from the handle.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// Publish a full snapshot; answer when the broker acknowledged all of it.
+    Snapshot(oneshot::Sender<usize>),
+    /// Publish offline and disconnect.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// What the bridge reports about itself (for hosts and tests).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BridgeStatus {
+    /// Connected, subscribed and announced online.
+    pub online: bool,
+    /// Current session counter.
+    pub session: u64,
+    /// Events and alerts waiting for acknowledgement.
+    pub outbox: usize,
+    /// Connections made so far.
+    pub connections: u64,
+}
+
+enum ConnEvent {
+    Mqtt(Event),
+    Down(String),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Tag {
+    Plain,
+    Outbox(u64),
+    Waiter(u64),
+}
+
+struct Conn {
+    client: AsyncClient,
+    events: mpsc::UnboundedReceiver<ConnEvent>,
+    task: tokio::task::JoinHandle<()>,
+    subscribed: bool,
+    online: bool,
+    /// Publish requests in the order handed to the client, matched to `Outgoing::Publish`.
+    sent: VecDeque<Tag>,
+    inflight: HashMap<u16, Tag>,
+    ha_announced: BTreeSet<u32>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub(crate) struct Inputs {
+    pub events: mpsc::Receiver<MeshEvent>,
+    pub ota: mpsc::UnboundedReceiver<MeshEvent>,
+    pub topology: watch::Receiver<Option<NodeTree>>,
+    pub control: mpsc::UnboundedReceiver<Control>,
+}
+
+pub(crate) struct Runtime {
+    cfg: BridgeConfig,
+    topics: Topics,
+    model: Model,
+    outbox: Outbox,
+    metrics: Metrics,
+    gateway: Arc<dyn Gateway>,
+    status_tx: watch::Sender<BridgeStatus>,
+    session: u64,
+    connections: u64,
+    started: Instant,
+    conn: Option<Conn>,
+    backoff: Duration,
+    reconnect_at: Instant,
+    snapshot_no: u64,
+    /// Pages currently retained per paged topic (so stale pages are cleared).
+    pages: HashMap<String, usize>,
+    dirty_nodes: BTreeSet<u32>,
+    dirty_status: bool,
+    flush_at: Option<Instant>,
+    waiters: HashMap<u64, (usize, usize, oneshot::Sender<usize>)>,
+    next_waiter: u64,
+    next_campaign: u64,
+    ota_marker: Option<PathBuf>,
+    session_file: Option<PathBuf>,
+    /// Outbox entries created since the last loop pass, to publish if online.
+    pending_sends: Vec<u64>,
+}
+
+fn q1() -> QoS {
+    QoS::AtLeastOnce
+}
+
+impl Runtime {
+    pub(crate) fn new(
+        cfg: BridgeConfig,
+        gateway_id: u32,
+        gateway: Arc<dyn Gateway>,
+        metrics: Metrics,
+        status_tx: watch::Sender<BridgeStatus>,
+    ) -> anyhow::Result<Self> {
+        let topics = Topics { prefix: cfg.prefix.clone(), legacy: cfg.legacy_prefix.clone(), ha: cfg.ha_prefix.clone() };
+        let (outbox, session_file, ota_marker) = match &cfg.state_dir {
+            Some(d) => {
+                std::fs::create_dir_all(d)?;
+                let ob = Outbox::open(&d.join("outbox.jsonl"), cfg.outbox_capacity, cfg.outbox_fsync)?;
+                (ob, Some(d.join("session")), Some(d.join("ota.json")))
+            }
+            None => (Outbox::in_memory(cfg.outbox_capacity), None, None),
+        };
+        let persisted = session_file
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        // Without a state file, start from the clock (ms) so a restarted gateway still counts up.
+        let session = persisted.unwrap_or_else(|| cfg.clock.now_ms().unwrap_or(0));
+        let model = Model::new(gateway_id, cfg.alerts);
+        let now = Instant::now();
+        let mut rt = Runtime {
+            next_campaign: cfg.clock.now_ms().unwrap_or(1),
+            backoff: cfg.broker.reconnect_min,
+            cfg,
+            topics,
+            model,
+            outbox,
+            metrics,
+            gateway,
+            status_tx,
+            session,
+            connections: 0,
+            started: now,
+            conn: None,
+            reconnect_at: now,
+            snapshot_no: 0,
+            pages: HashMap::new(),
+            dirty_nodes: BTreeSet::new(),
+            dirty_status: false,
+            flush_at: None,
+            waiters: HashMap::new(),
+            next_waiter: 0,
+            ota_marker,
+            session_file,
+            pending_sends: Vec::new(),
+        };
+        rt.recover_interrupted_campaign();
+        Ok(rt)
+    }
+
+    fn now_ms(&self) -> Option<u64> {
+        self.cfg.clock.now_ms()
+    }
+
+    /// A campaign that was running when the gateway stopped cannot be running now: the nodes
+    /// it showed as updating are shown idle again and the campaign is reported interrupted.
+    fn recover_interrupted_campaign(&mut self) {
+        let Some(path) = self.ota_marker.clone() else { return };
+        let Ok(text) = std::fs::read_to_string(&path) else { return };
+        let _ = std::fs::remove_file(&path);
+        let Ok(v) = serde_json::from_str::<J>(&text) else { return };
+        let campaign = v["campaign"].as_u64().unwrap_or(0);
+        self.next_campaign = self.next_campaign.max(campaign + 1);
+        let nodes: Vec<u32> = v["nodes"].as_array().into_iter().flatten().filter_map(|n| n.as_u64()).map(|n| n as u32).collect();
+        for id in &nodes {
+            let now = self.now_ms();
+            self.model.nodes.entry(*id).or_insert_with(|| {
+                let mut r = Model::new(*id, self.cfg.alerts).nodes.remove(id).expect("fresh model holds its gateway");
+                r.online = false;
+                r.last_seen = now;
+                r
+            });
+            self.dirty_nodes.insert(*id);
+        }
+        self.emit_event("ota_finished", json!({"campaign": campaign, "result": "interrupted", "reason": "gateway restarted during the campaign", "nodesReset": nodes}));
+    }
+
+    fn save_ota_marker(&self) {
+        let Some(path) = &self.ota_marker else { return };
+        match self.model.campaign.as_ref().filter(|c| c.state == "running") {
+            Some(c) => {
+                let nodes: Vec<u32> =
+                    self.model.nodes.iter().filter(|(_, r)| r.update.campaign == Some(c.id)).map(|(id, _)| *id).collect();
+                let _ = std::fs::write(path, json!({"campaign": c.id, "nodes": nodes}).to_string());
+            }
+            None => {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+
+    fn publish_status(&self) {
+        let online = self.conn.as_ref().is_some_and(|c| c.online);
+        self.metrics.connected.set(i64::from(online));
+        self.metrics.outbox_depth.set(self.outbox.len() as i64);
+        self.status_tx.send_replace(BridgeStatus {
+            online,
+            session: self.session,
+            outbox: self.outbox.len(),
+            connections: self.connections,
+        });
+    }
+
+    pub(crate) async fn run(mut self, mut inp: Inputs) {
+        if let Some(addr) = self.cfg.metrics_addr {
+            match self.metrics.serve(addr).await {
+                Ok((a, _task)) => tracing::info!("Prometheus metrics on http://{a}/metrics"),
+                Err(e) => tracing::error!("cannot serve metrics on {addr}: {e}"),
+            }
+        }
+        let mut tick = tokio::time::interval(self.cfg.publish_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        let mut topology_open = true;
+        loop {
+            self.metrics.sync(&self.model);
+            self.publish_status();
+            if self.conn.is_none() && Instant::now() >= self.reconnect_at {
+                self.connect();
+            }
+            let reconnect = tokio::time::Instant::from_std(self.reconnect_at);
+            let flush = self.flush_at.map(tokio::time::Instant::from_std);
+            let no_conn = self.conn.is_none();
+            tokio::select! {
+                biased;
+                c = inp.control.recv() => match c {
+                    Some(Control::Shutdown(done)) => {
+                        self.shutdown().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(Control::Snapshot(done)) => self.snapshot_with_ack(done).await,
+                    None => {
+                        self.shutdown().await;
+                        return;
+                    }
+                },
+                ev = recv_conn(&mut self.conn) => self.on_conn_event(ev).await,
+                r = inp.topology.changed(), if topology_open => match r {
+                    Ok(()) => {
+                        let tree = inp.topology.borrow_and_update().clone();
+                        if let Some(tree) = tree {
+                            let ch = self.model.apply_tree(tree, self.now_ms());
+                            self.apply(ch);
+                        }
+                    }
+                    Err(_) => topology_open = false,
+                },
+                Some(ev) = inp.ota.recv() => self.on_mesh(ev).await,
+                Some(ev) = inp.events.recv() => self.on_mesh(ev).await,
+                _ = tick.tick() => self.periodic().await,
+                _ = tokio::time::sleep_until(reconnect), if no_conn => {}
+                _ = sleep_opt(flush) => self.flush().await,
+            }
+            self.send_pending().await;
+        }
+    }
+
+    // ----- connection -----------------------------------------------------------------
+
+    fn connect(&mut self) {
+        self.session += 1;
+        if let Some(p) = &self.session_file {
+            let _ = std::fs::write(p, self.session.to_string());
+        }
+        let b = &self.cfg.broker;
+        let mut opts = MqttOptions::new(b.client_id.clone(), b.host.clone(), b.port);
+        opts.set_keep_alive(b.keep_alive.max(Duration::from_secs(5)));
+        opts.set_clean_session(true);
+        opts.set_max_packet_size(b.max_packet_size, b.max_packet_size);
+        opts.set_inflight(1000);
+        opts.set_request_channel_capacity(4096);
+        if let Some(u) = &b.username {
+            opts.set_credentials(u.clone(), b.password.clone().unwrap_or_default());
+        }
+        if let Some(tls) = &b.tls {
+            match crate::tls::client_config(tls) {
+                Ok(c) => {
+                    opts.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(c))));
+                }
+                Err(e) => {
+                    tracing::error!("TLS configuration: {e}");
+                    self.schedule_reconnect();
+                    return;
+                }
+            }
+        }
+        let will = json!({"state": "offline", "session": self.session}).to_string();
+        opts.set_last_will(LastWill::new(self.topics.state(), will, q1(), true));
+        let (client, el) = AsyncClient::new(opts, 4096);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(drive(el, tx));
+        self.conn = Some(Conn {
+            client,
+            events: rx,
+            task,
+            subscribed: false,
+            online: false,
+            sent: VecDeque::new(),
+            inflight: HashMap::new(),
+            ha_announced: BTreeSet::new(),
+        });
+    }
+
+    fn schedule_reconnect(&mut self) {
+        self.reconnect_at = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(self.cfg.broker.reconnect_max);
+    }
+
+    fn drop_conn(&mut self, why: &str) {
+        if self.conn.take().is_some() {
+            tracing::warn!("MQTT connection lost: {why}");
+        }
+        // Unacknowledged snapshot waiters cannot complete on a dead connection.
+        self.waiters.clear();
+        self.schedule_reconnect();
+    }
+
+    async fn on_conn_event(&mut self, ev: Option<ConnEvent>) {
+        let ev = match ev {
+            Some(ConnEvent::Mqtt(e)) => e,
+            Some(ConnEvent::Down(why)) => return self.drop_conn(&why),
+            None => return self.drop_conn("event loop ended"),
+        };
+        match ev {
+            Event::Incoming(Packet::ConnAck(_)) => {
+                self.connections += 1;
+                self.metrics.connections.inc();
+                self.backoff = self.cfg.broker.reconnect_min;
+                let mut filters = vec![self.topics.state(), self.topics.t("bridge/request/#")];
+                if self.cfg.streams.commands {
+                    filters.push(self.topics.t("command/#"));
+                }
+                if self.cfg.streams.legacy_gateway {
+                    filters.push(format!("{}/to/#", self.topics.legacy));
+                }
+                if self.cfg.streams.ha_discovery {
+                    filters.push(format!("{}/status", self.topics.ha));
+                }
+                let subs = filters.into_iter().map(|f| rumqttc::SubscribeFilter::new(f, q1()));
+                if let Some(c) = &self.conn
+                    && c.client.subscribe_many(subs).await.is_err()
+                {
+                    self.drop_conn("subscribe failed");
+                }
+            }
+            Event::Incoming(Packet::SubAck(_)) => {
+                let first = self.conn.as_mut().is_some_and(|c| !std::mem::replace(&mut c.subscribed, true));
+                if first {
+                    self.go_online().await;
+                }
+            }
+            Event::Incoming(Packet::PubAck(ack)) => self.on_ack(ack.pkid),
+            Event::Incoming(Packet::Publish(p)) => self.on_publish(&p.topic, &p.payload).await,
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                if let Some(c) = self.conn.as_mut() {
+                    let tag = c.sent.pop_front().unwrap_or(Tag::Plain);
+                    if pkid != 0 {
+                        c.inflight.insert(pkid, tag);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_ack(&mut self, pkid: u16) {
+        let Some(tag) = self.conn.as_mut().and_then(|c| c.inflight.remove(&pkid)) else { return };
+        match tag {
+            Tag::Plain => {}
+            Tag::Outbox(seq) => self.outbox.ack(seq),
+            Tag::Waiter(w) => {
+                if let Some(entry) = self.waiters.get_mut(&w) {
+                    entry.1 += 1;
+                    if entry.1 >= entry.0
+                        && let Some((n, _, tx)) = self.waiters.remove(&w)
+                    {
+                        let _ = tx.send(n);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn go_online(&mut self) {
+        let state = json!({"state": "online", "session": self.session}).to_string();
+        self.raw_publish(self.topics.state(), state.into_bytes(), true, Tag::Plain, "state").await;
+        if let Some(c) = self.conn.as_mut() {
+            c.online = true;
+        }
+        tracing::info!("MQTT online (session {})", self.session);
+        self.publish_all_retained(None).await;
+        self.pending_sends.clear();
+        let pending: Vec<(u64, String, String)> =
+            self.outbox.pending().map(|e| (e.seq, e.topic.clone(), e.payload.clone())).collect();
+        for (seq, topic, payload) in pending {
+            self.raw_publish(topic, payload.into_bytes(), false, Tag::Outbox(seq), "event").await;
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        if self.conn.as_ref().is_some_and(|c| c.online) {
+            let state = json!({"state": "offline", "session": self.session}).to_string();
+            self.raw_publish(self.topics.state(), state.into_bytes(), true, Tag::Plain, "state").await;
+            // Give the client a moment to put the offline state and pending acks on the wire.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            while self.conn.as_ref().is_some_and(|c| !c.inflight.is_empty() || !c.sent.is_empty()) {
+                match tokio::time::timeout_at(deadline, recv_conn(&mut self.conn)).await {
+                    Ok(ev) => self.on_conn_event(ev).await,
+                    Err(_) => break,
+                }
+            }
+            if let Some(c) = &self.conn {
+                let _ = c.client.disconnect().await;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(500), recv_conn(&mut self.conn)).await;
+        }
+        self.conn = None;
+        self.publish_status();
+    }
+
+    /// Hands one publish to the client; false if there is no usable connection or it is too large.
+    async fn raw_publish(&mut self, topic: String, payload: Vec<u8>, retain: bool, tag: Tag, kind: &str) -> bool {
+        if packet_size(&topic, payload.len()) > self.cfg.broker.max_packet_size {
+            tracing::warn!("not publishing {} bytes on {topic}: over the broker packet limit", payload.len());
+            self.metrics.invalid_input.get_or_create(&vec![("source".into(), "oversized_publish".into())]).inc();
+            return false;
+        }
+        let qos = if kind == "message" { QoS::AtMostOnce } else { q1() };
+        let Some(c) = self.conn.as_mut() else { return false };
+        let len = payload.len();
+        c.sent.push_back(tag);
+        if c.client.publish(topic, qos, retain, payload).await.is_err() {
+            self.drop_conn("client closed");
+            return false;
+        }
+        self.metrics.publishes.get_or_create(&vec![("kind".into(), kind.into())]).inc();
+        self.metrics.publish_bytes.inc_by(len as u64);
+        true
+    }
+
+    fn online(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.online)
+    }
+
+    async fn publish_json(&mut self, topic: String, v: &J, retain: bool, kind: &str) -> bool {
+        if !self.online() {
+            return false;
+        }
+        self.raw_publish(topic, v.to_string().into_bytes(), retain, Tag::Plain, kind).await
+    }
+
+    // ----- state publishing -------------------------------------------------------------
+
+    fn info_json(&self) -> J {
+        let s = &self.cfg.streams;
+        let mut v = json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "gatewayNodeId": self.model.gateway,
+            "session": self.session,
+            "prefix": self.cfg.prefix,
+            "config": {
+                "publishInterval": self.cfg.publish_interval.as_secs_f64(),
+                "maxPacketSize": self.cfg.broker.max_packet_size,
+                "streams": {
+                    "nodes": s.nodes, "topology": s.topology, "metrics": s.metrics, "alerts": s.alerts,
+                    "nodeState": s.node_state, "meshMessages": s.mesh_messages, "legacyGateway": s.legacy_gateway,
+                    "commands": s.commands, "events": s.events, "haDiscovery": s.ha_discovery,
+                },
+                "alerts": {
+                    "partitionShare": self.cfg.alerts.partition_share,
+                    "lowMemoryKB": self.cfg.alerts.low_memory_kb,
+                    "highLossPercent": self.cfg.alerts.high_loss_percent,
+                },
+            },
+        });
+        stamp(&mut v, self.now_ms());
+        v
+    }
+
+    fn health_json(&self) -> J {
+        let mut v = json!({
+            "healthy": self.online() && self.outbox.is_empty(),
+            "uptime": self.started.elapsed().as_secs(),
+            "mqtt": {
+                "connected": self.online(),
+                "session": self.session,
+                "connections": self.connections,
+                "outboxDepth": self.outbox.len(),
+                "outboxDropped": self.outbox.dropped,
+            },
+            "mesh": {
+                "nodeCount": self.model.node_count(),
+                "links": self.model.tree.subs.len(),
+                "activeAlerts": self.model.alerts.len(),
+            },
+            "process": {"rssBytes": rss_bytes()},
+        });
+        stamp(&mut v, self.now_ms());
+        v
+    }
+
+    fn nodes_json(&self) -> (Vec<J>, Map<String, J>) {
+        let ids: Vec<J> = self.model.online_ids().into_iter().map(J::from).collect();
+        let mut m = Map::new();
+        m.insert("count".into(), J::from(ids.len()));
+        let mut t = J::Object(Map::new());
+        stamp(&mut t, self.now_ms());
+        if let J::Object(tm) = t {
+            m.extend(tm);
+        }
+        (ids, m)
+    }
+
+    fn metrics_json(&self) -> J {
+        let c = &self.model.counters;
+        let root = self.model.root_id();
+        let root_rec = root.and_then(|r| self.model.nodes.get(&r));
+        let heap = root_rec
+            .and_then(|r| r.metrics.as_ref().and_then(|m| m.heap).or(r.status.as_ref().and_then(|s| s.mem_kb.map(|k| k * 1024))));
+        let mut v = json!({
+            "nodeCount": self.model.node_count(),
+            "rootNodeId": root,
+            "gatewayNodeId": self.model.gateway,
+            "uptime": self.started.elapsed().as_secs(),
+            "freeHeap": heap,
+            "freeHeapKB": heap.map(|h| h / 1024),
+            "depth": self.model.tree.depth(),
+            "messages": {
+                "receivedSingle": c.rx_single, "receivedBroadcast": c.rx_broadcast,
+                "sentSingle": c.tx_single, "sentBroadcast": c.tx_broadcast,
+                "packages": c.packages, "statusReports": c.status_reports,
+            },
+            "topologyChanges": c.topology_changes,
+            "ota": {
+                "campaigns": c.ota_campaigns, "running": self.model.ota_running(),
+                "nodesUpdated": c.ota_nodes_done, "nodesFailed": c.ota_nodes_failed, "bytesSent": c.ota_bytes,
+            },
+            "alerts": self.model.alerts.len(),
+        });
+        stamp(&mut v, self.now_ms());
+        v
+    }
+
+    fn alerts_json(&self) -> J {
+        let mut v = json!({"alerts": self.model.alerts.values().map(Alert::to_json).collect::<Vec<_>>()});
+        stamp(&mut v, self.now_ms());
+        v
+    }
+
+    fn topology_json(&self) -> J {
+        let text = String::from_utf8_lossy(&self.model.tree.to_json()).into_owned();
+        let mut v: J = serde_json::from_str(&text).unwrap_or(J::Null);
+        stamp(&mut v, self.now_ms());
+        v
+    }
+
+    /// Publishes a snapshot topic whole, or paged when it exceeds the packet limit.
+    /// Returns the number of publishes handed to the client.
+    async fn publish_snapshot(&mut self, topic: String, whole: J, key: &str, items: impl FnOnce(&Self) -> (Vec<J>, Map<String, J>), tag: Tag) -> usize {
+        let text = whole.to_string();
+        let max = self.cfg.broker.max_packet_size;
+        let mut n = 0;
+        let old_pages = self.pages.get(&topic).copied().unwrap_or(0);
+        let new_pages;
+        if packet_size(&topic, text.len()) <= max {
+            n += usize::from(self.raw_publish(topic.clone(), text.into_bytes(), true, tag, "state").await);
+            new_pages = 0;
+        } else {
+            self.snapshot_no += 1;
+            let (list, extra) = items(self);
+            let paged = page(&topic, key, &list, extra, self.snapshot_no, max);
+            new_pages = paged.pages.len();
+            // Pages first, index last: a reader who sees the index finds its pages.
+            for (i, p) in paged.pages.iter().enumerate() {
+                n += usize::from(self.raw_publish(format!("{topic}/page/{i}"), p.to_string().into_bytes(), true, tag, "state").await);
+            }
+            n += usize::from(self.raw_publish(topic.clone(), paged.index.to_string().into_bytes(), true, tag, "state").await);
+        }
+        for i in new_pages..old_pages {
+            // Clear pages left from a larger earlier snapshot.
+            n += usize::from(self.raw_publish(format!("{topic}/page/{i}"), Vec::new(), true, tag, "state").await);
+        }
+        self.pages.insert(topic, new_pages);
+        n
+    }
+
+    /// The status snapshot: nodes, topology, metrics, alerts (each if its stream is on).
+    async fn publish_status_topics(&mut self, tag: Tag) -> usize {
+        if !self.online() {
+            return 0;
+        }
+        let mut n = 0;
+        let s = self.cfg.streams;
+        if s.nodes {
+            let (ids, extra) = self.nodes_json();
+            let mut whole = J::Object(extra);
+            whole["nodes"] = J::Array(ids);
+            let whole = reorder_nodes(whole);
+            n += self.publish_snapshot(self.topics.t("status/nodes"), whole, "nodes", |me| me.nodes_json(), tag).await;
+        }
+        if s.topology {
+            let whole = self.topology_json();
+            n += self
+                .publish_snapshot(self.topics.t("status/topology"), whole, "nodes", |me| {
+                    // Paged form: a flat list of {nodeId, parent[, root]} in tree order.
+                    let mut list = Vec::new();
+                    flatten(&me.model.tree, None, &mut list);
+                    let mut extra = Map::new();
+                    extra.insert("nodeId".into(), J::from(me.model.tree.node_id));
+                    let mut t = J::Object(Map::new());
+                    stamp(&mut t, me.now_ms());
+                    if let J::Object(tm) = t {
+                        extra.extend(tm);
+                    }
+                    (list, extra)
+                }, tag)
+                .await;
+        }
+        if s.metrics {
+            let v = self.metrics_json();
+            n += usize::from(self.raw_publish(self.topics.t("status/metrics"), v.to_string().into_bytes(), true, tag, "state").await);
+        }
+        if s.alerts {
+            let v = self.alerts_json();
+            n += self
+                .publish_snapshot(self.topics.t("status/alerts"), v, "alerts", |me| {
+                    let mut t = J::Object(Map::new());
+                    stamp(&mut t, me.now_ms());
+                    let J::Object(extra) = t else { unreachable!() };
+                    (me.model.alerts.values().map(Alert::to_json).collect(), extra)
+                }, tag)
+                .await;
+        }
+        n
+    }
+
+    async fn publish_node(&mut self, id: u32, tag: Tag) -> usize {
+        if !self.cfg.streams.node_state || !self.online() {
+            return 0;
+        }
+        let v = self.model.node_json(id, self.now_ms());
+        let mut n = usize::from(self.raw_publish(self.topics.node(id), v.to_string().into_bytes(), true, tag, "state").await);
+        let online = self.model.nodes.get(&id).is_some_and(|r| r.online);
+        let a = json!({"state": if online { "online" } else { "offline" }}).to_string();
+        n += usize::from(self.raw_publish(self.topics.availability(id), a.into_bytes(), true, tag, "state").await);
+        n
+    }
+
+    async fn announce_ha(&mut self, id: u32, force: bool) {
+        if !self.cfg.streams.ha_discovery || !self.online() {
+            return;
+        }
+        if !force && self.conn.as_ref().is_some_and(|c| c.ha_announced.contains(&id)) {
+            return;
+        }
+        let gw = self.model.gateway;
+        let (unique, v) = if id == gw {
+            (ha::gateway_unique(gw), ha::gateway_config(&self.topics, gw))
+        } else {
+            let fw = self.model.nodes.get(&id).and_then(|r| r.status.as_ref()).and_then(|s| s.fw.clone());
+            (ha::node_unique(id), ha::node_config(&self.topics, gw, id, fw.as_deref()))
+        };
+        let topic = self.topics.ha_device(&unique);
+        if self.raw_publish(topic, v.to_string().into_bytes(), true, Tag::Plain, "state").await
+            && let Some(c) = self.conn.as_mut()
+        {
+            c.ha_announced.insert(id);
+        }
+    }
+
+    /// Every retained topic (after each connect, and on `resync`).
+    async fn publish_all_retained(&mut self, tag: Option<Tag>) -> usize {
+        let tag = tag.unwrap_or(Tag::Plain);
+        let mut n = 0;
+        let info = self.info_json();
+        n += usize::from(self.publish_json(self.topics.t("bridge/info"), &info, true, "state").await);
+        let health = self.health_json();
+        n += usize::from(self.publish_json(self.topics.t("bridge/health"), &health, true, "state").await);
+        n += self.publish_status_topics(tag).await;
+        let ids: Vec<u32> = self.model.nodes.keys().copied().collect();
+        for id in &ids {
+            n += self.publish_node(*id, tag).await;
+        }
+        self.announce_ha(self.model.gateway, true).await;
+        for id in ids {
+            if id != self.model.gateway {
+                self.announce_ha(id, true).await;
+            }
+        }
+        self.dirty_nodes.clear();
+        self.dirty_status = false;
+        n
+    }
+
+    async fn snapshot_with_ack(&mut self, done: oneshot::Sender<usize>) {
+        if !self.online() {
+            let _ = done.send(0);
+            return;
+        }
+        let w = self.next_waiter;
+        self.next_waiter += 1;
+        let tag = Tag::Waiter(w);
+        let mut n = self.publish_status_topics(tag).await;
+        let ids: Vec<u32> = self.model.nodes.keys().copied().collect();
+        for id in ids {
+            n += self.publish_node(id, tag).await;
+        }
+        if n == 0 {
+            let _ = done.send(0);
+        } else {
+            self.waiters.insert(w, (n, 0, done));
+        }
+    }
+
+    async fn periodic(&mut self) {
+        let health = self.health_json();
+        self.publish_json(self.topics.t("bridge/health"), &health, true, "state").await;
+        self.publish_status_topics(Tag::Plain).await;
+        self.dirty_status = false;
+    }
+
+    async fn flush(&mut self) {
+        self.flush_at = None;
+        if !self.online() {
+            return;
+        }
+        if self.dirty_status {
+            self.dirty_status = false;
+            self.publish_status_topics(Tag::Plain).await;
+        }
+        let ids = std::mem::take(&mut self.dirty_nodes);
+        for id in ids {
+            self.publish_node(id, Tag::Plain).await;
+            self.announce_ha(id, false).await;
+        }
+    }
+
+    fn mark_dirty(&mut self) {
+        if self.flush_at.is_none() {
+            self.flush_at = Some(Instant::now() + Duration::from_millis(200));
+        }
+    }
+
+    // ----- model changes → events --------------------------------------------------------
+
+    fn apply(&mut self, changes: Vec<Change>) {
+        let mut ota_touched = false;
+        for ch in changes {
+            match ch {
+                Change::Event(kind, data) => {
+                    ota_touched |= kind.starts_with("ota_");
+                    self.emit_event(kind, data);
+                }
+                Change::NodeState(id) | Change::Availability(id, _) => {
+                    self.dirty_nodes.insert(id);
+                    self.mark_dirty();
+                }
+                Change::Topology => {
+                    self.dirty_status = true;
+                    self.mark_dirty();
+                }
+                Change::AlertRaised(key) => {
+                    let id = self.outbox.next_seq();
+                    if let Some(a) = self.model.alerts.get_mut(&key) {
+                        a.id = id;
+                        let data = a.to_json();
+                        self.emit_alert("alert_raised", data);
+                    }
+                    self.dirty_status = true;
+                    self.mark_dirty();
+                }
+                Change::AlertCleared(a) => {
+                    let mut data = a.to_json();
+                    data["clearedAt"] = self.now_ms().map_or(J::Null, J::from);
+                    self.emit_alert("alert_cleared", data);
+                    self.dirty_status = true;
+                    self.mark_dirty();
+                }
+            }
+        }
+        if ota_touched {
+            self.save_ota_marker();
+        }
+    }
+
+    fn emit_alert(&mut self, kind: &'static str, data: J) {
+        if self.cfg.streams.alerts {
+            self.queue_event(kind, data);
+        }
+    }
+
+    fn emit_event(&mut self, kind: &'static str, data: J) {
+        if self.cfg.streams.events {
+            self.queue_event(kind, data);
+        }
+    }
+
+    /// Puts an event into the outbox (durably) and publishes it now if online.
+    fn queue_event(&mut self, kind: &'static str, data: J) {
+        let seq = self.outbox.next_seq();
+        let mut v = json!({"type": kind, "data": data, "seq": seq, "session": self.session});
+        stamp(&mut v, self.now_ms());
+        let topic = self.topics.t("bridge/event");
+        let dropped_before = self.outbox.dropped;
+        self.outbox.push(topic, v.to_string());
+        if self.outbox.dropped > dropped_before {
+            self.metrics.outbox_dropped.inc_by(self.outbox.dropped - dropped_before);
+        }
+        self.pending_sends.push(seq);
+    }
+}
+
+impl Runtime {
+    async fn send_pending(&mut self) {
+        let seqs = std::mem::take(&mut self.pending_sends);
+        if !self.online() {
+            return;
+        }
+        for seq in seqs {
+            if let Some(e) = self.outbox.get(seq) {
+                let (t, p) = (e.topic.clone(), e.payload.clone());
+                self.raw_publish(t, p.into_bytes(), false, Tag::Outbox(seq), "event").await;
+            }
+        }
+    }
+
+    // ----- mesh input ---------------------------------------------------------------------
+
+    async fn on_mesh(&mut self, ev: MeshEvent) {
+        let now = self.now_ms();
+        match ev {
+            MeshEvent::Topology(tree) => {
+                let ch = self.model.apply_tree(tree, now);
+                self.apply(ch);
+            }
+            MeshEvent::Message { from, msg, broadcast } => {
+                self.model.on_message(from, broadcast, now);
+                if let Some(report) = StatusReport::from_user_message(&msg) {
+                    let ch = self.model.on_status(report, now);
+                    self.apply(ch);
+                }
+                if self.online() {
+                    if self.cfg.streams.mesh_messages {
+                        self.raw_publish(self.topics.t(&format!("from/{from}")), msg.clone(), false, Tag::Plain, "message").await;
+                    }
+                    if self.cfg.streams.legacy_gateway {
+                        self.raw_publish(format!("{}/from/{from}", self.topics.legacy), msg, false, Tag::Plain, "message").await;
+                    }
+                }
+            }
+            MeshEvent::Package(env) => {
+                self.model.counters.packages += 1;
+                match StatusReport::from_object(&env.body) {
+                    Some(report) => {
+                        let ch = self.model.on_status(report, now);
+                        self.apply(ch);
+                    }
+                    None if matches!(env.ty, 203 | 204 | 604) => {
+                        self.metrics.invalid_input.get_or_create(&vec![("source".into(), "mesh".into())]).inc();
+                    }
+                    None => {}
+                }
+            }
+            MeshEvent::Stats { node, links } => {
+                self.model.gateway_stats = node;
+                self.model.links = links;
+            }
+            MeshEvent::Ota(p) => {
+                let ch = self.model.on_ota(p, now);
+                self.apply(ch);
+            }
+        }
+    }
+
+    // ----- MQTT input -----------------------------------------------------------------------
+
+    async fn on_publish(&mut self, topic: &str, payload: &[u8]) {
+        let prefix = format!("{}/", self.cfg.prefix);
+        let legacy = format!("{}/to/", self.topics.legacy);
+        if topic == self.topics.state() {
+            self.on_state_echo(payload).await;
+        } else if let Some(verb) = topic.strip_prefix(&format!("{prefix}bridge/request/")) {
+            let (reply, ok) = self.handle_request(verb, payload).await;
+            self.respond(format!("{prefix}bridge/response/{verb}"), reply, ok).await;
+        } else if let Some(verb) = topic.strip_prefix(&format!("{prefix}command/")) {
+            let (reply, ok) = self.handle_command(verb, payload).await;
+            self.respond(format!("{prefix}response/{verb}"), reply, ok).await;
+        } else if let Some(dest) = topic.strip_prefix(&legacy) {
+            self.handle_legacy(dest, payload).await;
+        } else if topic == format!("{}/status", self.topics.ha) {
+            if payload.eq_ignore_ascii_case(b"online") {
+                // Home Assistant restarted: announce every device again.
+                let ids: Vec<u32> = self.model.nodes.keys().copied().collect();
+                self.announce_ha(self.model.gateway, true).await;
+                for id in ids {
+                    if id != self.model.gateway {
+                        self.announce_ha(id, true).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A message on our own `bridge/state`: if it says offline for any session while we are
+    /// online, it is a stale will (or a stray publish); restore the truth at once.
+    async fn on_state_echo(&mut self, payload: &[u8]) {
+        if !self.online() {
+            return;
+        }
+        let v: J = serde_json::from_slice(payload).unwrap_or(J::Null);
+        let ours = v["state"] == "online" && v["session"].as_u64() == Some(self.session);
+        if !ours {
+            tracing::warn!("bridge/state overwritten by {:?}; restoring online (session {})", String::from_utf8_lossy(payload), self.session);
+            let state = json!({"state": "online", "session": self.session}).to_string();
+            self.raw_publish(self.topics.state(), state.into_bytes(), true, Tag::Plain, "state").await;
+        }
+    }
+
+    async fn respond(&mut self, topic: String, reply: J, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.metrics.requests.get_or_create(&vec![("result".into(), result.into())]).inc();
+        if !self.online() {
+            return;
+        }
+        let text = reply.to_string();
+        if packet_size(&topic, text.len()) > self.cfg.broker.max_packet_size {
+            let mut small = json!({"status": "error", "data": {}, "error": "response larger than the broker packet limit; read the retained status topics instead"});
+            if let Some(t) = reply.get("transaction") {
+                small["transaction"] = t.clone();
+            }
+            self.raw_publish(topic, small.to_string().into_bytes(), false, Tag::Plain, "response").await;
+        } else {
+            self.raw_publish(topic, text.into_bytes(), false, Tag::Plain, "response").await;
+        }
+    }
+
+    /// `bridge/request/<verb>` → (response, ok). Every request gets an answer.
+    async fn handle_request(&mut self, verb: &str, payload: &[u8]) -> (J, bool) {
+        let (req, transaction) = match parse_request(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.invalid_input.get_or_create(&vec![("source".into(), "mqtt".into())]).inc();
+                return (response(Err(e), None), false);
+            }
+        };
+        let result = self.dispatch(verb, &req).await;
+        let ok = result.is_ok();
+        (response(result, transaction), ok)
+    }
+
+    async fn dispatch(&mut self, verb: &str, req: &Map<String, J>) -> Result<J, String> {
+        match verb {
+            "info" => Ok(self.info_json()),
+            "health" => Ok(self.health_json()),
+            "nodes" => {
+                let nodes: Vec<J> = self
+                    .model
+                    .nodes
+                    .iter()
+                    .map(|(id, r)| json!({"nodeId": id, "online": r.online, "parent": r.parent, "hops": r.hops, "lastSeen": r.last_seen}))
+                    .collect();
+                Ok(json!({"nodes": nodes, "count": self.model.node_count()}))
+            }
+            "topology" => Ok(self.topology_json()),
+            "alerts" => Ok(self.alerts_json()),
+            "publish_now" => {
+                let n = self.publish_status_topics(Tag::Plain).await;
+                Ok(json!({"published": n}))
+            }
+            "resync" => {
+                let n = self.publish_all_retained(None).await;
+                Ok(json!({"published": n}))
+            }
+            "send" => {
+                let to = req.get("to").and_then(J::as_u64).and_then(|v| u32::try_from(v).ok()).filter(|v| *v != 0);
+                let to = to.ok_or("`to` must be a node id (1..4294967295)")?;
+                let msg = message_bytes(req)?;
+                self.gateway.send_single(to, msg).map_err(|e| e.0)?;
+                self.model.counters.tx_single += 1;
+                Ok(json!({"to": to}))
+            }
+            "broadcast" => {
+                let msg = message_bytes(req)?;
+                self.gateway.send_broadcast(msg).map_err(|e| e.0)?;
+                self.model.counters.tx_broadcast += 1;
+                Ok(json!({}))
+            }
+            "ota/start" => self.ota_start(req),
+            "ota/status" => Ok(match &self.model.campaign {
+                Some(c) => c.to_json(&self.model.nodes),
+                None => json!({"campaign": null, "state": "none"}),
+            }),
+            "ota/abort" => {
+                let c = self.model.campaign.as_ref().filter(|c| c.state == "running").map(|c| c.id);
+                let c = c.ok_or("no campaign is running")?;
+                if let Some(want) = req.get("campaign").and_then(J::as_u64)
+                    && want != c
+                {
+                    return Err(format!("campaign {want} is not running (running: {c})"));
+                }
+                self.gateway.ota_abort(c).map_err(|e| e.0)?;
+                let ch = self.model.ota_end(c, "aborted");
+                self.apply(ch);
+                Ok(json!({"campaign": c, "state": "aborted"}))
+            }
+            other => Err(format!(
+                "unknown request {other:?}; known: info, health, nodes, topology, alerts, publish_now, resync, send, broadcast, ota/start, ota/status, ota/abort"
+            )),
+        }
+    }
+
+    fn ota_start(&mut self, req: &Map<String, J>) -> Result<J, String> {
+        if self.model.ota_running() {
+            let id = self.model.campaign.as_ref().map(|c| c.id).unwrap_or(0);
+            return Err(format!("campaign {id} is still running; abort it first"));
+        }
+        let image = match (req.get("image_path").and_then(J::as_str), req.get("image_base64").and_then(J::as_str)) {
+            (Some(p), None) => {
+                let meta = std::fs::metadata(p).map_err(|e| format!("image_path {p:?}: {e}"))?;
+                if meta.len() > MAX_IMAGE_BYTES {
+                    return Err(format!("image {p:?} is {} bytes, over the {MAX_IMAGE_BYTES}-byte limit", meta.len()));
+                }
+                std::fs::read(p).map_err(|e| format!("image_path {p:?}: {e}"))?
+            }
+            (None, Some(b)) => base64::engine::general_purpose::STANDARD.decode(b).map_err(|e| format!("image_base64: {e}"))?,
+            _ => return Err("give exactly one of image_path (a file on the gateway) or image_base64".into()),
+        };
+        if image.is_empty() {
+            return Err("the image is empty".into());
+        }
+        let role = req.get("role").and_then(J::as_str).ok_or("`role` (string) is required")?.to_string();
+        let hardware = req.get("hardware").and_then(J::as_str).unwrap_or("ESP32").to_string();
+        if hardware != "ESP32" && hardware != "ESP8266" {
+            return Err(format!("hardware {hardware:?}: expected ESP32 or ESP8266"));
+        }
+        let mode = match req.get("mode").and_then(J::as_str) {
+            None => OtaMode::Broadcast,
+            Some(m) => OtaMode::parse(m).ok_or(format!("mode {m:?}: expected unicast, broadcast or pmesh"))?,
+        };
+        let compressed = match req.get("compressed") {
+            None => false,
+            Some(J::Bool(b)) => *b,
+            Some(_) => return Err("`compressed` must be true or false".into()),
+        };
+        let md5 = Md5::digest(&image).iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let id = self.next_campaign.max(self.now_ms().unwrap_or(0));
+        self.next_campaign = id + 1;
+        let size = image.len() as u64;
+        self.gateway
+            .ota_start(OtaStart { campaign: id, image, md5: md5.clone(), role: role.clone(), hardware: hardware.clone(), mode, compressed })
+            .map_err(|e| e.0)?;
+        let c = Campaign {
+            id,
+            state: "running",
+            role,
+            hardware,
+            mode,
+            compressed,
+            size,
+            md5,
+            started_at: self.now_ms(),
+            done: 0,
+            failed: 0,
+        };
+        let v = c.to_json(&self.model.nodes);
+        self.model.ota_begin(c);
+        self.save_ota_marker();
+        self.emit_event("ota_requested", v.clone());
+        Ok(v)
+    }
+
+    /// `<prefix>/command/<verb>` (the promised command API) → `<prefix>/response/<verb>`.
+    async fn handle_command(&mut self, verb: &str, payload: &[u8]) -> (J, bool) {
+        let mapped = match verb {
+            "getNodes" => {
+                let (ids, extra) = self.nodes_json();
+                let mut v = J::Object(extra);
+                v["nodes"] = J::Array(ids);
+                Some(Ok(reorder_nodes(v)))
+            }
+            "getTopology" => Some(Ok(self.topology_json())),
+            "publishNow" => {
+                let n = self.publish_status_topics(Tag::Plain).await;
+                Some(Ok(json!({"published": n})))
+            }
+            _ => None,
+        };
+        if let Some(result) = mapped {
+            let tx = parse_request(payload).ok().and_then(|(_, t)| t);
+            let ok = result.is_ok();
+            return (response(result, tx), ok);
+        }
+        match verb {
+            // A plain-text payload is the message itself; a JSON object uses `message`.
+            "broadcast" => match parse_request(payload) {
+                Ok((req, tx)) if !req.is_empty() => {
+                    let r = self.dispatch("broadcast", &req).await;
+                    let ok = r.is_ok();
+                    (response(r, tx), ok)
+                }
+                _ if !payload.is_empty() && serde_json::from_slice::<J>(payload).is_err() => {
+                    let r = self.gateway.send_broadcast(payload.to_vec()).map_err(|e| e.0).map(|_| json!({}));
+                    if r.is_ok() {
+                        self.model.counters.tx_broadcast += 1;
+                    }
+                    let ok = r.is_ok();
+                    (response(r, None), ok)
+                }
+                Ok((_, tx)) => (response(Err("broadcast needs a message".into()), tx), false),
+                Err(e) => (response(Err(e), None), false),
+            },
+            other => {
+                self.metrics.invalid_input.get_or_create(&vec![("source".into(), "mqtt".into())]).inc();
+                (response(Err(format!("unknown command {other:?}; known: getNodes, getTopology, publishNow, broadcast")), None), false)
+            }
+        }
+    }
+
+    /// `painlessMesh/to/<id|broadcast|gateway>`: the older gateway convention.
+    async fn handle_legacy(&mut self, dest: &str, payload: &[u8]) {
+        let result = match dest {
+            "broadcast" => self.gateway.send_broadcast(payload.to_vec()).map(|_| self.model.counters.tx_broadcast += 1),
+            "gateway" => {
+                if payload.trim_ascii() == b"getNodes" {
+                    let ids = J::from(self.model.tree.node_list(false)).to_string();
+                    let t = format!("{}/from/gateway", self.topics.legacy);
+                    self.raw_publish(t, ids.into_bytes(), false, Tag::Plain, "response").await;
+                }
+                Ok(())
+            }
+            id => match id.parse::<u32>() {
+                Ok(id) if id != 0 => self.gateway.send_single(id, payload.to_vec()).map(|_| self.model.counters.tx_single += 1),
+                _ => Err(format!("not a node id: {id:?}").as_str().into()),
+            },
+        };
+        if let Err(e) = result {
+            tracing::warn!("{}/to/{dest}: {e}", self.topics.legacy);
+            self.metrics.invalid_input.get_or_create(&vec![("source".into(), "mqtt".into())]).inc();
+        }
+    }
+}
+
+/// Reads a request payload: empty → `{}`; otherwise a JSON object. Returns it with its
+/// `transaction` (echoed in the response).
+fn parse_request(payload: &[u8]) -> Result<(Map<String, J>, Option<J>), String> {
+    if payload.trim_ascii().is_empty() {
+        return Ok((Map::new(), None));
+    }
+    match serde_json::from_slice::<J>(payload) {
+        Ok(J::Object(mut m)) => {
+            let t = m.remove("transaction");
+            Ok((m, t))
+        }
+        Ok(_) => Err("request payload must be a JSON object".into()),
+        Err(e) => Err(format!("invalid JSON: {e}")),
+    }
+}
+
+fn response(result: Result<J, String>, transaction: Option<J>) -> J {
+    let mut v = match result {
+        Ok(data) => json!({"status": "ok", "data": data}),
+        Err(e) => json!({"status": "error", "data": {}, "error": e}),
+    };
+    if let Some(t) = transaction {
+        v["transaction"] = t;
+    }
+    v
+}
+
+fn message_bytes(req: &Map<String, J>) -> Result<Vec<u8>, String> {
+    match req.get("message") {
+        Some(J::String(s)) => Ok(s.clone().into_bytes()),
+        Some(v @ (J::Object(_) | J::Array(_))) => Ok(v.to_string().into_bytes()),
+        _ => Err("`message` (string or JSON) is required".into()),
+    }
+}
+
+/// `{"nodes":[..],"count":n,"timestamp":..}` in the documented key order.
+fn reorder_nodes(v: J) -> J {
+    let J::Object(mut m) = v else { return v };
+    let mut out = Map::new();
+    for k in ["nodes", "count", "timestamp", "clockSet"] {
+        if let Some(x) = m.remove(k) {
+            out.insert(k.into(), x);
+        }
+    }
+    out.extend(m);
+    J::Object(out)
+}
+
+fn flatten(t: &NodeTree, parent: Option<u32>, out: &mut Vec<J>) {
+    let mut v = json!({"nodeId": t.node_id, "parent": parent});
+    if t.root {
+        v["root"] = J::Bool(true);
+    }
+    out.push(v);
+    for s in &t.subs {
+        flatten(s, Some(t.node_id), out);
+    }
+}
+
+async fn drive(mut el: EventLoop, tx: mpsc::UnboundedSender<ConnEvent>) {
+    loop {
+        match el.poll().await {
+            Ok(ev) => {
+                if tx.send(ConnEvent::Mqtt(ev)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(ConnEvent::Down(e.to_string()));
+                return;
+            }
+        }
+    }
+}
+
+async fn recv_conn(conn: &mut Option<Conn>) -> Option<ConnEvent> {
+    match conn {
+        Some(c) => c.events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resident set size of this process (Linux), for `bridge/health`.
+pub fn rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
