@@ -63,6 +63,9 @@ pub struct PmeshTuning {
     pub rate_limit: Option<u32>,
     /// Recent chunk frames kept for forwarding to slower subscribers.
     pub cache_frames: usize,
+    /// How long a new neighbour on the way to the distributor gets to say HELLO before this
+    /// node subscribes past it to the distributor (SINGLE routing through a stock node).
+    pub hello_grace: Duration,
 }
 
 impl Default for PmeshTuning {
@@ -76,6 +79,7 @@ impl Default for PmeshTuning {
             report_flush: Duration::from_millis(500),
             rate_limit: None,
             cache_frames: 16,
+            hello_grace: Duration::from_secs(2),
         }
     }
 }
@@ -222,6 +226,10 @@ pub struct PmeshAgent {
     tuning: PmeshTuning,
     receive: bool,
     pmesh_conns: Vec<(ConnId, u32)>,
+    /// Neighbours that have not said HELLO yet, and since when.
+    fresh_conns: Vec<(ConnId, Instant)>,
+    /// Re-evaluate the upstream then (a fresh neighbour's HELLO grace ends).
+    reeval_at: Option<Instant>,
     r: Option<Rollout>,
     current_sha: Option<String>,
     refused: Vec<(u32, &'static str)>,
@@ -276,6 +284,8 @@ impl PmeshAgent {
             tuning,
             receive,
             pmesh_conns: Vec::new(),
+            fresh_conns: Vec::new(),
+            reeval_at: None,
             r: None,
             current_sha: None,
             refused: Vec::new(),
@@ -400,6 +410,10 @@ impl PmeshAgent {
 
     /// A neighbour completed its first NODE_SYNC: say HELLO.
     pub(crate) fn on_new_connection(&mut self, ctx: &mut Ctx<'_, '_>, conn: ConnId) {
+        if self.fresh_conns.len() >= 64 {
+            self.fresh_conns.remove(0);
+        }
+        self.fresh_conns.push((conn, ctx.now()));
         let json = wire::hello(ctx.node_id());
         self.send_control(ctx, Peer::Conn(conn), json);
     }
@@ -412,6 +426,7 @@ impl PmeshAgent {
         sink: &mut dyn FirmwareSink,
     ) {
         self.pmesh_conns.retain(|(c, _)| *c != conn);
+        self.fresh_conns.retain(|(c, _)| *c != conn);
         if let Some(r) = &mut self.r {
             r.children.retain(|c| c.peer != Peer::Conn(conn));
             if r.upstream
@@ -573,6 +588,7 @@ impl PmeshAgent {
                 if f.neighbour != 0 && !self.pmesh_conns.iter().any(|(c, _)| *c == f.conn) {
                     self.pmesh_conns.push((f.conn, f.neighbour));
                 }
+                self.fresh_conns.retain(|(c, _)| *c != f.conn);
                 if let Some(r) = &self.r {
                     let json = r.m.to_json(0);
                     self.send_control(ctx, Peer::Conn(f.conn), json);
@@ -1240,13 +1256,31 @@ impl PmeshAgent {
 
     /// The way to the distributor: the next-hop neighbour if it speaks pmesh OTA, else the
     /// distributor itself by SINGLE routing.
-    fn peer_toward(&self, ctx: &Ctx<'_, '_>, node: u32) -> Option<Peer> {
+    ///
+    /// `None` while the next hop is a neighbour that has not said HELLO yet: it gets
+    /// `hello_grace` (from when we first look) before we route past it.
+    fn peer_toward(&mut self, ctx: &Ctx<'_, '_>, node: u32) -> Option<Peer> {
         let conn = ctx.route(node)?;
         if self.pmesh_conns.iter().any(|(c, _)| *c == conn) {
-            Some(Peer::Conn(conn))
-        } else {
-            Some(Peer::Remote(node))
+            return Some(Peer::Conn(conn));
         }
+        let now = ctx.now();
+        let since = match self.fresh_conns.iter().find(|(c, _)| *c == conn) {
+            Some((_, since)) => *since,
+            None => {
+                if self.fresh_conns.len() >= 64 {
+                    self.fresh_conns.remove(0);
+                }
+                self.fresh_conns.push((conn, now));
+                now
+            }
+        };
+        let until = since + self.tuning.hello_grace;
+        if until > now {
+            self.reeval_at = Some(self.reeval_at.map_or(until, |t| t.min(until)));
+            return None;
+        }
+        Some(Peer::Remote(node))
     }
 
     fn via(peer: Peer) -> Via {
@@ -1278,11 +1312,13 @@ impl PmeshAgent {
             return;
         }
         let needs = r.needs_upstream();
+        let from = r.m.from;
         let desired = if needs {
-            self.peer_toward(ctx, r.m.from)
+            self.peer_toward(ctx, from)
         } else {
             None
         };
+        let Some(r) = &self.r else { return };
         let current = r.upstream.as_ref().map(|u| u.peer);
         if desired == current {
             return;
@@ -1373,12 +1409,8 @@ impl PmeshAgent {
         if r.reports.is_empty() || matches!(r.role, Role::Distributor(_)) {
             return;
         }
-        let Some(peer) = r
-            .upstream
-            .as_ref()
-            .map(|u| u.peer)
-            .or_else(|| self.peer_toward(ctx, r.m.from))
-        else {
+        let (up, from) = (r.upstream.as_ref().map(|u| u.peer), r.m.from);
+        let Some(peer) = up.or_else(|| self.peer_toward(ctx, from)) else {
             return; // no way to the distributor now; keep them for later
         };
         let Some(r) = &mut self.r else { return };
@@ -1518,6 +1550,7 @@ impl PmeshAgent {
                 (a, b) => a.or(b),
             }
         };
+        add(self.reeval_at);
         add(r.upstream.as_ref().and_then(|u| u.rewant_at));
         if r.phase == Phase::Verified {
             add(r.apply_local);
@@ -1541,6 +1574,9 @@ impl PmeshAgent {
         let now = ctx.now();
         let me = ctx.node_id();
         let tuning = self.tuning;
+        if self.reeval_at.is_some_and(|t| t <= now) {
+            self.reeval_at = None;
+        }
         let Some(r) = &mut self.r else { return };
         // Distributor: re-flood the manifest for nodes that missed it.
         if let Role::Distributor(d) = &mut r.role

@@ -1,0 +1,491 @@
+//! pmesh's own OTA protocol end to end on a small in-memory mesh.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Mesh, Spec, Tamper, firmware, frame_type};
+use pmesh_ota::bounds::{optimum_link_tx, pipelined_lower_bound_s};
+use pmesh_ota::{ApplyPolicy, MemorySource, Offer, OtaConfig, OtaEvent, Phase, Refusal};
+
+const MIN: u64 = 60_000_000;
+
+fn gateway() -> OtaConfig {
+    OtaConfig::new("gateway", "linux")
+}
+
+fn rx() -> OtaConfig {
+    OtaConfig::new("sensor", "ESP32")
+}
+
+/// Node 0 is the gateway (root), nodes 1.. are targets.
+fn mesh_of(n: usize, shape: impl FnOnce(&mut Mesh)) -> Mesh {
+    let mut specs: Vec<Spec> = (0..n)
+        .map(|i| Spec::new(1000 + i as u32, if i == 0 { gateway() } else { rx() }))
+        .collect();
+    specs[0].root = true;
+    let mut mesh = Mesh::new(specs);
+    shape(&mut mesh);
+    mesh.run_for(30.0);
+    mesh
+}
+
+fn offer(mesh: &mut Mesh, o: Offer) -> pmesh_ota::TransferId {
+    mesh.with(0, |ota, ctx| ota.offer(ctx, o))
+        .expect("offer accepted")
+}
+
+fn all_installed(mesh: &mut Mesh, nodes: impl IntoIterator<Item = usize>, minutes: u64) -> bool {
+    let nodes: Vec<usize> = nodes.into_iter().collect();
+    let until = mesh.now + minutes * MIN;
+    mesh.run_until(until, |m| nodes.iter().all(|&i| m.installed(i)))
+}
+
+fn installed_at(mesh: &Mesh, i: usize) -> bool {
+    mesh.installed(i)
+}
+
+#[test]
+fn tree_rollout_each_link_carries_each_chunk_once() {
+    let n = 13;
+    let mut mesh = mesh_of(n, |m| m.tree(3));
+    let image = firmware(200_000, 1); // 49 chunks of 4 KiB
+    let k = 49;
+    let start = mesh.now;
+    offer(
+        &mut mesh,
+        Offer::new("sensor", "ESP32", MemorySource::new(image.clone())).pmesh(),
+    );
+    assert!(all_installed(&mut mesh, 1..n, 5), "{:?}", mesh.events);
+    let elapsed_s = (mesh.now - start) as f64 / 1e6;
+    mesh.run_for(5.0); // the last reports reach the distributor
+    for i in 1..n {
+        assert_eq!(
+            mesh.sinks[i].booted().as_deref(),
+            Some(&image[..]),
+            "node {i}"
+        );
+        assert_eq!(mesh.sinks[i].stats().begins, 1);
+    }
+    let chunks = mesh.count("chunk");
+    assert_eq!(
+        chunks.frames,
+        optimum_link_tx(n as u64, k),
+        "data link transmissions = (N-1)·k"
+    );
+    let control: u64 = ["hello", "manifest", "want", "ack", "apply"]
+        .iter()
+        .map(|k| mesh.count(k).bytes)
+        .sum();
+    let ratio = control as f64 / chunks.bytes as f64;
+    println!(
+        "control {control} B / data {} B = {ratio:.4}; completion {elapsed_s:.3} s",
+        chunks.bytes
+    );
+    assert!(ratio < 0.05, "control/data {ratio}");
+    // Pipelined: depth 2 (fan-out 3, 13 nodes), wire bytes per chunk ~ data bytes / frames.
+    let c = chunks.bytes / chunks.frames;
+    let bound =
+        pipelined_lower_bound_s(c * k, c, mesh.rate as f64, 2, mesh.latency_us as f64 / 1e6);
+    assert!(
+        elapsed_s < 3.0 * bound + 1.0,
+        "completion {elapsed_s} s vs lower bound {bound} s"
+    );
+    // The distributor saw every node's progress in steps of at most one chunk (k < 100) and
+    // every node applied.
+    let mut last = std::collections::BTreeMap::new();
+    for e in &mesh.events[0] {
+        if let OtaEvent::NodeProgress {
+            node,
+            done,
+            phase: Phase::Distribute,
+            ..
+        } = e
+        {
+            let prev = last.insert(*node, *done).unwrap_or(0);
+            assert!(
+                *done <= prev + 1,
+                "node {node} jumped from {prev} to {done}"
+            );
+        }
+    }
+    assert_eq!(last.len(), n - 1);
+    let applied = mesh.events[0]
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                OtaEvent::NodeProgress {
+                    phase: Phase::Applied,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(applied, n - 1);
+}
+
+#[test]
+fn coordinated_apply_waits_for_every_target() {
+    let n = 7;
+    let mut mesh = mesh_of(n, |m| m.chain());
+    let image = firmware(50_000, 2);
+    let policy = ApplyPolicy::WhenAllVerified {
+        delay: Duration::from_secs(2),
+        min_targets: (n - 1) as u32,
+    };
+    offer(
+        &mut mesh,
+        Offer::new("sensor", "ESP32", MemorySource::new(image.clone()))
+            .pmesh()
+            .apply(policy),
+    );
+    assert!(all_installed(&mut mesh, 1..n, 5), "{:?}", mesh.events);
+    mesh.run_for(5.0);
+    let verified = mesh.events[0].iter().find_map(|e| match e {
+        OtaEvent::RolloutVerified {
+            verified,
+            failed,
+            apply_at,
+            ..
+        } => Some((*verified, *failed, *apply_at)),
+        _ => None,
+    });
+    assert_eq!(
+        verified.map(|v| (v.0, v.1)),
+        Some(((n - 1) as u32, 0)),
+        "{:?}",
+        mesh.events[0]
+    );
+    assert!(verified.unwrap().2.is_some());
+    // Every node verified before anyone applied.
+    let order: Vec<_> = mesh.events[0]
+        .iter()
+        .filter_map(|e| match e {
+            OtaEvent::NodeProgress { phase, .. } if *phase != Phase::Distribute => Some(*phase),
+            _ => None,
+        })
+        .collect();
+    let first_applied = order.iter().position(|p| *p == Phase::Applied).unwrap();
+    assert_eq!(
+        order[..first_applied]
+            .iter()
+            .filter(|p| **p == Phase::Verified)
+            .count(),
+        n - 1
+    );
+}
+
+#[test]
+fn crash_mid_transfer_resumes_with_repair_from_a_neighbour() {
+    let n = 7;
+    let mut mesh = mesh_of(n, |m| m.tree(2));
+    let image = firmware(400_000, 3); // 98 chunks
+    offer(
+        &mut mesh,
+        Offer::new("sensor", "ESP32", MemorySource::new(image.clone())).pmesh(),
+    );
+    // Crash node 1 (an inner node: 3 and 4 hang below it) once it holds a third.
+    let third = mesh.run_until(mesh.now + MIN, |m| {
+        m.events[1]
+            .iter()
+            .any(|e| matches!(e, OtaEvent::Progress { done, .. } if *done >= 33))
+    });
+    assert!(third);
+    mesh.tamper = Some(Box::new(|from, to, data: &[u8]| {
+        if data.windows(11).any(|w| w == b"\"routing\":1")
+            && (frame_type(data) == Some(712) || frame_type(data) == Some(714))
+        {
+            eprintln!(
+                "{from}->{to} {}",
+                String::from_utf8_lossy(&data[..data.len().min(120)])
+            );
+        }
+        Tamper::Pass
+    }));
+    mesh.crash(1);
+    mesh.run_for(2.0);
+    mesh.restart(1);
+    assert!(all_installed(&mut mesh, 1..n, 10), "{:?}", mesh.events[1]);
+    for i in 1..n {
+        assert_eq!(
+            mesh.sinks[i].booted().as_deref(),
+            Some(&image[..]),
+            "node {i}"
+        );
+        assert_eq!(
+            mesh.sinks[i].stats().begins,
+            1,
+            "node {i} restarted from chunk 0"
+        );
+    }
+    let resumed = mesh.events[1].iter().find_map(|e| match e {
+        OtaEvent::Accepted { resumed_from, .. } if *resumed_from > 0 => Some(*resumed_from),
+        _ => None,
+    });
+    assert!(resumed.is_some_and(|r| r >= 33), "{resumed:?}");
+    let (repair, from_neighbour) = (0..n).fold((0, 0), |acc, i| {
+        let s = mesh.with(i, |ota, _| ota.pmesh().stats());
+        eprintln!("{i}: {s:?}");
+        (
+            acc.0 + s.repair_bytes_sent,
+            acc.1 + s.repair_bytes_to_neighbour,
+        )
+    });
+    assert!(repair > 0, "the crashed node and its subtree were repaired");
+    assert_eq!(
+        repair, from_neighbour,
+        "all repair came from a 1-hop neighbour"
+    );
+    // Nobody got a chunk twice over the same link beyond the crash's own losses.
+    let k = 98;
+    assert!(
+        mesh.count("chunk").frames <= optimum_link_tx(n as u64, k) + 3 * 8,
+        "{}",
+        mesh.count("chunk").frames
+    );
+}
+
+#[test]
+fn late_joiner_completes_from_its_neighbour() {
+    let n = 6;
+    let mut mesh = mesh_of(n, |m| {
+        for i in 1..5 {
+            m.link(i, (i - 1) / 2);
+        }
+    });
+    let image = firmware(100_000, 4);
+    offer(
+        &mut mesh,
+        Offer::new("sensor", "ESP32", MemorySource::new(image.clone())).pmesh(),
+    );
+    assert!(all_installed(&mut mesh, 1..5, 5));
+    // Node 5 joins under node 4 long after: node 4 applied and rebooted into the image, so it
+    // relays from upstream for the newcomer.
+    mesh.run_for(120.0);
+    mesh.link(5, 4);
+    assert!(all_installed(&mut mesh, [5], 5), "{:?}", mesh.events[5]);
+    assert_eq!(mesh.sinks[5].booted().as_deref(), Some(&image[..]));
+}
+
+#[test]
+fn non_target_relays_and_stock_node_forwards() {
+    // 0 gateway - 1 relay (other role) - 2 stock node - 3 target - 4 target
+    let specs = vec![
+        Spec::new(1, gateway()),
+        Spec::new(2, OtaConfig::new("relay", "ESP32")),
+        Spec::new(3, OtaConfig::stock("sensor", "ESP8266")),
+        Spec::new(4, rx()),
+        Spec::new(5, rx()),
+    ];
+    let mut mesh = Mesh::new(specs);
+    mesh.chain();
+    mesh.run_for(30.0);
+    let image = firmware(60_000, 5);
+    offer(
+        &mut mesh,
+        Offer::new("sensor", "ESP32", MemorySource::new(image.clone())).pmesh(),
+    );
+    assert!(
+        all_installed(&mut mesh, [3, 4], 5),
+        "{:?} {:?}",
+        mesh.events[3],
+        mesh.events[4]
+    );
+    assert_eq!(mesh.sinks[3].booted().as_deref(), Some(&image[..]));
+    assert_eq!(mesh.sinks[4].booted().as_deref(), Some(&image[..]));
+    assert!(
+        mesh.sinks[1].pending().is_none() && mesh.sinks[1].booted().is_none(),
+        "relay wrote nothing"
+    );
+    assert!(
+        mesh.sinks[2].pending().is_none() && mesh.sinks[2].booted().is_none(),
+        "stock node wrote nothing"
+    );
+    assert!(mesh.events[1].iter().any(|e| matches!(
+        e,
+        OtaEvent::Refused {
+            reason: Refusal::WrongRole { .. },
+            ..
+        }
+    )));
+    assert!(!installed_at(&mesh, 1) && !installed_at(&mesh, 2));
+}
+
+#[test]
+fn corrupted_chunk_is_refetched_and_wrong_hash_never_commits() {
+    // A chunk damaged in flight fails its CRC, is dropped and asked for again.
+    let mut mesh = mesh_of(3, |m| m.chain());
+    let mut hit = false;
+    mesh.tamper = Some(Box::new(move |_, to, data: &[u8]| {
+        if hit
+            || to != 2
+            || frame_type(data) != Some(713)
+            || !data.windows(7).any(|w| w == b"\"i\":5,\"")
+        {
+            return Tamper::Pass;
+        }
+        hit = true;
+        let mut d = data.to_vec();
+        let at = d.windows(5).position(|w| w == b"\"d\":\"").unwrap() + 6;
+        d[at] = if d[at] == b'0' { b'1' } else { b'0' };
+        Tamper::Replace(d)
+    }));
+    let image = firmware(40_000, 6);
+    offer(
+        &mut mesh,
+        Offer::new("sensor", "ESP32", MemorySource::new(image.clone())).pmesh(),
+    );
+    assert!(all_installed(&mut mesh, [1, 2], 5), "{:?}", mesh.events[2]);
+    assert_eq!(mesh.sinks[2].booted().as_deref(), Some(&image[..]));
+    assert_eq!(mesh.with(2, |o, _| o.pmesh().stats().corrupt), 1);
+
+    // A manifest whose hash does not match the image: every chunk arrives, nothing commits.
+    let mut mesh = mesh_of(3, |m| m.chain());
+    mesh.tamper = Some(Box::new(|_, _, data: &[u8]| {
+        if frame_type(data) != Some(711) {
+            return Tamper::Pass;
+        }
+        let s = String::from_utf8_lossy(data);
+        let at = s.find("\"sha256\":\"").unwrap() + 10;
+        let mut d = data.to_vec();
+        d[at] = if d[at] == b'0' { b'1' } else { b'0' };
+        Tamper::Replace(d)
+    }));
+    offer(
+        &mut mesh,
+        Offer::new("sensor", "ESP32", MemorySource::new(image)).pmesh(),
+    );
+    mesh.run_for(120.0);
+    for i in [1, 2] {
+        assert!(
+            mesh.events[i].iter().any(|e| matches!(
+                e,
+                OtaEvent::Failed {
+                    reason: Refusal::HashMismatch { .. },
+                    ..
+                }
+            )),
+            "{:?}",
+            mesh.events[i]
+        );
+        assert_eq!(mesh.sinks[i].stats().commits, 0);
+        assert!(mesh.sinks[i].booted().is_none());
+    }
+    assert!(mesh.events[0].iter().any(|e| matches!(
+        e,
+        OtaEvent::NodeProgress {
+            phase: Phase::Failed(7),
+            ..
+        }
+    )));
+}
+
+#[test]
+fn refusals_are_clear_and_reported() {
+    let mut specs: Vec<Spec> = (0..3)
+        .map(|i| Spec::new(70 + i, if i == 0 { gateway() } else { rx() }))
+        .collect();
+    specs[2].capacity = 10_000;
+    let mut mesh = Mesh::new(specs);
+    mesh.chain();
+    mesh.run_for(30.0);
+    let image = firmware(30_000, 7);
+    offer(
+        &mut mesh,
+        Offer::new("sensor", "ESP32", MemorySource::new(image.clone())).pmesh(),
+    );
+    assert!(all_installed(&mut mesh, [1], 5));
+    mesh.run_for(5.0);
+    assert!(mesh.events[2].iter().any(|e| matches!(
+        e,
+        OtaEvent::Refused {
+            reason: Refusal::TooLarge {
+                size: 30_000,
+                capacity: 10_000
+            },
+            ..
+        }
+    )));
+    assert!(mesh.events[0].iter().any(|e| matches!(
+        e,
+        OtaEvent::NodeProgress {
+            node: 72,
+            phase: Phase::Failed(4),
+            ..
+        }
+    )));
+
+    // Unknown compression: the manifest is refused before any chunk is accepted.
+    let mut mesh = mesh_of(2, |m| m.chain());
+    mesh.tamper = Some(Box::new(|_, _, data: &[u8]| {
+        if frame_type(data) != Some(711) {
+            return Tamper::Pass;
+        }
+        Tamper::Replace(
+            String::from_utf8_lossy(data)
+                .replace("\"deflate\"", "\"zstd\"")
+                .into_bytes(),
+        )
+    }));
+    offer(
+        &mut mesh,
+        Offer::new("sensor", "ESP32", MemorySource::new(image))
+            .pmesh()
+            .compressed(true),
+    );
+    mesh.run_for(10.0);
+    assert!(mesh.events[1].iter().any(|e| matches!(e, OtaEvent::Refused { reason: Refusal::UnknownCompression(c), .. } if c == "zstd")));
+    assert_eq!(mesh.count("chunk").frames, 0);
+    assert!(mesh.sinks[1].pending().is_none());
+}
+
+#[test]
+fn compressed_rollout_roundtrips_with_fewer_wire_bytes_than_image_bytes() {
+    let n = 4;
+    let mut mesh = mesh_of(n, |m| m.chain());
+    let image = firmware(300_000, 8);
+    offer(
+        &mut mesh,
+        Offer::new("sensor", "ESP32", MemorySource::new(image.clone()))
+            .pmesh()
+            .compressed(true),
+    );
+    assert!(all_installed(&mut mesh, 1..n, 5));
+    for i in 1..n {
+        assert_eq!(mesh.sinks[i].booted().as_deref(), Some(&image[..]));
+    }
+    let all: u64 = mesh
+        .counts
+        .iter()
+        .filter(|(k, _)| **k != "other")
+        .map(|(_, c)| c.bytes)
+        .sum();
+    let per_image_byte = all as f64 / ((n - 1) as f64 * image.len() as f64);
+    println!("OTA wire bytes per image byte per link: {per_image_byte:.3}");
+    assert!(per_image_byte < 1.0, "{per_image_byte}");
+}
+
+#[test]
+fn rate_cap_bounds_link_throughput() {
+    let mut cfg = gateway();
+    cfg.pmesh.rate_limit = Some(50_000);
+    let mut mesh = Mesh::new(vec![Spec::new(90, cfg), Spec::new(91, rx())]);
+    mesh.chain();
+    mesh.run_for(30.0);
+    let image = firmware(200_000, 9);
+    let start = mesh.now;
+    offer(
+        &mut mesh,
+        Offer::new("sensor", "ESP32", MemorySource::new(image)).pmesh(),
+    );
+    assert!(all_installed(&mut mesh, [1], 5));
+    let secs = (mesh.now - start) as f64 / 1e6;
+    let bytes = mesh.count("chunk").bytes as f64;
+    // Uncapped this takes about bytes / 1 MB/s; capped, at least (bytes - 50 kB burst) / 50 kB/s.
+    assert!(
+        secs >= (bytes - 50_000.0) / 50_000.0,
+        "{secs} s for {bytes} B"
+    );
+    assert!(secs < bytes / 50_000.0 * 1.5 + 2.0, "{secs} s");
+}
