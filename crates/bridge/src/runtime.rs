@@ -57,6 +57,8 @@ pub struct BridgeStatus {
     pub outbox: usize,
     /// Connections made so far.
     pub connections: u64,
+    /// Sequence number of the last event or alert created (0 = none yet).
+    pub last_seq: u64,
 }
 
 enum ConnEvent {
@@ -234,6 +236,7 @@ impl Runtime {
             session: self.session,
             outbox: self.outbox.len(),
             connections: self.connections,
+            last_seq: self.outbox.next_seq() - 1,
         });
     }
 
