@@ -48,7 +48,7 @@ impl fmt::Display for B85Error {
 
 /// Length of the text for `n` bytes.
 pub fn encoded_len(n: usize) -> usize {
-    n / 4 * 5 + if n % 4 == 0 { 0 } else { n % 4 + 1 }
+    n / 4 * 5 + if n.is_multiple_of(4) { 0 } else { n % 4 + 1 }
 }
 
 /// Appends the base85 text of `data` to `out`.

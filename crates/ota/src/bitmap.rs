@@ -130,7 +130,7 @@ impl ChunkBitmap {
         for w in &mut self.words {
             *w = !*w;
         }
-        if self.len % 64 != 0
+        if !self.len.is_multiple_of(64)
             && let Some(last) = self.words.last_mut()
         {
             *last &= (1u64 << (self.len % 64)) - 1;
@@ -170,7 +170,7 @@ impl ChunkBitmap {
         for (i, &byte) in bytes.iter().enumerate() {
             b.words[i / 8] |= u64::from(byte) << ((i % 8) * 8);
         }
-        if len % 64 != 0
+        if !len.is_multiple_of(64)
             && let Some(last) = b.words.last()
             && last >> (len % 64) != 0
         {

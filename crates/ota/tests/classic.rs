@@ -439,3 +439,56 @@ fn crash_mid_transfer_resumes_classic() {
         "never restarted from chunk 0"
     );
 }
+
+#[test]
+fn current_image_is_skipped_unless_forced() {
+    let image = firmware(6_000, 9);
+    let current = pmesh_ota::InstalledImage {
+        role: "sensor".into(),
+        hardware: "ESP32".into(),
+        md5: md5_hex(&image),
+        ..Default::default()
+    };
+    let mut specs = vec![
+        Spec::new(60, gateway()),
+        Spec::new(61, pmesh_rx()),
+        Spec::new(62, stock_rx()),
+    ];
+    specs[1].store = pmesh_ota::MemoryStore::with_current(current.clone());
+    specs[2].store = pmesh_ota::MemoryStore::with_current(current);
+    let mut mesh = Mesh::new(specs);
+    mesh.tree(2);
+    mesh.run_for(30.0);
+    offer(
+        &mut mesh,
+        0,
+        Offer::new("sensor", "ESP32", MemorySource::new(image.clone())),
+    );
+    mesh.run_for(120.0);
+    assert_eq!(mesh.count("request").frames, 0, "both already run it");
+    assert!(mesh.events[1].iter().any(|e| matches!(
+        e,
+        OtaEvent::Refused {
+            reason: Refusal::AlreadyCurrent,
+            ..
+        }
+    )));
+    mesh.with(0, |ota, _| ota.cancel_classic(&md5_hex(&image)));
+    offer(
+        &mut mesh,
+        0,
+        Offer::new("sensor", "ESP32", MemorySource::new(image.clone())).forced(true),
+    );
+    assert!(run_until_installed(&mut mesh, &[1, 2], 10));
+    assert_eq!(mesh.sinks[1].booted().as_deref(), Some(&image[..]));
+    assert_eq!(mesh.sinks[2].booted().as_deref(), Some(&image[..]));
+    // The distributor saw both requesters progress.
+    let nodes: std::collections::BTreeSet<u32> = mesh.events[0]
+        .iter()
+        .filter_map(|e| match e {
+            OtaEvent::NodeProgress { node, .. } => Some(*node),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(nodes, [61, 62].into_iter().collect());
+}

@@ -4,6 +4,7 @@
 //! like the reference: duplicates are answered again. Works whether or not this node is root.
 
 use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::time::Duration;
@@ -63,7 +64,12 @@ pub struct ClassicDistributor {
     offers: Vec<ClassicOffer>,
     schedule: AnnounceSchedule,
     stats: ClassicDistributorStats,
+    /// Last percentage reported per (requester, image id); bounded.
+    progress: BTreeMap<(u32, u32), u32>,
 }
+
+/// Requesters tracked for progress events.
+const MAX_TRACKED: usize = 4096;
 
 impl core::fmt::Debug for ClassicDistributor {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -81,6 +87,7 @@ impl ClassicDistributor {
             offers: Vec::new(),
             schedule,
             stats: ClassicDistributorStats::default(),
+            progress: BTreeMap::new(),
         }
     }
 
@@ -169,10 +176,7 @@ impl ClassicDistributor {
             return true;
         }
         let mut buf = vec![0u8; o.chunk as usize];
-        let n = match o.served.read_at(offset, &mut buf) {
-            Ok(n) => n,
-            Err(_) => 0,
-        };
+        let n: usize = o.served.read_at(offset, &mut buf).unwrap_or_default();
         if n == 0 {
             // The reference sends nothing when the callback returns no bytes.
             self.stats.requests_ignored += 1;
@@ -188,6 +192,23 @@ impl ClassicDistributor {
         if sent.is_ok() {
             self.stats.requests_answered += 1;
             self.stats.bytes_served += n as u64;
+            // A request for part p means parts 0..p are held (stock receivers go in order;
+            // pmesh's ask for their lowest missing first): report it in 1 % steps.
+            let total = o.info.no_part;
+            let pct = req.part_no * 100 / total;
+            let key = (req.from, o.id.id);
+            let last = self.progress.get(&key).copied();
+            if last != Some(pct) && (last.is_some() || self.progress.len() < MAX_TRACKED) {
+                self.progress.insert(key, pct);
+                let phase = crate::event::Phase::Distribute;
+                ctx.emit(OtaEvent::NodeProgress {
+                    id: o.id,
+                    node: req.from,
+                    done: req.part_no,
+                    total,
+                    phase,
+                });
+            }
         }
         true
     }

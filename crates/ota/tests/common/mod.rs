@@ -53,6 +53,9 @@ pub enum Tamper {
     Replace(Vec<u8>),
 }
 
+/// Bytes in flight: arrival time, sequence, link, receiving node, bytes.
+type InFlight = (u64, u64, usize, usize, Vec<u8>);
+
 type TamperFn = Box<dyn FnMut(usize, usize, &[u8]) -> Tamper>;
 
 pub struct Mesh {
@@ -63,7 +66,7 @@ pub struct Mesh {
     links: Vec<Link>,
     pub now: u64,
     seq: u64,
-    queue: BinaryHeap<Reverse<(u64, u64, usize, usize, Vec<u8>)>>,
+    queue: BinaryHeap<Reverse<InFlight>>,
     pub events: Vec<Vec<OtaEvent>>,
     pub counts: std::collections::BTreeMap<&'static str, Count>,
     pub latency_us: u64,
