@@ -1248,6 +1248,12 @@ async fn drive(mut el: EventLoop, tx: mpsc::UnboundedSender<ConnEvent>) {
                 }
             }
             Err(e) => {
+                // Packets read in the same batch as the error (typically the last PUBACKs
+                // before the broker closed) are still queued in the client state: deliver
+                // them, or those events would be sent again after reconnecting.
+                while let Some(ev) = el.state.events.pop_front() {
+                    let _ = tx.send(ConnEvent::Mqtt(ev));
+                }
                 let _ = tx.send(ConnEvent::Down(e.to_string()));
                 return;
             }

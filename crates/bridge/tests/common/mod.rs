@@ -142,7 +142,7 @@ impl Drop for Broker {
 }
 
 /// A gate in front of the broker for the bridge: closed, it refuses the bridge (so a test
-/// subscriber can be back before the bridge replays); open, it forwards.
+/// subscriber can be back before the bridge replays); open, it forwards new connections.
 pub struct Gate {
     pub port: u16,
     open: watch::Sender<bool>,
@@ -160,13 +160,11 @@ impl Gate {
                 if !*rx.borrow() {
                     continue; // dropped: connection refused by closing
                 }
-                let mut rx2 = rx.clone();
+                // Established connections are left alone: they end when the broker does, after
+                // every byte it sent has been forwarded.
                 tokio::spawn(async move {
                     let Ok(mut out) = TcpStream::connect(target).await else { return };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => {}
-                        _ = rx2.wait_for(|o| !*o) => {}
-                    }
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
                 });
             }
         });
