@@ -261,6 +261,20 @@ impl ClassicReceiver {
         if a.info.no_part == 0 {
             return self.refuse(ctx, id, &a, Refusal::BadOffer("noPart is 0"));
         }
+        // Chunk sizes are not announced; below 128 bytes none is plausible. This also bounds
+        // the bitmap a bogus announce could make us allocate.
+        if u64::from(a.info.no_part) * 128 > sink.capacity() + 128 {
+            let size = u64::from(a.info.no_part) * 128;
+            return self.refuse(
+                ctx,
+                id,
+                &a,
+                Refusal::TooLarge {
+                    size,
+                    capacity: sink.capacity(),
+                },
+            );
+        }
         if a.info.md5.len() != 32 || !a.info.md5.bytes().all(|b| b.is_ascii_hexdigit()) {
             return self.refuse(ctx, id, &a, Refusal::BadOffer("md5 is not 32 hex digits"));
         }

@@ -270,6 +270,9 @@ pub struct RolloutStatus {
 
 type Ctx<'a, 'b> = Context<'a, OtaEvent>;
 
+/// Most subscribers one node serves (neighbours plus nodes behind stock nodes).
+const MAX_SUBSCRIBERS: usize = 1024;
+
 impl PmeshAgent {
     /// An agent for `role` on `hardware`; `receive` = false makes it relay only.
     pub fn new(
@@ -838,6 +841,7 @@ impl PmeshAgent {
                 need.invert();
                 let child = match pos {
                     Some(p) => &mut r.children[p],
+                    None if r.children.len() >= MAX_SUBSCRIBERS => return,
                     None => {
                         r.children.push(Child {
                             peer,
@@ -944,7 +948,10 @@ impl PmeshAgent {
                 }
             }
             Role::Relay => {
-                if r.children.iter().any(|ch| ch.need.get(i))
+                // Bounded: an upstream that ignores our window cannot make us hold more.
+                let room = r.held.len() < 2 * tuning.window as usize;
+                if room
+                    && r.children.iter().any(|ch| ch.need.get(i))
                     && !r.held.iter().any(|(h, _)| *h == i)
                 {
                     r.held.push_back((i, forwardable));

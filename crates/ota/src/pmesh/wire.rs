@@ -42,6 +42,10 @@ pub const APPLY: i32 = 715;
 /// CANCEL: abandon the rollout.
 pub const CANCEL: i32 = 716;
 
+/// Most chunks a manifest may have (a 128 KiB bitmap); more is refused as malformed, so a
+/// bad manifest cannot make a relay allocate without bound.
+pub const MAX_CHUNKS: u32 = 1 << 20;
+
 /// Protocol version sent in HELLO.
 pub const VERSION: u32 = 1;
 
@@ -215,6 +219,9 @@ impl Manifest {
         }
         if !(MIN_PMESH_CHUNK..=MAX_PMESH_CHUNK).contains(&chunk) {
             return Err(Refusal::BadOffer("chunk size out of range"));
+        }
+        if count > MAX_CHUNKS {
+            return Err(Refusal::BadOffer("too many chunks"));
         }
         if size == 0 || size.div_ceil(u64::from(chunk)) != u64::from(count) {
             return Err(Refusal::BadOffer("count does not match size and chunk"));
