@@ -255,18 +255,35 @@ impl Metrics {
         out
     }
 
+    /// The classic Prometheus text format (0.0.4), for scrapers and tools that do not ask for
+    /// OpenMetrics (`promtool check metrics` among them).
+    pub fn render_prometheus_text(&self) -> String {
+        to_prometheus_text(&self.render())
+    }
+
     /// Serves `GET /metrics` on `addr` until the task is dropped; returns the bound address.
+    /// OpenMetrics when the scraper's `Accept` names it (Prometheus does), otherwise the
+    /// classic text format.
     pub async fn serve(&self, addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-        use axum::http::header::CONTENT_TYPE;
+        use axum::http::HeaderMap;
+        use axum::http::header::{ACCEPT, CONTENT_TYPE};
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
         let me = self.clone();
         let app = axum::Router::new().route(
             "/metrics",
-            axum::routing::get(move || {
+            axum::routing::get(move |headers: HeaderMap| {
                 let me = me.clone();
                 async move {
-                    ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], me.render())
+                    let om = headers
+                        .get(ACCEPT)
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|a| a.contains("application/openmetrics-text"));
+                    if om {
+                        ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], me.render())
+                    } else {
+                        ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], me.render_prometheus_text())
+                    }
                 }
             }),
         );
@@ -286,4 +303,32 @@ fn bump(c: &Counter, last: &mut u64, now: u64) {
         c.inc_by(now - *last);
     }
     *last = now;
+}
+
+/// OpenMetrics → Prometheus text 0.0.4: counter families are named with their `_total`
+/// suffix in HELP/TYPE, and `# UNIT` / `# EOF` lines are dropped. Hand-written because
+/// prometheus-client encodes OpenMetrics only.
+pub fn to_prometheus_text(om: &str) -> String {
+    let counters: BTreeSet<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let meta = line.strip_prefix("# HELP ").map(|r| ("# HELP ", r)).or(line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
+        if let Some((kind, rest)) = meta {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            if counters.contains(name) {
+                out.push_str(&format!("{kind}{name}_total {tail}\n"));
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
