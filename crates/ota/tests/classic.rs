@@ -492,3 +492,35 @@ fn current_image_is_skipped_unless_forced() {
         .collect();
     assert_eq!(nodes, [61, 62].into_iter().collect());
 }
+
+#[test]
+fn broadcast_starts_when_the_root_does_not_want_the_image() {
+    // Root 0 is a stock node of another role; the distributor 1 is not root. Stock receivers
+    // alone would wait forever; one pmesh receiver drives the flood for everyone.
+    let mut specs = vec![
+        Spec::new(80, OtaConfig::stock("relay", "ESP32")),
+        Spec::new(81, gateway()),
+    ];
+    specs.push(Spec::new(82, pmesh_rx()));
+    specs.push(Spec::new(83, stock_rx()));
+    specs.push(Spec::new(84, stock_rx()));
+    specs[0].root = true;
+    let mut mesh = Mesh::new(specs);
+    mesh.tree(2);
+    mesh.run_for(30.0);
+    let image = firmware(15_000, 10);
+    offer(
+        &mut mesh,
+        1,
+        Offer::new("sensor", "ESP32", MemorySource::new(image.clone())).broadcast(true),
+    );
+    assert!(
+        run_until_installed(&mut mesh, &[2, 3, 4], 10),
+        "{:?}",
+        mesh.events
+    );
+    for i in 2..5 {
+        assert_eq!(mesh.sinks[i].booted().as_deref(), Some(&image[..]));
+    }
+    assert!(!mesh.installed(0));
+}

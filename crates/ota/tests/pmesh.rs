@@ -545,3 +545,47 @@ fn fifty_node_rollout_meets_the_loss_free_targets() {
     );
     assert!(tracking <= 4096 + k as usize / 8, "{tracking}");
 }
+
+#[test]
+fn a_new_offer_replaces_the_previous_rollout() {
+    let mut mesh = mesh_of(3, |m| m.chain());
+    let v1 = firmware(20_000, 11);
+    offer(
+        &mut mesh,
+        Offer::new("sensor", "ESP32", MemorySource::new(v1.clone())).pmesh(),
+    );
+    assert!(all_installed(&mut mesh, [1, 2], 5));
+    mesh.events.iter_mut().for_each(Vec::clear);
+    let v2 = firmware(30_000, 12);
+    offer(
+        &mut mesh,
+        Offer::new("sensor", "ESP32", MemorySource::new(v2.clone()))
+            .pmesh()
+            .version("2"),
+    );
+    assert!(all_installed(&mut mesh, [1, 2], 5));
+    for i in [1, 2] {
+        assert_eq!(mesh.sinks[i].booted().as_deref(), Some(&v2[..]));
+        assert_eq!(
+            pmesh_ota::OtaStore::current_image(&mesh.stores[i])
+                .unwrap()
+                .version,
+            "2"
+        );
+    }
+    // Offering v2 again: every node already runs it.
+    mesh.events.iter_mut().for_each(Vec::clear);
+    offer(
+        &mut mesh,
+        Offer::new("sensor", "ESP32", MemorySource::new(v2)).pmesh(),
+    );
+    mesh.run_for(10.0);
+    assert!(mesh.events[1].iter().any(|e| matches!(
+        e,
+        OtaEvent::Refused {
+            reason: Refusal::AlreadyCurrent,
+            ..
+        }
+    )));
+    assert!(!installed_at(&mesh, 1));
+}

@@ -458,11 +458,14 @@ impl PmeshAgent {
         ctx: &mut Ctx<'_, '_>,
         mut offer: Offer,
     ) -> Result<TransferId, Refusal> {
-        if self
-            .r
-            .as_ref()
-            .is_some_and(|r| !matches!(r.role, Role::Relay) || r.needs_upstream())
-        {
+        // A new offer replaces this node's previous rollout (nodes switch to the newer
+        // manifest, keeping progress when it is the same image); a node that is itself
+        // receiving or relaying an image for others is busy.
+        if self.r.as_ref().is_some_and(|r| match r.role {
+            Role::Distributor(_) => false,
+            Role::Target => r.phase == Phase::Distribute || r.phase == Phase::Verified,
+            Role::Relay => r.needs_upstream(),
+        }) {
             return Err(Refusal::Busy);
         }
         let chunk = if offer.chunk_size == 0 {
