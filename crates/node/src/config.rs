@@ -23,15 +23,24 @@ pub struct Config {
     pub node_timeout: Duration,
     /// Delay before the accepting (AP) side sends its first NODE_SYNC request and time sync.
     pub ap_first_sync_delay: Duration,
-    /// Time-sync period once a sync with a neighbour completed (`TIME_SYNC_INTERVAL`).
+    /// How long a completed sync, or a TIME_REQUEST we answered, postpones the next time sync
+    /// with that neighbour (`TIME_SYNC_INTERVAL`, 60 s).
     pub time_sync_interval: Duration,
-    /// Time-sync period while no sync with the neighbour has completed yet.
+    /// Period of each link's time-sync task, i.e. the next attempt when no reply completed a
+    /// sync (10 s; the reference's `timeSyncTask` interval).
     pub time_sync_unsynced_interval: Duration,
     /// Retry delay after a sample that did not complete the sync.
     pub time_sync_retry: Duration,
-    /// How long a TIME_REPLY is held before it is sent, so `t2 - t1` is real and a stock ESP's
-    /// 85x round-trip check accepts our replies on links up to `84 * hold` round trip (spec §5).
+    /// How long a reply to a TIME_SYNC or TIME_DELAY request is held before it is sent, with
+    /// `t1` = arrival and `t2` = departure, so `t2 - t1` is real and a stock ESP's 85x check
+    /// accepts our replies on links up to `84 * hold` round trip (84 ms by default; spec §5).
     pub time_reply_hold: Duration,
+    /// How long an established link may keep reporting a loop that this node does not cut
+    /// before it is closed anyway. Nodes on a loop agree on one link to cut (the smallest id
+    /// pair on the cycle) and ignore looping trees meanwhile, so a ring loses one link instead
+    /// of falling apart; this bounds the wait when the agreed link's ends do not follow that
+    /// rule (stock nodes). Zero restores the reference: every link showing a loop closes.
+    pub loop_grace: Duration,
     /// Events kept for the host before the oldest are dropped (and counted).
     pub max_queued_events: usize,
 }
@@ -53,6 +62,7 @@ impl Config {
             time_sync_unsynced_interval: Duration::from_secs(10),
             time_sync_retry: Duration::from_millis(200),
             time_reply_hold: Duration::from_millis(1),
+            loop_grace: Duration::from_secs(2),
             max_queued_events: 65_536,
         }
     }

@@ -81,6 +81,8 @@ pub(crate) struct Conn {
     framer: FrameDecoder,
     node_sync_at: Option<Instant>,
     sync_timeout_at: Option<Instant>,
+    /// Since when this link has sent only trees showing a loop (see `ignore_looped_sync`).
+    loop_since: Option<Instant>,
     /// Next run of this link's time-sync task; `None` until the first NODE_SYNC, as the
     /// reference creates the task only then.
     time_sync_at: Option<Instant>,
@@ -195,6 +197,7 @@ impl<P: Plugin> Node<P> {
             node_sync_at: Some(first_sync),
             sync_timeout_at: None,
             time_sync_at: None,
+            loop_since: None,
         });
         self.core.invalidate_routes();
         self.after_input(now);
@@ -631,6 +634,26 @@ fn sync_node_id(env: &Envelope) -> u32 {
         .unwrap_or(env.from)
 }
 
+/// The decision of [`Core::loop_cut`].
+enum LoopCut {
+    /// Close the link the looping tree came on.
+    This,
+    /// Close this other link (ours on the cycle's chosen edge).
+    Other(ConnId),
+    /// The chosen edge is between two other nodes: they cut it.
+    Elsewhere,
+}
+
+/// Pushes the ids from `tree`'s top down to the first `id` found (depth first); false if absent.
+fn path_to(tree: &NodeTree, id: u32, path: &mut Vec<u32>) -> bool {
+    path.push(tree.node_id);
+    if tree.node_id == id || tree.subs.iter().any(|s| path_to(s, id, path)) {
+        return true;
+    }
+    path.pop();
+    false
+}
+
 /// Memory a tree's nodes take (each `NodeTree` inline plus its `subs` vector's spare room).
 fn tree_bytes(tree: &NodeTree) -> usize {
     let mut total = 0;
@@ -939,7 +962,9 @@ impl<E> Core<E> {
     // --- node sync ----------------------------------------------------------------------
 
     fn handle_node_sync(&mut self, conn: ConnId, now: Instant, sync: NodeSync, raw: Bytes) {
-        let Some(idx) = self.index(conn) else { return };
+        let Some(mut idx) = self.index(conn) else {
+            return;
+        };
         let me = self.cfg.node_id;
         let is_request = sync.ty == types::NODE_SYNC_REQUEST;
         let mut tree = sync.tree;
@@ -954,12 +979,30 @@ impl<E> Core<E> {
         } else if tree.node_id != self.conns[idx].node_id {
             return self.remove_conn(conn, DropReason::NodeIdChanged, true);
         }
-        if tree.subs_contain(tree.node_id) {
-            return self.remove_conn(conn, DropReason::LoopNeighbourInSubs, true);
+        let looped = if tree.subs_contain(tree.node_id) {
+            Some(DropReason::LoopNeighbourInSubs)
+        } else if tree.contains(me) {
+            Some(DropReason::LoopContainsSelf)
+        } else {
+            None
+        };
+        if let Some(reason) = looped {
+            if first {
+                return self.remove_conn(conn, reason, true);
+            }
+            if reason == DropReason::LoopContainsSelf {
+                match self.loop_cut(conn, &tree) {
+                    LoopCut::This => return self.remove_conn(conn, reason, true),
+                    LoopCut::Other(other) => {
+                        self.remove_conn(other, reason, true);
+                        idx = self.index(conn).expect("only the other link was removed");
+                    }
+                    LoopCut::Elsewhere => {}
+                }
+            }
+            return self.ignore_looped_sync(idx, now, sync.ty, reason);
         }
-        if tree.contains(me) {
-            return self.remove_conn(conn, DropReason::LoopContainsSelf, true);
-        }
+        self.conns[idx].loop_since = None;
         // Stock nodes omit hasTimeAuthority in replies but send it in requests (spec §4,
         // "fork asymmetry"); keep the flag from their last request instead of flapping.
         if !is_request && !tree.has_time_authority && self.conns[idx].tree.has_time_authority {
@@ -993,6 +1036,65 @@ impl<E> Core<E> {
             self.topology_changed(Some(conn));
         }
         self.node_sync_answer(idx, now, sync.ty, changed);
+    }
+
+    /// A NODE_SYNC on an established link whose tree shows a loop that this node does not
+    /// cut: its tree is not taken (so the loop does not travel on through us) and the link
+    /// stays, for [`Config::loop_grace`]; we ask again when the grace is over, and a tree that
+    /// still shows a loop then closes the link, as the reference would have at once.
+    fn ignore_looped_sync(&mut self, idx: usize, now: Instant, ty: i32, reason: DropReason) {
+        let grace = self.cfg.loop_grace;
+        let c = &mut self.conns[idx];
+        let since = *c.loop_since.get_or_insert(now);
+        if now.saturating_since(since) >= grace {
+            let id = c.id;
+            return self.remove_conn(id, reason, true);
+        }
+        let recheck = since + grace;
+        c.node_sync_at = Some(c.node_sync_at.map_or(recheck, |t| t.min(recheck)));
+        self.stats.loop_syncs_ignored += 1;
+        // Answer a request, stop a reply's timeout, and do not postpone the recheck.
+        self.node_sync_answer(idx, now, ty, true);
+    }
+
+    /// Which link of a loop through this node to cut, when `tree` (from `conn`) contains us.
+    ///
+    /// The tree gives the cycle: us, the neighbour on `conn`, ..., the node `p` above us in
+    /// that tree, us. Every node on a cycle sees the same one, so all agree on one edge to cut:
+    /// the smallest `(min id, max id)` pair. Only that edge's two ends close it, and the rest
+    /// of the ring stays up (cutting every link that shows the loop, which is what each node
+    /// would do on its own, shreds a ring into single nodes). If the cycle does not close at
+    /// a neighbour of ours (stale trees), the link it came on is cut, as before.
+    fn loop_cut(&self, conn: ConnId, tree: &NodeTree) -> LoopCut {
+        let me = self.cfg.node_id;
+        let mut path = Vec::new();
+        if !path_to(tree, me, &mut path) || path.len() < 3 {
+            return LoopCut::This;
+        }
+        // path = [neighbour on conn, ..., p, me]
+        let p = path[path.len() - 2];
+        let Some(other) = self
+            .conns
+            .iter()
+            .find(|c| c.id != conn && c.synced() && c.node_id == p)
+        else {
+            return LoopCut::Elsewhere;
+        };
+        let key = |a: u32, b: u32| (a.min(b), a.max(b));
+        let mut cycle = alloc::vec![me];
+        cycle.extend_from_slice(&path);
+        let cut = cycle
+            .windows(2)
+            .map(|w| key(w[0], w[1]))
+            .min()
+            .expect("3 or more edges");
+        if cut == key(me, tree.node_id) {
+            LoopCut::This
+        } else if cut == key(p, me) {
+            LoopCut::Other(other.id)
+        } else {
+            LoopCut::Elsewhere
+        }
     }
 
     /// A NODE_SYNC frame identical to the last one of its kind: nothing changed.

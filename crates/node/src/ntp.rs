@@ -19,7 +19,11 @@ pub fn clock_offset(t0: u32, t1: u32, t2: u32, t3: u32) -> i32 {
     let offset = (t1.wrapping_sub(t0) as i32 / 2).wrapping_add(t2.wrapping_sub(t3) as i32 / 2);
     // abs(INT32_MIN) is undefined in C++; the host build returns INT32_MIN, which is not < 500.
     let magnitude = offset.checked_abs().unwrap_or(i32::MAX);
-    if magnitude > 4 && magnitude < MIN_LARGE_OFFSET_STEP { offset / 4 } else { offset }
+    if magnitude > 4 && magnitude < MIN_LARGE_OFFSET_STEP {
+        offset / 4
+    } else {
+        offset
+    }
 }
 
 /// True when an offset completes a sync: `0 < |offset| < 5000 µs`. Zero does not (retry).

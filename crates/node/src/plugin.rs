@@ -93,7 +93,11 @@ where
     fn on_frame(&mut self, ctx: &mut Context<'_, Self::Event>, frame: &Incoming<'_>) -> Handled {
         let a = self.0.on_frame(ctx, frame);
         let b = self.1.on_frame(ctx, frame);
-        if a == Handled::Yes || b == Handled::Yes { Handled::Yes } else { Handled::No }
+        if a == Handled::Yes || b == Handled::Yes {
+            Handled::Yes
+        } else {
+            Handled::No
+        }
     }
 
     fn on_connection(&mut self, ctx: &mut Context<'_, Self::Event>, change: ConnectionChange) {

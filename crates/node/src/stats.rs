@@ -27,6 +27,8 @@ pub struct NodeStats {
     pub closed_by_node: u64,
     /// NODE_SYNC frames received that changed a neighbour's tree.
     pub topology_changes: u64,
+    /// NODE_SYNC trees not taken because they showed a loop cut elsewhere (`Config::loop_grace`).
+    pub loop_syncs_ignored: u64,
     /// Time-sync samples rejected by the 85x round-trip rule or giving offset 0.
     pub time_samples_retried: u64,
 }

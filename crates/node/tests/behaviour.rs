@@ -250,7 +250,7 @@ fn second_path_to_a_known_node_is_closed() {
 }
 
 #[test]
-fn loop_rules_close_the_link() {
+fn loop_rules_close_the_link_on_its_first_node_sync() {
     let cases = [
         (
             "{\"nodeId\":2000,\"subs\":[{\"nodeId\":5,\"subs\":[{\"nodeId\":2000}]}]}",
@@ -264,19 +264,10 @@ fn loop_rules_close_the_link() {
         ("{\"nodeId\":0}", DropReason::InvalidNodeId),
     ];
     for (tree, reason) in cases {
-        // On the first NODE_SYNC ...
         let mut r = rig();
         r.add_neighbour(ConnId(1), Direction::Ap, tree);
         assert_eq!(r.closed, vec![(ConnId(1), reason)], "{tree}");
         assert_eq!(r.node.node_list(false), Vec::<u32>::new());
-        // ... and on a later one.
-        if reason != DropReason::InvalidNodeId {
-            let mut r = rig();
-            r.add_neighbour(ConnId(1), Direction::Ap, "{\"nodeId\":2000}");
-            r.deliver(ConnId(1), &sync_frame(tree, 6, ME, 2000));
-            assert_eq!(r.closed, vec![(ConnId(1), reason)], "{tree}");
-            assert_eq!(r.node.node_list(false), Vec::<u32>::new());
-        }
     }
     let mut r = rig();
     r.add_neighbour(ConnId(1), Direction::Ap, "{\"nodeId\":2000}");
@@ -287,6 +278,97 @@ fn loop_rules_close_the_link() {
             .iter()
             .any(|(_, e)| matches!(e, Event::DroppedConnection { node_id: 2000, .. }))
     );
+}
+
+/// On an established link, a tree showing a loop that is not this node's to cut is not taken;
+/// the link is asked again after `loop_grace` and closed if the loop is still there.
+#[test]
+fn a_loop_reported_on_an_established_link_is_ignored_for_the_grace_then_closed() {
+    let looped = [
+        // the neighbour below itself: a loop elsewhere
+        (
+            "{\"nodeId\":2000,\"subs\":[{\"nodeId\":5,\"subs\":[{\"nodeId\":2000}]}]}",
+            DropReason::LoopNeighbourInSubs,
+        ),
+        // us below a node that is not our neighbour: a stale tree, or a loop elsewhere
+        (
+            "{\"nodeId\":2000,\"subs\":[{\"nodeId\":5,\"subs\":[{\"nodeId\":1000}]}]}",
+            DropReason::LoopContainsSelf,
+        ),
+    ];
+    for (tree, reason) in looped {
+        for still_looped in [true, false] {
+            let mut r = rig();
+            r.add_neighbour(ConnId(1), Direction::Ap, "{\"nodeId\":2000}");
+            r.advance_to(T0 + secs(1));
+            let mark = r.sent.len();
+            r.deliver(ConnId(1), &sync_frame(tree, 6, ME, 2000));
+            assert!(r.closed.is_empty(), "{tree}");
+            assert_eq!(
+                r.node.node_list(false),
+                vec![2000],
+                "the looping tree is not taken"
+            );
+            assert_eq!(r.node.stats().loop_syncs_ignored, 1);
+            if still_looped {
+                r.peers.get_mut(&ConnId(1)).unwrap().1 = tree.into();
+            }
+            r.advance_to(T0 + secs(3) - Duration::from_micros(1));
+            assert!(requests_on(&r, mark, ConnId(1)).is_empty());
+            r.advance_to(T0 + secs(3));
+            assert_eq!(
+                requests_on(&r, mark, ConnId(1)).len(),
+                1,
+                "asked again after the grace"
+            );
+            if still_looped {
+                assert_eq!(r.closed, vec![(ConnId(1), reason)], "{tree}");
+            } else {
+                assert!(r.closed.is_empty());
+                r.advance_to(T0 + secs(100));
+                assert!(r.closed.is_empty(), "a clean tree ends the grace");
+            }
+        }
+        // With no grace, the reference's behaviour: closed at once.
+        let mut cfg = Config::new(ME);
+        cfg.loop_grace = Duration::ZERO;
+        let mut r = Rig::new(cfg, T0);
+        r.add_neighbour(ConnId(1), Direction::Ap, "{\"nodeId\":2000}");
+        r.deliver(ConnId(1), &sync_frame(tree, 6, ME, 2000));
+        assert_eq!(r.closed, vec![(ConnId(1), reason)], "{tree}");
+    }
+}
+
+/// A loop through this node and two of its neighbours: the smallest id pair on the cycle is
+/// the link every node on it agrees to cut.
+#[test]
+fn a_loop_through_us_is_cut_on_the_agreed_link() {
+    // cycle 1000-2000-4000-3000-1000: smallest pair (1000, 2000), the link the tree came on.
+    let mut r = rig();
+    r.add_neighbour(ConnId(1), Direction::Ap, "{\"nodeId\":2000}");
+    r.add_neighbour(ConnId(2), Direction::Ap, "{\"nodeId\":3000}");
+    let looped = "{\"nodeId\":2000,\"subs\":[{\"nodeId\":4000,\"subs\":[{\"nodeId\":3000,\"subs\":[{\"nodeId\":1000}]}]}]}";
+    r.deliver(ConnId(1), &sync_frame(looped, 6, ME, 2000));
+    assert_eq!(r.closed, vec![(ConnId(1), DropReason::LoopContainsSelf)]);
+    assert_eq!(r.node.node_list(true), vec![ME, 3000]);
+
+    // The same cycle seen from the other side: the agreed link is our other one.
+    let mut r = rig();
+    r.add_neighbour(ConnId(1), Direction::Ap, "{\"nodeId\":3000}");
+    r.add_neighbour(ConnId(2), Direction::Ap, "{\"nodeId\":2000}");
+    let looped = "{\"nodeId\":3000,\"subs\":[{\"nodeId\":4000,\"subs\":[{\"nodeId\":2000,\"subs\":[{\"nodeId\":1000}]}]}]}";
+    r.deliver(ConnId(1), &sync_frame(looped, 6, ME, 3000));
+    assert_eq!(r.closed, vec![(ConnId(2), DropReason::LoopContainsSelf)]);
+    assert_eq!(r.node.node_list(true), vec![ME, 3000]);
+
+    // Here the agreed link is 1000-1500, between two other nodes: we keep ours.
+    let mut r = Rig::new(Config::new(5000), T0);
+    r.add_neighbour(ConnId(1), Direction::Ap, "{\"nodeId\":6000}");
+    r.add_neighbour(ConnId(2), Direction::Ap, "{\"nodeId\":7000}");
+    let looped = "{\"nodeId\":6000,\"subs\":[{\"nodeId\":1000,\"subs\":[{\"nodeId\":1500,\"subs\":[{\"nodeId\":7000,\"subs\":[{\"nodeId\":5000}]}]}]}]}";
+    r.deliver(ConnId(1), &sync_frame(looped, 6, 5000, 6000));
+    assert!(r.closed.is_empty());
+    assert_eq!(r.node.node_list(true), vec![5000, 6000, 7000]);
 }
 
 // --- NODE_SYNC parse cache ---------------------------------------------------------------

@@ -5,12 +5,22 @@ fn pump(a: &mut Node, b: &mut Node, now: Instant) -> usize {
     loop {
         let mut moved = false;
         while let Some(t) = a.poll_transmit() {
-            if let Transmit::Send { data, .. } = t { b.handle_bytes(ConnId(1), now, &data); n += 1; moved = true; }
+            if let Transmit::Send { data, .. } = t {
+                b.handle_bytes(ConnId(1), now, &data);
+                n += 1;
+                moved = true;
+            }
         }
         while let Some(t) = b.poll_transmit() {
-            if let Transmit::Send { data, .. } = t { a.handle_bytes(ConnId(1), now, &data); n += 1; moved = true; }
+            if let Transmit::Send { data, .. } = t {
+                a.handle_bytes(ConnId(1), now, &data);
+                n += 1;
+                moved = true;
+            }
         }
-        if !moved { return n; }
+        if !moved {
+            return n;
+        }
     }
 }
 
@@ -30,8 +40,14 @@ fn two_nodes_sync() {
     assert_eq!(a.node_list(true), vec![100, 200]);
     assert_eq!(b.node_list(true), vec![200, 100]);
     let mut evs = vec![];
-    while let Some(e) = a.poll_event() { evs.push(e); }
-    assert!(evs.iter().any(|e| matches!(e, Event::NewConnection { node_id: 200, .. })), "{evs:?}");
+    while let Some(e) = a.poll_event() {
+        evs.push(e);
+    }
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, Event::NewConnection { node_id: 200, .. })),
+        "{evs:?}"
+    );
     println!("a mesh {} b mesh {}", a.mesh_time(now), b.mesh_time(now));
     assert!(a.mesh_time(now).abs_diff(b.mesh_time(now)) < 5000);
     println!("{:?}", a.stats());
