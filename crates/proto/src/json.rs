@@ -9,6 +9,7 @@
 //! error. The writer always emits valid JSON syntax (control characters escaped); bytes that
 //! are not UTF-8 pass through unchanged, exactly as a stock node relays them.
 
+use alloc::borrow::Cow;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -16,7 +17,11 @@ use core::fmt;
 pub const DEFAULT_MAX_DEPTH: usize = 255;
 
 /// A parsed JSON value. Strings are bytes: painlessMesh payloads need not be UTF-8.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Parsing, writing and cloning are iterative (explicit stacks), so a value nested to the
+/// depth limit needs little call stack; dropping one recurses with small frames (about 4 KiB
+/// for 255 levels in a release build).
+#[derive(Debug, PartialEq)]
 pub enum Value {
     /// `null`
     Null,
@@ -30,6 +35,81 @@ pub enum Value {
     Array(Vec<Value>),
     /// An object, keys in first-seen order.
     Object(Object),
+}
+
+impl Clone for Value {
+    fn clone(&self) -> Self {
+        /// A container being copied: its source members not yet copied, and the copies so far.
+        enum Open<'a> {
+            Array(core::slice::Iter<'a, Value>, Vec<Value>),
+            Object(
+                core::slice::Iter<'a, (Key, Value)>,
+                Vec<(Key, Value)>,
+                Option<Key>,
+            ),
+        }
+        let mut stack: Vec<Open<'_>> = Vec::new();
+        let mut next = self;
+        loop {
+            // Copy `next`: a scalar is done at once, a container is opened.
+            let mut done = match next {
+                Value::Null => Value::Null,
+                Value::Bool(b) => Value::Bool(*b),
+                Value::Number(n) => Value::Number(*n),
+                Value::String(s) => Value::String(s.clone()),
+                Value::Array(items) => {
+                    stack.push(Open::Array(items.iter(), Vec::with_capacity(items.len())));
+                    Value::Null
+                }
+                Value::Object(o) => {
+                    stack.push(Open::Object(
+                        o.entries.iter(),
+                        Vec::with_capacity(o.entries.len()),
+                        None,
+                    ));
+                    Value::Null
+                }
+            };
+            let mut completed = !matches!(next, Value::Array(_) | Value::Object(_));
+            // Hand finished copies up and find the next member to copy.
+            loop {
+                let Some(top) = stack.last_mut() else {
+                    return done;
+                };
+                match top {
+                    Open::Array(src, copies) => {
+                        if completed {
+                            copies.push(core::mem::replace(&mut done, Value::Null));
+                        }
+                        if let Some(v) = src.next() {
+                            next = v;
+                            break;
+                        }
+                        let Some(Open::Array(_, copies)) = stack.pop() else {
+                            unreachable!()
+                        };
+                        done = Value::Array(copies);
+                    }
+                    Open::Object(src, copies, key) => {
+                        if completed {
+                            let k = key.take().expect("a member was being copied");
+                            copies.push((k, core::mem::replace(&mut done, Value::Null)));
+                        }
+                        if let Some((k, v)) = src.next() {
+                            *key = Some(k.clone());
+                            next = v;
+                            break;
+                        }
+                        let Some(Open::Object(_, copies, _)) = stack.pop() else {
+                            unreachable!()
+                        };
+                        done = Value::Object(Object { entries: copies });
+                    }
+                }
+                completed = true;
+            }
+        }
+    }
 }
 
 /// A JSON number as it was written: integers keep full 64-bit precision.
@@ -46,7 +126,7 @@ pub enum Number {
 /// A JSON object: key/value pairs in first-seen order; a duplicate key replaces the value in place.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Object {
-    entries: Vec<(Vec<u8>, Value)>,
+    entries: Vec<(Key, Value)>,
 }
 
 impl Object {
@@ -57,31 +137,35 @@ impl Object {
 
     /// Looks up a key.
     pub fn get(&self, key: &str) -> Option<&Value> {
+        let key = key.as_bytes();
         self.entries
             .iter()
-            .find(|(k, _)| k == key.as_bytes())
+            .find(|(k, _)| k.as_bytes() == key)
             .map(|(_, v)| v)
     }
 
     /// Inserts or replaces (keeping the original position, as ArduinoJson does).
     pub fn insert(&mut self, key: impl Into<Vec<u8>>, value: Value) {
         let key = key.into();
-        if let Some(slot) = self.entries.iter_mut().find(|(k, _)| *k == key) {
+        if let Some(slot) = self.entries.iter_mut().find(|(k, _)| k.as_bytes() == key) {
             slot.1 = value;
         } else {
-            self.entries.push((key, value));
+            self.entries.push((Key::from_slice(&key), value));
         }
     }
 
     /// Removes a key, returning its value.
     pub fn remove(&mut self, key: &str) -> Option<Value> {
-        let pos = self.entries.iter().position(|(k, _)| k == key.as_bytes())?;
+        let pos = self
+            .entries
+            .iter()
+            .position(|(k, _)| k.as_bytes() == key.as_bytes())?;
         Some(self.entries.remove(pos).1)
     }
 
     /// Entries in order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Value)> {
-        self.entries.iter().map(|(k, v)| (k.as_slice(), v))
+        self.entries.iter().map(|(k, v)| (k.as_bytes(), v))
     }
 
     /// Number of keys.
@@ -92,6 +176,101 @@ impl Object {
     /// True when there are no keys.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Builds an object from parsed entries, applying "last duplicate wins, first position".
+    fn from_entries(mut entries: Vec<(Key, Value)>) -> Object {
+        if entries.len() > 1 && has_duplicates(&entries) {
+            entries = dedup_last_wins(entries);
+        }
+        Object { entries }
+    }
+}
+
+/// True if two entries share a key. Small objects (every NodeTree object, every header) are
+/// checked pairwise; large ones by sorting, so a hostile frame with thousands of keys costs
+/// O(n log n), not O(n²).
+fn has_duplicates(entries: &[(Key, Value)]) -> bool {
+    if entries.len() <= 8 {
+        return entries.iter().enumerate().any(|(i, (k, _))| {
+            entries[..i]
+                .iter()
+                .any(|(j, _)| j.as_bytes() == k.as_bytes())
+        });
+    }
+    let mut keys: Vec<&[u8]> = entries.iter().map(|(k, _)| k.as_bytes()).collect();
+    keys.sort_unstable();
+    keys.windows(2).any(|w| w[0] == w[1])
+}
+
+/// Keeps each key once, at its first position, with the value of its last occurrence.
+fn dedup_last_wins(entries: Vec<(Key, Value)>) -> Vec<(Key, Value)> {
+    let n = entries.len();
+    // For every entry, the index of the first entry with the same key.
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| {
+        entries[a]
+            .0
+            .as_bytes()
+            .cmp(entries[b].0.as_bytes())
+            .then(a.cmp(&b))
+    });
+    let mut first_of = alloc::vec![0usize; n];
+    let mut group_start = 0;
+    for (i, &idx) in order.iter().enumerate() {
+        if i > 0 && entries[order[i - 1]].0.as_bytes() != entries[idx].0.as_bytes() {
+            group_start = i;
+        }
+        first_of[idx] = order[group_start];
+    }
+    let mut slots: Vec<Option<(Key, Value)>> = alloc::vec![None; 0];
+    slots.resize_with(n, || None);
+    for (idx, (k, v)) in entries.into_iter().enumerate() {
+        let first = first_of[idx];
+        match &mut slots[first] {
+            Some(slot) => slot.1 = v,
+            empty => *empty = Some((k, v)),
+        }
+    }
+    slots.into_iter().flatten().collect()
+}
+
+/// An object key: up to 22 bytes are stored inline (every painlessMesh key), longer ones on
+/// the heap, so parsing a NodeTree allocates nothing per key.
+#[derive(Clone)]
+enum Key {
+    Inline(u8, [u8; 22]),
+    Heap(alloc::boxed::Box<[u8]>),
+}
+
+impl Key {
+    fn from_slice(b: &[u8]) -> Key {
+        if b.len() <= 22 {
+            let mut buf = [0u8; 22];
+            buf[..b.len()].copy_from_slice(b);
+            Key::Inline(b.len() as u8, buf)
+        } else {
+            Key::Heap(b.into())
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Key::Inline(len, buf) => &buf[..usize::from(*len)],
+            Key::Heap(b) => b,
+        }
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&alloc::string::String::from_utf8_lossy(self.as_bytes()), f)
     }
 }
 
@@ -179,7 +358,13 @@ pub fn parse(input: &[u8], max_depth: usize) -> Result<Value, JsonError> {
             offset: 0,
         });
     }
-    p.value(0)
+    p.document()
+}
+
+/// An open container while parsing: where its children start on the scratch stacks.
+enum Open {
+    Array { start: usize },
+    Object { start: usize, key: Key },
 }
 
 struct Parser<'a> {
@@ -188,7 +373,7 @@ struct Parser<'a> {
     max_depth: usize,
 }
 
-impl Parser<'_> {
+impl<'a> Parser<'a> {
     fn err<T>(&self, kind: JsonErrorKind) -> Result<T, JsonError> {
         Err(JsonError {
             kind,
@@ -213,33 +398,130 @@ impl Parser<'_> {
         }
     }
 
-    /// Parses a value; recursion depth is bounded by `max_depth`.
-    fn value(&mut self, depth: usize) -> Result<Value, JsonError> {
+    /// Parses one value. Iterative, with explicit stacks: nesting costs heap (bounded by
+    /// `max_depth`), never call stack, and every container is allocated once at its exact size
+    /// when it closes (children wait on the shared scratch stacks until then).
+    fn document(&mut self) -> Result<Value, JsonError> {
+        let mut open: Vec<Open> = Vec::new();
+        let mut items: Vec<Value> = Vec::new();
+        let mut entries: Vec<(Key, Value)> = Vec::new();
+        'value: loop {
+            // Parse the start of a value: a scalar completes at once, a container opens.
+            self.skip_ws();
+            let mut done = match self.peek() {
+                None => return self.err(JsonErrorKind::Incomplete),
+                Some(c @ (b'{' | b'[')) => {
+                    if open.len() >= self.max_depth {
+                        return self.err(JsonErrorKind::TooDeep);
+                    }
+                    self.pos += 1;
+                    self.skip_ws();
+                    if c == b'{' {
+                        if self.peek() == Some(b'}') {
+                            self.pos += 1;
+                            Value::Object(Object::new())
+                        } else {
+                            let key = self.key()?;
+                            open.push(Open::Object {
+                                start: entries.len(),
+                                key,
+                            });
+                            continue 'value;
+                        }
+                    } else if self.peek() == Some(b']') {
+                        self.pos += 1;
+                        Value::Array(Vec::new())
+                    } else {
+                        open.push(Open::Array { start: items.len() });
+                        continue 'value;
+                    }
+                }
+                Some(q @ (b'"' | b'\'')) => {
+                    self.pos += 1;
+                    Value::String(self.string(q)?.into_owned())
+                }
+                Some(b'-' | b'+' | b'.' | b'0'..=b'9') => self.number()?,
+                Some(b't') => self.literal(b"true", Value::Bool(true))?,
+                Some(b'f') => self.literal(b"false", Value::Bool(false))?,
+                Some(b'n') => self.literal(b"null", Value::Null)?,
+                Some(_) => return self.unexpected(),
+            };
+            // Hand the finished value to its container; close containers that end here.
+            loop {
+                let Some(top) = open.last_mut() else {
+                    return Ok(done);
+                };
+                match top {
+                    Open::Array { start } => {
+                        items.push(done);
+                        self.skip_ws();
+                        match self.peek() {
+                            Some(b',') => {
+                                self.pos += 1;
+                                continue 'value;
+                            }
+                            Some(b']') => {
+                                self.pos += 1;
+                                let start = *start;
+                                open.pop();
+                                done = Value::Array(take_tail(&mut items, start));
+                            }
+                            _ => return self.unexpected(),
+                        }
+                    }
+                    Open::Object { start, key } => {
+                        let key = core::mem::replace(key, Key::Inline(0, [0; 22]));
+                        entries.push((key, done));
+                        self.skip_ws();
+                        match self.peek() {
+                            Some(b',') => {
+                                self.pos += 1;
+                                let next = self.key()?;
+                                if let Some(Open::Object { key, .. }) = open.last_mut() {
+                                    *key = next;
+                                }
+                                continue 'value;
+                            }
+                            Some(b'}') => {
+                                self.pos += 1;
+                                let start = *start;
+                                open.pop();
+                                done = Value::Object(Object::from_entries(take_tail(
+                                    &mut entries,
+                                    start,
+                                )));
+                            }
+                            _ => return self.unexpected(),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads an object key (double- or single-quoted, or bare) and the `:` after it.
+    fn key(&mut self) -> Result<Key, JsonError> {
         self.skip_ws();
-        match self.peek() {
-            None => self.err(JsonErrorKind::Incomplete),
-            Some(b'{') => {
-                if depth >= self.max_depth {
-                    return self.err(JsonErrorKind::TooDeep);
-                }
-                self.object(depth + 1)
-            }
-            Some(b'[') => {
-                if depth >= self.max_depth {
-                    return self.err(JsonErrorKind::TooDeep);
-                }
-                self.array(depth + 1)
-            }
+        let key = match self.peek() {
             Some(q @ (b'"' | b'\'')) => {
                 self.pos += 1;
-                Ok(Value::String(self.string(q)?))
+                Key::from_slice(&self.string(q)?)
             }
-            Some(b'-' | b'+' | b'.' | b'0'..=b'9') => self.number(),
-            Some(b't') => self.literal(b"true", Value::Bool(true)),
-            Some(b'f') => self.literal(b"false", Value::Bool(false)),
-            Some(b'n') => self.literal(b"null", Value::Null),
-            Some(_) => self.unexpected(),
+            Some(b) if is_bare_key_byte(b) => {
+                let start = self.pos;
+                while self.peek().is_some_and(is_bare_key_byte) {
+                    self.pos += 1;
+                }
+                Key::from_slice(&self.input[start..self.pos])
+            }
+            _ => return self.unexpected(),
+        };
+        self.skip_ws();
+        if self.peek() != Some(b':') {
+            return self.unexpected();
         }
+        self.pos += 1;
+        Ok(key)
     }
 
     fn literal(&mut self, word: &[u8], value: Value) -> Result<Value, JsonError> {
@@ -258,90 +540,31 @@ impl Parser<'_> {
         Ok(value)
     }
 
-    fn object(&mut self, depth: usize) -> Result<Value, JsonError> {
-        self.pos += 1; // '{'
-        let mut obj = Object::new();
-        self.skip_ws();
-        if self.peek() == Some(b'}') {
-            self.pos += 1;
-            return Ok(Value::Object(obj));
-        }
-        loop {
-            self.skip_ws();
-            let key = match self.peek() {
-                Some(q @ (b'"' | b'\'')) => {
-                    self.pos += 1;
-                    self.string(q)?
-                }
-                Some(b) if is_bare_key_byte(b) => {
-                    let start = self.pos;
-                    while self.peek().is_some_and(is_bare_key_byte) {
-                        self.pos += 1;
-                    }
-                    self.input[start..self.pos].to_vec()
-                }
-                _ => return self.unexpected(),
-            };
-            self.skip_ws();
-            if self.peek() != Some(b':') {
-                return self.unexpected();
-            }
-            self.pos += 1;
-            let value = self.value(depth)?;
-            obj.insert(key, value);
-            self.skip_ws();
-            match self.peek() {
-                Some(b',') => self.pos += 1,
-                Some(b'}') => {
-                    self.pos += 1;
-                    return Ok(Value::Object(obj));
-                }
-                _ => return self.unexpected(),
-            }
-        }
-    }
-
-    fn array(&mut self, depth: usize) -> Result<Value, JsonError> {
-        self.pos += 1; // '['
-        let mut items = Vec::new();
-        self.skip_ws();
-        if self.peek() == Some(b']') {
-            self.pos += 1;
-            return Ok(Value::Array(items));
-        }
-        loop {
-            items.push(self.value(depth)?);
-            self.skip_ws();
-            match self.peek() {
-                Some(b',') => self.pos += 1,
-                Some(b']') => {
-                    self.pos += 1;
-                    return Ok(Value::Array(items));
-                }
-                _ => return self.unexpected(),
-            }
-        }
-    }
-
     /// Reads a string body after its opening quote; raw bytes (control characters, invalid
     /// UTF-8) are kept as they are.
-    fn string(&mut self, quote: u8) -> Result<Vec<u8>, JsonError> {
+    fn string(&mut self, quote: u8) -> Result<Cow<'a, [u8]>, JsonError> {
+        let input = self.input;
         let start = self.pos;
-        // Fast path: no escapes.
-        if let Some(end) = memchr::memchr2(quote, b'\\', &self.input[start..])
-            && self.input[start + end] == quote
+        // Fast path: no escapes, borrow the bytes.
+        let first = memchr::memchr2(quote, b'\\', &input[start..]);
+        if let Some(end) = first
+            && input[start + end] == quote
         {
             self.pos = start + end + 1;
-            return Ok(self.input[start..start + end].to_vec());
+            return Ok(Cow::Borrowed(&input[start..start + end]));
         }
-        let mut out = Vec::new();
+        // Copy the run before the first escape in one go, then go byte by byte.
+        let run = first.unwrap_or(input.len() - start);
+        let mut out = Vec::with_capacity(run + 16);
+        out.extend_from_slice(&input[start..start + run]);
+        self.pos = start + run;
         loop {
             let Some(b) = self.peek() else {
                 return self.err(JsonErrorKind::Incomplete);
             };
             self.pos += 1;
             if b == quote {
-                return Ok(out);
+                return Ok(Cow::Owned(out));
             }
             if b != b'\\' {
                 out.push(b);
@@ -500,6 +723,19 @@ impl Parser<'_> {
     }
 }
 
+/// Moves `v[start..]` into a new vector of exactly that size (the container's final storage),
+/// leaving the scratch stack's capacity in place for the next container.
+fn take_tail<T>(v: &mut Vec<T>, start: usize) -> Vec<T> {
+    if start > 0 {
+        return v.split_off(start); // exact-size allocation, one memcpy
+    }
+    // `split_off(0)` would hand over the scratch buffer itself and allocate a new one of the
+    // same capacity; move the elements out instead.
+    let mut tail = Vec::with_capacity(v.len());
+    tail.append(v);
+    tail
+}
+
 fn is_bare_key_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'$'
 }
@@ -599,35 +835,64 @@ impl Value {
         }
     }
 
-    /// Compact serialization (no whitespace), always valid JSON syntax.
+    /// Compact serialization (no whitespace), always valid JSON syntax. Iterative, so deep
+    /// nesting costs heap, not stack.
     pub fn write(&self, out: &mut Vec<u8>) {
-        match self {
-            Value::Null => out.extend_from_slice(b"null"),
-            Value::Bool(true) => out.extend_from_slice(b"true"),
-            Value::Bool(false) => out.extend_from_slice(b"false"),
-            Value::Number(n) => n.write(out),
-            Value::String(s) => write_str(out, s),
-            Value::Array(items) => {
-                out.push(b'[');
-                for (i, v) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
+        /// An open container and whether a member was written yet.
+        enum Open<'a> {
+            Array(core::slice::Iter<'a, Value>, bool),
+            Object(core::slice::Iter<'a, (Key, Value)>, bool),
+        }
+        let mut stack: Vec<Open<'_>> = Vec::new();
+        let mut next = Some(self);
+        loop {
+            if let Some(v) = next.take() {
+                match v {
+                    Value::Null => out.extend_from_slice(b"null"),
+                    Value::Bool(true) => out.extend_from_slice(b"true"),
+                    Value::Bool(false) => out.extend_from_slice(b"false"),
+                    Value::Number(n) => n.write(out),
+                    Value::String(s) => write_str(out, s),
+                    Value::Array(items) => {
+                        out.push(b'[');
+                        stack.push(Open::Array(items.iter(), false));
                     }
-                    v.write(out);
+                    Value::Object(o) => {
+                        out.push(b'{');
+                        stack.push(Open::Object(o.entries.iter(), false));
+                    }
                 }
-                out.push(b']');
             }
-            Value::Object(o) => {
-                out.push(b'{');
-                for (i, (k, v)) in o.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
+            let Some(top) = stack.last_mut() else {
+                return;
+            };
+            match top {
+                Open::Array(items, started) => match items.next() {
+                    Some(v) => {
+                        if core::mem::replace(started, true) {
+                            out.push(b',');
+                        }
+                        next = Some(v);
                     }
-                    write_str(out, k);
-                    out.push(b':');
-                    v.write(out);
-                }
-                out.push(b'}');
+                    None => {
+                        out.push(b']');
+                        stack.pop();
+                    }
+                },
+                Open::Object(entries, started) => match entries.next() {
+                    Some((k, v)) => {
+                        if core::mem::replace(started, true) {
+                            out.push(b',');
+                        }
+                        write_str(out, k.as_bytes());
+                        out.push(b':');
+                        next = Some(v);
+                    }
+                    None => {
+                        out.push(b'}');
+                        stack.pop();
+                    }
+                },
             }
         }
     }
@@ -847,5 +1112,56 @@ mod tests {
     fn unicode_escapes() {
         let v = p(r#""caf\u00e9 \ud83d\ude00 lone \ud800 x""#).unwrap();
         assert_eq!(v, Value::String("café 😀 lone  x".as_bytes().to_vec()));
+    }
+
+    #[test]
+    fn duplicates_in_large_objects_keep_first_position_last_value() {
+        let mut text = alloc::string::String::from("{");
+        for i in 0..40 {
+            text.push_str(&alloc::format!("\"k{}\":{},", i % 13, i));
+        }
+        text.push_str("\"a_key_longer_than_twenty_two_bytes\":1}");
+        let v = p(&text).unwrap();
+        let o = v.as_object().unwrap();
+        assert_eq!(o.len(), 14);
+        let keys: Vec<&[u8]> = o.iter().map(|(k, _)| k).collect();
+        assert_eq!(keys[0], b"k0");
+        assert_eq!(keys[12], b"k12");
+        assert_eq!(keys[13], b"a_key_longer_than_twenty_two_bytes");
+        // k0 was last written at i = 39.
+        assert_eq!(o.get("k0").unwrap().as_u32_strict(), Some(39));
+        assert_eq!(o.get("k5").unwrap().as_u32_strict(), Some(31));
+    }
+
+    #[test]
+    fn clone_and_write_of_mixed_nesting() {
+        let text = r#"{"a":[1,{"b":[[],{},"s",null,true,-2.5]},[[{"c":{"d":[0]}}]]],"e":{}}"#;
+        let v = p(text).unwrap();
+        let c = v.clone();
+        assert_eq!(c, v);
+        assert_eq!(c.to_vec(), text.as_bytes());
+        assert_eq!(Value::Array(Vec::new()).clone().to_vec(), b"[]");
+        assert_eq!(
+            Value::Number(Number::UInt(3)).clone(),
+            Value::Number(Number::UInt(3))
+        );
+    }
+
+    #[test]
+    fn float_text() {
+        let w = |f: f64| {
+            let mut out = Vec::new();
+            write_f64(&mut out, f);
+            alloc::string::String::from_utf8(out).unwrap()
+        };
+        assert_eq!(w(23.5), "23.5");
+        assert_eq!(w(100.0), "100");
+        assert_eq!(w(-0.0), "0");
+        assert_eq!(w(1e300), "1e300");
+        assert_eq!(w(1e-7), "1e-7");
+        assert_eq!(w(f64::NAN), "null");
+        let mut out = Vec::new();
+        write_f32(&mut out, 0.95);
+        assert_eq!(out, b"0.95");
     }
 }

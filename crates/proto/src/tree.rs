@@ -8,7 +8,10 @@ use crate::json::{Object, Value, write_u64};
 ///
 /// Equality includes `root`, `has_time_authority` and the order of `subs`, as the reference's
 /// `operator==` does; senders must therefore emit `subs` in a stable order.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// Parsing, equality, cloning and the walks are iterative, so the 127 levels of `subs` the
+/// reference accepts need only a few KiB of call stack (an embedded task's worth).
+#[derive(Debug, Default)]
 pub struct NodeTree {
     /// The node's id (0 = unknown).
     pub node_id: u32,
@@ -18,6 +21,62 @@ pub struct NodeTree {
     pub has_time_authority: bool,
     /// Subtrees, in the order the sender listed them.
     pub subs: Vec<NodeTree>,
+}
+
+impl PartialEq for NodeTree {
+    /// Two trees are equal when their pre-order walks visit the same nodes (id, flags and
+    /// number of subs) in the same order; that determines the whole shape.
+    fn eq(&self, other: &Self) -> bool {
+        let mut stack: Vec<(&NodeTree, &NodeTree)> = alloc::vec![(self, other)];
+        while let Some((a, b)) = stack.pop() {
+            if a.node_id != b.node_id
+                || a.root != b.root
+                || a.has_time_authority != b.has_time_authority
+                || a.subs.len() != b.subs.len()
+            {
+                return false;
+            }
+            stack.extend(a.subs.iter().zip(&b.subs).rev());
+        }
+        true
+    }
+}
+
+impl Eq for NodeTree {}
+
+impl Clone for NodeTree {
+    fn clone(&self) -> Self {
+        /// A copy whose subs are still being copied from `src`.
+        struct Pending<'a> {
+            copy: NodeTree,
+            src: core::slice::Iter<'a, NodeTree>,
+        }
+        let open = |t: &NodeTree| NodeTree {
+            node_id: t.node_id,
+            root: t.root,
+            has_time_authority: t.has_time_authority,
+            subs: Vec::with_capacity(t.subs.len()),
+        };
+        let mut stack = alloc::vec![Pending {
+            copy: open(self),
+            src: self.subs.iter()
+        }];
+        loop {
+            let top = stack.last_mut().expect("holds the root until it returns");
+            if let Some(sub) = top.src.next() {
+                stack.push(Pending {
+                    copy: open(sub),
+                    src: sub.subs.iter(),
+                });
+                continue;
+            }
+            let done = stack.pop().expect("non-empty").copy;
+            match stack.last_mut() {
+                Some(parent) => parent.copy.subs.push(done),
+                None => return done,
+            }
+        }
+    }
 }
 
 impl NodeTree {
@@ -34,29 +93,56 @@ impl NodeTree {
     /// `hasTimeAuthority` only when they are bools; `subs` only when it is an array, whose
     /// non-object elements become nodeId-0 subtrees.
     pub fn from_object(obj: &Object) -> Self {
-        // `nodeId` counts only as a JSON integer in u32 range (`is<uint32_t>`); otherwise
-        // (absent, a string, a float, out of range) the reference falls back to `from`, read
-        // leniently (`as<uint32_t>`: "7" is 7).
-        let node_id = obj
-            .get("nodeId")
-            .and_then(Value::as_u32_strict)
-            .unwrap_or_else(|| obj.get("from").map(Value::to_u32_lenient).unwrap_or(0));
-        let flag = |k| obj.get(k).and_then(Value::as_bool).unwrap_or(false);
-        let subs = match obj.get("subs") {
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| match v {
-                    Value::Object(o) => NodeTree::from_object(o),
-                    _ => NodeTree::leaf(0),
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        Self {
-            node_id,
-            root: flag("root"),
-            has_time_authority: flag("hasTimeAuthority"),
-            subs,
+        /// A node whose subs are being read; `items` is its `subs` array.
+        struct Pending<'a> {
+            tree: NodeTree,
+            items: &'a [Value],
+            next: usize,
+        }
+        fn open(obj: &Object) -> Pending<'_> {
+            // `nodeId` counts only as a JSON integer in u32 range (`is<uint32_t>`); otherwise
+            // (absent, a string, a float, out of range) the reference falls back to `from`,
+            // read leniently (`as<uint32_t>`: "7" is 7).
+            let node_id = obj
+                .get("nodeId")
+                .and_then(Value::as_u32_strict)
+                .unwrap_or_else(|| obj.get("from").map(Value::to_u32_lenient).unwrap_or(0));
+            let flag = |k| obj.get(k).and_then(Value::as_bool).unwrap_or(false);
+            let items: &[Value] = match obj.get("subs") {
+                Some(Value::Array(items)) => items,
+                _ => &[],
+            };
+            Pending {
+                tree: NodeTree {
+                    node_id,
+                    root: flag("root"),
+                    has_time_authority: flag("hasTimeAuthority"),
+                    subs: Vec::with_capacity(items.len()),
+                },
+                items,
+                next: 0,
+            }
+        }
+        // Iterative (an explicit stack, not recursion): a deep tree costs heap, not stack, so
+        // the 127 levels the reference allows fit a small embedded task stack.
+        let mut stack = alloc::vec![open(obj)];
+        loop {
+            let top = stack
+                .last_mut()
+                .expect("stack holds the root until it returns");
+            if let Some(item) = top.items.get(top.next) {
+                top.next += 1;
+                match item {
+                    Value::Object(o) => stack.push(open(o)),
+                    _ => top.tree.subs.push(NodeTree::leaf(0)),
+                }
+                continue;
+            }
+            let done = stack.pop().expect("non-empty").tree;
+            match stack.last_mut() {
+                Some(parent) => parent.tree.subs.push(done),
+                None => return done,
+            }
         }
     }
 
@@ -134,17 +220,7 @@ impl NodeTree {
             self.node_id,
             self.root,
             self.has_time_authority,
-            |out| {
-                let mut any = false;
-                for (i, s) in self.subs.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    s.write_json(out);
-                    any = true;
-                }
-                any
-            },
+            |out| write_subs(&self.subs, out),
         );
     }
 
@@ -163,42 +239,63 @@ impl NodeTree {
         out
     }
 
+    /// The pretty writer, iterative: `(node, indent, next sub)` per open node.
     fn write_pretty(&self, out: &mut Vec<u8>, indent: usize) {
-        let pad = |out: &mut Vec<u8>, n: usize| out.extend(core::iter::repeat_n(b' ', n));
-        out.extend_from_slice(b"{\r\n");
-        pad(out, indent + 2);
-        out.extend_from_slice(b"\"nodeId\": ");
-        write_u64(out, u64::from(self.node_id));
-        for (flag, name) in [
-            (self.root, "root"),
-            (self.has_time_authority, "hasTimeAuthority"),
-        ] {
-            if flag {
-                out.extend_from_slice(b",\r\n");
-                pad(out, indent + 2);
-                out.push(b'"');
-                out.extend_from_slice(name.as_bytes());
-                out.extend_from_slice(b"\": true");
-            }
+        fn pad(out: &mut Vec<u8>, n: usize) {
+            out.extend(core::iter::repeat_n(b' ', n));
         }
-        if !self.subs.is_empty() {
+        /// Writes a node up to its subs; true if it has subs (left open).
+        fn open(t: &NodeTree, out: &mut Vec<u8>, indent: usize) -> bool {
+            out.extend_from_slice(b"{\r\n");
+            pad(out, indent + 2);
+            out.extend_from_slice(b"\"nodeId\": ");
+            write_u64(out, u64::from(t.node_id));
+            for (flag, name) in [(t.root, "root"), (t.has_time_authority, "hasTimeAuthority")] {
+                if flag {
+                    out.extend_from_slice(b",\r\n");
+                    pad(out, indent + 2);
+                    out.push(b'"');
+                    out.extend_from_slice(name.as_bytes());
+                    out.extend_from_slice(b"\": true");
+                }
+            }
+            if t.subs.is_empty() {
+                close(out, indent);
+                return false;
+            }
             out.extend_from_slice(b",\r\n");
             pad(out, indent + 2);
             out.extend_from_slice(b"\"subs\": [\r\n");
-            for (i, s) in self.subs.iter().enumerate() {
-                if i > 0 {
+            true
+        }
+        fn close(out: &mut Vec<u8>, indent: usize) {
+            out.extend_from_slice(b"\r\n");
+            pad(out, indent);
+            out.push(b'}');
+        }
+        let mut stack: Vec<(&NodeTree, usize, usize)> = Vec::new();
+        if open(self, out, indent) {
+            stack.push((self, indent, 0));
+        }
+        while let Some((t, indent, next)) = stack.last_mut() {
+            let (t, indent) = (*t, *indent);
+            if let Some(sub) = t.subs.get(*next) {
+                if *next > 0 {
                     out.extend_from_slice(b",\r\n");
                 }
+                *next += 1;
                 pad(out, indent + 4);
-                s.write_pretty(out, indent + 4);
+                if open(sub, out, indent + 4) {
+                    stack.push((sub, indent + 4, 0));
+                }
+            } else {
+                out.extend_from_slice(b"\r\n");
+                pad(out, indent + 2);
+                out.push(b']');
+                close(out, indent);
+                stack.pop();
             }
-            out.extend_from_slice(b"\r\n");
-            pad(out, indent + 2);
-            out.push(b']');
         }
-        out.extend_from_slice(b"\r\n");
-        pad(out, indent);
-        out.push(b'}');
     }
 }
 
@@ -227,4 +324,45 @@ pub fn write_tree_fields(
     } else {
         out.truncate(mark);
     }
+}
+
+/// Writes comma-separated subtrees (compact), iteratively: `(subs, next)` per open level.
+/// Returns whether it wrote any.
+fn write_subs(subs: &[NodeTree], out: &mut Vec<u8>) -> bool {
+    /// Writes a node's fields up to its subs; true if it has subs (left open as `"subs":[`).
+    fn open(t: &NodeTree, out: &mut Vec<u8>) -> bool {
+        out.extend_from_slice(b"{\"nodeId\":");
+        write_u64(out, u64::from(t.node_id));
+        if t.root {
+            out.extend_from_slice(b",\"root\":true");
+        }
+        if t.has_time_authority {
+            out.extend_from_slice(b",\"hasTimeAuthority\":true");
+        }
+        if t.subs.is_empty() {
+            out.push(b'}');
+            return false;
+        }
+        out.extend_from_slice(b",\"subs\":[");
+        true
+    }
+    let mut stack: Vec<(&[NodeTree], usize)> = alloc::vec![(subs, 0)];
+    while let Some((level, next)) = stack.last_mut() {
+        let level: &[NodeTree] = level;
+        if let Some(t) = level.get(*next) {
+            if *next > 0 {
+                out.push(b',');
+            }
+            *next += 1;
+            if open(t, out) {
+                stack.push((&t.subs, 0));
+            }
+        } else {
+            stack.pop();
+            if !stack.is_empty() {
+                out.extend_from_slice(b"]}");
+            }
+        }
+    }
+    !subs.is_empty()
 }
