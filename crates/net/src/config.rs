@@ -69,6 +69,10 @@ pub struct NetConfig {
     pub send_queue_limit: usize,
     /// A connection with queued bytes that accepts none for this long is dropped.
     pub write_stall_timeout: Duration,
+    /// Readers stop waiting for a congested queue whose peer accepted no byte for this long:
+    /// a peer that stopped reading holds the others up at most this long, then its queue
+    /// grows to `send_queue_limit` or it is dropped after `write_stall_timeout`.
+    pub reader_pause_limit: Duration,
     /// Size of each connection's read buffer.
     pub read_buffer: usize,
 }
@@ -89,6 +93,7 @@ impl Default for NetConfig {
             send_queue_high_water: 512 * 1024,
             send_queue_limit: 8 * 1024 * 1024,
             write_stall_timeout: Duration::from_secs(10),
+            reader_pause_limit: Duration::from_secs(1),
             read_buffer: 64 * 1024,
         }
     }

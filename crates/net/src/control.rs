@@ -13,6 +13,7 @@
 //! → {"id":3,"cmd":"bogus"}
 //! ← {"id":3,"ok":false,"error":"unknown command 'bogus' (known: events, nodes, ping, send, status, topology)"}
 //! → {"id":4,"cmd":"events"}                 (a stream: one line per item, until closed)
+//! ← {"id":4,"ok":true,"item":{"kind":"subscribed","node_id":1}}
 //! ← {"id":4,"ok":true,"item":{"kind":"received","from":2,"broadcast":true,"msg":"hi"}}
 //! ```
 //!
@@ -472,6 +473,8 @@ where
 {
     let mut rx = h.subscribe();
     let (tx, items) = mpsc::channel(256);
+    // Tells the client that every event from here on will reach it.
+    let _ = tx.try_send(json!({"kind": "subscribed", "node_id": h.node_id()}));
     tokio::spawn(async move {
         loop {
             let item = match rx.recv().await {

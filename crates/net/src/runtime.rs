@@ -206,6 +206,8 @@ struct Link {
     queued: usize,
     /// `queued` passed the high-water mark and has not yet fallen to half of it.
     congested: bool,
+    /// Since when the writer has had bytes to write without writing any (None: idle or progressing).
+    stuck_since: Option<std::time::Instant>,
     wake_writer: Rc<Notify>,
     drained: Rc<Notify>,
     watch: Rc<LinkWatch>,
@@ -299,6 +301,9 @@ where
         if l.out.is_empty() {
             l.wake_writer.notify_one();
         }
+        if l.queued == 0 {
+            l.stuck_since = Some(std::time::Instant::now());
+        }
         l.out.push_back(data);
         l.queued += len;
         self.stats.max_queue_bytes = self.stats.max_queue_bytes.max(l.queued as u64);
@@ -373,6 +378,7 @@ where
         if let Some(l) = self.links.get_mut(&conn) {
             l.queued -= n;
             l.bytes_out += n as u64;
+            l.stuck_since = (l.queued > 0).then(std::time::Instant::now);
             if l.congested && l.queued <= low_water {
                 l.congested = false;
                 l.drained.notify_waiters();
@@ -598,6 +604,8 @@ async fn run<P>(
 }
 
 /// Waits until none of `conns` is congested (drained to half the high-water mark, or gone).
+/// A queue whose peer has accepted nothing for `reader_pause_limit` is not waited for: a
+/// peer that stopped reading must not hold up the others.
 async fn wait_drained<P>(shared: &Shared<P>, conns: &[ConnId])
 where
     P: Plugin,
@@ -605,10 +613,15 @@ where
     for conn in conns {
         let mut counted = false;
         loop {
-            let drained = {
+            let (drained, give_up_at) = {
                 let mut st = shared.borrow_mut();
+                let limit = st.cfg.reader_pause_limit;
                 let Some(l) = st.links.get(conn) else { break };
                 if !l.congested {
+                    break;
+                }
+                let give_up_at = l.stuck_since.map(|t| t + limit);
+                if give_up_at.is_some_and(|t| t <= std::time::Instant::now()) {
                     break;
                 }
                 let drained = l.drained.clone();
@@ -616,9 +629,17 @@ where
                     st.stats.reader_pauses += 1;
                     counted = true;
                 }
-                drained
+                (drained, give_up_at)
             };
-            drained.notified().await;
+            match give_up_at {
+                Some(t) => {
+                    tokio::select! {
+                        _ = drained.notified() => {}
+                        _ = tokio::time::sleep_until(t.into()) => {}
+                    }
+                }
+                None => drained.notified().await,
+            }
         }
     }
 }
@@ -775,6 +796,7 @@ where
             out: VecDeque::new(),
             queued: 0,
             congested: false,
+            stuck_since: None,
             wake_writer,
             drained: Rc::new(Notify::new()),
             watch: watch.clone(),

@@ -1,12 +1,541 @@
-//! `pmesh node`.
+//! `pmesh node`: a mesh node on this host, joined to a painlessMesh over TCP.
+//!
+//! Settings come from flags, then `--config pmesh.toml`, then the reference's defaults (flags
+//! win). The node runs on its own thread ([`pmesh_net::Mesh`]); this thread serves the local
+//! control endpoint and waits for SIGINT/SIGTERM.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use pmesh_net::control::{ControlAddr, ControlListener, ControlServer};
+use pmesh_net::{MeshBuilder, NetConfig, RetrySchedule, node_id};
+use pmesh_node::{Config, Node, Plugin};
+use serde::Deserialize;
+use tracing::{info, warn};
 
 /// Arguments.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Node id (1..=4294967295). Default: from this host's MAC, as ESP nodes derive theirs
+    /// (last four bytes, big-endian), else a random id persisted in the state directory.
+    #[arg(long, value_name = "ID")]
+    pub id: Option<u32>,
+    /// Address to accept mesh connections on [default: 0.0.0.0:5555]; `none` to only dial out.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Dial this node as its station (`host:port`, e.g. an ESP's AP `10.x.y.1:5555`); repeatable.
+    #[arg(long = "connect", value_name = "HOST:PORT")]
+    pub connect: Vec<String>,
+    /// Announce `root:true` (the gateway of a mesh usually is its root).
+    #[arg(long)]
+    pub root: bool,
+    /// Announce time authority: neighbours adopt this node's clock.
+    #[arg(long)]
+    pub time_authority: bool,
+    /// Configuration file (TOML; see docs/user-guide.md). Flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Local control endpoint for `pmesh send/nodes/topology`: a socket path, `unix:PATH`,
+    /// `127.0.0.1:PORT`, or `none` [default: $XDG_RUNTIME_DIR/pmesh/node.sock].
+    #[arg(long, value_name = "ADDR")]
+    pub control: Option<String>,
+    /// Log format: `text` or `json` (one object per line).
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// Log filter in tracing's env-filter syntax, e.g. `info` or `pmesh_net=debug`
+    /// [default: $RUST_LOG, else info].
+    #[arg(long, value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+/// The configuration file. Unknown keys inside a section are errors (typos); unknown sections
+/// are kept in `other` for the parts of pmesh that read them.
+#[derive(Debug, Default, Deserialize)]
+pub struct FileConfig {
+    /// `[node]`
+    #[serde(default)]
+    pub node: NodeSection,
+    /// `[log]`
+    #[serde(default)]
+    pub log: LogSection,
+    /// `[timers]`
+    #[serde(default)]
+    pub timers: TimersSection,
+    /// `[limits]`
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// `[retry]`
+    #[serde(default)]
+    pub retry: RetrySection,
+    /// Sections other parts of pmesh read (`[mqtt]`, `[ota]`, ...); kept for them.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, toml::Value>,
+}
+
+/// `[node]`: identity and links.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    id: Option<u32>,
+    id_file: Option<PathBuf>,
+    root: Option<bool>,
+    time_authority: Option<bool>,
+    listen: Option<String>,
+    #[serde(default)]
+    connect: Vec<String>,
+    control: Option<String>,
+}
+
+/// `[log]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    format: Option<String>,
+    filter: Option<String>,
+}
+
+/// `[timers]`: the protocol's timers. The defaults are the reference's; shorten them only to
+/// test, since stock nodes use the reference values.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimersSection {
+    node_sync_interval: Option<String>,
+    node_timeout: Option<String>,
+    ap_first_sync_delay: Option<String>,
+    time_sync_interval: Option<String>,
+    time_sync_unsynced_interval: Option<String>,
+    time_sync_retry: Option<String>,
+}
+
+/// `[limits]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    max_frame: Option<usize>,
+    max_connections: Option<usize>,
+    send_queue_high_water: Option<usize>,
+    send_queue_limit: Option<usize>,
+    write_stall_timeout: Option<String>,
+    reader_pause_limit: Option<String>,
+}
+
+/// `[retry]`: how uplinks are dialled again.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    steps: Option<Vec<String>>,
+    max: Option<String>,
+    connect_timeout: Option<String>,
+}
+
+impl FileConfig {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        toml::from_str(&text)
+            .with_context(|| format!("invalid configuration in {}", path.display()))
+    }
+}
+
+/// Parses `250ms`, `10s`, `1.5s`, `2m`, `1h`.
+///
+/// Hand-written (a dozen lines) rather than a dependency for one config format.
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .with_context(|| format!("'{s}' is not a duration like 10s or 200ms"))?;
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        "" => bail!("'{s}' needs a unit: ms, s, m or h"),
+        other => bail!("unknown unit '{other}' in '{s}' (use ms, s, m or h)"),
+    };
+    Duration::try_from_secs_f64(value * scale).with_context(|| format!("'{s}' is out of range"))
+}
+
+fn set_duration(slot: &mut Duration, value: &Option<String>, key: &str) -> anyhow::Result<()> {
+    if let Some(v) = value {
+        *slot = parse_duration(v).with_context(|| format!("[timers/limits/retry] {key}"))?;
+    }
+    Ok(())
+}
+
+/// Everything `pmesh node` needs, resolved from flags, file and defaults.
+#[derive(Debug)]
+pub struct Settings {
+    /// The node's protocol configuration.
+    pub node: Config,
+    /// How the id was chosen (for the log).
+    pub id_source: String,
+    /// Runtime configuration.
+    pub net: NetConfig,
+    /// Control endpoint, if any.
+    pub control: Option<ControlAddr>,
+    /// The whole file, for sections read elsewhere.
+    pub file: FileConfig,
+}
+
+impl Settings {
+    /// Resolves flags over the file over defaults.
+    pub fn resolve(args: &Args, file: FileConfig) -> anyhow::Result<Settings> {
+        let n = &file.node;
+        let (id, id_source) = match (args.id, n.id) {
+            (Some(id), _) => (id, "--id".to_owned()),
+            (None, Some(id)) => (id, "configuration file".to_owned()),
+            (None, None) => {
+                let path = n.id_file.clone().unwrap_or_else(node_id::default_id_file);
+                let (id, source) = node_id::derive(&path).with_context(|| {
+                    format!(
+                        "cannot derive a node id (pass --id, or make {} writable)",
+                        path.display()
+                    )
+                })?;
+                (id, source.to_string())
+            }
+        };
+        if id == 0 {
+            bail!("node id 0 is reserved for 'unknown'; choose 1..=4294967295");
+        }
+        let mut node = Config::new(id);
+        node.root = args.root || n.root.unwrap_or(false);
+        node.time_authority = args.time_authority || n.time_authority.unwrap_or(false);
+        let t = &file.timers;
+        set_duration(
+            &mut node.node_sync_interval,
+            &t.node_sync_interval,
+            "node_sync_interval",
+        )?;
+        set_duration(&mut node.node_timeout, &t.node_timeout, "node_timeout")?;
+        set_duration(
+            &mut node.ap_first_sync_delay,
+            &t.ap_first_sync_delay,
+            "ap_first_sync_delay",
+        )?;
+        set_duration(
+            &mut node.time_sync_interval,
+            &t.time_sync_interval,
+            "time_sync_interval",
+        )?;
+        set_duration(
+            &mut node.time_sync_unsynced_interval,
+            &t.time_sync_unsynced_interval,
+            "time_sync_unsynced_interval",
+        )?;
+        set_duration(
+            &mut node.time_sync_retry,
+            &t.time_sync_retry,
+            "time_sync_retry",
+        )?;
+        if let Some(m) = file.limits.max_frame {
+            if m < 1024 {
+                bail!("[limits] max_frame must be at least 1024 bytes");
+            }
+            node.max_frame = m;
+        }
+
+        let mut net = NetConfig::default();
+        let listen = args.listen.clone().or_else(|| n.listen.clone());
+        net.listen =
+            match listen.as_deref() {
+                None => net.listen,
+                Some("none") => None,
+                Some(a) => Some(a.parse::<SocketAddr>().with_context(|| {
+                    format!("--listen '{a}' is not an address like 0.0.0.0:5555")
+                })?),
+            };
+        net.connect = if args.connect.is_empty() {
+            n.connect.clone()
+        } else {
+            args.connect.clone()
+        };
+        for c in &net.connect {
+            if !c.contains(':') {
+                bail!("uplink '{c}' needs a port, e.g. {c}:5555");
+            }
+        }
+        if net.listen.is_none() && net.connect.is_empty() {
+            bail!("with --listen none the node needs at least one --connect");
+        }
+        let l = &file.limits;
+        if let Some(v) = l.max_connections {
+            net.max_connections = v;
+        }
+        if let Some(v) = l.send_queue_high_water {
+            net.send_queue_high_water = v;
+        }
+        if let Some(v) = l.send_queue_limit {
+            net.send_queue_limit = v;
+        }
+        if net.send_queue_limit < net.send_queue_high_water + node.max_frame {
+            bail!("[limits] send_queue_limit must be at least send_queue_high_water + max_frame");
+        }
+        set_duration(
+            &mut net.write_stall_timeout,
+            &l.write_stall_timeout,
+            "write_stall_timeout",
+        )?;
+        set_duration(
+            &mut net.reader_pause_limit,
+            &l.reader_pause_limit,
+            "reader_pause_limit",
+        )?;
+        let r = &file.retry;
+        if let Some(steps) = &r.steps {
+            net.retry = RetrySchedule {
+                steps: steps
+                    .iter()
+                    .map(|s| parse_duration(s))
+                    .collect::<anyhow::Result<_>>()
+                    .context("[retry] steps")?,
+                max: net.retry.max,
+            };
+        }
+        set_duration(&mut net.retry.max, &r.max, "max")?;
+        set_duration(
+            &mut net.connect_timeout,
+            &r.connect_timeout,
+            "connect_timeout",
+        )?;
+
+        let control = match args
+            .control
+            .clone()
+            .or_else(|| n.control.clone())
+            .as_deref()
+        {
+            Some("none") => None,
+            Some(a) => Some(
+                a.parse::<ControlAddr>()
+                    .map_err(anyhow::Error::msg)
+                    .context("--control")?,
+            ),
+            None => Some(ControlAddr::default_path()),
+        };
+        Ok(Settings {
+            node,
+            id_source,
+            net,
+            control,
+            file,
+        })
+    }
+}
+
+/// Sets up logging: text or JSON lines on stderr, filtered like `RUST_LOG`.
+pub fn init_logging(format: Option<&str>, filter: Option<&str>) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match filter {
+        Some(f) => EnvFilter::try_new(f).with_context(|| format!("invalid log filter '{f}'"))?,
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let result = match format.unwrap_or("text") {
+        "text" => builder.try_init(),
+        "json" => builder.json().flatten_event(true).try_init(),
+        other => bail!("unknown log format '{other}' (text or json)"),
+    };
+    // A second init (tests calling run twice) keeps the first subscriber.
+    let _ = result;
+    Ok(())
+}
 
 /// Runs the command.
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("pmesh node is not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    init_logging(
+        args.log_format.as_deref().or(file.log.format.as_deref()),
+        args.log.as_deref().or(file.log.filter.as_deref()),
+    )?;
+    let settings = Settings::resolve(&args, file)?;
+    for section in settings.file.other.keys() {
+        warn!(
+            section,
+            "configuration section not used by `pmesh node`; ignored"
+        );
+    }
+    let node = Node::without_plugins(settings.node.clone());
+    serve(settings, node, |server| server)
+}
+
+/// Runs `node` with the runtime and the control endpoint until SIGINT/SIGTERM. `routes` adds
+/// request kinds to the control endpoint (OTA offers, bridge queries).
+pub fn serve<P>(
+    settings: Settings,
+    node: Node<P>,
+    routes: impl FnOnce(ControlServer<P>) -> ControlServer<P>,
+) -> anyhow::Result<ExitCode>
+where
+    P: Plugin + Send + 'static,
+    P::Event: Send + Sync + std::fmt::Debug + 'static,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let control = match &settings.control {
+            Some(addr) => Some(
+                ControlListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot open the control endpoint {addr}"))?,
+            ),
+            None => None,
+        };
+        let listen = settings.net.listen;
+        let mesh = MeshBuilder::new(node, settings.net.clone())
+            .spawn()
+            .with_context(|| match listen {
+                Some(a) => format!("cannot listen on {a} (is another node running? use --listen)"),
+                None => "cannot start the node".to_owned(),
+            })?;
+        let handle = mesh.handle();
+        info!(
+            node_id = settings.node.node_id,
+            id_source = %settings.id_source,
+            listen = ?mesh.local_addr(),
+            control = %settings.control.as_ref().map_or("none".to_owned(), ToString::to_string),
+            root = settings.node.root,
+            "pmesh node running"
+        );
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let server_task = control.map(|listener| {
+            let server = routes(ControlServer::new(handle.clone()));
+            let mut stop = stop_rx.clone();
+            tokio::spawn(server.serve(listener, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }))
+        });
+        let signal = shutdown_signal().await?;
+        info!(signal, "stopping");
+        let _ = stop_tx.send(true);
+        if let Some(t) = server_task {
+            let _ = t.await;
+        }
+        handle.shutdown().await;
+        tokio::task::spawn_blocking(move || mesh.join()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Waits for SIGINT or SIGTERM; returns which.
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> Args {
+        Args {
+            id: Some(7),
+            listen: None,
+            connect: vec![],
+            root: false,
+            time_authority: false,
+            config: None,
+            control: None,
+            log_format: None,
+            log: None,
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("200ms").unwrap(), Duration::from_millis(200));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn defaults_are_the_reference() {
+        let s = Settings::resolve(&args(), FileConfig::default()).unwrap();
+        assert_eq!(s.node.node_sync_interval, Duration::from_secs(60));
+        assert_eq!(s.node.node_timeout, Duration::from_secs(10));
+        assert_eq!(s.net.listen, Some("0.0.0.0:5555".parse().unwrap()));
+        assert_eq!(s.net.retry, RetrySchedule::reference());
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            [node]
+            id = 99
+            root = true
+            listen = "127.0.0.1:6000"
+            connect = ["127.0.0.1:6001"]
+            [timers]
+            node_sync_interval = "2s"
+            node_timeout = "500ms"
+            [retry]
+            steps = ["100ms", "200ms"]
+            max = "1s"
+            [mqtt]
+            url = "mqtt://localhost"
+            "#,
+        )
+        .unwrap();
+        let mut a = args();
+        a.listen = Some("127.0.0.1:7000".into());
+        let s = Settings::resolve(&a, file).unwrap();
+        assert_eq!(s.node.node_id, 7, "--id wins over the file");
+        assert!(s.node.root);
+        assert_eq!(s.net.listen, Some("127.0.0.1:7000".parse().unwrap()));
+        assert_eq!(s.net.connect, ["127.0.0.1:6001"]);
+        assert_eq!(s.node.node_sync_interval, Duration::from_secs(2));
+        assert_eq!(s.node.node_timeout, Duration::from_millis(500));
+        assert_eq!(s.net.retry.delay(1), Duration::from_millis(200));
+        assert_eq!(s.net.retry.delay(9), Duration::from_secs(1));
+        assert!(s.file.other.contains_key("mqtt"));
+    }
+
+    #[test]
+    fn rejects_typos_and_bad_values() {
+        assert!(toml::from_str::<FileConfig>("[node]\nlisten_addr = \"x\"").is_err());
+        let file: FileConfig = toml::from_str("[timers]\nnode_timeout = \"10\"").unwrap();
+        assert!(Settings::resolve(&args(), file).is_err());
+        let mut a = args();
+        a.id = Some(0);
+        assert!(Settings::resolve(&a, FileConfig::default()).is_err());
+        let mut a = args();
+        a.listen = Some("none".into());
+        assert!(
+            Settings::resolve(&a, FileConfig::default()).is_err(),
+            "no listener and no uplink"
+        );
+        let mut a = args();
+        a.connect = vec!["10.0.0.1".into()];
+        assert!(
+            Settings::resolve(&a, FileConfig::default()).is_err(),
+            "uplink without port"
+        );
+    }
 }
