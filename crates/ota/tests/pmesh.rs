@@ -589,3 +589,25 @@ fn a_new_offer_replaces_the_previous_rollout() {
     )));
     assert!(!installed_at(&mesh, 1));
 }
+
+/// Scale check (run with `--release -- --ignored --nocapture`): 1,000 nodes, fan-out 3, 1 MiB.
+#[test]
+#[ignore]
+fn thousand_node_rollout_scale() {
+    let n = 1000;
+    let wall = std::time::Instant::now();
+    let mut mesh = mesh_of(n, |m| m.tree(3));
+    let setup = wall.elapsed().as_secs_f64();
+    let image = firmware(1 << 20, 13);
+    let start = mesh.now;
+    offer(&mut mesh, Offer::new("sensor", "ESP32", MemorySource::new(image)).pmesh().compressed(true));
+    assert!(all_installed(&mut mesh, 1..n, 30));
+    let chunks = mesh.count("chunk");
+    println!(
+        "N={n}: data_link_tx {} (optimum {}), virtual completion {:.3} s, wall {:.1} s (mesh setup {setup:.1} s)",
+        chunks.frames,
+        optimum_link_tx(n as u64, 256),
+        (mesh.now - start) as f64 / 1e6,
+        wall.elapsed().as_secs_f64()
+    );
+}

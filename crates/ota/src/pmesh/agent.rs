@@ -1455,6 +1455,9 @@ impl PmeshAgent {
         let Some(r) = &mut self.r else { return };
         let is_relay = matches!(r.role, Role::Relay);
         for ci in 0..r.children.len() {
+            if r.children[ci].wake.is_some_and(|t| t <= now) {
+                r.children[ci].wake = None;
+            }
             loop {
                 let c = &mut r.children[ci];
                 if c.sent.saturating_sub(c.acked) >= tuning.window {
