@@ -385,9 +385,11 @@ impl FirmwareSink for MemorySink {
             .pending
             .as_ref()
             .ok_or(IoError::BadState("no image begun"))?;
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = p.get(offset as usize + i).copied().unwrap_or(0);
-        }
+        // Written bytes are copied; bytes past what was written read as zero.
+        let start = (offset as usize).min(p.len());
+        let avail = (p.len() - start).min(buf.len());
+        buf[..avail].copy_from_slice(&p[start..start + avail]);
+        buf[avail..].fill(0);
         Ok(())
     }
 
