@@ -110,7 +110,11 @@ impl BrokerConfig {
         let tls = match scheme {
             "mqtt" | "tcp" => false,
             "mqtts" | "ssl" => true,
-            other => return Err(format!("unsupported broker URL scheme {other:?} (use mqtt or mqtts)")),
+            other => {
+                return Err(format!(
+                    "unsupported broker URL scheme {other:?} (use mqtt or mqtts)"
+                ));
+            }
         };
         let rest = rest.trim_end_matches('/');
         let (auth, hostport) = match rest.rsplit_once('@') {
@@ -140,7 +144,9 @@ impl BrokerConfig {
         }
         cfg.host = host;
         cfg.port = match port {
-            Some(p) => p.parse().map_err(|_| format!("bad port {p:?} in broker URL"))?,
+            Some(p) => p
+                .parse()
+                .map_err(|_| format!("bad port {p:?} in broker URL"))?,
             None if tls => 8883,
             None => 1883,
         };
@@ -221,7 +227,12 @@ pub struct AlertThresholds {
 
 impl Default for AlertThresholds {
     fn default() -> Self {
-        Self { partition_share: 0.25, low_memory_kb: 10, high_loss_percent: 20, node_offline: true }
+        Self {
+            partition_share: 0.25,
+            low_memory_kb: 10,
+            high_loss_percent: 20,
+            node_offline: true,
+        }
     }
 }
 
@@ -278,6 +289,10 @@ mod tests {
     #[test]
     fn unset_clock_gives_no_timestamp() {
         assert_eq!(ClockSource::Unset.now_ms(), None);
-        assert!(ClockSource::System.now_ms().is_some_and(|t| t >= CLOCK_SET_AFTER_MS));
+        assert!(
+            ClockSource::System
+                .now_ms()
+                .is_some_and(|t| t >= CLOCK_SET_AFTER_MS)
+        );
     }
 }

@@ -7,7 +7,11 @@ use std::time::{Duration, Instant};
 /// Starts a broker on `127.0.0.1:port` (0 = a free port) and waits until it accepts
 /// connections. Returns its address.
 pub fn start(port: u16, max_payload: usize) -> anyhow::Result<SocketAddr> {
-    let port = if port == 0 { TcpListener::bind("127.0.0.1:0")?.local_addr()?.port() } else { port };
+    let port = if port == 0 {
+        TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()
+    } else {
+        port
+    };
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let cfg = serde_json::json!({
         "id": 0,
@@ -30,12 +34,14 @@ pub fn start(port: u16, max_payload: usize) -> anyhow::Result<SocketAddr> {
         }},
     });
     let cfg: rumqttd::Config = serde_json::from_value(cfg)?;
-    std::thread::Builder::new().name(format!("rumqttd-{port}")).spawn(move || {
-        let mut broker = rumqttd::Broker::new(cfg);
-        if let Err(e) = broker.start() {
-            tracing::error!("embedded broker on port {port} stopped: {e}");
-        }
-    })?;
+    std::thread::Builder::new()
+        .name(format!("rumqttd-{port}"))
+        .spawn(move || {
+            let mut broker = rumqttd::Broker::new(cfg);
+            if let Err(e) = broker.start() {
+                tracing::error!("embedded broker on port {port} stopped: {e}");
+            }
+        })?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(addr).is_err() {
         if Instant::now() > deadline {

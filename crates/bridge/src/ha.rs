@@ -142,9 +142,19 @@ mod tests {
 
     #[test]
     fn payloads_have_required_keys() {
-        let t = Topics { prefix: "mesh".into(), legacy: "painlessMesh".into(), ha: "homeassistant".into() };
-        assert_eq!(check_device_config(&node_config(&t, 1, 2, Some("1.2.3"))), Vec::<String>::new());
-        assert_eq!(check_device_config(&gateway_config(&t, 1)), Vec::<String>::new());
+        let t = Topics {
+            prefix: "mesh".into(),
+            legacy: "painlessMesh".into(),
+            ha: "homeassistant".into(),
+        };
+        assert_eq!(
+            check_device_config(&node_config(&t, 1, 2, Some("1.2.3"))),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            check_device_config(&gateway_config(&t, 1)),
+            Vec::<String>::new()
+        );
         assert!(!check_device_config(&json!({"dev": {}, "cmps": {"x": {}}})).is_empty());
     }
 }

@@ -58,7 +58,11 @@ impl Bridge {
     /// Starts the bridge task on the current tokio runtime. `gateway_id` is the gateway
     /// node's id (`Node::id()`); `gateway` carries the bridge's requests into the mesh.
     /// Fails only if the state directory cannot be used.
-    pub fn spawn(cfg: BridgeConfig, gateway_id: u32, gateway: Arc<dyn Gateway>) -> anyhow::Result<BridgeHandle> {
+    pub fn spawn(
+        cfg: BridgeConfig,
+        gateway_id: u32,
+        gateway: Arc<dyn Gateway>,
+    ) -> anyhow::Result<BridgeHandle> {
         let metrics = Metrics::new();
         let (status_tx, status_rx) = watch::channel(BridgeStatus::default());
         let (ev_tx, ev_rx) = mpsc::channel(cfg.input_queue.max(16));
@@ -66,7 +70,12 @@ impl Bridge {
         let (topo_tx, topo_rx) = watch::channel(None);
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let rt = Runtime::new(cfg, gateway_id, gateway, metrics.clone(), status_tx)?;
-        let task = tokio::spawn(rt.run(Inputs { events: ev_rx, ota: ota_rx, topology: topo_rx, control: ctl_rx }));
+        let task = tokio::spawn(rt.run(Inputs {
+            events: ev_rx,
+            ota: ota_rx,
+            topology: topo_rx,
+            control: ctl_rx,
+        }));
         Ok(BridgeHandle {
             events: ev_tx,
             ota: ota_tx,
@@ -100,7 +109,11 @@ impl BridgeHandle {
 
     /// A user message (`Event::Received`). Dropped and counted if the bridge is far behind.
     pub fn message(&self, from: u32, msg: Vec<u8>, broadcast: bool) {
-        self.feed(MeshEvent::Message { from, msg, broadcast });
+        self.feed(MeshEvent::Message {
+            from,
+            msg,
+            broadcast,
+        });
     }
 
     /// A package (`Event::Package`); status packages 203/604/204 are read.
@@ -153,7 +166,9 @@ impl BridgeHandle {
     /// Waits until the bridge is online (subscribed and announced), up to `timeout`.
     pub async fn wait_online(&self, timeout: std::time::Duration) -> bool {
         let mut rx = self.status.clone();
-        tokio::time::timeout(timeout, rx.wait_for(|s| s.online)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, rx.wait_for(|s| s.online))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// The Prometheus metrics (render with [`Metrics::render`] or serve with [`Metrics::serve`]).

@@ -20,6 +20,10 @@ use crate::model::Model;
 type Labels = Vec<(String, String)>;
 type FGauge = Gauge<f64, AtomicU64>;
 
+fn edge(node: u32, parent: u32) -> Labels {
+    vec![("node".into(), node.to_string()), ("parent".into(), parent.to_string())]
+}
+
 fn l(k: &str, v: impl ToString) -> Labels {
     vec![(k.to_string(), v.to_string())]
 }
@@ -36,6 +40,7 @@ pub struct Metrics {
     status_reports: Counter,
     node_up: Family<Labels, Gauge>,
     node_hops: Family<Labels, Gauge>,
+    node_parent: Family<Labels, Gauge>,
     node_heap: Family<Labels, Gauge>,
     node_uptime: Family<Labels, Gauge>,
     node_loss: Family<Labels, FGauge>,
@@ -75,6 +80,7 @@ pub struct Metrics {
 #[derive(Debug, Default)]
 struct Seen {
     nodes: BTreeSet<u32>,
+    parents: std::collections::BTreeMap<u32, u32>,
     peers: BTreeSet<u32>,
     ota_nodes: BTreeSet<u32>,
     frames: [u64; 2],
@@ -106,42 +112,169 @@ impl Metrics {
             }};
         }
         let m = Metrics {
-            mesh_nodes: reg!("mesh_nodes", "Nodes in the mesh as seen from the gateway, gateway included", Gauge::default()),
-            mesh_depth: reg!("mesh_depth", "Depth of the mesh tree from the gateway (gateway alone = 1)", Gauge::default()),
-            topology_changes: reg!("mesh_topology_changes", "Topology changes seen by the bridge", Counter::default()),
-            messages_rx: reg!("mesh_messages_received", "User messages received by the gateway, by kind (single, broadcast)", Family::default()),
-            messages_tx: reg!("mesh_messages_sent", "User messages the bridge sent into the mesh, by kind", Family::default()),
-            status_reports: reg!("mesh_status_reports", "Status packages (203/604/204) received", Counter::default()),
-            node_up: reg!("node_up", "1 while the node is in the mesh", Family::default()),
-            node_hops: reg!("node_hops", "Hops from the gateway to the node", Family::default()),
-            node_heap: reg!("node_free_heap_bytes", "Free heap the node last reported", Family::default()),
-            node_uptime: reg!("node_uptime_seconds", "Uptime the node last reported", Family::default()),
-            node_loss: reg!("node_packet_loss_ratio", "Packet loss the node last reported (0..1)", Family::default()),
-            node_ota_progress: reg!("node_ota_progress_ratio", "Firmware transfer progress of a node being updated (0..1)", Family::default()),
-            gw_frames: reg!("gateway_frames", "Frames through the gateway node, by direction (in, out)", Family::default()),
-            gw_bytes: reg!("gateway_bytes", "Bytes through the gateway node, by direction (in, out)", Family::default()),
-            gw_dropped: reg!("gateway_frames_dropped", "Frames the gateway dropped, by reason", Family::default()),
-            link_bytes_rx: reg!("link_received_bytes", "Bytes received on a gateway link, by peer", Family::default()),
-            link_bytes_tx: reg!("link_sent_bytes", "Bytes sent on a gateway link, by peer", Family::default()),
-            link_delay: reg!("link_delay_seconds", "Last measured one-way delay to a neighbour", Family::default()),
-            ota_campaigns: reg!("ota_campaigns", "Firmware campaigns started over MQTT", Counter::default()),
-            ota_nodes: reg!("ota_node_results", "Node firmware updates finished, by result (updated, failed)", Family::default()),
-            ota_bytes: reg!("ota_sent_bytes", "Firmware data bytes the gateway sent", Counter::default()),
-            ota_running: reg!("ota_campaign_running", "1 while a campaign runs", Gauge::default()),
+            mesh_nodes: reg!(
+                "mesh_nodes",
+                "Nodes in the mesh as seen from the gateway, gateway included",
+                Gauge::default()
+            ),
+            mesh_depth: reg!(
+                "mesh_depth",
+                "Depth of the mesh tree from the gateway (gateway alone = 1)",
+                Gauge::default()
+            ),
+            topology_changes: reg!(
+                "mesh_topology_changes",
+                "Topology changes seen by the bridge",
+                Counter::default()
+            ),
+            messages_rx: reg!(
+                "mesh_messages_received",
+                "User messages received by the gateway, by kind (single, broadcast)",
+                Family::default()
+            ),
+            messages_tx: reg!(
+                "mesh_messages_sent",
+                "User messages the bridge sent into the mesh, by kind",
+                Family::default()
+            ),
+            status_reports: reg!(
+                "mesh_status_reports",
+                "Status packages (203/604/204) received",
+                Counter::default()
+            ),
+            node_up: reg!(
+                "node_up",
+                "1 while the node is in the mesh",
+                Family::default()
+            ),
+            node_hops: reg!(
+                "node_hops",
+                "Hops from the gateway to the node",
+                Family::default()
+            ),
+            node_heap: reg!(
+                "node_free_heap_bytes",
+                "Free heap the node last reported",
+                Family::default()
+            ),
+            node_uptime: reg!(
+                "node_uptime_seconds",
+                "Uptime the node last reported",
+                Family::default()
+            ),
+            node_loss: reg!(
+                "node_packet_loss_ratio",
+                "Packet loss the node last reported (0..1)",
+                Family::default()
+            ),
+            node_ota_progress: reg!(
+                "node_ota_progress_ratio",
+                "Firmware transfer progress of a node being updated (0..1)",
+                Family::default()
+            ),
+            gw_frames: reg!(
+                "gateway_frames",
+                "Frames through the gateway node, by direction (in, out)",
+                Family::default()
+            ),
+            gw_bytes: reg!(
+                "gateway_bytes",
+                "Bytes through the gateway node, by direction (in, out)",
+                Family::default()
+            ),
+            gw_dropped: reg!(
+                "gateway_frames_dropped",
+                "Frames the gateway dropped, by reason",
+                Family::default()
+            ),
+            link_bytes_rx: reg!(
+                "link_received_bytes",
+                "Bytes received on a gateway link, by peer",
+                Family::default()
+            ),
+            link_bytes_tx: reg!(
+                "link_sent_bytes",
+                "Bytes sent on a gateway link, by peer",
+                Family::default()
+            ),
+            link_delay: reg!(
+                "link_delay_seconds",
+                "Last measured one-way delay to a neighbour",
+                Family::default()
+            ),
+            ota_campaigns: reg!(
+                "ota_campaigns",
+                "Firmware campaigns started over MQTT",
+                Counter::default()
+            ),
+            ota_nodes: reg!(
+                "ota_node_results",
+                "Node firmware updates finished, by result (updated, failed)",
+                Family::default()
+            ),
+            ota_bytes: reg!(
+                "ota_sent_bytes",
+                "Firmware data bytes the gateway sent",
+                Counter::default()
+            ),
+            ota_running: reg!(
+                "ota_campaign_running",
+                "1 while a campaign runs",
+                Gauge::default()
+            ),
             alerts_active: reg!("alerts_active", "Alerts currently raised", Gauge::default()),
-            connected: reg!("bridge_connected", "1 while connected to the MQTT broker", Gauge::default()),
-            connections: reg!("bridge_connections", "MQTT connections made", Counter::default()),
-            publishes: reg!("bridge_publishes", "MQTT publishes, by kind (state, event, message, response)", Family::default()),
-            publish_bytes: reg!("bridge_published_bytes", "MQTT payload bytes published", Counter::default()),
-            outbox_depth: reg!("bridge_outbox_depth", "Events and alerts waiting for the broker's acknowledgement", Gauge::default()),
-            outbox_dropped: reg!("bridge_outbox_dropped", "Outbox entries dropped because it was full", Counter::default()),
-            requests: reg!("bridge_requests", "MQTT requests answered, by result (ok, error)", Family::default()),
-            invalid_input: reg!("bridge_invalid_input", "Bad input rejected, by source (mqtt, mesh)", Family::default()),
-            input_dropped: reg!("bridge_input_dropped", "Gateway inputs dropped because the bridge queue was full", Counter::default()),
+            connected: reg!(
+                "bridge_connected",
+                "1 while connected to the MQTT broker",
+                Gauge::default()
+            ),
+            connections: reg!(
+                "bridge_connections",
+                "MQTT connections made",
+                Counter::default()
+            ),
+            publishes: reg!(
+                "bridge_publishes",
+                "MQTT publishes, by kind (state, event, message, response)",
+                Family::default()
+            ),
+            publish_bytes: reg!(
+                "bridge_published_bytes",
+                "MQTT payload bytes published",
+                Counter::default()
+            ),
+            outbox_depth: reg!(
+                "bridge_outbox_depth",
+                "Events and alerts waiting for the broker's acknowledgement",
+                Gauge::default()
+            ),
+            outbox_dropped: reg!(
+                "bridge_outbox_dropped",
+                "Outbox entries dropped because it was full",
+                Counter::default()
+            ),
+            requests: reg!(
+                "bridge_requests",
+                "MQTT requests answered, by result (ok, error)",
+                Family::default()
+            ),
+            invalid_input: reg!(
+                "bridge_invalid_input",
+                "Bad input rejected, by source (mqtt, mesh)",
+                Family::default()
+            ),
+            input_dropped: reg!(
+                "bridge_input_dropped",
+                "Gateway inputs dropped because the bridge queue was full",
+                Counter::default()
+            ),
             registry: Arc::new(Registry::default()),
             state: Arc::default(),
         };
-        Metrics { registry: Arc::new(r), ..m }
+        Metrics {
+            registry: Arc::new(r),
+            ..m
+        }
     }
 
     /// Brings the mesh gauges and counters in line with the model; removes series of nodes
@@ -155,19 +288,59 @@ impl Metrics {
         let c = &m.counters;
         bump(&self.topology_changes, &mut s.topo, c.topology_changes);
         bump(&self.status_reports, &mut s.reports, c.status_reports);
-        bump(&self.messages_rx.get_or_create(&l("kind", "single")), &mut s.rx[0], c.rx_single);
-        bump(&self.messages_rx.get_or_create(&l("kind", "broadcast")), &mut s.rx[1], c.rx_broadcast);
-        bump(&self.messages_tx.get_or_create(&l("kind", "single")), &mut s.tx[0], c.tx_single);
-        bump(&self.messages_tx.get_or_create(&l("kind", "broadcast")), &mut s.tx[1], c.tx_broadcast);
+        bump(
+            &self.messages_rx.get_or_create(&l("kind", "single")),
+            &mut s.rx[0],
+            c.rx_single,
+        );
+        bump(
+            &self.messages_rx.get_or_create(&l("kind", "broadcast")),
+            &mut s.rx[1],
+            c.rx_broadcast,
+        );
+        bump(
+            &self.messages_tx.get_or_create(&l("kind", "single")),
+            &mut s.tx[0],
+            c.tx_single,
+        );
+        bump(
+            &self.messages_tx.get_or_create(&l("kind", "broadcast")),
+            &mut s.tx[1],
+            c.tx_broadcast,
+        );
         bump(&self.ota_campaigns, &mut s.ota[0], c.ota_campaigns);
-        bump(&self.ota_nodes.get_or_create(&l("result", "updated")), &mut s.ota[1], c.ota_nodes_done);
-        bump(&self.ota_nodes.get_or_create(&l("result", "failed")), &mut s.ota[2], c.ota_nodes_failed);
+        bump(
+            &self.ota_nodes.get_or_create(&l("result", "updated")),
+            &mut s.ota[1],
+            c.ota_nodes_done,
+        );
+        bump(
+            &self.ota_nodes.get_or_create(&l("result", "failed")),
+            &mut s.ota[2],
+            c.ota_nodes_failed,
+        );
         bump(&self.ota_bytes, &mut s.ota[3], c.ota_bytes);
         let g = &m.gateway_stats;
-        bump(&self.gw_frames.get_or_create(&l("direction", "in")), &mut s.frames[0], g.frames_in);
-        bump(&self.gw_frames.get_or_create(&l("direction", "out")), &mut s.frames[1], g.frames_out);
-        bump(&self.gw_bytes.get_or_create(&l("direction", "in")), &mut s.bytes[0], g.bytes_in);
-        bump(&self.gw_bytes.get_or_create(&l("direction", "out")), &mut s.bytes[1], g.bytes_out);
+        bump(
+            &self.gw_frames.get_or_create(&l("direction", "in")),
+            &mut s.frames[0],
+            g.frames_in,
+        );
+        bump(
+            &self.gw_frames.get_or_create(&l("direction", "out")),
+            &mut s.frames[1],
+            g.frames_out,
+        );
+        bump(
+            &self.gw_bytes.get_or_create(&l("direction", "in")),
+            &mut s.bytes[0],
+            g.bytes_in,
+        );
+        bump(
+            &self.gw_bytes.get_or_create(&l("direction", "out")),
+            &mut s.bytes[1],
+            g.bytes_out,
+        );
         for (i, (reason, v)) in [
             ("oversized", g.dropped_oversized),
             ("invalid", g.dropped_invalid),
@@ -178,10 +351,19 @@ impl Metrics {
         .into_iter()
         .enumerate()
         {
-            bump(&self.gw_dropped.get_or_create(&l("reason", reason)), &mut s.dropped[i], v);
+            bump(
+                &self.gw_dropped.get_or_create(&l("reason", reason)),
+                &mut s.dropped[i],
+                v,
+            );
         }
         // Per-node series: online nodes only.
-        let online: BTreeSet<u32> = m.nodes.iter().filter(|(_, r)| r.online).map(|(id, _)| *id).collect();
+        let online: BTreeSet<u32> = m
+            .nodes
+            .iter()
+            .filter(|(_, r)| r.online)
+            .map(|(id, _)| *id)
+            .collect();
         let gone_nodes: Vec<u32> = s.nodes.difference(&online).copied().collect();
         for gone in &gone_nodes {
             let lb = l("node", gone);
@@ -190,13 +372,31 @@ impl Metrics {
             self.node_heap.remove(&lb);
             self.node_uptime.remove(&lb);
             self.node_loss.remove(&lb);
+            if let Some(p) = s.parents.remove(gone) {
+                self.node_parent.remove(&edge(*gone, p));
+            }
         }
         for id in &online {
             let r = &m.nodes[id];
             let lb = l("node", id);
             self.node_up.get_or_create(&lb).set(1);
             self.node_hops.get_or_create(&lb).set(i64::from(r.hops));
-            let heap = r.metrics.as_ref().and_then(|x| x.heap).or(r.status.as_ref().and_then(|x| x.mem_kb.map(|k| k * 1024)));
+            let old = s.parents.get(id).copied();
+            if old != r.parent {
+                if let Some(p) = old {
+                    self.node_parent.remove(&edge(*id, p));
+                    s.parents.remove(id);
+                }
+                if let Some(p) = r.parent {
+                    self.node_parent.get_or_create(&edge(*id, p)).set(1);
+                    s.parents.insert(*id, p);
+                }
+            }
+            let heap = r
+                .metrics
+                .as_ref()
+                .and_then(|x| x.heap)
+                .or(r.status.as_ref().and_then(|x| x.mem_kb.map(|k| k * 1024)));
             match heap {
                 Some(h) => {
                     self.node_heap.get_or_create(&lb).set(h as i64);
@@ -208,14 +408,22 @@ impl Metrics {
             if let Some(u) = r.status.as_ref().and_then(|x| x.uptime_s) {
                 self.node_uptime.get_or_create(&lb).set(u as i64);
             }
-            let loss = r.status.as_ref().and_then(|x| x.loss_percent).or(r.metrics.as_ref().and_then(|x| x.loss_percent()));
+            let loss = r
+                .status
+                .as_ref()
+                .and_then(|x| x.loss_percent)
+                .or(r.metrics.as_ref().and_then(|x| x.loss_percent()));
             if let Some(p) = loss {
                 self.node_loss.get_or_create(&lb).set(p as f64 / 100.0);
             }
         }
         s.nodes = online;
-        let updating: BTreeSet<u32> =
-            m.nodes.iter().filter(|(_, r)| r.update.state == "updating").map(|(id, _)| *id).collect();
+        let updating: BTreeSet<u32> = m
+            .nodes
+            .iter()
+            .filter(|(_, r)| r.update.state == "updating")
+            .map(|(id, _)| *id)
+            .collect();
         let gone_ota: Vec<u32> = s.ota_nodes.difference(&updating).copied().collect();
         for gone in &gone_ota {
             self.node_ota_progress.remove(&l("node", gone));
@@ -238,8 +446,16 @@ impl Metrics {
         for link in &m.links {
             let lb = l("peer", link.peer);
             let prev = s.links.entry(link.peer).or_default();
-            bump(&self.link_bytes_rx.get_or_create(&lb), &mut prev.0, link.bytes_in);
-            bump(&self.link_bytes_tx.get_or_create(&lb), &mut prev.1, link.bytes_out);
+            bump(
+                &self.link_bytes_rx.get_or_create(&lb),
+                &mut prev.0,
+                link.bytes_in,
+            );
+            bump(
+                &self.link_bytes_tx.get_or_create(&lb),
+                &mut prev.1,
+                link.bytes_out,
+            );
             if let Some(d) = link.delay_us {
                 self.link_delay.get_or_create(&lb).set(f64::from(d) / 1e6);
             }
@@ -264,7 +480,10 @@ impl Metrics {
     /// Serves `GET /metrics` on `addr` until the task is dropped; returns the bound address.
     /// OpenMetrics when the scraper's `Accept` names it (Prometheus does), otherwise the
     /// classic text format.
-    pub async fn serve(&self, addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    pub async fn serve(
+        &self,
+        addr: SocketAddr,
+    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
         use axum::http::HeaderMap;
         use axum::http::header::{ACCEPT, CONTENT_TYPE};
         let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -280,9 +499,18 @@ impl Metrics {
                         .and_then(|v| v.to_str().ok())
                         .is_some_and(|a| a.contains("application/openmetrics-text"));
                     if om {
-                        ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], me.render())
+                        (
+                            [(
+                                CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            me.render(),
+                        )
                     } else {
-                        ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], me.render_prometheus_text())
+                        (
+                            [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                            me.render_prometheus_text(),
+                        )
                     }
                 }
             }),
@@ -319,7 +547,10 @@ pub fn to_prometheus_text(om: &str) -> String {
         if line.starts_with("# UNIT ") || line == "# EOF" {
             continue;
         }
-        let meta = line.strip_prefix("# HELP ").map(|r| ("# HELP ", r)).or(line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|r| ("# HELP ", r))
+            .or(line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
         if let Some((kind, rest)) = meta {
             let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
             if counters.contains(name) {

@@ -119,7 +119,10 @@ pub struct UpdateState {
 
 impl UpdateState {
     fn idle() -> Self {
-        Self { state: "idle", ..Self::default() }
+        Self {
+            state: "idle",
+            ..Self::default()
+        }
     }
 
     fn to_json(&self) -> J {
@@ -273,7 +276,8 @@ impl Model {
             thresholds,
             partition_ref: None,
         };
-        m.nodes.insert(gateway, NodeRecord::new(None, 0, false, None));
+        m.nodes
+            .insert(gateway, NodeRecord::new(None, 0, false, None));
         m
     }
 
@@ -311,7 +315,12 @@ impl Model {
         }
         let before = self.node_count();
         let mut placed: BTreeMap<u32, (Option<u32>, u32, bool)> = BTreeMap::new();
-        fn walk(t: &NodeTree, parent: Option<u32>, hops: u32, out: &mut BTreeMap<u32, (Option<u32>, u32, bool)>) {
+        fn walk(
+            t: &NodeTree,
+            parent: Option<u32>,
+            hops: u32,
+            out: &mut BTreeMap<u32, (Option<u32>, u32, bool)>,
+        ) {
             // A node listed twice (a transient loop in a stock mesh) keeps its first place.
             if t.node_id == 0 || out.contains_key(&t.node_id) {
                 return;
@@ -327,8 +336,12 @@ impl Model {
         for (&id, &(parent, hops, root)) in &placed {
             match self.nodes.get_mut(&id) {
                 None => {
-                    self.nodes.insert(id, NodeRecord::new(parent, hops, root, now_ms));
-                    out.push(Change::Event("node_joined", json!({"nodeId": id, "parent": parent, "hops": hops})));
+                    self.nodes
+                        .insert(id, NodeRecord::new(parent, hops, root, now_ms));
+                    out.push(Change::Event(
+                        "node_joined",
+                        json!({"nodeId": id, "parent": parent, "hops": hops}),
+                    ));
                     out.push(Change::Availability(id, true));
                     out.push(Change::NodeState(id));
                 }
@@ -343,7 +356,10 @@ impl Model {
                         r.last_seen = now_ms;
                     }
                     if !was_online {
-                        out.push(Change::Event("node_joined", json!({"nodeId": id, "parent": parent, "hops": hops})));
+                        out.push(Change::Event(
+                            "node_joined",
+                            json!({"nodeId": id, "parent": parent, "hops": hops}),
+                        ));
                         out.push(Change::Availability(id, true));
                         out.push(Change::NodeState(id));
                         out.extend(self.clear(AlertKind::NodeOffline, id));
@@ -353,8 +369,12 @@ impl Model {
                 }
             }
         }
-        let left: Vec<u32> =
-            self.nodes.iter().filter(|(id, r)| r.online && !placed.contains_key(id)).map(|(id, _)| *id).collect();
+        let left: Vec<u32> = self
+            .nodes
+            .iter()
+            .filter(|(id, r)| r.online && !placed.contains_key(id))
+            .map(|(id, _)| *id)
+            .collect();
         for id in left {
             let mut failed_update = None;
             if let Some(r) = self.nodes.get_mut(&id) {
@@ -368,7 +388,14 @@ impl Model {
             out.push(Change::Availability(id, false));
             out.push(Change::NodeState(id));
             if self.thresholds.node_offline {
-                out.extend(self.raise(AlertKind::NodeOffline, id, format!("node {id} left the mesh"), None, None, now_ms));
+                out.extend(self.raise(
+                    AlertKind::NodeOffline,
+                    id,
+                    format!("node {id} left the mesh"),
+                    None,
+                    None,
+                    now_ms,
+                ));
             }
             if let Some(c) = failed_update {
                 out.extend(self.ota_node_failed(c, id, "node left the mesh".into(), now_ms));
@@ -377,10 +404,23 @@ impl Model {
         // Partition: a large share of the mesh vanished at once.
         let after = self.node_count();
         let share = self.thresholds.partition_share;
-        if before >= 4 && (before - after.min(before)) as f64 >= share * before as f64 && self.partition_ref.is_none() {
+        if before >= 4
+            && (before - after.min(before)) as f64 >= share * before as f64
+            && self.partition_ref.is_none()
+        {
             self.partition_ref = Some(before);
-            let msg = format!("node count fell from {before} to {after} (threshold {:.0} %)", share * 100.0);
-            out.extend(self.raise(AlertKind::Partition, 0, msg, Some(after as f64), Some(before as f64 * (1.0 - share)), now_ms));
+            let msg = format!(
+                "node count fell from {before} to {after} (threshold {:.0} %)",
+                share * 100.0
+            );
+            out.extend(self.raise(
+                AlertKind::Partition,
+                0,
+                msg,
+                Some(after as f64),
+                Some(before as f64 * (1.0 - share)),
+                now_ms,
+            ));
         } else if let Some(r) = self.partition_ref
             && after as f64 > r as f64 * (1.0 - share)
         {
@@ -414,7 +454,10 @@ impl Model {
             return Vec::new();
         }
         let mut out = vec![Change::NodeState(id)];
-        let rec = self.nodes.entry(id).or_insert_with(|| NodeRecord::new(None, 0, false, now_ms));
+        let rec = self
+            .nodes
+            .entry(id)
+            .or_insert_with(|| NodeRecord::new(None, 0, false, now_ms));
         if now_ms.is_some() {
             rec.last_seen = now_ms;
         }
@@ -430,15 +473,32 @@ impl Model {
         if let Some(kb) = mem_kb {
             if kb < u64::from(t.low_memory_kb) {
                 let msg = format!("node {id} free heap {kb} KiB below {} KiB", t.low_memory_kb);
-                out.extend(self.raise(AlertKind::LowMemory, id, msg, Some(kb as f64), Some(t.low_memory_kb.into()), now_ms));
+                out.extend(self.raise(
+                    AlertKind::LowMemory,
+                    id,
+                    msg,
+                    Some(kb as f64),
+                    Some(t.low_memory_kb.into()),
+                    now_ms,
+                ));
             } else {
                 out.extend(self.clear(AlertKind::LowMemory, id));
             }
         }
         if let Some(l) = loss {
             if l >= u64::from(t.high_loss_percent) {
-                let msg = format!("node {id} packet loss {l} % at or above {} %", t.high_loss_percent);
-                out.extend(self.raise(AlertKind::HighLoss, id, msg, Some(l as f64), Some(t.high_loss_percent.into()), now_ms));
+                let msg = format!(
+                    "node {id} packet loss {l} % at or above {} %",
+                    t.high_loss_percent
+                );
+                out.extend(self.raise(
+                    AlertKind::HighLoss,
+                    id,
+                    msg,
+                    Some(l as f64),
+                    Some(t.high_loss_percent.into()),
+                    now_ms,
+                ));
             } else {
                 out.extend(self.clear(AlertKind::HighLoss, id));
             }
@@ -456,7 +516,11 @@ impl Model {
     pub fn on_ota(&mut self, p: OtaProgress, now_ms: Option<u64>) -> Vec<Change> {
         let mut out = Vec::new();
         // Reports for a campaign that is not running (aborted here, or an old one) are ignored.
-        let current = self.campaign.as_ref().filter(|c| c.state == "running").map(|c| c.id);
+        let current = self
+            .campaign
+            .as_ref()
+            .filter(|c| c.state == "running")
+            .map(|c| c.id);
         match p {
             OtaProgress::BytesSent { bytes } => self.counters.ota_bytes += bytes,
             OtaProgress::Started { campaign, targets } => {
@@ -464,18 +528,41 @@ impl Model {
                     return out;
                 }
                 for id in &targets {
-                    let rec = self.nodes.entry(*id).or_insert_with(|| NodeRecord::new(None, 0, false, now_ms));
-                    rec.update = UpdateState { state: "updating", campaign: Some(campaign), progress: Some(0.0), ..UpdateState::default() };
+                    let rec = self
+                        .nodes
+                        .entry(*id)
+                        .or_insert_with(|| NodeRecord::new(None, 0, false, now_ms));
+                    rec.update = UpdateState {
+                        state: "updating",
+                        campaign: Some(campaign),
+                        progress: Some(0.0),
+                        ..UpdateState::default()
+                    };
                     out.push(Change::NodeState(*id));
                 }
-                out.push(Change::Event("ota_started", json!({"campaign": campaign, "targets": targets})));
+                out.push(Change::Event(
+                    "ota_started",
+                    json!({"campaign": campaign, "targets": targets}),
+                ));
             }
-            OtaProgress::Node { campaign, node, done, total } => {
+            OtaProgress::Node {
+                campaign,
+                node,
+                done,
+                total,
+            } => {
                 if current != Some(campaign) {
                     return out;
                 }
-                let rec = self.nodes.entry(node).or_insert_with(|| NodeRecord::new(None, 0, false, now_ms));
-                let pct = if total == 0 { 0.0 } else { (done.min(total) as f64 * 1000.0 / total as f64).floor() / 10.0 };
+                let rec = self
+                    .nodes
+                    .entry(node)
+                    .or_insert_with(|| NodeRecord::new(None, 0, false, now_ms));
+                let pct = if total == 0 {
+                    0.0
+                } else {
+                    (done.min(total) as f64 * 1000.0 / total as f64).floor() / 10.0
+                };
                 let old = rec.update.progress.unwrap_or(0.0);
                 let was = rec.update.state;
                 rec.update = UpdateState {
@@ -490,7 +577,10 @@ impl Model {
                 }
                 // Events every 10 %: enough to follow, not a flood at 1,000 nodes.
                 if (pct / 10.0).floor() > (old / 10.0).floor() || was != "updating" {
-                    out.push(Change::Event("ota_progress", json!({"campaign": campaign, "nodeId": node, "progress": pct})));
+                    out.push(Change::Event(
+                        "ota_progress",
+                        json!({"campaign": campaign, "nodeId": node, "progress": pct}),
+                    ));
                 }
             }
             OtaProgress::NodeDone { campaign, node } => {
@@ -501,13 +591,29 @@ impl Model {
                 if let Some(c) = self.campaign.as_mut() {
                     c.done += 1;
                 }
-                let rec = self.nodes.entry(node).or_insert_with(|| NodeRecord::new(None, 0, false, now_ms));
-                rec.update = UpdateState { state: "updated", campaign: Some(campaign), progress: Some(100.0), remaining: Some(0), error: None };
+                let rec = self
+                    .nodes
+                    .entry(node)
+                    .or_insert_with(|| NodeRecord::new(None, 0, false, now_ms));
+                rec.update = UpdateState {
+                    state: "updated",
+                    campaign: Some(campaign),
+                    progress: Some(100.0),
+                    remaining: Some(0),
+                    error: None,
+                };
                 out.push(Change::NodeState(node));
-                out.push(Change::Event("ota_node_result", json!({"campaign": campaign, "nodeId": node, "result": "updated"})));
+                out.push(Change::Event(
+                    "ota_node_result",
+                    json!({"campaign": campaign, "nodeId": node, "result": "updated"}),
+                ));
                 out.extend(self.clear(AlertKind::OtaFailed, node));
             }
-            OtaProgress::NodeFailed { campaign, node, reason } => {
+            OtaProgress::NodeFailed {
+                campaign,
+                node,
+                reason,
+            } => {
                 if current != Some(campaign) {
                     return out;
                 }
@@ -543,16 +649,33 @@ impl Model {
         out
     }
 
-    fn ota_node_failed(&mut self, campaign: u64, node: u32, reason: String, now_ms: Option<u64>) -> Vec<Change> {
+    fn ota_node_failed(
+        &mut self,
+        campaign: u64,
+        node: u32,
+        reason: String,
+        now_ms: Option<u64>,
+    ) -> Vec<Change> {
         self.counters.ota_nodes_failed += 1;
         if let Some(c) = self.campaign.as_mut() {
             c.failed += 1;
         }
-        let rec = self.nodes.entry(node).or_insert_with(|| NodeRecord::new(None, 0, false, now_ms));
-        rec.update = UpdateState { state: "failed", campaign: Some(campaign), error: Some(reason.clone()), ..UpdateState::default() };
+        let rec = self
+            .nodes
+            .entry(node)
+            .or_insert_with(|| NodeRecord::new(None, 0, false, now_ms));
+        rec.update = UpdateState {
+            state: "failed",
+            campaign: Some(campaign),
+            error: Some(reason.clone()),
+            ..UpdateState::default()
+        };
         let mut out = vec![
             Change::NodeState(node),
-            Change::Event("ota_node_result", json!({"campaign": campaign, "nodeId": node, "result": "failed", "error": reason})),
+            Change::Event(
+                "ota_node_result",
+                json!({"campaign": campaign, "nodeId": node, "result": "failed", "error": reason}),
+            ),
         ];
         let msg = format!("node {node} failed firmware update (campaign {campaign}): {reason}");
         out.extend(self.raise(AlertKind::OtaFailed, node, msg, None, None, now_ms));
@@ -581,7 +704,18 @@ impl Model {
             return None;
         }
         let node = (node != 0 || kind != AlertKind::Partition).then_some(node);
-        self.alerts.insert(key, Alert { id: 0, kind, node, message, value, threshold, raised_at: now_ms });
+        self.alerts.insert(
+            key,
+            Alert {
+                id: 0,
+                kind,
+                node,
+                message,
+                value,
+                threshold,
+                raised_at: now_ms,
+            },
+        );
         Some(Change::AlertRaised(key))
     }
 
@@ -633,7 +767,11 @@ mod tests {
     use super::*;
 
     fn tree(gw: u32, kids: &[u32]) -> NodeTree {
-        NodeTree { node_id: gw, subs: kids.iter().map(|k| NodeTree::leaf(*k)).collect(), ..NodeTree::default() }
+        NodeTree {
+            node_id: gw,
+            subs: kids.iter().map(|k| NodeTree::leaf(*k)).collect(),
+            ..NodeTree::default()
+        }
     }
 
     fn events(ch: &[Change]) -> Vec<&'static str> {
@@ -651,7 +789,11 @@ mod tests {
     fn joins_leaves_offline_and_partition() {
         let mut m = Model::new(1, AlertThresholds::default());
         let ch = m.apply_tree(tree(1, &[2, 3, 4, 5, 6, 7, 8]), None);
-        assert_eq!(events(&ch).iter().filter(|e| **e == "node_joined").count(), 7, "the gateway itself is known from the start");
+        assert_eq!(
+            events(&ch).iter().filter(|e| **e == "node_joined").count(),
+            7,
+            "the gateway itself is known from the start"
+        );
         assert_eq!(m.node_count(), 8);
         // One node leaves: offline alert, no partition (1/8 < 25 %).
         let ch = m.apply_tree(tree(1, &[2, 3, 4, 5, 6, 7]), None);
@@ -662,9 +804,23 @@ mod tests {
         assert!(ch.contains(&Change::AlertRaised((AlertKind::Partition, 0))));
         // It comes back: partition and offline alerts clear.
         let ch = m.apply_tree(tree(1, &[2, 3, 4, 5, 6, 7, 8]), None);
-        let cleared: Vec<AlertKind> =
-            ch.iter().filter_map(|c| if let Change::AlertCleared(a) = c { Some(a.kind) } else { None }).collect();
-        assert_eq!(cleared.iter().filter(|k| **k == AlertKind::NodeOffline).count(), 5);
+        let cleared: Vec<AlertKind> = ch
+            .iter()
+            .filter_map(|c| {
+                if let Change::AlertCleared(a) = c {
+                    Some(a.kind)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        assert_eq!(
+            cleared
+                .iter()
+                .filter(|k| **k == AlertKind::NodeOffline)
+                .count(),
+            5
+        );
         assert!(cleared.contains(&AlertKind::Partition));
         assert!(m.alerts.is_empty());
     }
@@ -673,13 +829,37 @@ mod tests {
     fn status_alerts_raise_once_and_clear() {
         let mut m = Model::new(1, AlertThresholds::default());
         m.apply_tree(tree(1, &[2]), None);
-        let low = EnhancedStatus { from: 2, ty: 604, mem_kb: Some(5), loss_percent: Some(30), ..Default::default() };
+        let low = EnhancedStatus {
+            from: 2,
+            ty: 604,
+            mem_kb: Some(5),
+            loss_percent: Some(30),
+            ..Default::default()
+        };
         let ch = m.on_status(StatusReport::Enhanced(low.clone()), None);
         assert_eq!(events(&ch), vec!["alert_raised", "alert_raised"]);
-        assert!(events(&m.on_status(StatusReport::Enhanced(low), None)).is_empty(), "no re-raise while active");
-        let ok = EnhancedStatus { from: 2, ty: 604, mem_kb: Some(50), loss_percent: Some(1), ..Default::default() };
-        assert_eq!(events(&m.on_status(StatusReport::Enhanced(ok), None)), vec!["alert_cleared", "alert_cleared"]);
-        let m204 = NodeMetrics { from: 2, heap: Some(4096), pkts_rx: Some(10), pkts_drop: Some(0), ..Default::default() };
+        assert!(
+            events(&m.on_status(StatusReport::Enhanced(low), None)).is_empty(),
+            "no re-raise while active"
+        );
+        let ok = EnhancedStatus {
+            from: 2,
+            ty: 604,
+            mem_kb: Some(50),
+            loss_percent: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(
+            events(&m.on_status(StatusReport::Enhanced(ok), None)),
+            vec!["alert_cleared", "alert_cleared"]
+        );
+        let m204 = NodeMetrics {
+            from: 2,
+            heap: Some(4096),
+            pkts_rx: Some(10),
+            pkts_drop: Some(0),
+            ..Default::default()
+        };
         let ch = m.on_status(StatusReport::Metrics(m204), None);
         assert!(ch.contains(&Change::AlertRaised((AlertKind::LowMemory, 2))));
     }
@@ -701,17 +881,54 @@ mod tests {
             done: 0,
             failed: 0,
         });
-        m.on_ota(OtaProgress::Started { campaign: 9, targets: vec![2, 3] }, None);
-        m.on_ota(OtaProgress::Node { campaign: 9, node: 2, done: 5, total: 10 }, None);
+        m.on_ota(
+            OtaProgress::Started {
+                campaign: 9,
+                targets: vec![2, 3],
+            },
+            None,
+        );
+        m.on_ota(
+            OtaProgress::Node {
+                campaign: 9,
+                node: 2,
+                done: 5,
+                total: 10,
+            },
+            None,
+        );
         assert_eq!(m.nodes[&2].update.progress, Some(50.0));
-        m.on_ota(OtaProgress::NodeDone { campaign: 9, node: 2 }, None);
+        m.on_ota(
+            OtaProgress::NodeDone {
+                campaign: 9,
+                node: 2,
+            },
+            None,
+        );
         // Node 3 leaves mid-transfer: failed + alert.
         let ch = m.apply_tree(tree(1, &[2]), None);
         assert!(ch.contains(&Change::AlertRaised((AlertKind::OtaFailed, 3))));
-        m.on_ota(OtaProgress::Finished { campaign: 9, aborted: false }, None);
+        m.on_ota(
+            OtaProgress::Finished {
+                campaign: 9,
+                aborted: false,
+            },
+            None,
+        );
         assert!(m.nodes.values().all(|r| r.update.state != "updating"));
         assert_eq!(m.campaign.as_ref().unwrap().state, "finished");
         // Progress for another campaign id is ignored.
-        assert!(m.on_ota(OtaProgress::Node { campaign: 1, node: 2, done: 1, total: 2 }, None).is_empty());
+        assert!(
+            m.on_ota(
+                OtaProgress::Node {
+                    campaign: 1,
+                    node: 2,
+                    done: 1,
+                    total: 2
+                },
+                None
+            )
+            .is_empty()
+        );
     }
 }

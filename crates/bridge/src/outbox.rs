@@ -106,10 +106,13 @@ impl Outbox {
         let tmp = path.with_extension("tmp");
         {
             let mut f = File::create(&tmp)?;
-            let mut buf = serde_json::to_string(&Line::Next(self.next_seq)).map_err(std::io::Error::other)?;
+            let mut buf =
+                serde_json::to_string(&Line::Next(self.next_seq)).map_err(std::io::Error::other)?;
             buf.push('\n');
             for e in self.pending.values() {
-                buf.push_str(&serde_json::to_string(&Line::Put(e.clone())).map_err(std::io::Error::other)?);
+                buf.push_str(
+                    &serde_json::to_string(&Line::Put(e.clone())).map_err(std::io::Error::other)?,
+                );
                 buf.push('\n');
             }
             f.write_all(buf.as_bytes())?;
@@ -123,7 +126,9 @@ impl Outbox {
     }
 
     fn write_line(&mut self, line: &Line) {
-        let Some((_, f)) = self.file.as_mut() else { return };
+        let Some((_, f)) = self.file.as_mut() else {
+            return;
+        };
         let mut text = match serde_json::to_string(line) {
             Ok(t) => t,
             Err(_) => {
@@ -164,7 +169,11 @@ impl Outbox {
             }
             self.dropped += 1;
         }
-        let e = Entry { seq, topic, payload };
+        let e = Entry {
+            seq,
+            topic,
+            payload,
+        };
         self.write_line(&Line::Put(e.clone()));
         self.pending.insert(seq, e);
         seq
@@ -235,7 +244,11 @@ mod tests {
         drop(ob);
         let ob = Outbox::open(&p, 100, false).unwrap();
         assert!(ob.is_empty());
-        assert_eq!(ob.next_seq(), 12, "numbering survives a fully acknowledged, compacted file");
+        assert_eq!(
+            ob.next_seq(),
+            12,
+            "numbering survives a fully acknowledged, compacted file"
+        );
     }
 
     #[test]
@@ -244,7 +257,10 @@ mod tests {
         for i in 0..5 {
             ob.push("t".into(), i.to_string());
         }
-        assert_eq!(ob.pending().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(
+            ob.pending().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
         assert_eq!(ob.dropped, 2);
     }
 

@@ -65,7 +65,14 @@ pub struct Paged {
 /// Splits `items` (the array under `key`) into pages that each fit `max_packet` on
 /// `<topic>/page/<n>`. Each page is `{"snapshot":s,"page":i,"pages":n,<key>:[...]}`; the index is
 /// `{"paged":true,"snapshot":s,"pages":n,"count":len,<extra fields>}`.
-pub fn page(topic: &str, key: &str, items: &[J], extra: Map<String, J>, snapshot: u64, max_packet: usize) -> Paged {
+pub fn page(
+    topic: &str,
+    key: &str,
+    items: &[J],
+    extra: Map<String, J>,
+    snapshot: u64,
+    max_packet: usize,
+) -> Paged {
     // Room for the page envelope and the longest page topic.
     let overhead = packet_size(&format!("{topic}/page/999999"), 0) + key.len() + 96;
     let budget = max_packet.saturating_sub(overhead).max(64);
@@ -95,7 +102,10 @@ pub fn page(topic: &str, key: &str, items: &[J], extra: Map<String, J>, snapshot
     index.insert("snapshot".into(), J::from(snapshot));
     index.insert("pages".into(), J::from(n));
     index.insert("count".into(), J::from(items.len()));
-    Paged { index: J::Object(index), pages }
+    Paged {
+        index: J::Object(index),
+        pages,
+    }
 }
 
 #[cfg(test)]
@@ -104,7 +114,9 @@ mod tests {
 
     #[test]
     fn pages_fit_and_keep_every_item_in_order() {
-        let items: Vec<J> = (0..5000u32).map(|i| J::from(4_000_000_000u32 - i)).collect();
+        let items: Vec<J> = (0..5000u32)
+            .map(|i| J::from(4_000_000_000u32 - i))
+            .collect();
         let p = page("mesh/status/nodes", "nodes", &items, Map::new(), 7, 4096);
         assert!(p.pages.len() > 10);
         let mut all = Vec::new();

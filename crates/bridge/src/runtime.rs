@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use md5::{Digest, Md5};
 use pmesh_proto::NodeTree;
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, Transport};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, Transport,
+};
 use serde_json::{Map, Value as J, json};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -139,11 +141,19 @@ impl Runtime {
         metrics: Metrics,
         status_tx: watch::Sender<BridgeStatus>,
     ) -> anyhow::Result<Self> {
-        let topics = Topics { prefix: cfg.prefix.clone(), legacy: cfg.legacy_prefix.clone(), ha: cfg.ha_prefix.clone() };
+        let topics = Topics {
+            prefix: cfg.prefix.clone(),
+            legacy: cfg.legacy_prefix.clone(),
+            ha: cfg.ha_prefix.clone(),
+        };
         let (outbox, session_file, ota_marker) = match &cfg.state_dir {
             Some(d) => {
                 std::fs::create_dir_all(d)?;
-                let ob = Outbox::open(&d.join("outbox.jsonl"), cfg.outbox_capacity, cfg.outbox_fsync)?;
+                let ob = Outbox::open(
+                    &d.join("outbox.jsonl"),
+                    cfg.outbox_capacity,
+                    cfg.outbox_fsync,
+                )?;
                 (ob, Some(d.join("session")), Some(d.join("ota.json")))
             }
             None => (Outbox::in_memory(cfg.outbox_capacity), None, None),
@@ -193,17 +203,32 @@ impl Runtime {
     /// A campaign that was running when the gateway stopped cannot be running now: the nodes
     /// it showed as updating are shown idle again and the campaign is reported interrupted.
     fn recover_interrupted_campaign(&mut self) {
-        let Some(path) = self.ota_marker.clone() else { return };
-        let Ok(text) = std::fs::read_to_string(&path) else { return };
+        let Some(path) = self.ota_marker.clone() else {
+            return;
+        };
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return;
+        };
         let _ = std::fs::remove_file(&path);
-        let Ok(v) = serde_json::from_str::<J>(&text) else { return };
+        let Ok(v) = serde_json::from_str::<J>(&text) else {
+            return;
+        };
         let campaign = v["campaign"].as_u64().unwrap_or(0);
         self.next_campaign = self.next_campaign.max(campaign + 1);
-        let nodes: Vec<u32> = v["nodes"].as_array().into_iter().flatten().filter_map(|n| n.as_u64()).map(|n| n as u32).collect();
+        let nodes: Vec<u32> = v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_u64())
+            .map(|n| n as u32)
+            .collect();
         for id in &nodes {
             let now = self.now_ms();
             self.model.nodes.entry(*id).or_insert_with(|| {
-                let mut r = Model::new(*id, self.cfg.alerts).nodes.remove(id).expect("fresh model holds its gateway");
+                let mut r = Model::new(*id, self.cfg.alerts)
+                    .nodes
+                    .remove(id)
+                    .expect("fresh model holds its gateway");
                 r.online = false;
                 r.last_seen = now;
                 r
@@ -215,10 +240,20 @@ impl Runtime {
 
     fn save_ota_marker(&self) {
         let Some(path) = &self.ota_marker else { return };
-        match self.model.campaign.as_ref().filter(|c| c.state == "running") {
+        match self
+            .model
+            .campaign
+            .as_ref()
+            .filter(|c| c.state == "running")
+        {
             Some(c) => {
-                let nodes: Vec<u32> =
-                    self.model.nodes.iter().filter(|(_, r)| r.update.campaign == Some(c.id)).map(|(id, _)| *id).collect();
+                let nodes: Vec<u32> = self
+                    .model
+                    .nodes
+                    .iter()
+                    .filter(|(_, r)| r.update.campaign == Some(c.id))
+                    .map(|(id, _)| *id)
+                    .collect();
                 let _ = std::fs::write(path, json!({"campaign": c.id, "nodes": nodes}).to_string());
             }
             None => {
@@ -315,7 +350,9 @@ impl Runtime {
         if let Some(tls) = &b.tls {
             match crate::tls::client_config(tls) {
                 Ok(c) => {
-                    opts.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(c))));
+                    opts.set_transport(Transport::tls_with_config(
+                        rumqttc::TlsConfiguration::Rustls(Arc::new(c)),
+                    ));
                 }
                 Err(e) => {
                     tracing::error!("TLS configuration: {e}");
@@ -376,7 +413,9 @@ impl Runtime {
                 if self.cfg.streams.ha_discovery {
                     filters.push(format!("{}/status", self.topics.ha));
                 }
-                let subs = filters.into_iter().map(|f| rumqttc::SubscribeFilter::new(f, q1()));
+                let subs = filters
+                    .into_iter()
+                    .map(|f| rumqttc::SubscribeFilter::new(f, q1()));
                 if let Some(c) = &self.conn
                     && c.client.subscribe_many(subs).await.is_err()
                 {
@@ -384,7 +423,10 @@ impl Runtime {
                 }
             }
             Event::Incoming(Packet::SubAck(_)) => {
-                let first = self.conn.as_mut().is_some_and(|c| !std::mem::replace(&mut c.subscribed, true));
+                let first = self
+                    .conn
+                    .as_mut()
+                    .is_some_and(|c| !std::mem::replace(&mut c.subscribed, true));
                 if first {
                     self.go_online().await;
                 }
@@ -404,7 +446,9 @@ impl Runtime {
     }
 
     fn on_ack(&mut self, pkid: u16) {
-        let Some(tag) = self.conn.as_mut().and_then(|c| c.inflight.remove(&pkid)) else { return };
+        let Some(tag) = self.conn.as_mut().and_then(|c| c.inflight.remove(&pkid)) else {
+            return;
+        };
         match tag {
             Tag::Plain => {}
             Tag::Outbox(seq) => self.outbox.ack(seq),
@@ -423,27 +467,55 @@ impl Runtime {
 
     async fn go_online(&mut self) {
         let state = json!({"state": "online", "session": self.session}).to_string();
-        self.raw_publish(self.topics.state(), state.into_bytes(), true, Tag::Plain, "state").await;
+        self.raw_publish(
+            self.topics.state(),
+            state.into_bytes(),
+            true,
+            Tag::Plain,
+            "state",
+        )
+        .await;
         if let Some(c) = self.conn.as_mut() {
             c.online = true;
         }
         tracing::info!("MQTT online (session {})", self.session);
         self.publish_all_retained(None).await;
         self.pending_sends.clear();
-        let pending: Vec<(u64, String, String)> =
-            self.outbox.pending().map(|e| (e.seq, e.topic.clone(), e.payload.clone())).collect();
+        let pending: Vec<(u64, String, String)> = self
+            .outbox
+            .pending()
+            .map(|e| (e.seq, e.topic.clone(), e.payload.clone()))
+            .collect();
         for (seq, topic, payload) in pending {
-            self.raw_publish(topic, payload.into_bytes(), false, Tag::Outbox(seq), "event").await;
+            self.raw_publish(
+                topic,
+                payload.into_bytes(),
+                false,
+                Tag::Outbox(seq),
+                "event",
+            )
+            .await;
         }
     }
 
     async fn shutdown(&mut self) {
         if self.conn.as_ref().is_some_and(|c| c.online) {
             let state = json!({"state": "offline", "session": self.session}).to_string();
-            self.raw_publish(self.topics.state(), state.into_bytes(), true, Tag::Plain, "state").await;
+            self.raw_publish(
+                self.topics.state(),
+                state.into_bytes(),
+                true,
+                Tag::Plain,
+                "state",
+            )
+            .await;
             // Give the client a moment to put the offline state and pending acks on the wire.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-            while self.conn.as_ref().is_some_and(|c| !c.inflight.is_empty() || !c.sent.is_empty()) {
+            while self
+                .conn
+                .as_ref()
+                .is_some_and(|c| !c.inflight.is_empty() || !c.sent.is_empty())
+            {
                 match tokio::time::timeout_at(deadline, recv_conn(&mut self.conn)).await {
                     Ok(ev) => self.on_conn_event(ev).await,
                     Err(_) => break,
@@ -452,28 +524,51 @@ impl Runtime {
             if let Some(c) = &self.conn {
                 let _ = c.client.disconnect().await;
             }
-            let _ = tokio::time::timeout(Duration::from_millis(500), recv_conn(&mut self.conn)).await;
+            let _ =
+                tokio::time::timeout(Duration::from_millis(500), recv_conn(&mut self.conn)).await;
         }
         self.conn = None;
         self.publish_status();
     }
 
     /// Hands one publish to the client; false if there is no usable connection or it is too large.
-    async fn raw_publish(&mut self, topic: String, payload: Vec<u8>, retain: bool, tag: Tag, kind: &str) -> bool {
+    async fn raw_publish(
+        &mut self,
+        topic: String,
+        payload: Vec<u8>,
+        retain: bool,
+        tag: Tag,
+        kind: &str,
+    ) -> bool {
         if packet_size(&topic, payload.len()) > self.cfg.broker.max_packet_size {
-            tracing::warn!("not publishing {} bytes on {topic}: over the broker packet limit", payload.len());
-            self.metrics.invalid_input.get_or_create(&vec![("source".into(), "oversized_publish".into())]).inc();
+            tracing::warn!(
+                "not publishing {} bytes on {topic}: over the broker packet limit",
+                payload.len()
+            );
+            self.metrics
+                .invalid_input
+                .get_or_create(&vec![("source".into(), "oversized_publish".into())])
+                .inc();
             return false;
         }
-        let qos = if kind == "message" { QoS::AtMostOnce } else { q1() };
-        let Some(c) = self.conn.as_mut() else { return false };
+        let qos = if kind == "message" {
+            QoS::AtMostOnce
+        } else {
+            q1()
+        };
+        let Some(c) = self.conn.as_mut() else {
+            return false;
+        };
         let len = payload.len();
         c.sent.push_back(tag);
         if c.client.publish(topic, qos, retain, payload).await.is_err() {
             self.drop_conn("client closed");
             return false;
         }
-        self.metrics.publishes.get_or_create(&vec![("kind".into(), kind.into())]).inc();
+        self.metrics
+            .publishes
+            .get_or_create(&vec![("kind".into(), kind.into())])
+            .inc();
         self.metrics.publish_bytes.inc_by(len as u64);
         true
     }
@@ -486,7 +581,8 @@ impl Runtime {
         if !self.online() {
             return false;
         }
-        self.raw_publish(topic, v.to_string().into_bytes(), retain, Tag::Plain, kind).await
+        self.raw_publish(topic, v.to_string().into_bytes(), retain, Tag::Plain, kind)
+            .await
     }
 
     // ----- state publishing -------------------------------------------------------------
@@ -555,8 +651,12 @@ impl Runtime {
         let c = &self.model.counters;
         let root = self.model.root_id();
         let root_rec = root.and_then(|r| self.model.nodes.get(&r));
-        let heap = root_rec
-            .and_then(|r| r.metrics.as_ref().and_then(|m| m.heap).or(r.status.as_ref().and_then(|s| s.mem_kb.map(|k| k * 1024))));
+        let heap = root_rec.and_then(|r| {
+            r.metrics
+                .as_ref()
+                .and_then(|m| m.heap)
+                .or(r.status.as_ref().and_then(|s| s.mem_kb.map(|k| k * 1024)))
+        });
         let mut v = json!({
             "nodeCount": self.model.node_count(),
             "rootNodeId": root,
@@ -582,7 +682,8 @@ impl Runtime {
     }
 
     fn alerts_json(&self) -> J {
-        let mut v = json!({"alerts": self.model.alerts.values().map(Alert::to_json).collect::<Vec<_>>()});
+        let mut v =
+            json!({"alerts": self.model.alerts.values().map(Alert::to_json).collect::<Vec<_>>()});
         stamp(&mut v, self.now_ms());
         v
     }
@@ -596,14 +697,24 @@ impl Runtime {
 
     /// Publishes a snapshot topic whole, or paged when it exceeds the packet limit.
     /// Returns the number of publishes handed to the client.
-    async fn publish_snapshot(&mut self, topic: String, whole: J, key: &str, items: impl FnOnce(&Self) -> (Vec<J>, Map<String, J>), tag: Tag) -> usize {
+    async fn publish_snapshot(
+        &mut self,
+        topic: String,
+        whole: J,
+        key: &str,
+        items: impl FnOnce(&Self) -> (Vec<J>, Map<String, J>),
+        tag: Tag,
+    ) -> usize {
         let text = whole.to_string();
         let max = self.cfg.broker.max_packet_size;
         let mut n = 0;
         let old_pages = self.pages.get(&topic).copied().unwrap_or(0);
         let new_pages;
         if packet_size(&topic, text.len()) <= max {
-            n += usize::from(self.raw_publish(topic.clone(), text.into_bytes(), true, tag, "state").await);
+            n += usize::from(
+                self.raw_publish(topic.clone(), text.into_bytes(), true, tag, "state")
+                    .await,
+            );
             new_pages = 0;
         } else {
             self.snapshot_no += 1;
@@ -612,13 +723,34 @@ impl Runtime {
             new_pages = paged.pages.len();
             // Pages first, index last: a reader who sees the index finds its pages.
             for (i, p) in paged.pages.iter().enumerate() {
-                n += usize::from(self.raw_publish(format!("{topic}/page/{i}"), p.to_string().into_bytes(), true, tag, "state").await);
+                n += usize::from(
+                    self.raw_publish(
+                        format!("{topic}/page/{i}"),
+                        p.to_string().into_bytes(),
+                        true,
+                        tag,
+                        "state",
+                    )
+                    .await,
+                );
             }
-            n += usize::from(self.raw_publish(topic.clone(), paged.index.to_string().into_bytes(), true, tag, "state").await);
+            n += usize::from(
+                self.raw_publish(
+                    topic.clone(),
+                    paged.index.to_string().into_bytes(),
+                    true,
+                    tag,
+                    "state",
+                )
+                .await,
+            );
         }
         for i in new_pages..old_pages {
             // Clear pages left from a larger earlier snapshot.
-            n += usize::from(self.raw_publish(format!("{topic}/page/{i}"), Vec::new(), true, tag, "state").await);
+            n += usize::from(
+                self.raw_publish(format!("{topic}/page/{i}"), Vec::new(), true, tag, "state")
+                    .await,
+            );
         }
         self.pages.insert(topic, new_pages);
         n
@@ -636,39 +768,71 @@ impl Runtime {
             let mut whole = J::Object(extra);
             whole["nodes"] = J::Array(ids);
             let whole = reorder_nodes(whole);
-            n += self.publish_snapshot(self.topics.t("status/nodes"), whole, "nodes", |me| me.nodes_json(), tag).await;
+            n += self
+                .publish_snapshot(
+                    self.topics.t("status/nodes"),
+                    whole,
+                    "nodes",
+                    |me| me.nodes_json(),
+                    tag,
+                )
+                .await;
         }
         if s.topology {
             let whole = self.topology_json();
             n += self
-                .publish_snapshot(self.topics.t("status/topology"), whole, "nodes", |me| {
-                    // Paged form: a flat list of {nodeId, parent[, root]} in tree order.
-                    let mut list = Vec::new();
-                    flatten(&me.model.tree, None, &mut list);
-                    let mut extra = Map::new();
-                    extra.insert("nodeId".into(), J::from(me.model.tree.node_id));
-                    let mut t = J::Object(Map::new());
-                    stamp(&mut t, me.now_ms());
-                    if let J::Object(tm) = t {
-                        extra.extend(tm);
-                    }
-                    (list, extra)
-                }, tag)
+                .publish_snapshot(
+                    self.topics.t("status/topology"),
+                    whole,
+                    "nodes",
+                    |me| {
+                        // Paged form: a flat list of {nodeId, parent[, root]} in tree order.
+                        let mut list = Vec::new();
+                        flatten(&me.model.tree, None, &mut list);
+                        let mut extra = Map::new();
+                        extra.insert("nodeId".into(), J::from(me.model.tree.node_id));
+                        let mut t = J::Object(Map::new());
+                        stamp(&mut t, me.now_ms());
+                        if let J::Object(tm) = t {
+                            extra.extend(tm);
+                        }
+                        (list, extra)
+                    },
+                    tag,
+                )
                 .await;
         }
         if s.metrics {
             let v = self.metrics_json();
-            n += usize::from(self.raw_publish(self.topics.t("status/metrics"), v.to_string().into_bytes(), true, tag, "state").await);
+            n += usize::from(
+                self.raw_publish(
+                    self.topics.t("status/metrics"),
+                    v.to_string().into_bytes(),
+                    true,
+                    tag,
+                    "state",
+                )
+                .await,
+            );
         }
         if s.alerts {
             let v = self.alerts_json();
             n += self
-                .publish_snapshot(self.topics.t("status/alerts"), v, "alerts", |me| {
-                    let mut t = J::Object(Map::new());
-                    stamp(&mut t, me.now_ms());
-                    let J::Object(extra) = t else { unreachable!() };
-                    (me.model.alerts.values().map(Alert::to_json).collect(), extra)
-                }, tag)
+                .publish_snapshot(
+                    self.topics.t("status/alerts"),
+                    v,
+                    "alerts",
+                    |me| {
+                        let mut t = J::Object(Map::new());
+                        stamp(&mut t, me.now_ms());
+                        let J::Object(extra) = t else { unreachable!() };
+                        (
+                            me.model.alerts.values().map(Alert::to_json).collect(),
+                            extra,
+                        )
+                    },
+                    tag,
+                )
                 .await;
         }
         n
@@ -679,10 +843,28 @@ impl Runtime {
             return 0;
         }
         let v = self.model.node_json(id, self.now_ms());
-        let mut n = usize::from(self.raw_publish(self.topics.node(id), v.to_string().into_bytes(), true, tag, "state").await);
+        let mut n = usize::from(
+            self.raw_publish(
+                self.topics.node(id),
+                v.to_string().into_bytes(),
+                true,
+                tag,
+                "state",
+            )
+            .await,
+        );
         let online = self.model.nodes.get(&id).is_some_and(|r| r.online);
         let a = json!({"state": if online { "online" } else { "offline" }}).to_string();
-        n += usize::from(self.raw_publish(self.topics.availability(id), a.into_bytes(), true, tag, "state").await);
+        n += usize::from(
+            self.raw_publish(
+                self.topics.availability(id),
+                a.into_bytes(),
+                true,
+                tag,
+                "state",
+            )
+            .await,
+        );
         n
     }
 
@@ -690,18 +872,33 @@ impl Runtime {
         if !self.cfg.streams.ha_discovery || !self.online() {
             return;
         }
-        if !force && self.conn.as_ref().is_some_and(|c| c.ha_announced.contains(&id)) {
+        if !force
+            && self
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.ha_announced.contains(&id))
+        {
             return;
         }
         let gw = self.model.gateway;
         let (unique, v) = if id == gw {
             (ha::gateway_unique(gw), ha::gateway_config(&self.topics, gw))
         } else {
-            let fw = self.model.nodes.get(&id).and_then(|r| r.status.as_ref()).and_then(|s| s.fw.clone());
-            (ha::node_unique(id), ha::node_config(&self.topics, gw, id, fw.as_deref()))
+            let fw = self
+                .model
+                .nodes
+                .get(&id)
+                .and_then(|r| r.status.as_ref())
+                .and_then(|s| s.fw.clone());
+            (
+                ha::node_unique(id),
+                ha::node_config(&self.topics, gw, id, fw.as_deref()),
+            )
         };
         let topic = self.topics.ha_device(&unique);
-        if self.raw_publish(topic, v.to_string().into_bytes(), true, Tag::Plain, "state").await
+        if self
+            .raw_publish(topic, v.to_string().into_bytes(), true, Tag::Plain, "state")
+            .await
             && let Some(c) = self.conn.as_mut()
         {
             c.ha_announced.insert(id);
@@ -713,9 +910,15 @@ impl Runtime {
         let tag = tag.unwrap_or(Tag::Plain);
         let mut n = 0;
         let info = self.info_json();
-        n += usize::from(self.publish_json(self.topics.t("bridge/info"), &info, true, "state").await);
+        n += usize::from(
+            self.publish_json(self.topics.t("bridge/info"), &info, true, "state")
+                .await,
+        );
         let health = self.health_json();
-        n += usize::from(self.publish_json(self.topics.t("bridge/health"), &health, true, "state").await);
+        n += usize::from(
+            self.publish_json(self.topics.t("bridge/health"), &health, true, "state")
+                .await,
+        );
         n += self.publish_status_topics(tag).await;
         let ids: Vec<u32> = self.model.nodes.keys().copied().collect();
         for id in &ids {
@@ -754,7 +957,8 @@ impl Runtime {
 
     async fn periodic(&mut self) {
         let health = self.health_json();
-        self.publish_json(self.topics.t("bridge/health"), &health, true, "state").await;
+        self.publish_json(self.topics.t("bridge/health"), &health, true, "state")
+            .await;
         self.publish_status_topics(Tag::Plain).await;
         self.dirty_status = false;
     }
@@ -844,7 +1048,9 @@ impl Runtime {
         let dropped_before = self.outbox.dropped;
         self.outbox.push(topic, v.to_string());
         if self.outbox.dropped > dropped_before {
-            self.metrics.outbox_dropped.inc_by(self.outbox.dropped - dropped_before);
+            self.metrics
+                .outbox_dropped
+                .inc_by(self.outbox.dropped - dropped_before);
         }
         self.pending_sends.push(seq);
     }
@@ -859,7 +1065,8 @@ impl Runtime {
         for seq in seqs {
             if let Some(e) = self.outbox.get(seq) {
                 let (t, p) = (e.topic.clone(), e.payload.clone());
-                self.raw_publish(t, p.into_bytes(), false, Tag::Outbox(seq), "event").await;
+                self.raw_publish(t, p.into_bytes(), false, Tag::Outbox(seq), "event")
+                    .await;
             }
         }
     }
@@ -873,7 +1080,11 @@ impl Runtime {
                 let ch = self.model.apply_tree(tree, now);
                 self.apply(ch);
             }
-            MeshEvent::Message { from, msg, broadcast } => {
+            MeshEvent::Message {
+                from,
+                msg,
+                broadcast,
+            } => {
                 self.model.on_message(from, broadcast, now);
                 if let Some(report) = StatusReport::from_user_message(&msg) {
                     let ch = self.model.on_status(report, now);
@@ -881,10 +1092,24 @@ impl Runtime {
                 }
                 if self.online() {
                     if self.cfg.streams.mesh_messages {
-                        self.raw_publish(self.topics.t(&format!("from/{from}")), msg.clone(), false, Tag::Plain, "message").await;
+                        self.raw_publish(
+                            self.topics.t(&format!("from/{from}")),
+                            msg.clone(),
+                            false,
+                            Tag::Plain,
+                            "message",
+                        )
+                        .await;
                     }
                     if self.cfg.streams.legacy_gateway {
-                        self.raw_publish(format!("{}/from/{from}", self.topics.legacy), msg, false, Tag::Plain, "message").await;
+                        self.raw_publish(
+                            format!("{}/from/{from}", self.topics.legacy),
+                            msg,
+                            false,
+                            Tag::Plain,
+                            "message",
+                        )
+                        .await;
                     }
                 }
             }
@@ -896,7 +1121,10 @@ impl Runtime {
                         self.apply(ch);
                     }
                     None if matches!(env.ty, 203 | 204 | 604) => {
-                        self.metrics.invalid_input.get_or_create(&vec![("source".into(), "mesh".into())]).inc();
+                        self.metrics
+                            .invalid_input
+                            .get_or_create(&vec![("source".into(), "mesh".into())])
+                            .inc();
                     }
                     None => {}
                 }
@@ -921,21 +1149,23 @@ impl Runtime {
             self.on_state_echo(payload).await;
         } else if let Some(verb) = topic.strip_prefix(&format!("{prefix}bridge/request/")) {
             let (reply, ok) = self.handle_request(verb, payload).await;
-            self.respond(format!("{prefix}bridge/response/{verb}"), reply, ok).await;
+            self.respond(format!("{prefix}bridge/response/{verb}"), reply, ok)
+                .await;
         } else if let Some(verb) = topic.strip_prefix(&format!("{prefix}command/")) {
             let (reply, ok) = self.handle_command(verb, payload).await;
-            self.respond(format!("{prefix}response/{verb}"), reply, ok).await;
+            self.respond(format!("{prefix}response/{verb}"), reply, ok)
+                .await;
         } else if let Some(dest) = topic.strip_prefix(&legacy) {
             self.handle_legacy(dest, payload).await;
-        } else if topic == format!("{}/status", self.topics.ha) {
-            if payload.eq_ignore_ascii_case(b"online") {
-                // Home Assistant restarted: announce every device again.
-                let ids: Vec<u32> = self.model.nodes.keys().copied().collect();
-                self.announce_ha(self.model.gateway, true).await;
-                for id in ids {
-                    if id != self.model.gateway {
-                        self.announce_ha(id, true).await;
-                    }
+        } else if topic == format!("{}/status", self.topics.ha)
+            && payload.eq_ignore_ascii_case(b"online")
+        {
+            // Home Assistant restarted: announce every device again.
+            let ids: Vec<u32> = self.model.nodes.keys().copied().collect();
+            self.announce_ha(self.model.gateway, true).await;
+            for id in ids {
+                if id != self.model.gateway {
+                    self.announce_ha(id, true).await;
                 }
             }
         }
@@ -950,15 +1180,29 @@ impl Runtime {
         let v: J = serde_json::from_slice(payload).unwrap_or(J::Null);
         let ours = v["state"] == "online" && v["session"].as_u64() == Some(self.session);
         if !ours {
-            tracing::warn!("bridge/state overwritten by {:?}; restoring online (session {})", String::from_utf8_lossy(payload), self.session);
+            tracing::warn!(
+                "bridge/state overwritten by {:?}; restoring online (session {})",
+                String::from_utf8_lossy(payload),
+                self.session
+            );
             let state = json!({"state": "online", "session": self.session}).to_string();
-            self.raw_publish(self.topics.state(), state.into_bytes(), true, Tag::Plain, "state").await;
+            self.raw_publish(
+                self.topics.state(),
+                state.into_bytes(),
+                true,
+                Tag::Plain,
+                "state",
+            )
+            .await;
         }
     }
 
     async fn respond(&mut self, topic: String, reply: J, ok: bool) {
         let result = if ok { "ok" } else { "error" };
-        self.metrics.requests.get_or_create(&vec![("result".into(), result.into())]).inc();
+        self.metrics
+            .requests
+            .get_or_create(&vec![("result".into(), result.into())])
+            .inc();
         if !self.online() {
             return;
         }
@@ -968,9 +1212,17 @@ impl Runtime {
             if let Some(t) = reply.get("transaction") {
                 small["transaction"] = t.clone();
             }
-            self.raw_publish(topic, small.to_string().into_bytes(), false, Tag::Plain, "response").await;
+            self.raw_publish(
+                topic,
+                small.to_string().into_bytes(),
+                false,
+                Tag::Plain,
+                "response",
+            )
+            .await;
         } else {
-            self.raw_publish(topic, text.into_bytes(), false, Tag::Plain, "response").await;
+            self.raw_publish(topic, text.into_bytes(), false, Tag::Plain, "response")
+                .await;
         }
     }
 
@@ -979,7 +1231,10 @@ impl Runtime {
         let (req, transaction) = match parse_request(payload) {
             Ok(r) => r,
             Err(e) => {
-                self.metrics.invalid_input.get_or_create(&vec![("source".into(), "mqtt".into())]).inc();
+                self.metrics
+                    .invalid_input
+                    .get_or_create(&vec![("source".into(), "mqtt".into())])
+                    .inc();
                 return (response(Err(e), None), false);
             }
         };
@@ -1012,7 +1267,11 @@ impl Runtime {
                 Ok(json!({"published": n}))
             }
             "send" => {
-                let to = req.get("to").and_then(J::as_u64).and_then(|v| u32::try_from(v).ok()).filter(|v| *v != 0);
+                let to = req
+                    .get("to")
+                    .and_then(J::as_u64)
+                    .and_then(|v| u32::try_from(v).ok())
+                    .filter(|v| *v != 0);
                 let to = to.ok_or("`to` must be a node id (1..4294967295)")?;
                 let msg = message_bytes(req)?;
                 self.gateway.send_single(to, msg).map_err(|e| e.0)?;
@@ -1031,7 +1290,12 @@ impl Runtime {
                 None => json!({"campaign": null, "state": "none"}),
             }),
             "ota/abort" => {
-                let c = self.model.campaign.as_ref().filter(|c| c.state == "running").map(|c| c.id);
+                let c = self
+                    .model
+                    .campaign
+                    .as_ref()
+                    .filter(|c| c.state == "running")
+                    .map(|c| c.id);
                 let c = c.ok_or("no campaign is running")?;
                 if let Some(want) = req.get("campaign").and_then(J::as_u64)
                     && want != c
@@ -1054,40 +1318,72 @@ impl Runtime {
             let id = self.model.campaign.as_ref().map(|c| c.id).unwrap_or(0);
             return Err(format!("campaign {id} is still running; abort it first"));
         }
-        let image = match (req.get("image_path").and_then(J::as_str), req.get("image_base64").and_then(J::as_str)) {
+        let image = match (
+            req.get("image_path").and_then(J::as_str),
+            req.get("image_base64").and_then(J::as_str),
+        ) {
             (Some(p), None) => {
                 let meta = std::fs::metadata(p).map_err(|e| format!("image_path {p:?}: {e}"))?;
                 if meta.len() > MAX_IMAGE_BYTES {
-                    return Err(format!("image {p:?} is {} bytes, over the {MAX_IMAGE_BYTES}-byte limit", meta.len()));
+                    return Err(format!(
+                        "image {p:?} is {} bytes, over the {MAX_IMAGE_BYTES}-byte limit",
+                        meta.len()
+                    ));
                 }
                 std::fs::read(p).map_err(|e| format!("image_path {p:?}: {e}"))?
             }
-            (None, Some(b)) => base64::engine::general_purpose::STANDARD.decode(b).map_err(|e| format!("image_base64: {e}"))?,
-            _ => return Err("give exactly one of image_path (a file on the gateway) or image_base64".into()),
+            (None, Some(b)) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map_err(|e| format!("image_base64: {e}"))?,
+            _ => {
+                return Err(
+                    "give exactly one of image_path (a file on the gateway) or image_base64".into(),
+                );
+            }
         };
         if image.is_empty() {
             return Err("the image is empty".into());
         }
-        let role = req.get("role").and_then(J::as_str).ok_or("`role` (string) is required")?.to_string();
-        let hardware = req.get("hardware").and_then(J::as_str).unwrap_or("ESP32").to_string();
+        let role = req
+            .get("role")
+            .and_then(J::as_str)
+            .ok_or("`role` (string) is required")?
+            .to_string();
+        let hardware = req
+            .get("hardware")
+            .and_then(J::as_str)
+            .unwrap_or("ESP32")
+            .to_string();
         if hardware != "ESP32" && hardware != "ESP8266" {
             return Err(format!("hardware {hardware:?}: expected ESP32 or ESP8266"));
         }
         let mode = match req.get("mode").and_then(J::as_str) {
             None => OtaMode::Broadcast,
-            Some(m) => OtaMode::parse(m).ok_or(format!("mode {m:?}: expected unicast, broadcast or pmesh"))?,
+            Some(m) => OtaMode::parse(m)
+                .ok_or(format!("mode {m:?}: expected unicast, broadcast or pmesh"))?,
         };
         let compressed = match req.get("compressed") {
             None => false,
             Some(J::Bool(b)) => *b,
             Some(_) => return Err("`compressed` must be true or false".into()),
         };
-        let md5 = Md5::digest(&image).iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let md5 = Md5::digest(&image)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>();
         let id = self.next_campaign.max(self.now_ms().unwrap_or(0));
         self.next_campaign = id + 1;
         let size = image.len() as u64;
         self.gateway
-            .ota_start(OtaStart { campaign: id, image, md5: md5.clone(), role: role.clone(), hardware: hardware.clone(), mode, compressed })
+            .ota_start(OtaStart {
+                campaign: id,
+                image,
+                md5: md5.clone(),
+                role: role.clone(),
+                hardware: hardware.clone(),
+                mode,
+                compressed,
+            })
             .map_err(|e| e.0)?;
         let c = Campaign {
             id,
@@ -1139,7 +1435,11 @@ impl Runtime {
                     (response(r, tx), ok)
                 }
                 _ if !payload.is_empty() && serde_json::from_slice::<J>(payload).is_err() => {
-                    let r = self.gateway.send_broadcast(payload.to_vec()).map_err(|e| e.0).map(|_| json!({}));
+                    let r = self
+                        .gateway
+                        .send_broadcast(payload.to_vec())
+                        .map_err(|e| e.0)
+                        .map(|_| json!({}));
                     if r.is_ok() {
                         self.model.counters.tx_broadcast += 1;
                     }
@@ -1150,8 +1450,19 @@ impl Runtime {
                 Err(e) => (response(Err(e), None), false),
             },
             other => {
-                self.metrics.invalid_input.get_or_create(&vec![("source".into(), "mqtt".into())]).inc();
-                (response(Err(format!("unknown command {other:?}; known: getNodes, getTopology, publishNow, broadcast")), None), false)
+                self.metrics
+                    .invalid_input
+                    .get_or_create(&vec![("source".into(), "mqtt".into())])
+                    .inc();
+                (
+                    response(
+                        Err(format!(
+                            "unknown command {other:?}; known: getNodes, getTopology, publishNow, broadcast"
+                        )),
+                        None,
+                    ),
+                    false,
+                )
             }
         }
     }
@@ -1159,23 +1470,33 @@ impl Runtime {
     /// `painlessMesh/to/<id|broadcast|gateway>`: the older gateway convention.
     async fn handle_legacy(&mut self, dest: &str, payload: &[u8]) {
         let result = match dest {
-            "broadcast" => self.gateway.send_broadcast(payload.to_vec()).map(|_| self.model.counters.tx_broadcast += 1),
+            "broadcast" => self
+                .gateway
+                .send_broadcast(payload.to_vec())
+                .map(|_| self.model.counters.tx_broadcast += 1),
             "gateway" => {
                 if payload.trim_ascii() == b"getNodes" {
                     let ids = J::from(self.model.tree.node_list(false)).to_string();
                     let t = format!("{}/from/gateway", self.topics.legacy);
-                    self.raw_publish(t, ids.into_bytes(), false, Tag::Plain, "response").await;
+                    self.raw_publish(t, ids.into_bytes(), false, Tag::Plain, "response")
+                        .await;
                 }
                 Ok(())
             }
             id => match id.parse::<u32>() {
-                Ok(id) if id != 0 => self.gateway.send_single(id, payload.to_vec()).map(|_| self.model.counters.tx_single += 1),
+                Ok(id) if id != 0 => self
+                    .gateway
+                    .send_single(id, payload.to_vec())
+                    .map(|_| self.model.counters.tx_single += 1),
                 _ => Err(format!("not a node id: {id:?}").as_str().into()),
             },
         };
         if let Err(e) = result {
             tracing::warn!("{}/to/{dest}: {e}", self.topics.legacy);
-            self.metrics.invalid_input.get_or_create(&vec![("source".into(), "mqtt".into())]).inc();
+            self.metrics
+                .invalid_input
+                .get_or_create(&vec![("source".into(), "mqtt".into())])
+                .inc();
         }
     }
 }

@@ -289,7 +289,10 @@ mod tests {
         let Some(StatusReport::Metrics(x)) = StatusReport::from_user_message(m.as_bytes()) else {
             panic!()
         };
-        assert_eq!((x.from, x.heap, x.rssi, x.loss_percent()), (7, Some(8000), Some(-67), Some(10)));
+        assert_eq!(
+            (x.from, x.heap, x.rssi, x.loss_percent()),
+            (7, Some(8000), Some(-67), Some(10))
+        );
         assert!(StatusReport::from_user_message(b"hello").is_none());
         assert!(StatusReport::from_user_message(b"{\"type\":200,\"from\":1}").is_none());
         assert!(StatusReport::from_user_message(b"{broken").is_none());

@@ -11,13 +11,22 @@ use pmesh_bridge::Bridge;
 use serde_json::json;
 
 fn retained_topics(s: &Sub) -> BTreeSet<String> {
-    s.all().into_iter().filter(|m| m.retain && !m.payload.is_empty()).map(|m| m.topic).collect()
+    s.all()
+        .into_iter()
+        .filter(|m| m.retain && !m.payload.is_empty())
+        .map(|m| m.topic)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_with_retained_wiped_gets_everything_back_within_5s() {
     let mut broker = Broker::start(None).await;
-    let bridge = Bridge::spawn(config(broker.port, "restart"), 1, Arc::new(FakeGateway::default())).unwrap();
+    let bridge = Bridge::spawn(
+        config(broker.port, "restart"),
+        1,
+        Arc::new(FakeGateway::default()),
+    )
+    .unwrap();
     assert!(bridge.wait_online(Duration::from_secs(10)).await);
     bridge.topology(star(1, 2..=30));
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -38,21 +47,36 @@ async fn broker_restart_with_retained_wiped_gets_everything_back_within_5s() {
         if before.is_subset(&now) {
             break;
         }
-        assert!(up_at.elapsed() < Duration::from_secs(5), "after 5 s still missing {:?}", before.difference(&now).collect::<Vec<_>>());
+        assert!(
+            up_at.elapsed() < Duration::from_secs(5),
+            "after 5 s still missing {:?}",
+            before.difference(&now).collect::<Vec<_>>()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    eprintln!("all {} retained topics back {:?} after the broker restarted", before.len(), up_at.elapsed());
+    eprintln!(
+        "all {} retained topics back {:?} after the broker restarted",
+        before.len(),
+        up_at.elapsed()
+    );
     // And the broker really holds them as retained now.
     let late = Sub::connect(broker.port, "#").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(before.is_subset(&retained_topics(&late)));
-    assert_eq!(late.last("mesh/bridge/state").unwrap().json()["state"], "online");
+    assert_eq!(
+        late.last("mesh/bridge/state").unwrap().json()["state"],
+        "online"
+    );
     bridge.shutdown().await;
 }
 
 /// Topics seen by a subscriber that was there before the bridge republished (live, not retained).
 fn retained_or_live(s: &Sub) -> BTreeSet<String> {
-    s.all().into_iter().filter(|m| !m.payload.is_empty()).map(|m| m.topic).collect()
+    s.all()
+        .into_iter()
+        .filter(|m| !m.payload.is_empty())
+        .map(|m| m.topic)
+        .collect()
 }
 
 /// Outage durations: scaled down by default (CI time); PMESH_FULL_OUTAGES=1 runs the
@@ -63,7 +87,11 @@ fn outage_plan() -> Vec<Duration> {
     (0..20u64)
         .map(|i| {
             let f = (i * 7 % 20) as f64 / 19.0;
-            if full { Duration::from_secs_f64(5.0 + 55.0 * f) } else { Duration::from_secs_f64(0.2 + 0.8 * f) }
+            if full {
+                Duration::from_secs_f64(5.0 + 55.0 * f)
+            } else {
+                Duration::from_secs_f64(0.2 + 0.8 * f)
+            }
         })
         .collect()
 }
@@ -132,7 +160,11 @@ async fn twenty_outages_with_events_flowing_lose_nothing_duplicate_nothing() {
         prev_ts = ts;
     }
     let missing: Vec<u64> = (1..=last).filter(|s| !count.contains_key(s)).collect();
-    let dups: Vec<(u64, usize)> = count.iter().filter(|(_, c)| **c > 1).map(|(s, c)| (*s, *c)).collect();
+    let dups: Vec<(u64, usize)> = count
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(s, c)| (*s, *c))
+        .collect();
     eprintln!(
         "{} outages ({:?} .. {:?}), {} events created, {} received, {} missing, {} duplicated, {} connections",
         plan.len(),
@@ -147,7 +179,10 @@ async fn twenty_outages_with_events_flowing_lose_nothing_duplicate_nothing() {
     assert!(last > 200, "events flowed: {last}");
     assert!(missing.is_empty(), "lost events: {missing:?}");
     assert!(dups.is_empty(), "duplicated events: {dups:?}");
-    assert!(bridge.status().connections >= 5, "the bridge reconnected through the outages");
+    assert!(
+        bridge.status().connections >= 5,
+        "the bridge reconnected through the outages"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,7 +201,10 @@ async fn gateway_killed_mid_outage_delivers_queued_alerts_after_restart() {
     a.topology(star(1, 2..=4));
     eventually(5, "events queued", || a.status().outbox >= 11).await;
     let queued = a.status().outbox;
-    let killed_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let killed_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     a.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -174,15 +212,32 @@ async fn gateway_killed_mid_outage_delivers_queued_alerts_after_restart() {
     let sub = Sub::connect(broker.port, "mesh/bridge/event").await;
     let b = Bridge::spawn(cfg, 1, Arc::new(FakeGateway::default())).unwrap();
     assert!(b.wait_online(Duration::from_secs(10)).await);
-    sub.wait("mesh/bridge/event", 10, |m| m.json()["data"]["type"] == "PARTITION").await;
+    sub.wait("mesh/bridge/event", 10, |m| {
+        m.json()["data"]["type"] == "PARTITION"
+    })
+    .await;
     eventually(10, "all queued delivered", || b.status().outbox == 0).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let replayed: Vec<serde_json::Value> =
-        sub.all().iter().map(|m| m.json()).filter(|v| v["timestamp"].as_u64().unwrap() <= killed_at).collect();
-    assert_eq!(replayed.len(), queued, "every queued event, with its original timestamp");
-    let seqs: Vec<u64> = replayed.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+    let replayed: Vec<serde_json::Value> = sub
+        .all()
+        .iter()
+        .map(|m| m.json())
+        .filter(|v| v["timestamp"].as_u64().unwrap() <= killed_at)
+        .collect();
+    assert_eq!(
+        replayed.len(),
+        queued,
+        "every queued event, with its original timestamp"
+    );
+    let seqs: Vec<u64> = replayed
+        .iter()
+        .map(|v| v["seq"].as_u64().unwrap())
+        .collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
-    let offline = replayed.iter().filter(|v| v["type"] == "alert_raised" && v["data"]["type"] == "NODE_OFFLINE").count();
+    let offline = replayed
+        .iter()
+        .filter(|v| v["type"] == "alert_raised" && v["data"]["type"] == "NODE_OFFLINE")
+        .count();
     assert_eq!(offline, 5);
     b.shutdown().await;
 }
@@ -190,7 +245,12 @@ async fn gateway_killed_mid_outage_delivers_queued_alerts_after_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_last_will_never_leaves_the_bridge_offline() {
     let broker = Broker::start(None).await;
-    let bridge = Bridge::spawn(config(broker.port, "stale"), 1, Arc::new(FakeGateway::default())).unwrap();
+    let bridge = Bridge::spawn(
+        config(broker.port, "stale"),
+        1,
+        Arc::new(FakeGateway::default()),
+    )
+    .unwrap();
     assert!(bridge.wait_online(Duration::from_secs(10)).await);
     let session = bridge.status().session;
     // An old connection of this bridge (a previous session) dies late: its will fires now.
@@ -216,10 +276,23 @@ async fn stale_last_will_never_leaves_the_bridge_offline() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let check = Sub::connect(broker.port, "mesh/bridge/state").await;
     let m = check.wait("mesh/bridge/state", 5, |m| m.retain).await;
-    assert_eq!(m.json(), json!({"state": "online", "session": session}), "retained state after a stale will");
+    assert_eq!(
+        m.json(),
+        json!({"state": "online", "session": session}),
+        "retained state after a stale will"
+    );
     drop(sub);
     // A retained "offline" published by anyone else is corrected too.
-    check.client.publish("mesh/bridge/state", rumqttc::QoS::AtLeastOnce, true, r#"{"state":"offline","session":1}"#).await.unwrap();
+    check
+        .client
+        .publish(
+            "mesh/bridge/state",
+            rumqttc::QoS::AtLeastOnce,
+            true,
+            r#"{"state":"offline","session":1}"#,
+        )
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let again = Sub::connect(broker.port, "mesh/bridge/state").await;
     let m = again.wait("mesh/bridge/state", 5, |m| m.retain).await;

@@ -16,7 +16,14 @@ fn tree() -> NodeTree {
     three.root = true;
     NodeTree {
         node_id: 1,
-        subs: vec![NodeTree { node_id: 2, subs: vec![three], ..Default::default() }, NodeTree::leaf(4)],
+        subs: vec![
+            NodeTree {
+                node_id: 2,
+                subs: vec![three],
+                ..Default::default()
+            },
+            NodeTree::leaf(4),
+        ],
         ..Default::default()
     }
 }
@@ -36,90 +43,220 @@ async fn every_topic_checked_by_a_real_subscriber() {
     bridge.package(Envelope::parse(LOW_MEM_604.as_bytes(), 32).unwrap());
 
     // Bridge state, info, health.
-    let st = sub.wait("mesh/bridge/state", 5, |m| m.retain || m.json()["state"] == "online").await.json();
+    let st = sub
+        .wait("mesh/bridge/state", 5, |m| {
+            m.retain || m.json()["state"] == "online"
+        })
+        .await
+        .json();
     assert_eq!(st, json!({"state": "online", "session": session}));
     let info = sub.wait("mesh/bridge/info", 5, |_| true).await.json();
     assert_eq!(info["gatewayNodeId"], 1);
     assert_eq!(info["config"]["publishInterval"], 600.0);
-    assert!(info["timestamp"].as_u64().unwrap() > 1_704_067_200_000, "epoch ms");
-    sub.wait("mesh/bridge/health", 5, |m| m.json()["mqtt"]["connected"] == true).await;
+    assert!(
+        info["timestamp"].as_u64().unwrap() > 1_704_067_200_000,
+        "epoch ms"
+    );
+    sub.wait("mesh/bridge/health", 5, |m| {
+        m.json()["mqtt"]["connected"] == true
+    })
+    .await;
 
     // Status topics, documented shapes with true values.
-    let nodes = sub.wait("mesh/status/nodes", 5, |m| m.json()["count"] == 4).await.json();
+    let nodes = sub
+        .wait("mesh/status/nodes", 5, |m| m.json()["count"] == 4)
+        .await
+        .json();
     assert_eq!(nodes["nodes"], json!([1, 2, 3, 4]));
     assert!(nodes["timestamp"].is_u64());
-    let topo = sub.wait("mesh/status/topology", 5, |m| m.json()["subs"].is_array()).await.json();
+    let topo = sub
+        .wait("mesh/status/topology", 5, |m| m.json()["subs"].is_array())
+        .await
+        .json();
     assert_eq!(topo["nodeId"], 1);
-    assert_eq!(topo["subs"][0]["subs"][0], json!({"nodeId": 3, "root": true}));
-    let metrics = sub.wait("mesh/status/metrics", 5, |m| m.json()["nodeCount"] == 4 && m.json()["freeHeap"].is_u64()).await.json();
-    assert_eq!(metrics["rootNodeId"], 3, "the node flagged root, not a guess");
+    assert_eq!(
+        topo["subs"][0]["subs"][0],
+        json!({"nodeId": 3, "root": true})
+    );
+    let metrics = sub
+        .wait("mesh/status/metrics", 5, |m| {
+            m.json()["nodeCount"] == 4 && m.json()["freeHeap"].is_u64()
+        })
+        .await
+        .json();
+    assert_eq!(
+        metrics["rootNodeId"], 3,
+        "the node flagged root, not a guess"
+    );
     assert_eq!(metrics["freeHeapKB"], 5, "root node's reported heap");
     assert_eq!(metrics["messages"]["receivedSingle"], 1);
-    let alerts = sub.wait("mesh/status/alerts", 5, |m| m.json()["alerts"].as_array().is_some_and(|a| !a.is_empty())).await.json();
+    let alerts = sub
+        .wait("mesh/status/alerts", 5, |m| {
+            m.json()["alerts"].as_array().is_some_and(|a| !a.is_empty())
+        })
+        .await
+        .json();
     assert_eq!(alerts["alerts"][0]["type"], "LOW_MEMORY");
     assert_eq!(alerts["alerts"][0]["severity"], "critical");
     assert_eq!(alerts["alerts"][0]["nodeId"], 3);
 
     // Per-node state and availability, retained.
-    let n3 = sub.wait("mesh/status/node/3", 5, |m| m.json()["status"]["freeHeapKB"] == 5).await.json();
-    assert_eq!((n3["parent"].clone(), n3["hops"].clone(), n3["online"].clone()), (json!(2), json!(2), json!(true)));
+    let n3 = sub
+        .wait("mesh/status/node/3", 5, |m| {
+            m.json()["status"]["freeHeapKB"] == 5
+        })
+        .await
+        .json();
+    assert_eq!(
+        (
+            n3["parent"].clone(),
+            n3["hops"].clone(),
+            n3["online"].clone()
+        ),
+        (json!(2), json!(2), json!(true))
+    );
     assert_eq!(n3["status"]["fw"], "1.2.3");
     assert_eq!(n3["update"]["state"], "idle");
-    sub.wait("mesh/status/node/4/availability", 5, |m| m.json() == json!({"state": "online"})).await;
+    sub.wait("mesh/status/node/4/availability", 5, |m| {
+        m.json() == json!({"state": "online"})
+    })
+    .await;
 
     // Events.
-    let ev = sub.wait("mesh/bridge/event", 5, |m| m.json()["type"] == "alert_raised").await.json();
+    let ev = sub
+        .wait("mesh/bridge/event", 5, |m| {
+            m.json()["type"] == "alert_raised"
+        })
+        .await
+        .json();
     assert_eq!(ev["data"]["type"], "LOW_MEMORY");
-    assert_eq!(ev["data"]["id"], ev["seq"], "alert id is its raise event's sequence number");
-    assert_eq!(sub.on("mesh/bridge/event").iter().filter(|m| m.json()["type"] == "node_joined").count(), 3);
+    assert_eq!(
+        ev["data"]["id"], ev["seq"],
+        "alert id is its raise event's sequence number"
+    );
+    assert_eq!(
+        sub.on("mesh/bridge/event")
+            .iter()
+            .filter(|m| m.json()["type"] == "node_joined")
+            .count(),
+        3
+    );
 
     // Mesh messages, both conventions.
     assert_eq!(sub.wait("mesh/from/2", 5, |_| true).await.payload, b"hello");
-    assert_eq!(sub.wait("painlessMesh/from/2", 5, |_| true).await.payload, b"hello");
+    assert_eq!(
+        sub.wait("painlessMesh/from/2", 5, |_| true).await.payload,
+        b"hello"
+    );
 
     // Home Assistant discovery, checked against HA's required keys.
-    for (topic, who) in [("homeassistant/device/pmesh_node_3/config", "node"), ("homeassistant/device/pmesh_gateway_1/config", "gateway")] {
-        let m = sub.wait(topic, 5, |m| m.retain || !m.payload.is_empty()).await;
-        assert_eq!(ha::check_device_config(&m.json()), Vec::<String>::new(), "{who} discovery");
+    for (topic, who) in [
+        ("homeassistant/device/pmesh_node_3/config", "node"),
+        ("homeassistant/device/pmesh_gateway_1/config", "gateway"),
+    ] {
+        let m = sub
+            .wait(topic, 5, |m| m.retain || !m.payload.is_empty())
+            .await;
+        assert_eq!(
+            ha::check_device_config(&m.json()),
+            Vec::<String>::new(),
+            "{who} discovery"
+        );
     }
     let before = sub.on("homeassistant/device/pmesh_node_2/config").len();
     sub.publish("homeassistant/status", "online").await;
-    eventually(5, "HA re-announce", || sub.on("homeassistant/device/pmesh_node_2/config").len() > before).await;
+    eventually(5, "HA re-announce", || {
+        sub.on("homeassistant/device/pmesh_node_2/config").len() > before
+    })
+    .await;
 
     // Commands on mesh/command/<verb> → mesh/response/<verb>.
-    sub.publish("mesh/command/getNodes", r#"{"transaction":7}"#).await;
+    sub.publish("mesh/command/getNodes", r#"{"transaction":7}"#)
+        .await;
     let r = sub.wait("mesh/response/getNodes", 5, |_| true).await.json();
-    assert_eq!((r["status"].clone(), r["transaction"].clone(), r["data"]["nodes"].clone()), (json!("ok"), json!(7), json!([1, 2, 3, 4])));
+    assert_eq!(
+        (
+            r["status"].clone(),
+            r["transaction"].clone(),
+            r["data"]["nodes"].clone()
+        ),
+        (json!("ok"), json!(7), json!([1, 2, 3, 4]))
+    );
     sub.publish("mesh/command/getTopology", "").await;
-    assert_eq!(sub.wait("mesh/response/getTopology", 5, |_| true).await.json()["data"]["nodeId"], 1);
+    assert_eq!(
+        sub.wait("mesh/response/getTopology", 5, |_| true)
+            .await
+            .json()["data"]["nodeId"],
+        1
+    );
     let n_before = sub.on("mesh/status/nodes").len();
     sub.publish("mesh/command/publishNow", "").await;
-    sub.wait("mesh/response/publishNow", 5, |m| m.json()["status"] == "ok").await;
-    eventually(5, "publishNow snapshot", || sub.on("mesh/status/nodes").len() > n_before).await;
+    sub.wait("mesh/response/publishNow", 5, |m| {
+        m.json()["status"] == "ok"
+    })
+    .await;
+    eventually(5, "publishNow snapshot", || {
+        sub.on("mesh/status/nodes").len() > n_before
+    })
+    .await;
     sub.publish("mesh/command/broadcast", "hi all").await;
-    sub.wait("mesh/response/broadcast", 5, |m| m.json()["status"] == "ok").await;
+    sub.wait("mesh/response/broadcast", 5, |m| m.json()["status"] == "ok")
+        .await;
     sub.publish("mesh/command/reboot", "").await;
-    assert_eq!(sub.wait("mesh/response/reboot", 5, |_| true).await.json()["status"], "error");
+    assert_eq!(
+        sub.wait("mesh/response/reboot", 5, |_| true).await.json()["status"],
+        "error"
+    );
 
     // bridge/request/<verb> → bridge/response/<verb>.
-    sub.publish("mesh/bridge/request/send", r#"{"to":4,"message":"x","transaction":"t1"}"#).await;
-    let r = sub.wait("mesh/bridge/response/send", 5, |_| true).await.json();
-    assert_eq!((r["status"].clone(), r["transaction"].clone()), (json!("ok"), json!("t1")));
+    sub.publish(
+        "mesh/bridge/request/send",
+        r#"{"to":4,"message":"x","transaction":"t1"}"#,
+    )
+    .await;
+    let r = sub
+        .wait("mesh/bridge/response/send", 5, |_| true)
+        .await
+        .json();
+    assert_eq!(
+        (r["status"].clone(), r["transaction"].clone()),
+        (json!("ok"), json!("t1"))
+    );
     sub.publish("mesh/bridge/request/nodes", "{}").await;
-    assert_eq!(sub.wait("mesh/bridge/response/nodes", 5, |_| true).await.json()["data"]["count"], 4);
-    sub.publish("mesh/bridge/request/frobnicate", r#"{"transaction":9}"#).await;
-    let r = sub.wait("mesh/bridge/response/frobnicate", 5, |_| true).await.json();
-    assert_eq!((r["status"].clone(), r["transaction"].clone()), (json!("error"), json!(9)));
+    assert_eq!(
+        sub.wait("mesh/bridge/response/nodes", 5, |_| true)
+            .await
+            .json()["data"]["count"],
+        4
+    );
+    sub.publish("mesh/bridge/request/frobnicate", r#"{"transaction":9}"#)
+        .await;
+    let r = sub
+        .wait("mesh/bridge/response/frobnicate", 5, |_| true)
+        .await
+        .json();
+    assert_eq!(
+        (r["status"].clone(), r["transaction"].clone()),
+        (json!("error"), json!(9))
+    );
     assert!(r["error"].as_str().unwrap().contains("unknown request"));
     sub.publish("mesh/bridge/request/info", "{not json").await;
-    let r = sub.wait("mesh/bridge/response/info", 5, |_| true).await.json();
+    let r = sub
+        .wait("mesh/bridge/response/info", 5, |_| true)
+        .await
+        .json();
     assert!(r["error"].as_str().unwrap().starts_with("invalid JSON"));
 
     // Legacy gateway convention.
     sub.publish("painlessMesh/to/3", "yo").await;
     sub.publish("painlessMesh/to/broadcast", "all").await;
     sub.publish("painlessMesh/to/gateway", "getNodes").await;
-    assert_eq!(sub.wait("painlessMesh/from/gateway", 5, |_| true).await.json(), json!([2, 3, 4]));
+    assert_eq!(
+        sub.wait("painlessMesh/from/gateway", 5, |_| true)
+            .await
+            .json(),
+        json!([2, 3, 4])
+    );
     eventually(5, "gateway calls", || gw.calls.lock().unwrap().len() >= 4).await;
     let calls = gw.calls.lock().unwrap().clone();
     assert!(calls.contains(&Call::Broadcast(b"hi all".to_vec())));
@@ -128,29 +265,75 @@ async fn every_topic_checked_by_a_real_subscriber() {
     assert!(calls.contains(&Call::Broadcast(b"all".to_vec())));
 
     // A node leaves: availability offline, node_left, NODE_OFFLINE alert; metrics series gone.
-    assert!(bridge.metrics().render().contains("pmesh_node_up{node=\"4\"} 1"));
+    assert!(
+        bridge
+            .metrics()
+            .render()
+            .contains("pmesh_node_up{node=\"4\"} 1")
+    );
     let mut t = tree();
     t.subs.pop();
     bridge.topology(t);
-    sub.wait("mesh/status/node/4/availability", 5, |m| m.json() == json!({"state": "offline"})).await;
-    sub.wait("mesh/bridge/event", 5, |m| m.json()["type"] == "node_left" && m.json()["data"]["nodeId"] == 4).await;
-    sub.wait("mesh/bridge/event", 5, |m| m.json()["type"] == "alert_raised" && m.json()["data"]["type"] == "NODE_OFFLINE").await;
-    sub.wait("mesh/status/nodes", 5, |m| m.json()["nodes"] == json!([1, 2, 3])).await;
-    eventually(5, "per-node series removed", || !bridge.metrics().render().contains("node=\"4\"")).await;
+    sub.wait("mesh/status/node/4/availability", 5, |m| {
+        m.json() == json!({"state": "offline"})
+    })
+    .await;
+    sub.wait("mesh/bridge/event", 5, |m| {
+        m.json()["type"] == "node_left" && m.json()["data"]["nodeId"] == 4
+    })
+    .await;
+    sub.wait("mesh/bridge/event", 5, |m| {
+        m.json()["type"] == "alert_raised" && m.json()["data"]["type"] == "NODE_OFFLINE"
+    })
+    .await;
+    sub.wait("mesh/status/nodes", 5, |m| {
+        m.json()["nodes"] == json!([1, 2, 3])
+    })
+    .await;
+    eventually(5, "per-node series removed", || {
+        !bridge.metrics().render().contains("node=\"4\"")
+    })
+    .await;
 
     // Retained flags as a late subscriber sees them.
     let late = Sub::connect(broker.port, "#").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let retained: std::collections::BTreeSet<String> = late.all().into_iter().filter(|m| m.retain).map(|m| m.topic).collect();
-    for t in ["mesh/bridge/state", "mesh/bridge/info", "mesh/bridge/health", "mesh/status/nodes", "mesh/status/topology", "mesh/status/metrics", "mesh/status/alerts", "mesh/status/node/3", "mesh/status/node/3/availability", "homeassistant/device/pmesh_node_3/config"] {
-        assert!(retained.contains(t), "{t} not retained; retained: {retained:?}");
+    let retained: std::collections::BTreeSet<String> = late
+        .all()
+        .into_iter()
+        .filter(|m| m.retain)
+        .map(|m| m.topic)
+        .collect();
+    for t in [
+        "mesh/bridge/state",
+        "mesh/bridge/info",
+        "mesh/bridge/health",
+        "mesh/status/nodes",
+        "mesh/status/topology",
+        "mesh/status/metrics",
+        "mesh/status/alerts",
+        "mesh/status/node/3",
+        "mesh/status/node/3/availability",
+        "homeassistant/device/pmesh_node_3/config",
+    ] {
+        assert!(
+            retained.contains(t),
+            "{t} not retained; retained: {retained:?}"
+        );
     }
-    for t in ["mesh/bridge/event", "mesh/from/2", "mesh/bridge/response/send"] {
+    for t in [
+        "mesh/bridge/event",
+        "mesh/from/2",
+        "mesh/bridge/response/send",
+    ] {
         assert!(!retained.contains(t), "{t} must not be retained");
     }
 
     bridge.shutdown().await;
-    sub.wait("mesh/bridge/state", 5, |m| m.json() == json!({"state": "offline", "session": session})).await;
+    sub.wait("mesh/bridge/state", 5, |m| {
+        m.json() == json!({"state": "offline", "session": session})
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,9 +345,19 @@ async fn unset_clock_says_so_instead_of_faking_dates() {
     let bridge = Bridge::spawn(cfg, 1, Arc::new(FakeGateway::default())).unwrap();
     assert!(bridge.wait_online(Duration::from_secs(10)).await);
     bridge.topology(common::star(1, [2]));
-    for t in ["mesh/status/nodes", "mesh/status/metrics", "mesh/bridge/event", "mesh/status/node/2", "mesh/bridge/health"] {
+    for t in [
+        "mesh/status/nodes",
+        "mesh/status/metrics",
+        "mesh/bridge/event",
+        "mesh/status/node/2",
+        "mesh/bridge/health",
+    ] {
         let v = sub.wait(t, 5, |_| true).await.json();
-        assert_eq!((v["timestamp"].clone(), v["clockSet"].clone()), (json!(null), json!(false)), "{t}: {v}");
+        assert_eq!(
+            (v["timestamp"].clone(), v["clockSet"].clone()),
+            (json!(null), json!(false)),
+            "{t}: {v}"
+        );
     }
     bridge.shutdown().await;
 }

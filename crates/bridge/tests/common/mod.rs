@@ -16,11 +16,19 @@ use tokio::sync::watch;
 pub const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pmesh-bridge-{name}-{}-{}", std::process::id(), free_port()));
+    let d = std::env::temp_dir().join(format!(
+        "pmesh-bridge-{name}-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -49,9 +57,18 @@ impl Broker {
     pub async fn start(max_packet: Option<usize>) -> Broker {
         let embedded = !mosquitto_available();
         if embedded {
-            eprintln!("NOTE: {MOSQUITTO} not found: using the embedded broker (rumqttd) behind a restartable proxy");
+            eprintln!(
+                "NOTE: {MOSQUITTO} not found: using the embedded broker (rumqttd) behind a restartable proxy"
+            );
         }
-        let mut b = Broker { port: free_port(), max_packet, dir: tmpdir("broker"), child: None, embedded, proxy: None };
+        let mut b = Broker {
+            port: free_port(),
+            max_packet,
+            dir: tmpdir("broker"),
+            child: None,
+            embedded,
+            proxy: None,
+        };
         b.up().await;
         b
     }
@@ -66,12 +83,15 @@ impl Broker {
 
     pub async fn up(&mut self) {
         if self.embedded {
-            let backend = pmesh_bridge::embedded::start(0, self.max_packet.unwrap_or(1 << 20)).unwrap();
+            let backend =
+                pmesh_bridge::embedded::start(0, self.max_packet.unwrap_or(1 << 20)).unwrap();
             let listener = tokio::net::TcpListener::bind(self.addr()).await.unwrap();
             self.proxy = Some(tokio::spawn(async move {
                 let mut conns = tokio::task::JoinSet::new();
                 loop {
-                    let Ok((mut inbound, _)) = listener.accept().await else { return };
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        return;
+                    };
                     conns.spawn(async move {
                         if let Ok(mut out) = TcpStream::connect(backend).await {
                             let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
@@ -81,7 +101,10 @@ impl Broker {
             }));
         } else {
             let conf = self.dir.join("mosquitto.conf");
-            let mut text = format!("listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n", self.port);
+            let mut text = format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n",
+                self.port
+            );
             if let Some(m) = self.max_packet {
                 text.push_str(&format!("max_packet_size {m}\n"));
             }
@@ -97,7 +120,11 @@ impl Broker {
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(self.addr()).await.is_err() {
-            assert!(Instant::now() < deadline, "broker did not come up on {}", self.addr());
+            assert!(
+                Instant::now() < deadline,
+                "broker did not come up on {}",
+                self.addr()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -118,7 +145,10 @@ impl Broker {
             let _ = p.await;
         }
         if let Some(mut c) = self.child.take() {
-            let _ = std::process::Command::new("kill").arg(sig).arg(c.id().to_string()).status();
+            let _ = std::process::Command::new("kill")
+                .arg(sig)
+                .arg(c.id().to_string())
+                .status();
             let _ = c.wait();
         }
         // Wait until the port is really free.
@@ -156,14 +186,18 @@ impl Gate {
         let (open, rx) = watch::channel(true);
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
                 if !*rx.borrow() {
                     continue; // dropped: connection refused by closing
                 }
                 // Established connections are left alone: they end when the broker does, after
                 // every byte it sent has been forwarded.
                 tokio::spawn(async move {
-                    let Ok(mut out) = TcpStream::connect(target).await else { return };
+                    let Ok(mut out) = TcpStream::connect(target).await else {
+                        return;
+                    };
                     let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
                 });
             }
@@ -193,7 +227,13 @@ pub struct Msg {
 
 impl Msg {
     pub fn json(&self) -> J {
-        serde_json::from_slice(&self.payload).unwrap_or_else(|e| panic!("{}: not JSON ({e}): {:?}", self.topic, String::from_utf8_lossy(&self.payload)))
+        serde_json::from_slice(&self.payload).unwrap_or_else(|e| {
+            panic!(
+                "{}: not JSON ({e}): {:?}",
+                self.topic,
+                String::from_utf8_lossy(&self.payload)
+            )
+        })
     }
 }
 
@@ -236,14 +276,25 @@ impl Sub {
                 }
             }
         });
-        let mut s = Sub { client, msgs, subscribed, task };
+        let mut s = Sub {
+            client,
+            msgs,
+            subscribed,
+            task,
+        };
         s.wait_subscribed(0).await;
         s
     }
 
     /// Waits until the subscription count exceeds `n` (i.e. a (re)subscribe completed).
     pub async fn wait_subscribed(&mut self, n: u64) {
-        tokio::time::timeout(Duration::from_secs(20), self.subscribed.wait_for(|c| *c > n)).await.expect("subscriber (re)subscribed").unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            self.subscribed.wait_for(|c| *c > n),
+        )
+        .await
+        .expect("subscriber (re)subscribed")
+        .unwrap();
     }
 
     pub fn all(&self) -> Vec<Msg> {
@@ -251,7 +302,10 @@ impl Sub {
     }
 
     pub fn on(&self, topic: &str) -> Vec<Msg> {
-        self.all().into_iter().filter(|m| m.topic == topic).collect()
+        self.all()
+            .into_iter()
+            .filter(|m| m.topic == topic)
+            .collect()
     }
 
     pub fn last(&self, topic: &str) -> Option<Msg> {
@@ -266,7 +320,11 @@ impl Sub {
                 return m;
             }
             if Instant::now() > deadline {
-                let seen: Vec<String> = self.on(topic).iter().map(|m| String::from_utf8_lossy(&m.payload).into_owned()).collect();
+                let seen: Vec<String> = self
+                    .on(topic)
+                    .iter()
+                    .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+                    .collect();
                 panic!("nothing matching on {topic} within {secs} s; saw {seen:?}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -274,7 +332,10 @@ impl Sub {
     }
 
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
-        self.client.publish(topic, QoS::AtLeastOnce, false, payload.into()).await.unwrap();
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await
+            .unwrap();
     }
 }
 
@@ -328,7 +389,11 @@ pub fn config(port: u16, client: &str) -> pmesh_bridge::BridgeConfig {
 
 /// A star tree: gateway `gw` with leaves `kids`.
 pub fn star(gw: u32, kids: impl IntoIterator<Item = u32>) -> pmesh_proto::NodeTree {
-    pmesh_proto::NodeTree { node_id: gw, subs: kids.into_iter().map(pmesh_proto::NodeTree::leaf).collect(), ..Default::default() }
+    pmesh_proto::NodeTree {
+        node_id: gw,
+        subs: kids.into_iter().map(pmesh_proto::NodeTree::leaf).collect(),
+        ..Default::default()
+    }
 }
 
 pub async fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
