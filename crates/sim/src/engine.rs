@@ -1,0 +1,1753 @@
+//! The discrete-event engine: one virtual clock, one event queue, the real `pmesh_node::Node`
+//! per simulated node, TCP links, the WiFi station layer, faults, generated traffic and the
+//! invariant checks. Nothing ticks: every event is a delivery, a node deadline, a WiFi step or a
+//! scenario action, so cost grows with what happens, not with nodes × time.
+
+use std::collections::BTreeMap;
+use std::time::Instant as WallInstant;
+
+use bytes::Bytes;
+use pmesh_node::{Config, ConnId, Direction, Event, Instant, Node, Plugin, Transmit};
+
+use crate::app::{Boot, CoreOnly, NodeHandle, SimApp};
+use crate::clock::{NodeClock, SEC, SimTime, secs};
+use crate::link::{AP, Link, LinkId, STA};
+use crate::report::{self, Convergence, Report, Violation};
+use crate::rng::SimRng;
+use crate::scenario::{Action, Scenario};
+use crate::sniff;
+use crate::topology::Layout;
+
+/// Violations kept in the report (all are counted).
+const MAX_VIOLATIONS: usize = 1_000;
+/// Progress callbacks at most this often (events).
+const PROGRESS_EVERY: u64 = 1 << 15;
+
+/// A scheduled thing.
+#[derive(Clone, Copy, Debug)]
+enum Ev {
+    /// A node boots (first boot or restart).
+    Boot { node: usize, boot: u32 },
+    /// The node's `poll_timeout` deadline.
+    NodeTimer { node: usize, boot: u32 },
+    /// The head of the lane `side` sends on `link` arrives.
+    Deliver { link: LinkId, side: usize },
+    /// The AP accepts a dialled connection.
+    Accept { link: LinkId },
+    /// The station's connect completes.
+    Connected { link: LinkId },
+    /// FIN or RST reaches `side`.
+    PeerClosed { link: LinkId, side: usize },
+    /// A step of a node's WiFi station.
+    Sta {
+        node: usize,
+        epoch_gen: u64,
+        step: StaStep,
+    },
+    /// Check whether a station still hears its AP.
+    BeaconCheck { node: usize, boot: u32, ap: usize },
+    /// Scenario event `idx`.
+    Scenario { idx: usize },
+    /// Generate a broadcast (`single = false`) or a SINGLE.
+    Traffic { single: bool },
+    /// Is cycle `idx` still there after the grace period?
+    CycleCheck { idx: usize },
+    /// Broadcast `idx`'s delivery window is over.
+    BroadcastCheck { idx: usize },
+    /// Sample the mesh-time spread.
+    TimeSample,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StaStep {
+    Scan,
+    ScanDone,
+    AssocDone { ap: usize },
+    Dial { ap: usize, attempt: u32 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Uplink {
+    None,
+    Associating { ap: usize },
+    Dialing { ap: usize },
+    Linked { ap: usize, link: LinkId },
+}
+
+impl Uplink {
+    fn ap(self) -> Option<usize> {
+        match self {
+            Uplink::None => None,
+            Uplink::Associating { ap } | Uplink::Dialing { ap } | Uplink::Linked { ap, .. } => {
+                Some(ap)
+            }
+        }
+    }
+}
+
+/// A node's WiFi station (painlessMesh's `StationScan` plus the radio).
+#[derive(Debug)]
+struct Station {
+    uplink: Uplink,
+    epoch_gen: u64,
+    candidates: Vec<usize>,
+    blocked: Vec<(usize, SimTime)>,
+    stability: u32,
+}
+
+impl Station {
+    fn new() -> Self {
+        Station {
+            uplink: Uplink::None,
+            epoch_gen: 0,
+            candidates: Vec::new(),
+            blocked: Vec::new(),
+            stability: 0,
+        }
+    }
+}
+
+struct SimNode<P: Plugin> {
+    id: u32,
+    node: Option<Node<P>>,
+    boots: u32,
+    clock: NodeClock,
+    drift_ppb: i64,
+    timer_at: Option<SimTime>,
+    links: Vec<LinkId>,
+    sta: Station,
+    wifi_clients: u32,
+    refuse_until: SimTime,
+    group: u32,
+}
+
+impl<P: Plugin> SimNode<P> {
+    fn up(&self) -> bool {
+        self.node.is_some()
+    }
+}
+
+struct BroadcastTrack {
+    sender: usize,
+    sent_at: SimTime,
+    expected: Vec<bool>,
+    received: Vec<u8>,
+}
+
+struct SingleTrack {
+    dest: usize,
+    hops: u32,
+    delivered: u8,
+    loop_reported: bool,
+}
+
+struct OpenCycle {
+    links: Vec<LinkId>,
+    nodes: Vec<u32>,
+    since: SimTime,
+    open: bool,
+}
+
+/// What a progress callback sees.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress<'a> {
+    /// Simulated time now, µs.
+    pub sim_now: SimTime,
+    /// Simulated time the run will end at, µs.
+    pub sim_end: SimTime,
+    /// Events so far.
+    pub events: u64,
+    /// Nodes up.
+    pub nodes_up: usize,
+    /// The application's progress line.
+    pub app: Option<&'a str>,
+}
+
+/// A simulation: build it from a scenario, run it, read the report.
+pub struct Sim<A: SimApp = CoreOnly> {
+    sc: Scenario,
+    app: A,
+    now: SimTime,
+    end: SimTime,
+    queue: crate::queue::EventQueue<Ev>,
+    nodes: Vec<SimNode<A::Plugin>>,
+    links: Vec<Link>,
+    layout: Layout,
+    rng: SimRng,
+    events: u64,
+    // counters
+    by_type: BTreeMap<i32, crate::report::Traffic>,
+    total: crate::report::Traffic,
+    drops: BTreeMap<&'static str, u64>,
+    wifi: crate::report::WifiReport,
+    time_adjustments: u64,
+    retired_stats: Vec<pmesh_node::NodeStats>,
+    max_buffered: u64,
+    // invariants and measurements
+    last_change: SimTime,
+    epoch: Option<(String, SimTime)>,
+    convergence: Vec<Convergence>,
+    convergence_checks: u64,
+    formed_at: Option<SimTime>,
+    violations: Vec<Violation>,
+    violations_total: u64,
+    cycles: Vec<OpenCycle>,
+    longest_cycle: SimTime,
+    broadcasts: Vec<BroadcastTrack>,
+    broadcast_expected: u64,
+    broadcast_delivered: u64,
+    broadcast_duplicates: u64,
+    broadcast_checks: u64,
+    singles: Vec<SingleTrack>,
+    singles_delivered: u64,
+    single_hops: u64,
+    time_samples: Vec<(f64, Option<u64>)>,
+    scratch: Vec<Bytes>,
+}
+
+impl<A: SimApp> std::fmt::Debug for Sim<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sim")
+            .field("scenario", &self.sc.name)
+            .field("now", &self.now)
+            .field("events", &self.events)
+            .finish()
+    }
+}
+
+impl Sim<CoreOnly> {
+    /// A simulation of nodes without plugins.
+    pub fn new(scenario: Scenario) -> Result<Self, String> {
+        Sim::with_app(scenario, CoreOnly)
+    }
+}
+
+impl<A: SimApp> Sim<A> {
+    /// A simulation whose nodes run `app`'s plugin.
+    pub fn with_app(scenario: Scenario, app: A) -> Result<Self, String> {
+        scenario.validate()?;
+        let sc = scenario;
+        let mut rng_layout = SimRng::stream(sc.seed, 1);
+        let layout = Layout::build(&sc, &mut rng_layout);
+        let mut rng_clock = SimRng::stream(sc.seed, 2);
+        let drift_ppb = (sc.clock.drift_ppm * 1000.0) as i64;
+        let nodes = (0..sc.nodes as usize)
+            .map(|i| SimNode {
+                id: i as u32 + 1,
+                node: None,
+                boots: 0,
+                clock: NodeClock::new(0, 0, 0),
+                drift_ppb: rng_clock.signed(drift_ppb),
+                timer_at: None,
+                links: Vec::new(),
+                sta: Station::new(),
+                wifi_clients: 0,
+                refuse_until: 0,
+                group: 0,
+            })
+            .collect();
+        let end = sc.duration.micros();
+        let mut sim = Sim {
+            app,
+            now: 0,
+            end,
+            queue: Default::default(),
+            nodes,
+            links: Vec::new(),
+            layout,
+            rng: SimRng::stream(sc.seed, 3),
+            events: 0,
+            by_type: BTreeMap::new(),
+            total: Default::default(),
+            drops: BTreeMap::new(),
+            wifi: Default::default(),
+            time_adjustments: 0,
+            retired_stats: Vec::new(),
+            max_buffered: 0,
+            last_change: 0,
+            epoch: Some(("start".into(), 0)),
+            convergence: Vec::new(),
+            convergence_checks: 0,
+            formed_at: None,
+            violations: Vec::new(),
+            violations_total: 0,
+            cycles: Vec::new(),
+            longest_cycle: 0,
+            broadcasts: Vec::new(),
+            broadcast_expected: 0,
+            broadcast_delivered: 0,
+            broadcast_duplicates: 0,
+            broadcast_checks: 0,
+            singles: Vec::new(),
+            singles_delivered: 0,
+            single_hops: 0,
+            time_samples: Vec::new(),
+            scratch: Vec::new(),
+            sc,
+        };
+        let late = sim.sc.late_joiners();
+        let jitter = sim.sc.wifi.boot_jitter.micros();
+        for i in 0..sim.nodes.len() {
+            if late.binary_search(&(i as u32 + 1)).is_err() {
+                let at = sim.rng.range(0, jitter);
+                sim.queue.push(at, Ev::Boot { node: i, boot: 1 });
+            }
+        }
+        for (idx, e) in sim.sc.events.iter().enumerate() {
+            sim.queue.push(e.at.micros(), Ev::Scenario { idx });
+        }
+        let start = sim.sc.traffic.start.micros();
+        if sim.sc.traffic.broadcast_every.is_some() {
+            sim.queue.push(start, Ev::Traffic { single: false });
+        }
+        if sim.sc.traffic.single_every.is_some() {
+            sim.queue.push(start, Ev::Traffic { single: true });
+        }
+        let every = sim.sc.invariants.time_sample_every.micros();
+        if every > 0 {
+            sim.queue.push(every, Ev::TimeSample);
+        }
+        Ok(sim)
+    }
+
+    /// The scenario.
+    pub fn scenario(&self) -> &Scenario {
+        &self.sc
+    }
+
+    /// The radio layout (positions, who sees whom).
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The application.
+    pub fn app(&self) -> &A {
+        &self.app
+    }
+
+    /// The application, mutably.
+    pub fn app_mut(&mut self) -> &mut A {
+        &mut self.app
+    }
+
+    /// Simulated time now, µs.
+    pub fn now(&self) -> SimTime {
+        self.now
+    }
+
+    /// Events processed so far.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// The node with this id, if it is up.
+    pub fn node(&self, id: u32) -> Option<&Node<A::Plugin>> {
+        self.nodes
+            .get((id as usize).wrapping_sub(1))
+            .and_then(|n| n.node.as_ref())
+    }
+
+    /// Ids of the nodes that are up.
+    pub fn nodes_up(&self) -> Vec<u32> {
+        self.nodes.iter().filter(|n| n.up()).map(|n| n.id).collect()
+    }
+
+    /// The node's local clock now.
+    pub fn local_now(&self, id: u32) -> Option<Instant> {
+        self.nodes
+            .get((id as usize).wrapping_sub(1))
+            .filter(|n| n.up())
+            .map(|n| n.clock.local(self.now))
+    }
+
+    /// Runs `f` on a node that is up and delivers whatever it sends.
+    pub fn with_node<R>(
+        &mut self,
+        id: u32,
+        f: impl FnOnce(&mut NodeHandle<'_, A::Plugin>) -> R,
+    ) -> Option<R> {
+        let idx = (id as usize).checked_sub(1)?;
+        let n = self.nodes.get_mut(idx)?;
+        let local = n.clock.local(self.now);
+        let node = n.node.as_mut()?;
+        let r = f(&mut NodeHandle {
+            id,
+            sim_now: self.now,
+            now: local,
+            node,
+        });
+        self.drain(idx);
+        Some(r)
+    }
+
+    /// Sizes of the connected components now (connections both ends synced, nodes up),
+    /// largest first, with each component's node ids.
+    pub fn components_now(&self) -> Vec<Vec<u32>> {
+        let comp = self.components();
+        let mut groups: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+        for (i, &c) in comp.iter().enumerate() {
+            if c != usize::MAX {
+                groups.entry(c).or_default().push(self.nodes[i].id);
+            }
+        }
+        let mut v: Vec<Vec<u32>> = groups.into_values().collect();
+        v.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        v
+    }
+
+    /// Invariant violations so far.
+    pub fn violations(&self) -> &[Violation] {
+        &self.violations
+    }
+
+    /// Runs to the scenario's end (or until the application is finished).
+    pub fn run(&mut self) -> Report {
+        self.run_with_progress(|_| {})
+    }
+
+    /// Runs to the end, calling `progress` now and then.
+    pub fn run_with_progress(&mut self, mut progress: impl FnMut(&Progress<'_>)) -> Report {
+        let wall = WallInstant::now();
+        let end = self.end;
+        self.run_until_inner(end, &mut progress);
+        self.finish(wall.elapsed().as_secs_f64())
+    }
+
+    /// Advances simulated time to `t` (processing every event before it).
+    pub fn run_until(&mut self, t: SimTime) {
+        self.run_until_inner(t.min(self.end), &mut |_| {});
+    }
+
+    fn run_until_inner(&mut self, t: SimTime, progress: &mut dyn FnMut(&Progress<'_>)) {
+        while let Some(at) = self.queue.peek_time() {
+            if at > t || self.app.finished() {
+                break;
+            }
+            let (at, ev) = self.queue.pop().expect("peeked");
+            self.now = at;
+            self.events += 1;
+            self.dispatch(ev);
+            if self.events.is_multiple_of(PROGRESS_EVERY) {
+                let app = self.app.progress();
+                let up = self.nodes.iter().filter(|n| n.up()).count();
+                progress(&Progress {
+                    sim_now: self.now,
+                    sim_end: self.end,
+                    events: self.events,
+                    nodes_up: up,
+                    app: app.as_deref(),
+                });
+            }
+        }
+        if !self.app.finished() {
+            self.now = self.now.max(t);
+        }
+    }
+
+    fn dispatch(&mut self, ev: Ev) {
+        match ev {
+            Ev::Boot { node, boot } => self.boot(node, boot),
+            Ev::NodeTimer { node, boot } => {
+                let n = &mut self.nodes[node];
+                if n.boots != boot || n.timer_at != Some(self.now) {
+                    return;
+                }
+                n.timer_at = None;
+                let local = n.clock.local(self.now);
+                if let Some(nd) = n.node.as_mut() {
+                    nd.handle_timeout(local);
+                    self.drain(node);
+                }
+            }
+            Ev::Deliver { link, side } => self.deliver(link, side),
+            Ev::Accept { link } => self.accept(link),
+            Ev::Connected { link } => self.connected(link),
+            Ev::PeerClosed { link, side } => self.peer_closed(link, side),
+            Ev::Sta {
+                node,
+                epoch_gen,
+                step,
+            } => {
+                if self.nodes[node].sta.epoch_gen == epoch_gen && self.nodes[node].up() {
+                    self.sta_step(node, step);
+                }
+            }
+            Ev::BeaconCheck { node, boot, ap } => self.beacon_check(node, boot, ap),
+            Ev::Scenario { idx } => self.scenario_event(idx),
+            Ev::Traffic { single } => self.traffic(single),
+            Ev::CycleCheck { idx } => self.cycle_check(idx),
+            Ev::BroadcastCheck { idx } => self.broadcast_check(idx),
+            Ev::TimeSample => {
+                let (spread, _) = self.time_spread();
+                self.time_samples.push((secs(self.now), spread));
+                let every = self.sc.invariants.time_sample_every.micros();
+                self.queue.push(self.now + every, Ev::TimeSample);
+            }
+        }
+    }
+
+    // --- nodes ----------------------------------------------------------------------------
+
+    fn boot(&mut self, idx: usize, boot: u32) {
+        let n = &mut self.nodes[idx];
+        if n.up() || n.boots + 1 != boot {
+            return;
+        }
+        n.boots = boot;
+        let boot_local = self.rng.below(self.sc.clock.initial_offset.micros().max(1));
+        n.clock = NodeClock::new(self.now, boot_local, n.drift_ppb);
+        let id = n.id;
+        let mut cfg = Config::new(id);
+        cfg.root = self.sc.roots.contains(&id);
+        cfg.time_authority = self.sc.time_authority.contains(&id);
+        cfg.seed = self.sc.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ (u64::from(id) << 20)
+            ^ u64::from(boot);
+        let kind = if boot == 1 {
+            Boot::First
+        } else {
+            Boot::Restart
+        };
+        let plugin = self.app.create_plugin(id, kind, cfg.seed);
+        let n = &mut self.nodes[idx];
+        n.node = Some(Node::new(cfg, plugin));
+        n.timer_at = None;
+        n.sta = Station::new();
+        n.wifi_clients = 0;
+        self.last_change = self.now;
+        self.drain(idx);
+        self.sta_schedule(idx, 0, StaStep::Scan);
+    }
+
+    fn crash(&mut self, idx: usize) {
+        let Some(node) = self.nodes[idx].node.take() else {
+            return;
+        };
+        self.retired_stats.push(node.stats());
+        drop(node);
+        self.app.on_crash(self.nodes[idx].id, self.now);
+        let links = std::mem::take(&mut self.nodes[idx].links);
+        for l in links {
+            let link = &mut self.links[l];
+            let side = link.side_of(idx);
+            link.open[side] = false;
+            link.synced[side] = false;
+            link.purge();
+            let other = link.ends[1 - side];
+            if !link.open[1 - side] {
+                link.dead = true;
+            }
+            if side == STA {
+                self.nodes[other].wifi_clients = self.nodes[other].wifi_clients.saturating_sub(1);
+            }
+            self.edge_removed(l);
+        }
+        // Stations associated with this AP lose its beacon.
+        if let Uplink::Associating { ap } | Uplink::Dialing { ap } = self.nodes[idx].sta.uplink {
+            self.nodes[ap].wifi_clients = self.nodes[ap].wifi_clients.saturating_sub(1);
+        }
+        for s in 0..self.nodes.len() {
+            if self.nodes[s].up() && self.nodes[s].sta.uplink.ap() == Some(idx) {
+                let boot = self.nodes[s].boots;
+                self.queue.push(
+                    self.now + self.sc.wifi.beacon_timeout.micros(),
+                    Ev::BeaconCheck {
+                        node: s,
+                        boot,
+                        ap: idx,
+                    },
+                );
+            }
+        }
+        let n = &mut self.nodes[idx];
+        n.sta = Station {
+            epoch_gen: n.sta.epoch_gen + 1,
+            ..Station::new()
+        };
+        n.wifi_clients = 0;
+        n.timer_at = None;
+        self.last_change = self.now;
+        self.prune_broadcast_expectations();
+    }
+
+    /// Drains a node's outputs and reschedules its timer.
+    fn drain(&mut self, idx: usize) {
+        loop {
+            let Some(node) = self.nodes[idx].node.as_mut() else {
+                return;
+            };
+            let Some(t) = node.poll_transmit() else { break };
+            match t {
+                Transmit::Send { conn, data } => self.link_send(idx, conn.0 as LinkId, data),
+                Transmit::Close { conn, .. } => self.link_close(idx, conn.0 as LinkId),
+            }
+        }
+        let mut events = Vec::new();
+        if let Some(node) = self.nodes[idx].node.as_mut() {
+            while let Some(e) = node.poll_event() {
+                events.push(e);
+            }
+        }
+        for e in events {
+            self.node_event(idx, e);
+        }
+        let n = &mut self.nodes[idx];
+        let Some(node) = n.node.as_ref() else { return };
+        if let Some(deadline) = node.poll_timeout() {
+            let at = n.clock.sim_at(deadline).max(self.now);
+            if n.timer_at.is_none_or(|t| at < t) {
+                n.timer_at = Some(at);
+                let boot = n.boots;
+                self.queue.push(at, Ev::NodeTimer { node: idx, boot });
+            }
+        }
+    }
+
+    fn node_event(&mut self, idx: usize, e: Event<<A::Plugin as Plugin>::Event>) {
+        match e {
+            Event::NewConnection { conn, .. } => {
+                let l = conn.0 as LinkId;
+                if let Some(link) = self.links.get_mut(l) {
+                    let side = link.side_of(idx);
+                    let was_edge = link.synced[0] || link.synced[1];
+                    link.synced[side] = true;
+                    self.last_change = self.now;
+                    if !was_edge {
+                        self.edge_added(l);
+                    }
+                    self.check_formation();
+                }
+            }
+            Event::DroppedConnection { reason, .. } => {
+                *self.drops.entry(reason.as_str()).or_default() += 1;
+                // The reference halves `stability` whenever this node drops a connection.
+                self.nodes[idx].sta.stability /= 2;
+            }
+            Event::ChangedConnections => self.last_change = self.now,
+            Event::TimeAdjusted { .. } => self.time_adjustments += 1,
+            Event::Received { msg, broadcast, .. } => self.received(idx, &msg, broadcast),
+            Event::Plugin(p) => {
+                let n = &mut self.nodes[idx];
+                let local = n.clock.local(self.now);
+                if let Some(node) = n.node.as_mut() {
+                    self.app.on_event(
+                        &mut NodeHandle {
+                            id: n.id,
+                            sim_now: self.now,
+                            now: local,
+                            node,
+                        },
+                        p,
+                    );
+                    self.drain(idx);
+                }
+            }
+            Event::Package { .. } | Event::Delay { .. } => {}
+        }
+    }
+
+    // --- links ----------------------------------------------------------------------------
+
+    fn link_send(&mut self, idx: usize, l: LinkId, data: Bytes) {
+        let Some(link) = self.links.get_mut(l) else {
+            return;
+        };
+        let side = link.side_of(idx);
+        if !link.open[side] {
+            return;
+        }
+        // Count frames by type (a Send may carry several frames).
+        let mut syncs = 0;
+        let mut rest: &[u8] = &data;
+        while !rest.is_empty() {
+            let end = memchr::memchr(0, rest).map_or(rest.len(), |p| p + 1);
+            let frame = &rest[..end];
+            let json = frame.strip_suffix(&[0]).unwrap_or(frame);
+            if !json.is_empty() {
+                let ty = sniff::frame_type(json);
+                let t = self.by_type.entry(ty).or_default();
+                t.frames += 1;
+                t.bytes += frame.len() as u64;
+                syncs += u32::from(ty == 5 || ty == 6);
+                self.total.frames += 1;
+                self.total.bytes += frame.len() as u64;
+                if ty == 9
+                    && let Some(id) = tag_id(json)
+                    && let Some(s) = self.singles.get_mut(id)
+                {
+                    s.hops += 1;
+                    if s.hops > self.nodes.len() as u32 && !s.loop_reported {
+                        s.loop_reported = true;
+                        let hops = s.hops;
+                        let from = self.nodes[idx].id;
+                        self.violation(
+                            "forwarding-loop",
+                            vec![from],
+                            format!(
+                                "SINGLE #{id} forwarded {hops} times, more than there are nodes"
+                            ),
+                        );
+                    }
+                }
+            }
+            rest = &rest[end..];
+        }
+        let link = &mut self.links[l];
+        if let Some(arrive) = link.send(side, self.now, data, syncs)
+            && !link.lanes[side].scheduled
+        {
+            link.lanes[side].scheduled = true;
+            self.queue.push(arrive, Ev::Deliver { link: l, side });
+        }
+    }
+
+    fn deliver(&mut self, l: LinkId, side: usize) {
+        let now = self.now;
+        let link = &mut self.links[l];
+        link.lanes[side].scheduled = false;
+        let mut chunks = std::mem::take(&mut self.scratch);
+        let mut syncs = 0;
+        while let Some(&(at, _, _)) = link.lanes[side].inflight.front() {
+            if at > now {
+                break;
+            }
+            let (_, data, s) = link.lanes[side].inflight.pop_front().expect("front");
+            chunks.push(data);
+            syncs += s;
+        }
+        if let Some(&(at, _, _)) = link.lanes[side].inflight.front() {
+            link.lanes[side].scheduled = true;
+            self.queue.push(at, Ev::Deliver { link: l, side });
+        }
+        let recv = 1 - side;
+        let to = link.ends[recv];
+        let open = link.open[recv] && !link.blackhole;
+        let stale_boot = link.boots[recv] != self.nodes[to].boots;
+        if !open {
+            // A node that rebooted answers data for a connection it never had with RST.
+            if stale_boot && self.nodes[to].up() && link.open[side] && !link.blackhole {
+                let latency = link.latency;
+                self.queue
+                    .push(now + latency, Ev::PeerClosed { link: l, side });
+                link.open[recv] = false;
+            }
+            chunks.clear();
+            self.scratch = chunks;
+            return;
+        }
+        let n = &mut self.nodes[to];
+        let local = n.clock.local(now);
+        if let Some(node) = n.node.as_mut() {
+            let changes_before = node.stats().topology_changes;
+            for c in chunks.drain(..) {
+                node.handle_bytes(ConnId(l as u64), local, &c);
+            }
+            // painlessMesh's stability grows by 25 per NODE_SYNC that changed nothing.
+            let changed = node.stats().topology_changes - changes_before;
+            let unchanged = u64::from(syncs).saturating_sub(changed) as u32;
+            n.sta.stability = (n.sta.stability + 25 * unchanged).min(1000);
+            self.max_buffered = self.max_buffered.max(node.buffered_bytes() as u64);
+            self.drain(to);
+        }
+        chunks.clear();
+        self.scratch = chunks;
+    }
+
+    /// The node at `idx` closed the connection (it already forgot it).
+    fn link_close(&mut self, idx: usize, l: LinkId) {
+        let Some(link) = self.links.get_mut(l) else {
+            return;
+        };
+        let side = link.side_of(idx);
+        if !link.open[side] {
+            return;
+        }
+        link.open[side] = false;
+        link.synced[side] = false;
+        let other = 1 - side;
+        if link.open[other] && !link.blackhole {
+            let at = link.drain_time(side, self.now);
+            self.queue.push(
+                at,
+                Ev::PeerClosed {
+                    link: l,
+                    side: other,
+                },
+            );
+        } else {
+            link.dead = true;
+        }
+        self.nodes[idx].links.retain(|&x| x != l);
+        self.edge_removed(l);
+        if side == STA {
+            self.station_lost_link(idx, l);
+        }
+    }
+
+    fn peer_closed(&mut self, l: LinkId, side: usize) {
+        let link = &mut self.links[l];
+        if !link.open[side] {
+            return;
+        }
+        let idx = link.ends[side];
+        if link.boots[side] != self.nodes[idx].boots {
+            return;
+        }
+        link.open[side] = false;
+        link.synced[side] = false;
+        link.dead = true;
+        link.purge();
+        self.nodes[idx].links.retain(|&x| x != l);
+        self.edge_removed(l);
+        let n = &mut self.nodes[idx];
+        let local = n.clock.local(self.now);
+        if let Some(node) = n.node.as_mut() {
+            node.handle_disconnect(ConnId(l as u64), local);
+            self.drain(idx);
+        }
+        if side == STA {
+            self.station_lost_link(idx, l);
+        }
+    }
+
+    fn accept(&mut self, l: LinkId) {
+        let link = &self.links[l];
+        let ap = link.ends[AP];
+        if link.dead
+            || link.blackhole
+            || !self.nodes[ap].up()
+            || link.boots[AP] != self.nodes[ap].boots
+        {
+            self.links[l].dead = true;
+            return;
+        }
+        let link = &mut self.links[l];
+        link.open[AP] = true;
+        link.connected[AP] = true;
+        self.nodes[ap].links.push(l);
+        let n = &mut self.nodes[ap];
+        let local = n.clock.local(self.now);
+        if let Some(node) = n.node.as_mut() {
+            node.handle_connect(ConnId(l as u64), local, Direction::Ap);
+            self.drain(ap);
+        }
+    }
+
+    fn connected(&mut self, l: LinkId) {
+        let link = &self.links[l];
+        let sta = link.ends[STA];
+        let ap = link.ends[AP];
+        if link.boots[STA] != self.nodes[sta].boots || !self.nodes[sta].up() {
+            return;
+        }
+        if self.nodes[sta].sta.uplink != (Uplink::Linked { ap, link: l }) {
+            return;
+        }
+        if link.dead || !link.open[AP] {
+            // The SYN went unanswered: a failed attempt.
+            self.links[l].dead = true;
+            self.wifi.tcp_failures += 1;
+            self.nodes[sta].sta.uplink = Uplink::Dialing { ap };
+            self.dial_failed(sta, ap, 0);
+            return;
+        }
+        let link = &mut self.links[l];
+        link.open[STA] = true;
+        link.connected[STA] = true;
+        self.nodes[sta].links.push(l);
+        let n = &mut self.nodes[sta];
+        let local = n.clock.local(self.now);
+        if let Some(node) = n.node.as_mut() {
+            node.handle_connect(ConnId(l as u64), local, Direction::Station);
+            self.drain(sta);
+        }
+    }
+
+    fn open_link(&mut self, sta: usize, ap: usize) -> LinkId {
+        let lat = &self.sc.link.latency_ms;
+        let latency = (lat.min + (lat.max - lat.min) * self.rng.unit()) * 1000.0;
+        let bw = &self.sc.link.bandwidth_kbit;
+        let kbit = bw.min + (bw.max - bw.min) * self.rng.unit();
+        let bytes_per_sec = (kbit * 1000.0 / 8.0) as u64;
+        let boots = [self.nodes[sta].boots, self.nodes[ap].boots];
+        let l = self.links.len();
+        self.links.push(Link::new(
+            sta,
+            ap,
+            latency.round() as SimTime,
+            bytes_per_sec,
+            boots,
+        ));
+        let latency = self.links[l].latency;
+        self.queue.push(self.now + latency, Ev::Accept { link: l });
+        self.queue
+            .push(self.now + 2 * latency, Ev::Connected { link: l });
+        l
+    }
+
+    fn find_link(&self, a: usize, b: usize) -> Option<LinkId> {
+        self.nodes[a].links.iter().copied().find(|&l| {
+            let k = &self.links[l];
+            !k.dead && (k.ends == [a, b] || k.ends == [b, a])
+        })
+    }
+
+    // --- WiFi station ----------------------------------------------------------------------
+
+    fn sta_schedule(&mut self, idx: usize, delay: SimTime, step: StaStep) {
+        let sta = &mut self.nodes[idx].sta;
+        sta.epoch_gen += 1;
+        let epoch_gen = sta.epoch_gen;
+        self.queue.push(
+            self.now + delay,
+            Ev::Sta {
+                node: idx,
+                epoch_gen,
+                step,
+            },
+        );
+    }
+
+    fn visible(&self, idx: usize, ap: usize) -> bool {
+        self.nodes[ap].up() && self.nodes[ap].group == self.nodes[idx].group
+    }
+
+    fn sta_step(&mut self, idx: usize, step: StaStep) {
+        let w = self.sc.wifi.clone();
+        match step {
+            StaStep::Scan => self.sta_schedule(idx, w.scan_time.micros(), StaStep::ScanDone),
+            StaStep::ScanDone => {
+                self.wifi.scans += 1;
+                let now = self.now;
+                self.nodes[idx]
+                    .sta
+                    .blocked
+                    .retain(|&(_, until)| until > now);
+                let node = self.nodes[idx].node.as_ref().expect("up");
+                let mut aps = Vec::new();
+                for &ap in &self.layout.visible[idx] {
+                    let ap = ap as usize;
+                    if !self.visible(idx, ap) {
+                        continue;
+                    }
+                    if node.route(self.nodes[ap].id).is_some() {
+                        continue; // already in my tree
+                    }
+                    if self.nodes[idx].sta.blocked.iter().any(|&(b, _)| b == ap) {
+                        continue;
+                    }
+                    aps.push(ap);
+                }
+                if let Some(pos) = &self.layout.positions
+                    && aps.len() > 1
+                {
+                    // Rank by a noisy RSSI, strongest first (painlessMesh sorts its scan by RSSI).
+                    let me = pos[idx];
+                    let sigma = w.rssi_noise_db;
+                    let mut ranked: Vec<(f64, usize)> = aps
+                        .iter()
+                        .map(|&ap| {
+                            let d = (me.0 - pos[ap].0).hypot(me.1 - pos[ap].1).max(1.0);
+                            (-40.0 - 27.0 * d.log10() + sigma * self.rng.normal(), ap)
+                        })
+                        .collect();
+                    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                    aps = ranked.into_iter().map(|(_, ap)| ap).collect();
+                }
+                let connected = matches!(self.nodes[idx].sta.uplink, Uplink::Linked { .. });
+                let rooted = connected && node.tree().is_rooted();
+                let contains_root = w.contains_root.unwrap_or(!self.sc.roots.is_empty());
+                // Connected: slow rescans, unless a root is expected and not in sight (spec §4).
+                let connected_next = if contains_root && !rooted {
+                    w.scan_interval.micros() / 2
+                } else {
+                    w.connected_scan_interval.micros()
+                };
+                if aps.is_empty() {
+                    let sta = &mut self.nodes[idx].sta;
+                    sta.stability = (sta.stability + 25).min(1000);
+                    let next = if connected {
+                        connected_next
+                    } else {
+                        w.scan_interval.micros()
+                    };
+                    self.sta_schedule(idx, next, StaStep::Scan);
+                } else if connected {
+                    let stability = self.nodes[idx].sta.stability;
+                    if w.reconfigure && !rooted && self.rng.below(1000) < u64::from(stability) {
+                        // Drop the uplink to join the unknown nodes (painlessMesh's reconfigure).
+                        self.wifi.reconfigurations += 1;
+                        self.nodes[idx].sta.stability = 0;
+                        if let Uplink::Linked { link, .. } = self.nodes[idx].sta.uplink {
+                            let local = self.nodes[idx].clock.local(self.now);
+                            if let Some(n) = self.nodes[idx].node.as_mut() {
+                                n.close(ConnId(link as u64), local);
+                            }
+                            self.drain(idx);
+                        }
+                    } else {
+                        self.sta_schedule(idx, connected_next, StaStep::Scan);
+                    }
+                } else {
+                    self.nodes[idx].sta.candidates = aps;
+                    self.try_next_candidate(idx);
+                }
+            }
+            StaStep::AssocDone { ap } => {
+                if self.nodes[idx].sta.uplink != (Uplink::Associating { ap }) {
+                    return;
+                }
+                if !self.visible(idx, ap) || self.nodes[ap].wifi_clients >= self.layout.max_stations
+                {
+                    self.wifi.association_failures += 1;
+                    self.nodes[idx].sta.uplink = Uplink::None;
+                    self.try_next_candidate(idx);
+                    return;
+                }
+                self.wifi.associations += 1;
+                self.nodes[ap].wifi_clients += 1;
+                self.nodes[idx].sta.uplink = Uplink::Dialing { ap };
+                self.sta_step(idx, StaStep::Dial { ap, attempt: 0 });
+            }
+            StaStep::Dial { ap, attempt } => {
+                if self.nodes[idx].sta.uplink != (Uplink::Dialing { ap }) {
+                    return;
+                }
+                let refused = !self.visible(idx, ap)
+                    || self.nodes[ap].refuse_until > self.now
+                    || (self.sc.link.connect_fail > 0.0
+                        && self.rng.unit() < self.sc.link.connect_fail);
+                if refused {
+                    self.wifi.tcp_failures += 1;
+                    self.dial_failed(idx, ap, attempt);
+                } else {
+                    let l = self.open_link(idx, ap);
+                    self.nodes[idx].sta.uplink = Uplink::Linked { ap, link: l };
+                    self.nodes[idx].sta.epoch_gen += 1; // no station timer while linked, until the next scan
+                    self.sta_schedule(idx, w.connected_scan_interval.micros(), StaStep::Scan);
+                    // Keep the dial attempt counter for a failed handshake.
+                    let _ = attempt;
+                }
+            }
+        }
+    }
+
+    fn try_next_candidate(&mut self, idx: usize) {
+        let w = &self.sc.wifi;
+        let (scan_interval, assoc) = (w.scan_interval.micros(), w.assoc_time.micros());
+        let sta = &mut self.nodes[idx].sta;
+        if sta.candidates.is_empty() {
+            // Every candidate of the last scan failed: look again soon.
+            self.sta_schedule(idx, SEC.min(scan_interval), StaStep::Scan);
+            return;
+        }
+        let ap = sta.candidates.remove(0);
+        sta.uplink = Uplink::Associating { ap };
+        self.sta_schedule(idx, assoc, StaStep::AssocDone { ap });
+    }
+
+    fn dial_failed(&mut self, idx: usize, ap: usize, attempt: u32) {
+        let retries = &self.sc.wifi.tcp_retry;
+        if let Some(d) = retries.get(attempt as usize) {
+            let d = d.micros();
+            self.sta_schedule(
+                idx,
+                d,
+                StaStep::Dial {
+                    ap,
+                    attempt: attempt + 1,
+                },
+            );
+        } else {
+            // Retries exhausted: blocklist the AP's node, reconnect WiFi later.
+            self.wifi.blocklisted += 1;
+            let until = self.now + self.sc.wifi.blocklist.micros();
+            let n = &mut self.nodes[idx];
+            n.sta.blocked.push((ap, until));
+            n.sta.uplink = Uplink::None;
+            self.nodes[ap].wifi_clients = self.nodes[ap].wifi_clients.saturating_sub(1);
+            let d = self.sc.wifi.wifi_reconnect.micros();
+            self.sta_schedule(idx, d, StaStep::Scan);
+        }
+    }
+
+    /// The station's TCP link to its AP ended: painlessMesh drops WiFi too and rescans.
+    fn station_lost_link(&mut self, idx: usize, l: LinkId) {
+        if let Uplink::Linked { ap, link } = self.nodes[idx].sta.uplink
+            && link == l
+        {
+            self.nodes[idx].sta.uplink = Uplink::None;
+            self.nodes[ap].wifi_clients = self.nodes[ap].wifi_clients.saturating_sub(1);
+            if self.nodes[idx].up() {
+                self.sta_schedule(idx, 0, StaStep::Scan);
+            }
+        }
+    }
+
+    fn beacon_check(&mut self, idx: usize, boot: u32, ap: usize) {
+        if !self.nodes[idx].up()
+            || self.nodes[idx].boots != boot
+            || self.nodes[idx].sta.uplink.ap() != Some(ap)
+        {
+            return;
+        }
+        if self.visible(idx, ap) {
+            return;
+        }
+        self.wifi.beacon_losses += 1;
+        match self.nodes[idx].sta.uplink {
+            Uplink::Linked { link, .. } => {
+                // The station's TCP dies with its WiFi; the AP side (if alive) finds out by timeout.
+                let lk = &mut self.links[link];
+                if lk.open[STA] {
+                    lk.open[STA] = false;
+                    lk.synced[STA] = false;
+                    if !lk.open[AP] {
+                        lk.dead = true;
+                    }
+                    self.nodes[idx].links.retain(|&x| x != link);
+                    self.edge_removed(link);
+                    let n = &mut self.nodes[idx];
+                    let local = n.clock.local(self.now);
+                    if let Some(node) = n.node.as_mut() {
+                        node.handle_disconnect(ConnId(link as u64), local);
+                    }
+                    self.drain(idx);
+                }
+                self.station_lost_link(idx, link);
+            }
+            _ => {
+                self.nodes[idx].sta.uplink = Uplink::None;
+                self.nodes[ap].wifi_clients = self.nodes[ap].wifi_clients.saturating_sub(1);
+                self.sta_schedule(idx, 0, StaStep::Scan);
+            }
+        }
+    }
+
+    // --- scenario events -------------------------------------------------------------------
+
+    fn scenario_event(&mut self, idx: usize) {
+        let action = self.sc.events[idx].action.clone();
+        if !matches!(action, Action::App { .. } | Action::Refuse { .. }) {
+            self.close_epoch();
+            self.epoch = Some((action.describe(), self.now));
+        }
+        let ix = |id: u32| id as usize - 1;
+        match action {
+            Action::Crash { node } => self.crash(ix(node)),
+            Action::Restart { node } | Action::Join { node } => {
+                let i = ix(node);
+                if !self.nodes[i].up() {
+                    let boot = self.nodes[i].boots + 1;
+                    let at = self.now + self.rng.range(0, self.sc.wifi.boot_jitter.micros());
+                    self.queue.push(at, Ev::Boot { node: i, boot });
+                }
+            }
+            Action::Cut { a, b } => {
+                if let Some(l) = self.find_link(ix(a), ix(b)) {
+                    self.links[l].blackhole = true;
+                    self.links[l].purge();
+                    self.edge_removed(l);
+                }
+            }
+            Action::Reset { a, b } => {
+                if let Some(l) = self.find_link(ix(a), ix(b)) {
+                    self.links[l].purge();
+                    for side in [STA, AP] {
+                        if self.links[l].open[side] {
+                            self.queue.push(self.now, Ev::PeerClosed { link: l, side });
+                        }
+                    }
+                }
+            }
+            Action::Partition { nodes } => {
+                let g = self.nodes.iter().map(|n| n.group).max().unwrap_or(0) + 1;
+                for id in nodes {
+                    self.nodes[ix(id)].group = g;
+                }
+                for l in 0..self.links.len() {
+                    let k = &self.links[l];
+                    if !k.dead && self.nodes[k.ends[0]].group != self.nodes[k.ends[1]].group {
+                        self.links[l].blackhole = true;
+                        self.links[l].purge();
+                        self.edge_removed(l);
+                    }
+                }
+                self.schedule_beacon_checks();
+            }
+            Action::Heal => {
+                for n in &mut self.nodes {
+                    n.group = 0;
+                }
+            }
+            Action::Refuse { node, duration } => {
+                self.nodes[ix(node)].refuse_until = self.now + duration.micros();
+            }
+            Action::App { node, data } => {
+                let i = ix(node);
+                let n = &mut self.nodes[i];
+                let local = n.clock.local(self.now);
+                if let Some(nd) = n.node.as_mut() {
+                    self.app.on_action(
+                        &mut NodeHandle {
+                            id: node,
+                            sim_now: self.now,
+                            now: local,
+                            node: nd,
+                        },
+                        &data,
+                    );
+                    self.drain(i);
+                }
+            }
+        }
+        self.prune_broadcast_expectations();
+    }
+
+    fn schedule_beacon_checks(&mut self) {
+        let at = self.now + self.sc.wifi.beacon_timeout.micros();
+        for s in 0..self.nodes.len() {
+            if let Some(ap) = self.nodes[s].sta.uplink.ap()
+                && self.nodes[s].group != self.nodes[ap].group
+            {
+                let boot = self.nodes[s].boots;
+                self.queue.push(at, Ev::BeaconCheck { node: s, boot, ap });
+            }
+        }
+    }
+
+    // --- generated traffic -----------------------------------------------------------------
+
+    fn traffic(&mut self, single: bool) {
+        let t = &self.sc.traffic;
+        let every = if single {
+            t.single_every
+        } else {
+            t.broadcast_every
+        };
+        let Some(every) = every else { return };
+        self.queue
+            .push(self.now + every.micros().max(1), Ev::Traffic { single });
+        let up: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].up())
+            .collect();
+        if up.is_empty() {
+            return;
+        }
+        let from = up[self.rng.below(up.len() as u64) as usize];
+        let id = if single {
+            self.singles.len()
+        } else {
+            self.broadcasts.len()
+        };
+        let msg = tag(id, self.sc.traffic.payload_bytes);
+        let n = &mut self.nodes[from];
+        let local = n.clock.local(self.now);
+        let node = n.node.as_mut().expect("up");
+        if single {
+            let known = node.node_list(false);
+            if known.is_empty() {
+                return;
+            }
+            let dest_id = known[self.rng.below(known.len() as u64) as usize];
+            if node.send_single(local, dest_id, msg).is_ok() {
+                self.singles.push(SingleTrack {
+                    dest: dest_id as usize - 1,
+                    hops: 0,
+                    delivered: 0,
+                    loop_reported: false,
+                });
+            }
+        } else if node.send_broadcast(local, msg, false).is_ok() {
+            let expected = self.forward_reach(from);
+            let n = self.nodes.len();
+            self.broadcasts.push(BroadcastTrack {
+                sender: from,
+                sent_at: self.now,
+                expected,
+                received: vec![0; n],
+            });
+            let window = self.sc.invariants.delivery_window.micros();
+            self.queue
+                .push(self.now + window, Ev::BroadcastCheck { idx: id });
+        }
+        self.drain(from);
+    }
+
+    fn received(&mut self, idx: usize, msg: &[u8], broadcast: bool) {
+        let Some(id) = parse_tag(msg) else { return };
+        let node_id = self.nodes[idx].id;
+        if broadcast {
+            let Some(b) = self.broadcasts.get_mut(id) else {
+                return;
+            };
+            b.received[idx] = b.received[idx].saturating_add(1);
+            if b.received[idx] == 2 {
+                self.broadcast_duplicates += 1;
+                self.violation(
+                    "broadcast-duplicate",
+                    vec![node_id],
+                    format!("broadcast #{id} delivered more than once"),
+                );
+            }
+        } else {
+            let Some(s) = self.singles.get_mut(id) else {
+                return;
+            };
+            s.delivered = s.delivered.saturating_add(1);
+            let (dest, delivered, hops) = (s.dest, s.delivered, s.hops);
+            if dest != idx {
+                self.violation(
+                    "single-misdelivered",
+                    vec![node_id],
+                    format!("SINGLE #{id} for node {} delivered here", dest + 1),
+                );
+            } else if delivered == 1 {
+                self.singles_delivered += 1;
+                self.single_hops += u64::from(hops);
+            } else if delivered == 2 {
+                self.violation(
+                    "single-duplicate",
+                    vec![node_id],
+                    format!("SINGLE #{id} delivered more than once"),
+                );
+            }
+        }
+    }
+
+    fn broadcast_check(&mut self, idx: usize) {
+        let b = &self.broadcasts[idx];
+        let mut missing = Vec::new();
+        let mut owed = 0;
+        let mut ok = 0;
+        for i in 0..self.nodes.len() {
+            if i == b.sender || !b.expected[i] {
+                continue;
+            }
+            owed += 1;
+            match b.received[i] {
+                0 => missing.push(self.nodes[i].id),
+                1 => ok += 1,
+                _ => {}
+            }
+        }
+        self.broadcast_expected += owed;
+        self.broadcast_delivered += ok;
+        self.broadcast_checks += owed;
+        let sent = b.sent_at;
+        // Free the per-node vectors of finished broadcasts.
+        self.broadcasts[idx].expected = Vec::new();
+        self.broadcasts[idx].received = Vec::new();
+        if !missing.is_empty() {
+            let n = missing.len();
+            missing.truncate(20);
+            self.violation("broadcast-lost", missing, format!("broadcast #{idx} sent at {:.3} s never reached {n} node(s) that stayed reachable", secs(sent)));
+        }
+    }
+
+    /// Nodes a broadcast from `from` reaches now: along connections the forwarding node has synced.
+    fn forward_reach(&self, from: usize) -> Vec<bool> {
+        let mut seen = vec![false; self.nodes.len()];
+        seen[from] = true;
+        let mut stack = vec![from];
+        while let Some(i) = stack.pop() {
+            for &l in &self.nodes[i].links {
+                let k = &self.links[l];
+                let s = k.side_of(i);
+                if k.synced[s] && k.open[s] && k.open[1 - s] && !k.blackhole {
+                    let j = k.ends[1 - s];
+                    if !seen[j] {
+                        seen[j] = true;
+                        stack.push(j);
+                    }
+                }
+            }
+        }
+        seen
+    }
+
+    /// A node that drops out of a pending broadcast's reach is no longer owed it.
+    fn prune_broadcast_expectations(&mut self) {
+        let window = self.sc.invariants.delivery_window.micros();
+        for k in 0..self.broadcasts.len() {
+            let b = &self.broadcasts[k];
+            if b.expected.is_empty() || b.sent_at + window < self.now {
+                continue;
+            }
+            let reach = self.forward_reach(b.sender);
+            for (e, r) in self.broadcasts[k].expected.iter_mut().zip(reach) {
+                *e &= r;
+            }
+        }
+    }
+
+    // --- invariants ------------------------------------------------------------------------
+
+    fn violation(&mut self, kind: &str, nodes: Vec<u32>, detail: String) {
+        self.violations_total += 1;
+        if self.violations.len() < MAX_VIOLATIONS {
+            self.violations.push(Violation {
+                t_us: self.now,
+                kind: kind.into(),
+                nodes,
+                detail,
+            });
+        }
+    }
+
+    /// A connection is an edge of the graph while both ends hold it open and at least one
+    /// has synced (it forwards over it).
+    fn is_edge(&self, l: LinkId) -> bool {
+        let k = &self.links[l];
+        k.open[0] && k.open[1] && !k.blackhole && (k.synced[0] || k.synced[1])
+    }
+
+    fn edge_added(&mut self, l: LinkId) {
+        if !self.is_edge(l) {
+            return;
+        }
+        let [a, b] = self.links[l].ends;
+        // Is there already a path a -> b? Then this edge closes a cycle.
+        let mut prev: Vec<Option<(usize, LinkId)>> = vec![None; self.nodes.len()];
+        let mut seen = vec![false; self.nodes.len()];
+        seen[a] = true;
+        let mut queue = std::collections::VecDeque::from([a]);
+        while let Some(i) = queue.pop_front() {
+            if i == b {
+                break;
+            }
+            for &e in &self.nodes[i].links {
+                if e == l || !self.is_edge(e) {
+                    continue;
+                }
+                let k = &self.links[e];
+                let j = k.ends[1 - k.side_of(i)];
+                if !seen[j] {
+                    seen[j] = true;
+                    prev[j] = Some((i, e));
+                    queue.push_back(j);
+                }
+            }
+        }
+        if !seen[b] {
+            return;
+        }
+        let mut links = vec![l];
+        let mut nodes = vec![self.nodes[b].id];
+        let mut cur = b;
+        while let Some((p, e)) = prev[cur] {
+            links.push(e);
+            nodes.push(self.nodes[p].id);
+            cur = p;
+        }
+        let idx = self.cycles.len();
+        self.cycles.push(OpenCycle {
+            links,
+            nodes,
+            since: self.now,
+            open: true,
+        });
+        let grace = self.sc.invariants.cycle_grace.micros();
+        self.queue.push(self.now + grace, Ev::CycleCheck { idx });
+    }
+
+    fn edge_removed(&mut self, l: LinkId) {
+        self.last_change = self.now;
+        for c in &mut self.cycles {
+            if c.open && c.links.contains(&l) {
+                c.open = false;
+                self.longest_cycle = self.longest_cycle.max(self.now - c.since);
+            }
+        }
+        self.prune_broadcast_expectations();
+    }
+
+    fn cycle_check(&mut self, idx: usize) {
+        let c = &self.cycles[idx];
+        if c.open && c.links.iter().all(|&l| self.is_edge(l)) {
+            let nodes = c.nodes.clone();
+            let since = c.since;
+            self.violation(
+                "cycle-kept",
+                nodes,
+                format!(
+                    "connection cycle formed at {:.3} s still there after {}",
+                    secs(since),
+                    self.sc.invariants.cycle_grace
+                ),
+            );
+        }
+    }
+
+    /// Connected components over connections both ends have synced, among nodes that are up.
+    fn components(&self) -> Vec<usize> {
+        let n = self.nodes.len();
+        let mut comp = vec![usize::MAX; n];
+        let mut next = 0;
+        for s in 0..n {
+            if comp[s] != usize::MAX || !self.nodes[s].up() {
+                continue;
+            }
+            comp[s] = next;
+            let mut stack = vec![s];
+            while let Some(i) = stack.pop() {
+                for &l in &self.nodes[i].links {
+                    let k = &self.links[l];
+                    if k.open[0] && k.open[1] && k.synced[0] && k.synced[1] && !k.blackhole {
+                        let j = k.ends[1 - k.side_of(i)];
+                        if comp[j] == usize::MAX {
+                            comp[j] = next;
+                            stack.push(j);
+                        }
+                    }
+                }
+            }
+            next += 1;
+        }
+        comp
+    }
+
+    fn check_formation(&mut self) {
+        if self.formed_at.is_some()
+            || self
+                .nodes
+                .iter()
+                .any(|n| !n.up() && n.boots == 0 && !self.sc.late_joiners().contains(&n.id))
+        {
+            return;
+        }
+        let comp = self.components();
+        let first = comp.iter().find(|&&c| c != usize::MAX).copied();
+        if first.is_some() && comp.iter().all(|&c| c == usize::MAX || Some(c) == first) {
+            self.formed_at = Some(self.now);
+        }
+    }
+
+    /// Does every node's node list equal the set of nodes it can reach? Returns the nodes
+    /// whose list differs.
+    fn convergence_mismatches(&mut self) -> (Vec<u32>, usize, usize) {
+        self.convergence_checks += 1;
+        let comp = self.components();
+        let mut size: BTreeMap<usize, usize> = BTreeMap::new();
+        for &c in comp.iter().filter(|&&c| c != usize::MAX) {
+            *size.entry(c).or_default() += 1;
+        }
+        let mut bad = Vec::new();
+        let mut stamp = vec![0u32; self.nodes.len()];
+        let mut up = 0;
+        for (i, n) in self.nodes.iter().enumerate() {
+            let Some(node) = n.node.as_ref() else {
+                continue;
+            };
+            up += 1;
+            let list = node.node_list(true);
+            let want = size[&comp[i]];
+            let mut ok = list.len() == want;
+            if ok {
+                for id in list {
+                    let j = (id as usize).wrapping_sub(1);
+                    if j >= self.nodes.len() || comp[j] != comp[i] || stamp[j] == i as u32 + 1 {
+                        ok = false;
+                        break;
+                    }
+                    stamp[j] = i as u32 + 1;
+                }
+            }
+            if !ok {
+                bad.push(n.id);
+            }
+        }
+        (bad, size.len(), up)
+    }
+
+    fn close_epoch(&mut self) {
+        let Some((after, start)) = self.epoch.take() else {
+            return;
+        };
+        let (bad, components, up) = self.convergence_mismatches();
+        let converged = bad.is_empty();
+        let settle = self.last_change.max(start);
+        if !converged
+            && self.now.saturating_sub(settle) >= self.sc.invariants.convergence_bound.micros()
+        {
+            let n = bad.len();
+            let mut nodes = bad;
+            nodes.truncate(20);
+            self.violation("no-convergence", nodes, format!("{n} node list(s) still differ from the reachable set {:.1} s after the last topology change", secs(self.now - settle)));
+        }
+        self.convergence.push(Convergence {
+            after,
+            at_s: secs(start),
+            converged_after_s: converged.then(|| secs(settle - start)),
+            components,
+            nodes_up: up,
+        });
+    }
+
+    /// Mesh-time spread across the largest component now, and its size.
+    fn time_spread(&self) -> (Option<u64>, usize) {
+        let comp = self.components();
+        let mut size: BTreeMap<usize, usize> = BTreeMap::new();
+        for &c in comp.iter().filter(|&&c| c != usize::MAX) {
+            *size.entry(c).or_default() += 1;
+        }
+        let Some((&big, &count)) = size.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+        else {
+            return (None, 0);
+        };
+        let mut reference: Option<u32> = None;
+        let (mut lo, mut hi) = (0i64, 0i64);
+        for (i, n) in self.nodes.iter().enumerate() {
+            if comp[i] != big {
+                continue;
+            }
+            let Some(node) = n.node.as_ref() else {
+                continue;
+            };
+            let mt = node.mesh_time(n.clock.local(self.now));
+            let r = *reference.get_or_insert(mt);
+            let d = i64::from(mt.wrapping_sub(r) as i32);
+            lo = lo.min(d);
+            hi = hi.max(d);
+        }
+        (Some((hi - lo) as u64), count)
+    }
+
+    fn finish(&mut self, wall_s: f64) -> Report {
+        self.close_epoch();
+        // Broadcasts whose window ended are checked; later ones are left unchecked.
+        let (spread, count) = self.time_spread();
+        let mut by_type: BTreeMap<String, crate::report::Traffic> = BTreeMap::new();
+        for (&ty, t) in &self.by_type {
+            let name = match sniff::type_name(ty) {
+                "OTHER" => format!("TYPE_{ty}"),
+                n => n.to_string(),
+            };
+            let e = by_type.entry(name).or_default();
+            e.frames += t.frames;
+            e.bytes += t.bytes;
+        }
+        let mut links = crate::report::LinkReport::default();
+        for l in &self.links {
+            if l.connected[0] && l.connected[1] {
+                links.connections += 1;
+            }
+            links.frames_total += l.frames();
+            links.frames_max = links.frames_max.max(l.frames());
+            links.bytes_max = links.bytes_max.max(l.bytes());
+            links.max_queue_delay_ms = links
+                .max_queue_delay_ms
+                .max(l.max_queue_delay as f64 / 1000.0);
+            links.max_queue_bytes = links.max_queue_bytes.max(l.max_queue_bytes);
+        }
+        let mut stats: Vec<pmesh_node::NodeStats> = self.retired_stats.clone();
+        stats.extend(
+            self.nodes
+                .iter()
+                .filter_map(|n| n.node.as_ref().map(|x| x.stats())),
+        );
+        let mut node_stats = BTreeMap::new();
+        let mut add = |k: &str, v: u64| *node_stats.entry(k.to_string()).or_insert(0) += v;
+        for s in &stats {
+            add("frames_in", s.frames_in);
+            add("bytes_in", s.bytes_in);
+            add("frames_out", s.frames_out);
+            add("bytes_out", s.bytes_out);
+            add("forwarded", s.forwarded);
+            add("dropped_oversized", s.dropped_oversized);
+            add("dropped_invalid", s.dropped_invalid);
+            add("dropped_no_route", s.dropped_no_route);
+            add("dropped_unhandled", s.dropped_unhandled);
+            add("dropped_events", s.dropped_events);
+            add("closed_by_node", s.closed_by_node);
+            add("topology_changes", s.topology_changes);
+            add("time_samples_retried", s.time_samples_retried);
+        }
+        let sim_s = secs(self.now);
+        Report {
+            scenario: self.sc.name.clone(),
+            nodes: self.sc.nodes,
+            seed: self.sc.seed,
+            topology: self.sc.topology.name(),
+            simulated_s: sim_s,
+            events: self.events,
+            formed_at_s: self.formed_at.map(secs),
+            convergence: self.convergence.clone(),
+            time_sync: crate::report::TimeSyncReport {
+                spread_us: spread,
+                nodes: count,
+                target_us: u64::from(pmesh_node::ntp::TIME_SYNC_ACCURACY),
+                adjustments: self.time_adjustments,
+                samples: self.time_samples.clone(),
+            },
+            traffic: self.total,
+            by_type,
+            links,
+            drops: self
+                .drops
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            messages: crate::report::MessageReport {
+                broadcasts_sent: self.broadcasts.len() as u64,
+                broadcast_expected: self.broadcast_expected,
+                broadcast_delivered: self.broadcast_delivered,
+                broadcast_duplicates: self.broadcast_duplicates,
+                singles_sent: self.singles.len() as u64,
+                singles_delivered: self.singles_delivered,
+                singles_mean_hops: if self.singles_delivered > 0 {
+                    (self.single_hops as f64 / self.singles_delivered as f64 * 100.0).round()
+                        / 100.0
+                } else {
+                    0.0
+                },
+            },
+            wifi: self.wifi.clone(),
+            invariants: crate::report::InvariantReport {
+                cycles_formed: self.cycles.len() as u64,
+                longest_cycle_s: secs(self.longest_cycle),
+                broadcast_checks: self.broadcast_checks,
+                convergence_checks: self.convergence_checks,
+                violations: self.violations.clone(),
+                violations_total: self.violations_total,
+            },
+            node_stats,
+            max_node_buffered_bytes: self.max_buffered,
+            app: self.app.report(self.now),
+            wall: crate::report::WallReport {
+                seconds: wall_s,
+                events_per_s: if wall_s > 0.0 {
+                    self.events as f64 / wall_s
+                } else {
+                    0.0
+                },
+                sim_s_per_wall_s: if wall_s > 0.0 { sim_s / wall_s } else { 0.0 },
+                peak_rss_bytes: report::peak_rss_bytes(),
+            },
+        }
+    }
+}
+
+/// The payload of generated message `id`: `sim#<id>#` padded with dots.
+fn tag(id: usize, len: usize) -> Vec<u8> {
+    let mut v = format!("sim#{id}#").into_bytes();
+    if v.len() < len {
+        v.resize(len, b'.');
+    }
+    v
+}
+
+fn parse_tag(msg: &[u8]) -> Option<usize> {
+    let rest = msg.strip_prefix(b"sim#")?;
+    let end = memchr::memchr(b'#', rest)?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+/// The generated-message id inside a SINGLE frame's JSON.
+fn tag_id(json: &[u8]) -> Option<usize> {
+    if json.len() > 4096 {
+        return None;
+    }
+    let p = memchr::memmem::find(json, b"\"msg\":\"sim#")?;
+    parse_tag(&json[p + 7..])
+}
