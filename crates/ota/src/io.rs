@@ -12,6 +12,7 @@
 
 use alloc::rc::Rc;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 use core::fmt;
@@ -188,17 +189,18 @@ pub trait OtaStore {
 
 // --- memory implementations ----------------------------------------------------------------
 
-/// An image held in memory.
+/// An image held in memory (clones share the bytes; `Send`, so offers can be made from
+/// another thread).
 #[derive(Clone, Debug, Default)]
 pub struct MemorySource {
-    bytes: Rc<Vec<u8>>,
+    bytes: Arc<Vec<u8>>,
 }
 
 impl MemorySource {
     /// Serves `bytes`.
     pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
         MemorySource {
-            bytes: Rc::new(bytes.into()),
+            bytes: Arc::new(bytes.into()),
         }
     }
 

@@ -54,7 +54,7 @@ pub struct Offer {
     /// Target hardware (`"ESP32"`, `"ESP8266"`, or a pmesh platform name).
     pub hardware: String,
     /// The image (what ends up in flash).
-    pub image: Box<dyn FirmwareSource>,
+    pub image: Box<dyn FirmwareSource + Send>,
     /// Install even on nodes that already run this image.
     pub forced: bool,
     /// Classic broadcast mode (Data flooded to every node). Ignored by the pmesh protocol,
@@ -104,7 +104,7 @@ impl Offer {
     pub fn new(
         role: impl Into<String>,
         hardware: impl Into<String>,
-        image: impl FirmwareSource + 'static,
+        image: impl FirmwareSource + Send + 'static,
     ) -> Self {
         Offer {
             role: role.into(),
@@ -132,7 +132,7 @@ impl Offer {
         forced: bool,
         broadcast: bool,
         compressed: bool,
-        image: impl FirmwareSource + 'static,
+        image: impl FirmwareSource + Send + 'static,
     ) -> Result<Offer, Refusal> {
         let offer = Offer::new(role, hardware, image)
             .forced(forced)
@@ -209,7 +209,7 @@ impl Offer {
             self.chunk_size
         };
         let mut md5 = Md5Hasher::default();
-        let (served, served_len): (Box<dyn FirmwareSource>, u64) = if self.compressed {
+        let (served, served_len): (Box<dyn FirmwareSource + Send>, u64) = if self.compressed {
             let gz = codec::gzip(&self.read_image()?);
             md5.update(&gz);
             let len = gz.len() as u64;
@@ -271,7 +271,7 @@ pub(crate) fn read_all(src: &mut dyn FirmwareSource) -> Result<Vec<u8>, IoError>
 /// A classic offer ready to serve.
 pub(crate) struct PreparedClassic {
     pub(crate) info: pmesh_proto::ota::FirmwareInfo,
-    pub(crate) served: Box<dyn FirmwareSource>,
+    pub(crate) served: Box<dyn FirmwareSource + Send>,
     pub(crate) served_len: u64,
     pub(crate) chunk: u32,
     /// The offer, its image moved into `served` when uncompressed.
@@ -286,5 +286,17 @@ impl PreparedClassic {
             offer.image = self.served;
         }
         offer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offers_can_cross_threads() {
+        fn is_send<T: Send>() {}
+        is_send::<Offer>();
+        is_send::<MemorySource>();
     }
 }

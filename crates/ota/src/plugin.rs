@@ -251,14 +251,9 @@ impl<S: FirmwareSink, T: OtaStore> Plugin for Ota<S, T> {
                 let a = Announce::from_envelope(env);
                 let busy = self.pmesh_busy();
                 match &mut self.classic_rx {
-                    ClassicRx::Pmesh(r) => r.on_announce(
-                        ctx,
-                        a,
-                        &frame.raw[..],
-                        &mut self.sink,
-                        &mut self.store,
-                        busy,
-                    ),
+                    ClassicRx::Pmesh(r) => {
+                        r.on_announce(ctx, a, &mut self.sink, &mut self.store, busy)
+                    }
                     ClassicRx::Reference(r) => r.on_announce(ctx, &a),
                     ClassicRx::Off => {}
                 }

@@ -38,7 +38,7 @@ impl Default for AnnounceSchedule {
 struct ClassicOffer {
     id: TransferId,
     info: FirmwareInfo,
-    served: Box<dyn FirmwareSource>,
+    served: Box<dyn FirmwareSource + Send>,
     served_len: u64,
     chunk: u32,
     announces_left: u32,

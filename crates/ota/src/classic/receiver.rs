@@ -219,12 +219,10 @@ impl ClassicReceiver {
         &mut self,
         ctx: &mut Context<'_, OtaEvent>,
         a: Announce,
-        raw: &[u8],
         sink: &mut dyn FirmwareSink,
         store: &mut dyn OtaStore,
         busy: bool,
     ) {
-        let _ = raw;
         let id = TransferId::classic(&a.info.md5, a.info.broadcasted);
         if a.info.role != self.role {
             let reason = Refusal::WrongRole {

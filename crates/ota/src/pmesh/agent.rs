@@ -128,7 +128,7 @@ enum Role {
 }
 
 struct DistState {
-    source: Box<dyn FirmwareSource>,
+    source: Box<dyn FirmwareSource + Send>,
     policy: ApplyPolicy,
     reports: BTreeMap<u32, (u32, Phase)>,
     next_manifest: Instant,
