@@ -620,3 +620,55 @@ fn thousand_node_rollout_scale() {
         ota_wall.elapsed().as_secs_f64()
     );
 }
+
+#[test]
+fn five_percent_of_nodes_crash_and_every_target_completes() {
+    let n = 50;
+    let mut mesh = mesh_of(n, |m| m.tree(3));
+    let image = firmware(1 << 20, 14);
+    offer(
+        &mut mesh,
+        Offer::new("sensor", "ESP32", MemorySource::new(image.clone()))
+            .pmesh()
+            .compressed(true),
+    );
+    // Inner nodes (with subtrees) and leaves crash at different points, then come back.
+    for (victim, at) in [(2usize, 60u32), (7, 120), (20, 180)] {
+        let reached = mesh.run_until(mesh.now + MIN, |m| {
+            m.events[victim]
+                .iter()
+                .any(|e| matches!(e, OtaEvent::Progress { done, .. } if *done >= at))
+        });
+        assert!(reached, "node {victim} never reached {at}");
+        mesh.crash(victim);
+        mesh.run_for(1.0);
+        mesh.restart(victim);
+    }
+    assert!(all_installed(&mut mesh, 1..n, 10));
+    mesh.run_for(5.0);
+    for i in 1..n {
+        assert_eq!(
+            mesh.sinks[i].booted().as_deref(),
+            Some(&image[..]),
+            "node {i}"
+        );
+        assert_eq!(
+            mesh.sinks[i].stats().begins,
+            1,
+            "node {i} restarted from chunk 0"
+        );
+    }
+    let (repair, neighbour) = (0..n).fold((0, 0), |acc, i| {
+        let s = mesh.with(i, |ota, _| ota.pmesh().stats());
+        (
+            acc.0 + s.repair_bytes_sent,
+            acc.1 + s.repair_bytes_to_neighbour,
+        )
+    });
+    let chunks = mesh.count("chunk").frames;
+    println!(
+        "crashes: data_link_tx {chunks} (optimum {}), repair {repair} B, from a neighbour {neighbour} B",
+        optimum_link_tx(n as u64, 256)
+    );
+    assert!(repair > 0 && neighbour as f64 >= 0.95 * repair as f64);
+}
