@@ -14,9 +14,8 @@ use crate::stats::{CloseReason, NetStats};
 /// A closure run on the mesh thread against the node.
 pub(crate) type Job<P> = Box<dyn FnOnce(&mut Node<P>, Instant) + Send>;
 
-/// What a [`MeshHandle`] asks of the mesh thread.
-pub(crate) enum Command<P: Plugin> {
-    Call(Job<P>),
+/// Requests answered at once, even while calls wait for congested queues to drain.
+pub(crate) enum Query {
     Snapshot(oneshot::Sender<Snapshot>),
     Shutdown,
 }
@@ -164,7 +163,8 @@ pub struct Snapshot {
 
 /// A cheap, cloneable, thread-safe handle on a running mesh node.
 pub struct MeshHandle<P: Plugin> {
-    pub(crate) commands: mpsc::Sender<Command<P>>,
+    pub(crate) calls: mpsc::Sender<Job<P>>,
+    pub(crate) queries: mpsc::Sender<Query>,
     pub(crate) events: broadcast::Sender<Arc<MeshEvent<P::Event>>>,
     pub(crate) node_id: u32,
     pub(crate) local_addr: Option<SocketAddr>,
@@ -173,7 +173,8 @@ pub struct MeshHandle<P: Plugin> {
 impl<P: Plugin> Clone for MeshHandle<P> {
     fn clone(&self) -> Self {
         MeshHandle {
-            commands: self.commands.clone(),
+            calls: self.calls.clone(),
+            queries: self.queries.clone(),
             events: self.events.clone(),
             node_id: self.node_id,
             local_addr: self.local_addr,
@@ -218,10 +219,7 @@ where
         let job: Job<P> = Box::new(move |node, now| {
             let _ = tx.send(f(node, now));
         });
-        self.commands
-            .send(Command::Call(job))
-            .await
-            .map_err(|_| MeshError::Closed)?;
+        self.calls.send(job).await.map_err(|_| MeshError::Closed)?;
         rx.await.map_err(|_| MeshError::Closed)
     }
 
@@ -251,11 +249,11 @@ where
             .map_err(MeshError::Send)
     }
 
-    /// The node's state now.
+    /// The node's state now (answered at once, also while calls wait on flow control).
     pub async fn snapshot(&self) -> Result<Snapshot, MeshError> {
         let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Snapshot(tx))
+        self.queries
+            .send(Query::Snapshot(tx))
             .await
             .map_err(|_| MeshError::Closed)?;
         rx.await.map_err(|_| MeshError::Closed)
@@ -270,11 +268,11 @@ where
 
     /// Asks the mesh to shut down: links are flushed briefly and closed, the thread ends.
     pub async fn shutdown(&self) {
-        let _ = self.commands.send(Command::Shutdown).await;
+        let _ = self.queries.send(Query::Shutdown).await;
     }
 
     /// True once the mesh thread has stopped.
     pub fn is_closed(&self) -> bool {
-        self.commands.is_closed()
+        self.queries.is_closed()
     }
 }

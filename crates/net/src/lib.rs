@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!             MeshHandle (Send, Clone)            mesh thread (current-thread tokio runtime)
-//!  app / CLI / bridge ──commands──▶ command task ─┐
+//!  app / CLI / bridge ──calls────▶ call task ────┐   (queries: snapshots, shutdown)
 //!                                                 │   ┌──────────── State ─────────────┐
 //!  TCP listener ──accept──▶ link tasks ──bytes───▶├──▶│ Node<P>, links, queues, stats  │
 //!  uplink dialers ──connect──▶ (reader, writer)   │   └──────┬──────────────┬──────────┘

@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
 use crate::config::NetConfig;
-use crate::handle::{Command, LinkInfo, MeshEvent, MeshHandle, Snapshot};
+use crate::handle::{Job, LinkInfo, MeshEvent, MeshHandle, Query, Snapshot};
 use crate::stats::{CloseReason, NetStats};
 
 /// Most buffers handed to one vectored write.
@@ -105,11 +105,13 @@ where
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (cmd_tx, cmd_rx) = mpsc::channel(256);
+        let (call_tx, call_rx) = mpsc::channel(256);
+        let (query_tx, query_rx) = mpsc::channel(64);
         let (ev_tx, _) = broadcast::channel(self.event_capacity);
         let node_id = self.node.id();
         let handle = MeshHandle {
-            commands: cmd_tx,
+            calls: call_tx,
+            queries: query_tx,
             events: ev_tx.clone(),
             node_id,
             local_addr,
@@ -123,7 +125,18 @@ where
                 let local = LocalSet::new();
                 local.block_on(
                     &rt,
-                    run(node, cfg, hooks, listener, local_addr, cmd_rx, ev_tx),
+                    run(
+                        node,
+                        cfg,
+                        hooks,
+                        listener,
+                        local_addr,
+                        Inbox {
+                            calls: call_rx,
+                            queries: query_rx,
+                            events: ev_tx,
+                        },
+                    ),
                 );
             })?;
         Ok(Mesh {
@@ -164,7 +177,7 @@ where
 
     /// Shuts the node down and waits for its thread to end.
     pub fn shutdown_blocking(mut self) {
-        let _ = self.handle.commands.blocking_send(Command::Shutdown);
+        let _ = self.handle.queries.blocking_send(Query::Shutdown);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -181,7 +194,7 @@ where
 impl<P: Plugin> Drop for Mesh<P> {
     fn drop(&mut self) {
         if self.thread.is_some() {
-            let _ = self.handle.commands.try_send(Command::Shutdown);
+            let _ = self.handle.queries.try_send(Query::Shutdown);
         }
     }
 }
@@ -522,18 +535,29 @@ fn id_list(ids: &[u32]) -> String {
 
 // --- tasks -------------------------------------------------------------------------------
 
+/// The mesh thread's ends of the handle's channels.
+struct Inbox<P: Plugin> {
+    calls: mpsc::Receiver<Job<P>>,
+    queries: mpsc::Receiver<Query>,
+    events: broadcast::Sender<Arc<MeshEvent<P::Event>>>,
+}
+
 async fn run<P>(
     node: Node<P>,
     cfg: NetConfig,
     hooks: Vec<Hook<P::Event>>,
     listener: Option<std::net::TcpListener>,
     local_addr: Option<SocketAddr>,
-    mut commands: mpsc::Receiver<Command<P>>,
-    events: broadcast::Sender<Arc<MeshEvent<P::Event>>>,
+    inbox: Inbox<P>,
 ) where
     P: Plugin + 'static,
     P::Event: Debug + 'static,
 {
+    let Inbox {
+        calls,
+        mut queries,
+        events,
+    } = inbox;
     let node_id = node.id();
     let clock = Clock::new();
     let shared: Shared<P> = Rc::new(RefCell::new(State {
@@ -566,21 +590,13 @@ async fn run<P>(
     }
     background.push(tokio::task::spawn_local(timer_task(shared.clone())).abort_handle());
 
-    while let Some(cmd) = commands.recv().await {
-        match cmd {
-            Command::Call(job) => {
-                let waits = {
-                    let mut st = shared.borrow_mut();
-                    let now = st.clock.now();
-                    job(&mut st.node, now);
-                    st.flush(now, None)
-                };
-                wait_drained(&shared, &waits).await;
-            }
-            Command::Snapshot(reply) => {
+    background.push(tokio::task::spawn_local(call_task(shared.clone(), calls)).abort_handle());
+    while let Some(q) = queries.recv().await {
+        match q {
+            Query::Snapshot(reply) => {
                 let _ = reply.send(shared.borrow().snapshot());
             }
-            Command::Shutdown => break,
+            Query::Shutdown => break,
         }
     }
 
@@ -601,6 +617,24 @@ async fn run<P>(
         st.close_link(conn, CloseReason::Shutdown, false, now);
     }
     info!(node_id, "mesh node stopped");
+}
+
+/// Runs the closures of [`MeshHandle::call`] in order; after each, waits while a queue it
+/// filled is congested, so callers are paced by the links they feed.
+async fn call_task<P>(shared: Shared<P>, mut calls: mpsc::Receiver<Job<P>>)
+where
+    P: Plugin,
+    P::Event: Debug,
+{
+    while let Some(job) = calls.recv().await {
+        let waits = {
+            let mut st = shared.borrow_mut();
+            let now = st.clock.now();
+            job(&mut st.node, now);
+            st.flush(now, None)
+        };
+        wait_drained(&shared, &waits).await;
+    }
 }
 
 /// Waits until none of `conns` is congested (drained to half the high-water mark, or gone).
