@@ -35,6 +35,11 @@ pub struct Config {
     /// `t1` = arrival and `t2` = departure, so `t2 - t1` is real and a stock ESP's 85x check
     /// accepts our replies on links up to `84 * hold` round trip (84 ms by default; spec §5).
     pub time_reply_hold: Duration,
+    /// A forced NODE_SYNC (after a topology change) on a link whose last request is still
+    /// unanswered waits for that reply and then goes out once, with the newest tree, instead
+    /// of one request per change. The reference sends every one; the wave of syncs that
+    /// follows many simultaneous changes is then far smaller (see the `mesh_cost` example).
+    pub coalesce_syncs: bool,
     /// How long an established link may keep reporting a loop that this node does not cut
     /// before it is closed anyway. Nodes on a loop agree on one link to cut (the smallest id
     /// pair on the cycle) and ignore looping trees meanwhile, so a ring loses one link instead
@@ -62,6 +67,7 @@ impl Config {
             time_sync_unsynced_interval: Duration::from_secs(10),
             time_sync_retry: Duration::from_millis(200),
             time_reply_hold: Duration::from_millis(1),
+            coalesce_syncs: true,
             loop_grace: Duration::from_secs(2),
             max_queued_events: 65_536,
         }

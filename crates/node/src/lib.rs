@@ -21,8 +21,13 @@
 //! 5 ms completion, 200 ms retry, 60 s cadence) and TIME_DELAY. Frames that are relayed go out
 //! as the exact bytes that came in.
 //!
+//! Where it deliberately differs from the reference (time replies held 1 ms, time authority in
+//! replies, loops cut on one agreed link, forced syncs coalesced per link) is listed with the
+//! reasons in `docs/compatibility/node.md`.
+//!
 //! Time is injected ([`Instant`]), randomness comes from [`Config::seed`], and iteration
-//! order is deterministic. `no_std` + `alloc`.
+//! order is deterministic. `no_std` + `alloc`. With the `testing` feature, `testing::Harness`
+//! runs many nodes against each other in virtual time.
 
 #![no_std]
 #![warn(missing_docs)]

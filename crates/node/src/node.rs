@@ -49,6 +49,9 @@ impl fmt::Display for SendError {
     }
 }
 
+/// The deadline of a forced NODE_SYNC: the earliest instant, so it fires on the next timer run.
+const FORCED: Instant = Instant::ZERO;
+
 /// Replies held at once, across all links; beyond it the oldest is dropped (bounded memory).
 const MAX_HELD_REPLIES: usize = 16;
 
@@ -74,13 +77,11 @@ pub(crate) struct Conn {
     /// `tree` serialized once, reused in every NODE_SYNC we send to the others.
     tree_json: Vec<u8>,
     tree_size: usize,
-    /// The last NODE_SYNC request and reply frames, to skip re-parsing identical ones.
-    /// Invariant: a frame kept here decodes to the tree in `tree` (a frame that changes the
-    /// tree clears the other slot).
-    last_sync_frames: [Option<Bytes>; 2],
     framer: FrameDecoder,
     node_sync_at: Option<Instant>,
     sync_timeout_at: Option<Instant>,
+    /// A forced sync came while a request was unanswered: send it when the reply arrives.
+    resync_after_reply: bool,
     /// Since when this link has sent only trees showing a loop (see `ignore_looped_sync`).
     loop_since: Option<Instant>,
     /// Next run of this link's time-sync task; `None` until the first NODE_SYNC, as the
@@ -192,12 +193,12 @@ impl<P: Plugin> Node<P> {
             tree: NodeTree::leaf(0),
             tree_json: Vec::new(),
             tree_size: 1,
-            last_sync_frames: [None, None],
             framer: FrameDecoder::new(self.core.cfg.max_frame),
             node_sync_at: Some(first_sync),
             sync_timeout_at: None,
             time_sync_at: None,
             loop_since: None,
+            resync_after_reply: false,
         });
         self.core.invalidate_routes();
         self.after_input(now);
@@ -496,15 +497,13 @@ impl<P: Plugin> Node<P> {
 
     fn handle_frame(&mut self, conn: ConnId, now: Instant, raw: Bytes) {
         let json = &raw[..raw.len() - 1];
-        // Identical NODE_SYNC frames (the steady state) skip parsing.
+        // A NODE_SYNC carrying exactly the tree we hold (the steady state) skips parsing.
         if let Some(idx) = self.core.index(conn) {
             let c = &self.core.conns[idx];
-            for (slot, ty) in [(0, types::NODE_SYNC_REQUEST), (1, types::NODE_SYNC_REPLY)] {
-                if c.last_sync_frames[slot].as_ref() == Some(&raw) {
-                    self.core.stats.frames_in += 1;
-                    self.core.node_sync_unchanged(idx, now, ty);
-                    return;
-                }
+            if let Some(ty) = same_tree_sync(&raw, &c.tree_json) {
+                self.core.stats.frames_in += 1;
+                self.core.node_sync_unchanged(idx, now, ty);
+                return;
             }
         }
         let env = match Envelope::parse(json, self.core.cfg.max_depth) {
@@ -553,7 +552,7 @@ impl<P: Plugin> Node<P> {
             | types::NODE_SYNC_REPLY => match env.decode() {
                 Message::NodeSyncRequest(mut sync) | Message::NodeSyncReply(mut sync) => {
                     sync.tree.node_id = sync_node_id(&env);
-                    self.core.handle_node_sync(conn, now, sync, raw);
+                    self.core.handle_node_sync(conn, now, sync);
                 }
                 Message::TimeSync(t) => self.core.handle_time_sync(conn, now, t),
                 Message::TimeDelay(t) => self.core.handle_time_delay(conn, now, t),
@@ -624,6 +623,31 @@ impl<P: Plugin> Node<P> {
     }
 }
 
+/// If `raw` is a NODE_SYNC whose tree is exactly `tree_json` (our compact serialization of the
+/// tree we hold for that link), its type: `{` + the tree's fields + `,"type":5|6,"dest":D,
+/// "from":F}` + NUL, the order every stock and pmesh node writes. Such a frame decodes to the
+/// stored tree (the writer's output parses back to the same tree and `nodeId` is present), so
+/// it needs no parsing. Anything else returns `None` and is parsed.
+fn same_tree_sync(raw: &[u8], tree_json: &[u8]) -> Option<i32> {
+    let fields = tree_json.strip_suffix(b"}")?;
+    let rest = raw.strip_prefix(fields)?;
+    let rest = rest.strip_prefix(b",\"type\":")?;
+    let (ty, rest) = match rest.split_first()? {
+        (b'5', rest) => (types::NODE_SYNC_REQUEST, rest),
+        (b'6', rest) => (types::NODE_SYNC_REPLY, rest),
+        _ => return None,
+    };
+    let rest = skip_u32_digits(rest.strip_prefix(b",\"dest\":")?)?;
+    let rest = skip_u32_digits(rest.strip_prefix(b",\"from\":")?)?;
+    (rest == b"}\0").then_some(ty)
+}
+
+/// `r` after 1 to 10 leading ASCII digits, if it has that many.
+fn skip_u32_digits(r: &[u8]) -> Option<&[u8]> {
+    let n = r.iter().take_while(|b| b.is_ascii_digit()).count();
+    (1..=10).contains(&n).then(|| &r[n..])
+}
+
 /// The id a NODE_SYNC announces, read as the reference reads it: `nodeId` when it is a JSON
 /// integer in u32 range, otherwise `from` converted leniently (`as<uint32_t>()`: `"7"` is 7).
 /// `NodeTree::from_object` falls back only when `nodeId` is absent and reads `from` strictly,
@@ -671,16 +695,7 @@ impl<E> Core<E> {
         let conns: usize = self
             .conns
             .iter()
-            .map(|c| {
-                tree_bytes(&c.tree)
-                    + c.tree_json.capacity()
-                    + c.last_sync_frames
-                        .iter()
-                        .flatten()
-                        .map(Bytes::len)
-                        .sum::<usize>()
-                    + c.framer.buffered()
-            })
+            .map(|c| tree_bytes(&c.tree) + c.tree_json.capacity() + c.framer.buffered())
             .sum();
         // A BTreeMap entry: key, value and roughly a third of a node's bookkeeping.
         let routes = self.routes.borrow().as_ref().map_or(0, |m| {
@@ -872,7 +887,7 @@ impl<E> Core<E> {
             .iter_mut()
             .filter(|c| Some(c.id) != source && c.synced())
         {
-            c.node_sync_at = Some(Instant::ZERO);
+            c.node_sync_at = Some(FORCED);
         }
     }
 
@@ -926,7 +941,16 @@ impl<E> Core<E> {
                 self.remove_conn(id, DropReason::SyncTimeout, true);
                 continue; // index i now holds the next connection
             }
-            if c.node_sync_at.is_some_and(|t| t <= now) {
+            if self.cfg.coalesce_syncs
+                && c.node_sync_at == Some(FORCED)
+                && c.sync_timeout_at.is_some()
+            {
+                // A forced sync while our last request is unanswered: the reply triggers it,
+                // so a burst of changes costs this link one request, built from the newest tree.
+                let c = &mut self.conns[i];
+                c.resync_after_reply = true;
+                c.node_sync_at = Some(now + self.cfg.node_sync_interval);
+            } else if c.node_sync_at.is_some_and(|t| t <= now) {
                 let frame = self.node_sync_frame(i, types::NODE_SYNC_REQUEST);
                 self.queue(id, frame);
                 let c = &mut self.conns[i];
@@ -961,7 +985,7 @@ impl<E> Core<E> {
 
     // --- node sync ----------------------------------------------------------------------
 
-    fn handle_node_sync(&mut self, conn: ConnId, now: Instant, sync: NodeSync, raw: Bytes) {
+    fn handle_node_sync(&mut self, conn: ConnId, now: Instant, sync: NodeSync) {
         let Some(mut idx) = self.index(conn) else {
             return;
         };
@@ -1010,12 +1034,6 @@ impl<E> Core<E> {
         }
         let c = &mut self.conns[idx];
         let changed = c.tree != tree;
-        let slot = usize::from(!is_request);
-        c.last_sync_frames[slot] = Some(raw);
-        if changed {
-            // The other kind's last frame described the old tree: it no longer may short-cut.
-            c.last_sync_frames[1 - slot] = None;
-        }
         if first {
             c.node_id = tree.node_id;
             c.time_sync_at = Some(match c.direction {
@@ -1097,8 +1115,9 @@ impl<E> Core<E> {
         }
     }
 
-    /// A NODE_SYNC frame identical to the last one of its kind: nothing changed.
+    /// A NODE_SYNC carrying exactly the stored tree (see `same_tree_sync`): nothing changed.
     fn node_sync_unchanged(&mut self, idx: usize, now: Instant, ty: i32) {
+        self.conns[idx].loop_since = None;
         self.node_sync_answer(idx, now, ty, false);
     }
 
@@ -1115,7 +1134,11 @@ impl<E> Core<E> {
             let id = self.conns[idx].id;
             self.queue(id, frame);
         } else {
-            self.conns[idx].sync_timeout_at = None;
+            let c = &mut self.conns[idx];
+            c.sync_timeout_at = None;
+            if core::mem::take(&mut c.resync_after_reply) {
+                c.node_sync_at = Some(FORCED);
+            }
         }
     }
 
@@ -1251,5 +1274,40 @@ impl<E> Core<E> {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_tree_sync_recognises_only_the_canonical_frame_of_the_stored_tree() {
+        let tree = br#"{"nodeId":7,"subs":[{"nodeId":8}]}"#;
+        let ok = |s: &str| same_tree_sync(&[s.as_bytes(), b"\0"].concat(), tree);
+        assert_eq!(
+            ok(r#"{"nodeId":7,"subs":[{"nodeId":8}],"type":5,"dest":1,"from":7}"#),
+            Some(5)
+        );
+        assert_eq!(
+            ok(r#"{"nodeId":7,"subs":[{"nodeId":8}],"type":6,"dest":0,"from":4294967295}"#),
+            Some(6)
+        );
+        for other in [
+            r#"{"nodeId":7,"subs":[{"nodeId":8}],"type":4,"dest":1,"from":7}"#,
+            r#"{"nodeId":7,"subs":[{"nodeId":8}],"type":5,"dest":12345678901,"from":7}"#,
+            r#"{"nodeId":7,"subs":[{"nodeId":8}],"type":5,"dest":1,"from":7,"x":1}"#,
+            r#"{"nodeId":7,"subs":[{"nodeId":8}],"type":5,"dest":"1","from":7}"#,
+            r#"{"nodeId":7,"subs":[{"nodeId":8}],"type":5,"dest":,"from":7}"#,
+            r#"{"nodeId":7,"subs":[{"nodeId":8},{"nodeId":9}],"type":5,"dest":1,"from":7}"#,
+            r#"{"nodeId":7,"subs":[{"nodeId":8}],"root":true,"type":5,"dest":1,"from":7}"#,
+            r#"{"type":5,"dest":1,"from":7,"nodeId":7,"subs":[{"nodeId":8}]}"#,
+        ] {
+            assert_eq!(ok(other), None, "{other}");
+        }
+        assert_eq!(
+            same_tree_sync(b"{\"nodeId\":7,\"type\":5,\"dest\":1,\"from\":7}\0", b""),
+            None
+        );
     }
 }

@@ -15,7 +15,7 @@
 //! This is a test tool, not the simulator: it has no bandwidth model, no WiFi scanning and no
 //! reconnection (`pmesh-sim` does those).
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 use core::fmt;
 use core::time::Duration;
@@ -149,6 +149,9 @@ pub struct Harness<P: Plugin = ()> {
     nodes: Vec<SimNode<P>>,
     links: Vec<Link>,
     queue: BTreeMap<(u64, u64), Delivery>,
+    /// Each live node's next timer as (global time, node), and per node its entry there.
+    timers: BTreeSet<(u64, usize)>,
+    timer_of: Vec<Option<u64>>,
     seq: u64,
     steps_at_now: u32,
     stats: HarnessStats,
@@ -195,6 +198,8 @@ impl<P: Plugin> Harness<P> {
             nodes: Vec::new(),
             links: Vec::new(),
             queue: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            timer_of: Vec::new(),
             seq: 0,
             steps_at_now: 0,
             stats: HarnessStats::default(),
@@ -209,7 +214,10 @@ impl<P: Plugin> Harness<P> {
             events: Vec::new(),
             crashed: false,
         });
-        self.nodes.len() - 1
+        self.timer_of.push(None);
+        let i = self.nodes.len() - 1;
+        self.refresh_timer(i);
+        i
     }
 
     /// Opens a link: `station` dials `ap`; both learn of it now. Same latency both ways.
@@ -270,6 +278,7 @@ impl<P: Plugin> Harness<P> {
     /// Crashes a node: it takes no more input and sends nothing; its peers are not told.
     pub fn crash(&mut self, node: usize) {
         self.nodes[node].crashed = true;
+        self.refresh_timer(node);
         for l in self
             .links
             .iter_mut()
@@ -418,15 +427,23 @@ impl<P: Plugin> Harness<P> {
 
     /// The earliest due timer over all live nodes, as (global time, node).
     fn next_timer(&self) -> Option<(u64, usize)> {
-        self.nodes
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| !n.crashed)
-            .filter_map(|(i, n)| {
-                let local = n.node.poll_timeout()?;
-                Some((n.clock.global_at_or_after(local).max(self.now), i))
-            })
-            .min()
+        self.timers.first().map(|&(t, i)| (t.max(self.now), i))
+    }
+
+    /// Re-reads node `i`'s deadline (after any input to it).
+    fn refresh_timer(&mut self, i: usize) {
+        if let Some(old) = self.timer_of[i].take() {
+            self.timers.remove(&(old, i));
+        }
+        let n = &self.nodes[i];
+        if n.crashed {
+            return;
+        }
+        if let Some(local) = n.node.poll_timeout() {
+            let at = n.clock.global_at_or_after(local);
+            self.timers.insert((at, i));
+            self.timer_of[i] = Some(at);
+        }
     }
 
     fn deliver(&mut self, delivery: Delivery) {
@@ -506,5 +523,6 @@ impl<P: Plugin> Harness<P> {
         while let Some(e) = self.nodes[i].node.poll_event() {
             self.nodes[i].events.push((now, e));
         }
+        self.refresh_timer(i);
     }
 }

@@ -202,6 +202,58 @@ fn topology_change_forces_sync_on_other_synced_links_only() {
     );
 }
 
+/// Forced syncs on a link whose request is unanswered wait for the reply and then go out
+/// once, with the newest tree (`Config::coalesce_syncs`); without it, one request per change.
+#[test]
+fn forced_syncs_wait_for_the_outstanding_reply() {
+    for coalesce in [true, false] {
+        let mut cfg = Config::new(ME);
+        cfg.coalesce_syncs = coalesce;
+        let mut r = Rig::new(cfg, T0);
+        // Link 1's neighbour answers only when the test says so.
+        r.connect(ConnId(1), Direction::Ap);
+        r.deliver(ConnId(1), &sync_frame("{\"nodeId\":2000}", 5, ME, 2000));
+        r.add_neighbour(ConnId(2), Direction::Ap, "{\"nodeId\":3000}");
+        let mark = r.sent.len();
+        for subs in [
+            "[{\"nodeId\":3001}]",
+            "[{\"nodeId\":3001},{\"nodeId\":3002}]",
+            "[{\"nodeId\":3003}]",
+        ] {
+            let tree = format!("{{\"nodeId\":3000,\"subs\":{subs}}}");
+            r.peers.insert(ConnId(2), (3000, tree.clone()));
+            r.deliver(ConnId(2), &sync_frame(&tree, 5, ME, 3000));
+        }
+        let newest = format!(
+            "{{\"nodeId\":{ME},\"subs\":[{{\"nodeId\":3000,\"subs\":[{{\"nodeId\":3003}}]}}],\"type\":5,\"dest\":2000,\"from\":{ME}}}"
+        );
+        let sent = requests_on(&r, mark, ConnId(1));
+        if !coalesce {
+            assert_eq!(sent.len(), 3);
+            assert_eq!(sent[2].1, newest);
+            continue;
+        }
+        // The request sent when 3000 joined is still unanswered: nothing more yet.
+        assert!(sent.is_empty(), "{sent:?}");
+        r.advance(Duration::from_millis(30));
+        r.deliver(ConnId(1), &sync_frame("{\"nodeId\":2000}", 6, ME, 2000));
+        assert_eq!(
+            requests_on(&r, mark, ConnId(1)),
+            vec![(T0 + Duration::from_millis(30), newest)]
+        );
+        // That one is answered too: nothing further is owed.
+        r.deliver(ConnId(1), &sync_frame("{\"nodeId\":2000}", 6, ME, 2000));
+        r.advance(secs(50));
+        assert_eq!(
+            requests_on(&r, mark, ConnId(1)).len(),
+            1,
+            "{:?}",
+            requests_on(&r, mark, ConnId(1))
+        );
+        assert!(r.closed.is_empty());
+    }
+}
+
 #[test]
 fn dropping_a_synced_link_forces_sync_on_the_others() {
     let mut r = rig();
