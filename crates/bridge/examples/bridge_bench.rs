@@ -31,8 +31,16 @@ impl Gateway for NoGateway {
 /// A tree of `n` nodes with fan-out 4 (ids 1000+i), gateway on top.
 fn tree(n: u32) -> NodeTree {
     fn build(id: u32, n: u32) -> NodeTree {
-        let kids = (1..=4).map(|k| (id - 1000) * 4 + k).filter(|c| *c < n).map(|c| build(1000 + c, n)).collect();
-        NodeTree { node_id: id, subs: kids, ..Default::default() }
+        let kids = (1..=4)
+            .map(|k| (id - 1000) * 4 + k)
+            .filter(|c| *c < n)
+            .map(|c| build(1000 + c, n))
+            .collect();
+        NodeTree {
+            node_id: id,
+            subs: kids,
+            ..Default::default()
+        }
     }
     build(1000, n)
 }
@@ -47,14 +55,25 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let nodes: u32 = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(1000);
     let rounds: usize = args.get(2).map(|a| a.parse()).transpose()?.unwrap_or(200);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let dir = std::env::temp_dir().join(format!("pmesh-bridge-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut child = None;
     let broker = if std::path::Path::new("/usr/sbin/mosquitto").exists() {
         let conf = dir.join("mosquitto.conf");
-        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"))?;
-        child = Some(std::process::Command::new("/usr/sbin/mosquitto").arg("-c").arg(&conf).stderr(std::process::Stdio::null()).spawn()?);
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )?;
+        child = Some(
+            std::process::Command::new("/usr/sbin/mosquitto")
+                .arg("-c")
+                .arg(&conf)
+                .stderr(std::process::Stdio::null())
+                .spawn()?,
+        );
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -70,11 +89,16 @@ async fn main() -> anyhow::Result<()> {
     cfg.publish_interval = Duration::from_secs(1);
     cfg.streams.ha_discovery = false;
     let bridge = Bridge::spawn(cfg, 1000, Arc::new(NoGateway))?;
-    anyhow::ensure!(bridge.wait_online(Duration::from_secs(10)).await, "bridge did not come online");
+    anyhow::ensure!(
+        bridge.wait_online(Duration::from_secs(10)).await,
+        "bridge did not come online"
+    );
     bridge.topology(tree(nodes));
     for i in 0..nodes {
         let id = 1000 + i;
-        let pkg = format!(r#"{{"from":{id},"routing":2,"type":604,"status":0,"uptime":3600,"mem":120,"wifi":0,"fw":"1.2.3","fwMD5":"abc","nodes":{nodes},"conns":2,"msgRx":10,"msgTx":9,"msgDrop":0,"latency":3,"loss":0,"throughput":0,"alerts":0,"lastErr":""}}"#);
+        let pkg = format!(
+            r#"{{"from":{id},"routing":2,"type":604,"status":0,"uptime":3600,"mem":120,"wifi":0,"fw":"1.2.3","fwMD5":"abc","nodes":{nodes},"conns":2,"msgRx":10,"msgTx":9,"msgDrop":0,"latency":3,"loss":0,"throughput":0,"alerts":0,"lastErr":""}}"#
+        );
         bridge.package(Envelope::parse(pkg.as_bytes(), 32).map_err(|e| anyhow::anyhow!("{e}"))?);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -88,7 +112,11 @@ async fn main() -> anyhow::Result<()> {
         times.push(t.elapsed().as_secs_f64() * 1e3);
         anyhow::ensure!(publishes > 0, "snapshot not acknowledged");
     }
-    let (p50, p99, max) = (pct(&mut times, 0.5), pct(&mut times, 0.99), pct(&mut times, 1.0));
+    let (p50, p99, max) = (
+        pct(&mut times, 0.5),
+        pct(&mut times, 0.99),
+        pct(&mut times, 1.0),
+    );
 
     // 2. /metrics rendering.
     let mut rt = Vec::new();
@@ -127,9 +155,13 @@ async fn main() -> anyhow::Result<()> {
     let rss = pmesh_bridge::rss_bytes().unwrap_or(0) as f64 / 1048576.0;
 
     println!("MQTT bridge benchmark: {nodes} nodes, {rounds} rounds, broker: {broker}");
-    println!("full snapshot ({publishes} QoS 1 publishes) published and acknowledged: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (target p99 <= 50 ms)");
+    println!(
+        "full snapshot ({publishes} QoS 1 publishes) published and acknowledged: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (target p99 <= 50 ms)"
+    );
     println!("/metrics render ({size} bytes): p50 {m50:.2} ms, p99 {m99:.2} ms (target <= 50 ms)");
-    println!("process RSS (bench process = bridge + 1,000-node model + test client): {rss:.1} MB (target <= 50 MB)");
+    println!(
+        "process RSS (bench process = bridge + 1,000-node model + test client): {rss:.1} MB (target <= 50 MB)"
+    );
     println!(
         "idle traffic per interval: {:.0} messages, {:.0} bytes = {:.1} bytes per node per interval (status/nodes + topology + metrics + alerts + health; node states only on change)",
         msgs as f64 / secs as f64,

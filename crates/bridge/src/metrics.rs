@@ -21,7 +21,10 @@ type Labels = Vec<(String, String)>;
 type FGauge = Gauge<f64, AtomicU64>;
 
 fn edge(node: u32, parent: u32) -> Labels {
-    vec![("node".into(), node.to_string()), ("parent".into(), parent.to_string())]
+    vec![
+        ("node".into(), node.to_string()),
+        ("parent".into(), parent.to_string()),
+    ]
 }
 
 fn l(k: &str, v: impl ToString) -> Labels {
@@ -150,6 +153,11 @@ impl Metrics {
             node_hops: reg!(
                 "node_hops",
                 "Hops from the gateway to the node",
+                Family::default()
+            ),
+            node_parent: reg!(
+                "node_parent",
+                "1 for the node's current parent in the tree (edges of the topology graph)",
                 Family::default()
             ),
             node_heap: reg!(
