@@ -22,6 +22,8 @@ use crate::topology::Layout;
 const MAX_VIOLATIONS: usize = 1_000;
 /// Progress callbacks at most this often (events).
 const PROGRESS_EVERY: u64 = 1 << 15;
+/// Formation is checked this long after a new connection (simulated µs).
+const FORMATION_CHECK_DELAY: SimTime = 50_000;
 
 /// A scheduled thing.
 #[derive(Clone, Copy, Debug)]
@@ -56,6 +58,8 @@ enum Ev {
     BroadcastCheck { idx: usize },
     /// Sample the mesh-time spread.
     TimeSample,
+    /// Has the mesh formed (one component)?
+    FormationCheck,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,6 +193,9 @@ pub struct Sim<A: SimApp = CoreOnly> {
     convergence: Vec<Convergence>,
     convergence_checks: u64,
     formed_at: Option<SimTime>,
+    formation_check_pending: bool,
+    last_new_connection: SimTime,
+    late_joiners: Vec<u32>,
     violations: Vec<Violation>,
     violations_total: u64,
     cycles: Vec<OpenCycle>,
@@ -269,6 +276,9 @@ impl<A: SimApp> Sim<A> {
             convergence: Vec::new(),
             convergence_checks: 0,
             formed_at: None,
+            formation_check_pending: false,
+            last_new_connection: 0,
+            late_joiners: Vec::new(),
             violations: Vec::new(),
             violations_total: 0,
             cycles: Vec::new(),
@@ -286,6 +296,7 @@ impl<A: SimApp> Sim<A> {
             sc,
         };
         let late = sim.sc.late_joiners();
+        sim.late_joiners = late.clone();
         let jitter = sim.sc.wifi.boot_jitter.micros();
         for i in 0..sim.nodes.len() {
             if late.binary_search(&(i as u32 + 1)).is_err() {
@@ -477,6 +488,10 @@ impl<A: SimApp> Sim<A> {
             Ev::Traffic { single } => self.traffic(single),
             Ev::CycleCheck { idx } => self.cycle_check(idx),
             Ev::BroadcastCheck { idx } => self.broadcast_check(idx),
+            Ev::FormationCheck => {
+                self.formation_check_pending = false;
+                self.check_formation();
+            }
             Ev::TimeSample => {
                 let (spread, _) = self.time_spread();
                 self.time_samples.push((secs(self.now), spread));
@@ -615,7 +630,14 @@ impl<A: SimApp> Sim<A> {
                     if !was_edge {
                         self.edge_added(l);
                     }
-                    self.check_formation();
+                    if self.formed_at.is_none() && !self.formation_check_pending {
+                        // Formation can only complete at a new connection; check once things
+                        // have settled for a moment (a component walk per connection costs O(N)).
+                        self.formation_check_pending = true;
+                        self.queue
+                            .push(self.now + FORMATION_CHECK_DELAY, Ev::FormationCheck);
+                    }
+                    self.last_new_connection = self.now;
                 }
             }
             Event::DroppedConnection { reason, .. } => {
@@ -955,7 +977,15 @@ impl<A: SimApp> Sim<A> {
                     aps = ranked.into_iter().map(|(_, ap)| ap).collect();
                 }
                 let connected = matches!(self.nodes[idx].sta.uplink, Uplink::Linked { .. });
-                let rooted = connected && node.tree().is_rooted();
+                // `isRooted(tree)`: some node in my tree announces root. The scenario says which
+                // nodes do, so a route lookup answers it without cloning the tree.
+                let me = self.nodes[idx].id;
+                let rooted = connected
+                    && self
+                        .sc
+                        .roots
+                        .iter()
+                        .any(|&r| r == me || node.route(r).is_some());
                 let contains_root = w.contains_root.unwrap_or(!self.sc.roots.is_empty());
                 // Connected: slow rescans, unless a root is expected and not in sight (spec §4).
                 let connected_next = if contains_root && !rooted {
@@ -1507,19 +1537,25 @@ impl<A: SimApp> Sim<A> {
         comp
     }
 
+    /// Formation: every node up (and every node due at the start booted) in one component.
+    /// Its time is the last new connection before the check, which is exact: only a new
+    /// connection can join components.
     fn check_formation(&mut self) {
-        if self.formed_at.is_some()
-            || self
-                .nodes
-                .iter()
-                .any(|n| !n.up() && n.boots == 0 && !self.sc.late_joiners().contains(&n.id))
+        if self.formed_at.is_some() {
+            return;
+        }
+        let late = &self.late_joiners;
+        if self
+            .nodes
+            .iter()
+            .any(|n| !n.up() && n.boots == 0 && late.binary_search(&n.id).is_err())
         {
             return;
         }
         let comp = self.components();
         let first = comp.iter().find(|&&c| c != usize::MAX).copied();
         if first.is_some() && comp.iter().all(|&c| c == usize::MAX || Some(c) == first) {
-            self.formed_at = Some(self.now);
+            self.formed_at = Some(self.last_new_connection);
         }
     }
 

@@ -95,7 +95,7 @@ impl Serialize for Dur {
 }
 
 /// A value or a `[min, max]` range drawn uniformly per link or node.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Span {
     /// Lower bound.
     pub min: f64,
@@ -107,6 +107,16 @@ impl Span {
     /// A single value.
     pub const fn fixed(v: f64) -> Span {
         Span { min: v, max: v }
+    }
+}
+
+impl Serialize for Span {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.min == self.max {
+            s.serialize_f64(self.min)
+        } else {
+            [self.min, self.max].serialize(s)
+        }
     }
 }
 
@@ -674,6 +684,24 @@ mod tests {
                 max: 20.0
             }
         );
+    }
+
+    #[test]
+    fn printed_scenario_reads_back() {
+        let mut s = Scenario::default();
+        s.events.push(TimedEvent {
+            at: Dur::secs(90),
+            action: Action::Crash { node: 3 },
+        });
+        s.events.push(TimedEvent {
+            at: Dur::millis(1500),
+            action: Action::Refuse {
+                node: 2,
+                duration: Dur::secs(20),
+            },
+        });
+        let text = toml::to_string(&s).unwrap();
+        assert_eq!(Scenario::from_toml(&text).unwrap(), s, "{text}");
     }
 
     #[test]
