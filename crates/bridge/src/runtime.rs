@@ -286,8 +286,14 @@ impl Runtime {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         let mut topology_open = true;
+        let mut synced = Instant::now();
+        self.metrics.sync(&self.model);
         loop {
-            self.metrics.sync(&self.model);
+            // Prometheus series follow the model at most every 250 ms: O(nodes) per sync.
+            if synced.elapsed() >= Duration::from_millis(250) {
+                self.metrics.sync(&self.model);
+                synced = Instant::now();
+            }
             self.publish_status();
             if self.conn.is_none() && Instant::now() >= self.reconnect_at {
                 self.connect();
@@ -325,6 +331,7 @@ impl Runtime {
                 _ = tick.tick() => self.periodic().await,
                 _ = tokio::time::sleep_until(reconnect), if no_conn => {}
                 _ = sleep_opt(flush) => self.flush().await,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             }
             self.send_pending().await;
         }
@@ -363,7 +370,11 @@ impl Runtime {
         }
         let will = json!({"state": "offline", "session": self.session}).to_string();
         opts.set_last_will(LastWill::new(self.topics.state(), will, q1(), true));
-        let (client, el) = AsyncClient::new(opts, 4096);
+        let (client, mut el) = AsyncClient::new(opts, 4096);
+        // Without TCP_NODELAY, Nagle plus delayed ACKs hold small publishes ~40 ms.
+        let mut net = rumqttc::NetworkOptions::new();
+        net.set_tcp_nodelay(true);
+        el.set_network_options(net);
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(drive(el, tx));
         self.conn = Some(Conn {
