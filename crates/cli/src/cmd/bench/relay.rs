@@ -117,29 +117,30 @@ fn print_table(rows: &[Value], idle: &Value) {
     );
     for r in rows {
         let size = r["payload_bytes"].as_u64().unwrap_or(0);
-        let reference = if size == 100 {
-            format!("{REF_MSGS_100B} msg/s")
-        } else if size == 1024 {
-            format!("{REF_MBPS_1K} MB/s")
-        } else {
-            "-".into()
+        let reference = match size {
+            100 => format!("{REF_MSGS_100B} msg/s"),
+            1024 => format!("{REF_MBPS_1K} MB/s"),
+            _ => "-".into(),
         };
+        let u = |k: &str| r[k].as_u64().unwrap_or(0);
+        let cpu = r["relay_cpu_percent"]
+            .as_array()
+            .map_or(String::new(), |a| {
+                a.iter()
+                    .map(|v| format!("{:.0}", v.as_f64().unwrap_or(0.0)))
+                    .collect::<Vec<_>>()
+                    .join("/")
+            });
         println!(
             "{:>7}B  {:>9}  {:>9}  {:>10.0}  {:>8.2}  {:>9}  {:>9}  {:>12}  {:>8}",
             size,
-            r["sent"],
-            r["intact"],
+            u("sent"),
+            u("intact"),
             r["msgs_per_s"].as_f64().unwrap_or(0.0),
             r["mb_per_s"].as_f64().unwrap_or(0.0),
-            r["corrupt"],
-            r["missing"],
-            r["relay_cpu_percent"]
-                .as_array()
-                .map_or(String::new(), |a| a
-                    .iter()
-                    .map(|v| format!("{:.0}", v.as_f64().unwrap_or(0.0)))
-                    .collect::<Vec<_>>()
-                    .join("/")),
+            u("corrupt"),
+            u("missing"),
+            cpu,
             reference
         );
     }
@@ -278,7 +279,6 @@ fn chain_run(size: usize, duration: Duration) -> anyhow::Result<Value> {
     );
     let sink_out = json_lines(&mut sink.0)?;
     let cpu_before: Vec<u64> = relays.iter().map(|r| cpu_ticks(r.0.id())).collect();
-    let wall = Instant::now();
     let sent = source_out
         .recv_timeout(duration + Duration::from_secs(60))
         .context("the source did not report")?;
@@ -288,14 +288,7 @@ fn chain_run(size: usize, duration: Duration) -> anyhow::Result<Value> {
     let got = sink_out
         .recv_timeout(Duration::from_secs(60))
         .context("the sink did not report")?;
-    let elapsed = wall.elapsed().as_secs_f64();
     let cpu_after: Vec<u64> = relays.iter().map(|r| cpu_ticks(r.0.id())).collect();
-    let ticks = 100.0; // USER_HZ on Linux
-    let relay_cpu: Vec<f64> = cpu_before
-        .iter()
-        .zip(&cpu_after)
-        .map(|(b, a)| (a - b) as f64 / ticks / elapsed * 100.0)
-        .collect();
     drop((source, relays, sink));
 
     let n_sent = sent["sent"].as_u64().unwrap_or(0);
