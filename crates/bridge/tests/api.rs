@@ -440,7 +440,14 @@ async fn metrics_endpoint_passes_promtool_and_drops_departed_nodes() {
         )
         .unwrap(),
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Series follow the model within a sync period (250 ms).
+    eventually(5, "metrics synced", || {
+        bridge
+            .metrics()
+            .render()
+            .contains("pmesh_node_packet_loss_ratio{node=\"3\"}")
+    })
+    .await;
     // Served over HTTP by axum on a port of its own.
     let (addr, _task) = bridge
         .metrics()
