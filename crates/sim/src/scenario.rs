@@ -306,6 +306,8 @@ impl Default for WifiModel {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Traffic {
+    /// Generate traffic at all (`false` turns both kinds off).
+    pub enabled: bool,
     /// A BROADCAST from a random node this often (none if absent).
     pub broadcast_every: Option<Dur>,
     /// A SINGLE from a random node to a random node it knows this often (none if absent).
@@ -319,6 +321,7 @@ pub struct Traffic {
 impl Default for Traffic {
     fn default() -> Self {
         Traffic {
+            enabled: true,
             broadcast_every: Some(Dur::secs(10)),
             single_every: Some(Dur::secs(5)),
             payload_bytes: 32,

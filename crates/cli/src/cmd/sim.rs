@@ -142,8 +142,7 @@ pub fn scenario(args: &Args) -> anyhow::Result<Scenario> {
         sc.traffic.single_every = every(s)?;
     }
     if args.no_traffic {
-        sc.traffic.broadcast_every = None;
-        sc.traffic.single_every = None;
+        sc.traffic.enabled = false;
     }
     if !args.root.is_empty() {
         sc.roots = args.root.iter().copied().filter(|&r| r != 0).collect();

@@ -1,0 +1,41 @@
+//! The example scenarios in `scenarios/` parse, and the small ones run clean.
+
+use pmesh_sim::{Scenario, Sim};
+
+fn load(name: &str) -> Scenario {
+    let path = format!("{}/../../scenarios/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    Scenario::from_toml(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[test]
+fn every_example_scenario_parses() {
+    let dir = format!("{}/../../scenarios", env!("CARGO_MANIFEST_DIR"));
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            load(path.file_name().unwrap().to_str().unwrap());
+            n += 1;
+        }
+    }
+    assert!(n >= 4, "found {n} scenarios in {dir}");
+}
+
+#[test]
+fn default_file_is_the_built_in_default() {
+    assert_eq!(load("default.toml"), Scenario::default());
+}
+
+#[test]
+fn tree_partition_runs_clean_and_recovers() {
+    let r = Sim::new(load("tree-partition.toml")).unwrap().run();
+    assert_eq!(r.invariants.violations, vec![], "{}", r.summary());
+    let last = r.convergence.last().unwrap();
+    assert_eq!(last.components, 1, "{:?}", r.convergence);
+    assert!(r.messages.broadcast_expected > 1_000);
+    assert_eq!(
+        r.messages.broadcast_delivered,
+        r.messages.broadcast_expected
+    );
+}
