@@ -301,6 +301,13 @@ fn chain_run(size: usize, duration: Duration) -> anyhow::Result<Value> {
     } else {
         0.0
     };
+    // The relays are idle before and after the transfer: their CPU time over its duration.
+    let ticks_per_s = 100.0; // USER_HZ on Linux
+    let relay_cpu: Vec<f64> = cpu_before
+        .iter()
+        .zip(&cpu_after)
+        .map(|(b, a)| (a - b) as f64 / ticks_per_s / secs.max(1e-9) * 100.0)
+        .collect();
     Ok(json!({
         "bench": "relay",
         "hops": 4,
