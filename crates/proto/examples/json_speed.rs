@@ -4,6 +4,8 @@
 //! same bytes into its own `Value` (the peer it replaces) in the same run.
 //!
 //! Run: `cargo run --release -p pmesh-proto --example json_speed`
+//! (`JSON_SPEED_ONLY=direct` or `=general` runs 1,000 NODE_SYNC decodes of one kind only, for
+//! instruction counts under `valgrind --tool=cachegrind`).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -82,6 +84,23 @@ fn main() {
         tree: t,
     };
     let big = sync.to_json();
+    if let Ok(only) = std::env::var("JSON_SPEED_ONLY") {
+        let mut nodes = 0;
+        for _ in 0..1000 {
+            nodes += match only.as_str() {
+                "direct" => NodeSync::parse_frame(&big, DEFAULT_MAX_DEPTH)
+                    .unwrap()
+                    .tree
+                    .size(),
+                _ => match Envelope::parse(&big, DEFAULT_MAX_DEPTH).unwrap().decode() {
+                    Message::NodeSyncReply(s) => s.tree.size(),
+                    _ => unreachable!(),
+                },
+            };
+        }
+        println!("{nodes} nodes decoded");
+        return;
+    }
     let small = br#"{"type":9,"dest":2428398258,"from":3907768579,"msg":"{\"from\":12345,\"routing\":2,\"type\":200,\"temp\":23.5,\"hum\":67.2,\"press\":1013.25,\"sid\":42,\"ts\":1609459200,\"bat\":85,\"message_type\":200}"}"#;
     let ota = {
         let chunk = vec![0x5au8; 1024];
@@ -113,6 +132,19 @@ fn main() {
     );
     let parse_only = best(300, || Envelope::parse(&big, DEFAULT_MAX_DEPTH).unwrap().ty);
     report("pmesh Envelope::parse only", big.len(), parse_only);
+    compare(
+        big.len(),
+        300,
+        ("pmesh NodeSync::parse_frame (direct reader)", || {
+            NodeSync::parse_frame(&big, DEFAULT_MAX_DEPTH)
+                .unwrap()
+                .tree
+                .size()
+        }),
+        ("serde_json::from_slice::<Value> (peer)", || {
+            serde_json::from_slice::<serde_json::Value>(&big).unwrap()
+        }),
+    );
 
     println!(
         "relay path, SINGLE with a package in msg ({} bytes):",

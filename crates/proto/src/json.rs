@@ -553,22 +553,19 @@ impl<'a> Parser<'a> {
             self.pos = start + end + 1;
             return Ok(Cow::Borrowed(&input[start..start + end]));
         }
-        // Copy the run before the first escape in one go, then go byte by byte.
-        let run = first.unwrap_or(input.len() - start);
-        let mut out = Vec::with_capacity(run + 16);
-        out.extend_from_slice(&input[start..start + run]);
-        self.pos = start + run;
+        // Copy the runs between escapes in one go each.
+        let mut out = Vec::with_capacity(first.unwrap_or(0) + 16);
+        let mut next = first;
+        self.pos = start;
         loop {
-            let Some(b) = self.peek() else {
+            let Some(run) = next else {
+                self.pos = input.len();
                 return self.err(JsonErrorKind::Incomplete);
             };
-            self.pos += 1;
-            if b == quote {
+            out.extend_from_slice(&input[self.pos..self.pos + run]);
+            self.pos += run + 1;
+            if input[self.pos - 1] == quote {
                 return Ok(Cow::Owned(out));
-            }
-            if b != b'\\' {
-                out.push(b);
-                continue;
             }
             let Some(e) = self.peek() else {
                 return self.err(JsonErrorKind::Incomplete);
@@ -615,6 +612,7 @@ impl<'a> Parser<'a> {
                     return self.err(JsonErrorKind::BadEscape);
                 }
             }
+            next = memchr::memchr2(quote, b'\\', &input[self.pos..]);
         }
     }
 

@@ -20,6 +20,7 @@ pub mod json;
 pub mod message;
 pub mod ota;
 pub mod packages;
+mod sync_scan;
 pub mod tree;
 
 pub use framing::{DEFAULT_MAX_FRAME, FrameDecoder, FrameError, encode_frame};

@@ -6,7 +6,7 @@
 //! test process, so any regression to deep recursion fails loudly.
 
 use pmesh_proto::json::{self, JsonErrorKind};
-use pmesh_proto::{DEFAULT_MAX_DEPTH, DecodeError, Envelope, Message, NodeTree};
+use pmesh_proto::{DEFAULT_MAX_DEPTH, DecodeError, Envelope, Message, NodeSync, NodeTree};
 
 const SMALL_STACK: usize = 16 * 1024;
 
@@ -77,6 +77,8 @@ fn accepts_127_levels_of_subs_on_a_small_stack() {
             };
             let pretty = json::parse(&tree.to_json_pretty(), DEFAULT_MAX_DEPTH).unwrap();
             let pretty_tree = NodeTree::from_object(pretty.as_object().unwrap());
+            let direct = NodeSync::parse_frame(input.as_bytes(), DEFAULT_MAX_DEPTH);
+            assert!(direct.as_ref() == Some(&sync), "direct reader differs");
             (
                 rewritten,
                 sync,
@@ -100,12 +102,18 @@ fn refuses_128_levels_and_hostile_nesting_on_a_small_stack() {
         let arrays = format!("{{\"a\":{}", "[".repeat(1_000_000));
         let objects = r#"{"a":"#.repeat(200_000);
         let subs = r#"{"nodeId":1,"subs":["#.repeat(100_000);
-        [chain(128), arrays, objects, subs].map(|f| {
-            match Envelope::parse(f.as_bytes(), DEFAULT_MAX_DEPTH) {
-                Err(DecodeError::Json(e)) => Ok((e.kind, f.as_bytes()[e.offset])),
-                Err(other) => Err(format!("{other}")),
-                Ok(_) => Err("accepted".to_string()),
-            }
+        let frames = [chain(128), arrays, objects, subs];
+        let direct = frames
+            .iter()
+            .map(|f| NodeSync::parse_frame(f.as_bytes(), DEFAULT_MAX_DEPTH));
+        assert!(
+            direct.into_iter().all(|d| d.is_none()),
+            "direct reader accepted a deep frame"
+        );
+        frames.map(|f| match Envelope::parse(f.as_bytes(), DEFAULT_MAX_DEPTH) {
+            Err(DecodeError::Json(e)) => Ok((e.kind, f.as_bytes()[e.offset])),
+            Err(other) => Err(format!("{other}")),
+            Ok(_) => Err("accepted".to_string()),
         })
     });
     for r in &results {

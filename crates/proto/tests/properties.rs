@@ -188,6 +188,98 @@ proptest! {
     }
 }
 
+/// What the general decoder makes of a frame, when it is a NODE_SYNC routed NEIGHBOUR.
+fn general_node_sync(frame: &[u8]) -> Option<NodeSync> {
+    let env = Envelope::parse(frame, DEFAULT_MAX_DEPTH).ok()?;
+    if env.routing != pmesh_proto::Routing::Neighbour {
+        return None;
+    }
+    match env.decode() {
+        Message::NodeSyncRequest(s) | Message::NodeSyncReply(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// Inserts JSON whitespace after structural characters, as a pretty printer might.
+fn with_whitespace(frame: &[u8], pads: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(frame.len() * 2);
+    let mut k = 0;
+    let mut in_string = false;
+    for &b in frame {
+        out.push(b);
+        if b == b'"' {
+            in_string = !in_string;
+        }
+        if !in_string && matches!(b, b'{' | b'[' | b',' | b':') {
+            let pad = pads.get(k % pads.len().max(1)).copied().unwrap_or(0);
+            k += 1;
+            out.extend(std::iter::repeat_n(
+                b" \t\r\n"[usize::from(pad % 4)],
+                usize::from(pad % 3),
+            ));
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// The direct NODE_SYNC reader answers for every frame a node writes (with any
+    /// whitespace), and its answer is the general decoder's.
+    #[test]
+    fn fast_node_sync_reader_matches_the_general_one(
+        tree in node_tree(), ty in 5i32..7, dest in any::<u32>(),
+        pads in proptest::collection::vec(any::<u8>(), 0..16),
+    ) {
+        let sync = NodeSync { ty, dest, from: tree.node_id, tree };
+        let frame = with_whitespace(&sync.to_json(), &pads);
+        prop_assert_eq!(NodeSync::parse_frame(&frame, DEFAULT_MAX_DEPTH), Some(sync.clone()));
+        prop_assert_eq!(general_node_sync(&frame), Some(sync));
+    }
+
+    /// On anything else it either declines or agrees with the general decoder.
+    #[test]
+    fn fast_node_sync_reader_never_disagrees(
+        seed in 0usize..SYNC_SEEDS.len(),
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0u8..3), 0..5),
+        depth in 0usize..12,
+    ) {
+        let mut frame = SYNC_SEEDS[seed].as_bytes().to_vec();
+        for (pos, byte, op) in edits {
+            let at = pos % (frame.len() + 1);
+            match op {
+                0 if at < frame.len() => frame[at] = byte,
+                1 => {
+                    const ALPHABET: &[u8] = b"{}[],:\"0123456789truefalsnodeIdsubsroot -";
+                    frame.insert(at, ALPHABET[usize::from(byte) % ALPHABET.len()])
+                }
+                _ => frame.truncate(at),
+            }
+        }
+        for max_depth in [depth, DEFAULT_MAX_DEPTH] {
+            if let Some(fast) = NodeSync::parse_frame(&frame, max_depth) {
+                let general = Envelope::parse(&frame, max_depth).ok().filter(|e| {
+                    e.routing == pmesh_proto::Routing::Neighbour
+                });
+                let general = general.map(|e| e.decode());
+                let (Some(Message::NodeSyncRequest(g)) | Some(Message::NodeSyncReply(g))) = general
+                else {
+                    panic!("fast reader answered for {:?}", String::from_utf8_lossy(&frame));
+                };
+                prop_assert_eq!(fast, g);
+            }
+        }
+    }
+}
+
+const SYNC_SEEDS: &[&str] = &[
+    r#"{"type":6,"dest":2428398258,"from":3907768579,"subs":[{"nodeId":3959373838,"subs":[{"nodeId":416992913},{"nodeId":1895675348,"root":true}]}]}"#,
+    r#"{"nodeId":3907768579,"hasTimeAuthority":true,"subs":[{"nodeId":3959373838,"subs":[{"nodeId":416992913},{"nodeId":1895675348,"root":true,"subs":[]}]}],"type":5,"dest":2428398258,"from":3907768579}"#,
+    r#"{"nodeId":1,"root":false,"subs":[{"nodeId":2,"hasTimeAuthority":false,"subs":[{"nodeId":3,"subs":[{"nodeId":4}]}],"root":true},{"subs":[]}],"type":6,"dest":0,"from":1}"#,
+    r#"{"type":5,"dest":0,"from":7,"subs":[1,"a",null,{"nodeId":8}],"nodeId":"7"}"#,
+];
+
 fn decode_everything(env: &Envelope) {
     let msg = env.decode();
     match &msg {

@@ -177,6 +177,18 @@ fn check_case(case: &J, groups: &mut BTreeMap<String, Vec<(String, NodeTree)>>) 
             "{name}"
         );
     }
+    // The direct NODE_SYNC reader agrees wherever it answers, and answers for these vectors.
+    if let Some(fast) = pmesh_proto::NodeSync::parse_frame(frame, DEFAULT_MAX_DEPTH) {
+        let (Message::NodeSyncRequest(s) | Message::NodeSyncReply(s)) = &msg else {
+            panic!("{name}: fast reader answered for a non-NODE_SYNC")
+        };
+        assert_eq!(&fast, s, "{name}");
+    } else {
+        assert!(
+            !matches!(msg, Message::NodeSyncRequest(_) | Message::NodeSyncReply(_)),
+            "{name}"
+        );
+    }
     if let Some(group) = expect.get("equal_group") {
         let group = group.as_str().unwrap().to_string();
         groups
