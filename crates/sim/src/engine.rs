@@ -1250,7 +1250,9 @@ impl<A: SimApp> Sim<A> {
 
     fn traffic(&mut self, single: bool) {
         let t = &self.sc.traffic;
-        let every = if single {
+        let every = if !t.enabled {
+            None
+        } else if single {
             t.single_every
         } else {
             t.broadcast_every

@@ -39,3 +39,12 @@ fn tree_partition_runs_clean_and_recovers() {
         r.messages.broadcast_expected
     );
 }
+
+#[test]
+fn traffic_can_be_switched_off() {
+    let mut sc = load("time-sync-tree.toml");
+    sc.duration = pmesh_sim::scenario::Dur::secs(120);
+    let r = Sim::new(sc).unwrap().run();
+    assert_eq!(r.messages.broadcasts_sent + r.messages.singles_sent, 0);
+    assert!(!r.by_type.contains_key("BROADCAST") && !r.by_type.contains_key("SINGLE"));
+}
