@@ -199,7 +199,7 @@ fn relay_node(id: u32, listen: u16, connect: u16) -> anyhow::Result<Proc> {
             "--control",
             "none",
             "--log",
-            "warn",
+            "error",
         ])
         .args([
             "--listen",
