@@ -548,17 +548,14 @@ impl<A: SimApp> Sim<A> {
             link.open[side] = false;
             link.synced[side] = false;
             link.purge();
-            let other = link.ends[1 - side];
             if !link.open[1 - side] {
                 link.dead = true;
-            }
-            if side == STA {
-                self.nodes[other].wifi_clients = self.nodes[other].wifi_clients.saturating_sub(1);
             }
             self.edge_removed(l);
         }
         // Stations associated with this AP lose its beacon.
-        if let Uplink::Associating { ap } | Uplink::Dialing { ap } = self.nodes[idx].sta.uplink {
+        // Its association frees the AP's station slot (held from association to disconnect).
+        if let Uplink::Dialing { ap } | Uplink::Linked { ap, .. } = self.nodes[idx].sta.uplink {
             self.nodes[ap].wifi_clients = self.nodes[ap].wifi_clients.saturating_sub(1);
         }
         for s in 0..self.nodes.len() {
@@ -1146,9 +1143,11 @@ impl<A: SimApp> Sim<A> {
                 }
                 self.station_lost_link(idx, link);
             }
-            _ => {
+            uplink => {
+                if matches!(uplink, Uplink::Dialing { .. }) {
+                    self.nodes[ap].wifi_clients = self.nodes[ap].wifi_clients.saturating_sub(1);
+                }
                 self.nodes[idx].sta.uplink = Uplink::None;
-                self.nodes[ap].wifi_clients = self.nodes[ap].wifi_clients.saturating_sub(1);
                 self.sta_schedule(idx, 0, StaStep::Scan);
             }
         }

@@ -253,3 +253,29 @@ fn a_stale_node_list_is_reported_with_time_and_nodes() {
         .expect("stale lists reported");
     assert!(!v.nodes.is_empty());
 }
+
+#[test]
+fn an_esp32_ap_takes_at_most_ten_stations() {
+    // A star whose centre is an ESP32 soft-AP (MAX_CONN 10): 19 stations see only node 1, ten
+    // get in, the others are refused at association and keep trying.
+    let mut sc = Scenario {
+        nodes: 20,
+        topology: Topology::Star,
+        duration: Dur::secs(180),
+        ..Scenario::default()
+    };
+    sc.wifi.max_stations = Some(10);
+    sc.events = vec![ev(90, Action::Crash { node: 3 })];
+    let mut sim = Sim::new(sc).unwrap();
+    let r = sim.run();
+    let centre = sim.node(1).unwrap();
+    let stations = centre
+        .neighbours()
+        .filter(|n| n.direction == pmesh_node::Direction::Ap)
+        .count();
+    assert_eq!(stations, 10, "{}", r.summary());
+    assert!(r.wifi.association_failures > 0, "{:?}", r.wifi);
+    // Node 3's crash freed a slot that another station took.
+    assert!(!centre.node_list(false).contains(&3));
+    assert_eq!(centre.node_list(false).len(), 10);
+}
