@@ -2,10 +2,23 @@
 
 use pmesh_sim::{Scenario, Sim};
 
+/// Loads a scenario file. Tables the engine does not know (an application's own section,
+/// such as OTA's `[ota]`) are the application's to parse and are set aside here.
 fn load(name: &str) -> Scenario {
+    const ENGINE_TABLES: [&str; 7] = [
+        "topology",
+        "link",
+        "clock",
+        "wifi",
+        "traffic",
+        "invariants",
+        "events",
+    ];
     let path = format!("{}/../../scenarios/{name}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    Scenario::from_toml(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+    let mut table: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+    table.retain(|k, v| !v.is_table() || ENGINE_TABLES.iter().any(|t| *t == k));
+    Scenario::from_toml(&toml::to_string(&table).unwrap()).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 #[test]
