@@ -80,6 +80,26 @@ fn exactly_once(nodes: &[&NodeProc], from: usize, to: usize, bcaster: usize, tag
     }
 }
 
+/// Largest difference between the nodes' mesh times, µs, each read through the control
+/// endpoint and corrected to one instant with the request's midpoint.
+fn mesh_time_spread_us(nodes: &[&NodeProc]) -> u64 {
+    let t0 = std::time::Instant::now();
+    let at_t0: Vec<u32> = nodes
+        .iter()
+        .map(|n| {
+            let before = t0.elapsed().as_micros() as u32;
+            let mesh_time = n.status()["mesh_time"].as_u64().unwrap() as u32;
+            let after = t0.elapsed().as_micros() as u32;
+            mesh_time.wrapping_sub(before / 2 + after / 2)
+        })
+        .collect();
+    let rel: Vec<i64> = at_t0
+        .iter()
+        .map(|&m| i64::from(m.wrapping_sub(at_t0[0]) as i32))
+        .collect();
+    (rel.iter().max().unwrap() - rel.iter().min().unwrap()) as u64
+}
+
 fn spec(id: u32, port: u16, connect: &[u16], config: Option<&std::path::Path>) -> NodeSpec {
     NodeSpec {
         id,
@@ -113,6 +133,15 @@ fn chain_then_tree_at_reference_timers() {
         converged(&n.iter().collect::<Vec<_>>())
     });
     eprintln!("chain converged in {t:?}");
+
+    // Time sync: every node's mesh time agrees (they started tens of ms apart, so unsynced
+    // clocks differ by at least that much).
+    let t = wait_until(
+        Duration::from_secs(10),
+        "mesh time to agree within 3 ms",
+        || mesh_time_spread_us(&n.iter().collect::<Vec<_>>()) < 3_000,
+    );
+    eprintln!("mesh time agreed within 3 ms after {t:?}");
 
     // The CLI's view of it.
     let (ok, out, err) = n[0].cli(&["nodes", "--json"]);
