@@ -10,7 +10,6 @@ use core::cell::RefCell;
 use core::fmt;
 
 use bytes::Bytes;
-use pmesh_proto::json::Value;
 use pmesh_proto::message::{time_type, types, write_sync_trailer};
 use pmesh_proto::tree::write_tree_fields;
 use pmesh_proto::{
@@ -506,6 +505,13 @@ impl<P: Plugin> Node<P> {
                 return;
             }
         }
+        // Plain NODE_SYNC frames (the bulk of the traffic after a topology change) go through
+        // the direct reader; anything unusual falls through to the general decoder below.
+        if let Some(sync) = NodeSync::parse_frame(json, self.core.cfg.max_depth) {
+            self.core.stats.frames_in += 1;
+            self.core.handle_node_sync(conn, now, sync);
+            return;
+        }
         let env = match Envelope::parse(json, self.core.cfg.max_depth) {
             Ok(env) => env,
             Err(_) => {
@@ -550,8 +556,7 @@ impl<P: Plugin> Node<P> {
             | types::TIME_SYNC
             | types::NODE_SYNC_REQUEST
             | types::NODE_SYNC_REPLY => match env.decode() {
-                Message::NodeSyncRequest(mut sync) | Message::NodeSyncReply(mut sync) => {
-                    sync.tree.node_id = sync_node_id(&env);
+                Message::NodeSyncRequest(sync) | Message::NodeSyncReply(sync) => {
                     self.core.handle_node_sync(conn, now, sync);
                 }
                 Message::TimeSync(t) => self.core.handle_time_sync(conn, now, t),
@@ -646,16 +651,6 @@ fn same_tree_sync(raw: &[u8], tree_json: &[u8]) -> Option<i32> {
 fn skip_u32_digits(r: &[u8]) -> Option<&[u8]> {
     let n = r.iter().take_while(|b| b.is_ascii_digit()).count();
     (1..=10).contains(&n).then(|| &r[n..])
-}
-
-/// The id a NODE_SYNC announces, read as the reference reads it: `nodeId` when it is a JSON
-/// integer in u32 range, otherwise `from` converted leniently (`as<uint32_t>()`: `"7"` is 7).
-/// `NodeTree::from_object` falls back only when `nodeId` is absent and reads `from` strictly,
-/// so a frame with `"nodeId":-1` or `"from":"7"` would otherwise name another node.
-fn sync_node_id(env: &Envelope) -> u32 {
-    env.get("nodeId")
-        .and_then(Value::as_u32_strict)
-        .unwrap_or(env.from)
 }
 
 /// The decision of [`Core::loop_cut`].
