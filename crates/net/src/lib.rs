@@ -14,15 +14,18 @@
 //!
 //! - [`Mesh::spawn`] starts the node on its own thread with a single-threaded tokio runtime;
 //!   the node, its links and queues live there without locks. Everything else talks to it
-//!   through a [`MeshHandle`] (commands, closures run against the node, snapshots, events).
+//!   through a [`MeshHandle`] (closures run against the node, snapshots, events).
 //! - Each TCP link has a reader task (bytes go to the node with their arrival time) and a
 //!   writer task that writes queued frames with vectored writes, advancing precisely over
 //!   partial writes. Relayed frames are the exact bytes the node received.
 //! - Flow control: a link's send queue has a high-water mark; a reader whose bytes were
 //!   forwarded into a queue above it stops reading until that queue drains (TCP pushes back on
-//!   the sender), never waiting on its own link's queue, so a tree cannot deadlock. A queue
-//!   that passes the hard limit, or a peer that accepts no byte for the stall timeout, is
-//!   dropped, counted and logged.
+//!   the sender), never waiting on its own link's queue, so a tree cannot deadlock, and never
+//!   longer than `reader_pause_limit` on a peer that accepts no byte at all, so a peer that
+//!   stopped reading does not hold up the others. A queue that passes the hard limit, or a
+//!   peer that accepts no byte for the stall timeout, is dropped, counted and logged.
+//! - Plugins: the runtime is generic over the node's plugin (`Node<P>`); plugin owners act on
+//!   it through [`MeshHandle::call`] and see its events through hooks and subscriptions.
 //! - Uplinks are dialled as a WiFi station would: retries after 1, 2, 4, 8, 8 s as the
 //!   reference does, then a capped exponential backoff forever ([`RetrySchedule`]).
 //! - [`control`] is the local control endpoint (JSON lines over a Unix socket or loopback
