@@ -12,7 +12,7 @@
 //!                                                  writer queues    logs, hooks, subscribers
 //! ```
 //!
-//! - [`Mesh::spawn`] starts the node on its own thread with a single-threaded tokio runtime;
+//! - [`MeshBuilder::spawn`] starts the node on its own thread with a single-threaded tokio runtime;
 //!   the node, its links and queues live there without locks. Everything else talks to it
 //!   through a [`MeshHandle`] (closures run against the node, snapshots, events).
 //! - Each TCP link has a reader task (bytes go to the node with their arrival time) and a
