@@ -291,7 +291,7 @@ impl<P: Plugin> fmt::Debug for ControlServer<P> {
 
 impl<P> ControlServer<P>
 where
-    P: Plugin + Send + 'static,
+    P: Plugin + 'static,
     P::Event: Send + Sync + fmt::Debug + 'static,
 {
     /// A server with the built-in commands.
@@ -438,7 +438,7 @@ async fn write_line(wr: &mut BoxWrite, v: &Value) -> io::Result<()> {
 
 async fn send<P>(req: Request, h: MeshHandle<P>) -> Reply
 where
-    P: Plugin + Send + 'static,
+    P: Plugin + 'static,
     P::Event: Send + Sync + 'static,
 {
     let parsed = (|| {
@@ -468,7 +468,7 @@ where
 
 async fn events<P>(_req: Request, h: MeshHandle<P>) -> Reply
 where
-    P: Plugin + Send + 'static,
+    P: Plugin + 'static,
     P::Event: Send + Sync + fmt::Debug + 'static,
 {
     let mut rx = h.subscribe();

@@ -193,7 +193,7 @@ impl<P: Plugin> fmt::Debug for MeshHandle<P> {
 
 impl<P> MeshHandle<P>
 where
-    P: Plugin + Send + 'static,
+    P: Plugin + 'static,
     P::Event: Send + Sync + 'static,
 {
     /// This node's id.

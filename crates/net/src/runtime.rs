@@ -43,9 +43,13 @@ const MAX_LOGGED_IDS: usize = 20;
 /// A synchronous observer of every event, run on the mesh thread.
 type Hook<E> = Box<dyn FnMut(&MeshEvent<E>) + Send>;
 
+/// Builds the node on the mesh thread.
+type MakeNode<P> = Box<dyn FnOnce() -> Node<P> + Send>;
+
 /// Configures and starts a [`Mesh`].
 pub struct MeshBuilder<P: Plugin> {
-    node: Node<P>,
+    node_id: u32,
+    make_node: MakeNode<P>,
     cfg: NetConfig,
     hooks: Vec<Hook<P::Event>>,
     event_capacity: usize,
@@ -54,7 +58,7 @@ pub struct MeshBuilder<P: Plugin> {
 impl<P: Plugin> std::fmt::Debug for MeshBuilder<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MeshBuilder")
-            .field("node_id", &self.node.id())
+            .field("node_id", &self.node_id)
             .field("cfg", &self.cfg)
             .finish()
     }
@@ -67,8 +71,26 @@ where
 {
     /// A mesh running `node` with these runtime settings.
     pub fn new(node: Node<P>, cfg: NetConfig) -> Self {
+        let node_id = node.id();
+        Self::with_node_fn(node_id, cfg, move || node)
+    }
+}
+
+impl<P> MeshBuilder<P>
+where
+    P: Plugin + 'static,
+    P::Event: Send + Sync + Debug + 'static,
+{
+    /// A mesh whose node (with id `node_id`) is built by `make_node` on the mesh thread, for
+    /// plugins that cannot move between threads (state shared through `Rc`, say).
+    pub fn with_node_fn(
+        node_id: u32,
+        cfg: NetConfig,
+        make_node: impl FnOnce() -> Node<P> + Send + 'static,
+    ) -> Self {
         MeshBuilder {
-            node,
+            node_id,
+            make_node: Box::new(make_node),
             cfg,
             hooks: Vec::new(),
             event_capacity: 1024,
@@ -108,7 +130,7 @@ where
         let (call_tx, call_rx) = mpsc::channel(256);
         let (query_tx, query_rx) = mpsc::channel(64);
         let (ev_tx, _) = broadcast::channel(self.event_capacity);
-        let node_id = self.node.id();
+        let node_id = self.node_id;
         let handle = MeshHandle {
             calls: call_tx,
             queries: query_tx,
@@ -117,11 +139,22 @@ where
             local_addr,
         };
         let MeshBuilder {
-            node, cfg, hooks, ..
+            make_node,
+            cfg,
+            hooks,
+            ..
         } = self;
         let thread = thread::Builder::new()
             .name(format!("pmesh-{node_id}"))
             .spawn(move || {
+                let node = make_node();
+                if node.id() != node_id {
+                    warn!(
+                        expected = node_id,
+                        built = node.id(),
+                        "the node was built with another id than announced"
+                    );
+                }
                 let local = LocalSet::new();
                 local.block_on(
                     &rt,
@@ -162,7 +195,7 @@ impl<P: Plugin> std::fmt::Debug for Mesh<P> {
 
 impl<P> Mesh<P>
 where
-    P: Plugin + Send + 'static,
+    P: Plugin + 'static,
     P::Event: Send + Sync + Debug + 'static,
 {
     /// A handle for commands, snapshots and events.

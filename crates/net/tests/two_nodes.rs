@@ -92,3 +92,46 @@ async fn two_nodes_sync_and_talk() {
     assert!(s.links.is_empty());
     assert_eq!(s.net_stats.accepted, 1);
 }
+
+/// A plugin that cannot cross threads (its state is in an `Rc`): built on the mesh thread.
+#[derive(Default)]
+struct RcCounter(std::rc::Rc<std::cell::Cell<u32>>);
+
+impl pmesh_node::Plugin for RcCounter {
+    type Event = ();
+    fn on_connection(
+        &mut self,
+        _ctx: &mut pmesh_node::Context<'_, ()>,
+        change: pmesh_node::ConnectionChange,
+    ) {
+        if matches!(change, pmesh_node::ConnectionChange::New { .. }) {
+            self.0.set(self.0.get() + 1);
+        }
+    }
+}
+
+#[tokio::test]
+async fn non_send_plugins_run_on_the_mesh_thread() {
+    let a = MeshBuilder::with_node_fn(2001, cfg(true, vec![]), || {
+        Node::new(Config::new(2001), RcCounter::default())
+    })
+    .spawn()
+    .unwrap();
+    let addr = a.local_addr().unwrap();
+    let _b = MeshBuilder::new(
+        Node::without_plugins(Config::new(2002)),
+        cfg(false, vec![addr.to_string()]),
+    )
+    .spawn()
+    .unwrap();
+    let h = a.handle();
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while h.call(|n, _| n.plugin().0.get()).await.unwrap() == 0 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the plugin never saw the connection"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(h.call(|n, _| n.plugin().0.get()).await.unwrap(), 1);
+}
