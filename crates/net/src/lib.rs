@@ -37,6 +37,7 @@
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod firmware;
 pub mod handle;
 pub mod node_id;
 mod runtime;
