@@ -166,7 +166,6 @@ struct Rollout {
     children: Vec<Child>,
     cache: VecDeque<(u32, Bytes)>,
     held: VecDeque<(u32, Bytes)>,
-    released: u32,
     reports: Vec<Report>,
     report_due: Option<Instant>,
     last_pct: u32,
@@ -209,11 +208,15 @@ impl Rollout {
         }
     }
 
-    /// Chunks received from upstream that may be acknowledged.
+    /// Chunks received from upstream that may be acknowledged: all of them for a target
+    /// (stored), and for a relay those it no longer holds (forwarded or dropped), so its
+    /// upstream never has more than a window in flight toward it beyond what it holds.
+    /// (Derived from the queue rather than counted, so it stays right when a target turns
+    /// relay after applying, or when the upstream changes.)
     fn ackable(&self) -> u32 {
         let recv = self.upstream.as_ref().map_or(0, |u| u.recv);
         match self.role {
-            Role::Relay => self.released.min(recv),
+            Role::Relay => recv.saturating_sub(self.held.len() as u32),
             _ => recv,
         }
     }
@@ -244,6 +247,24 @@ impl core::fmt::Debug for PmeshAgent {
                 "rollout",
                 &self.r.as_ref().map(|r| (r.m.id, r.have.count(), r.phase)),
             )
+            .field(
+                "upstream",
+                &self
+                    .r
+                    .as_ref()
+                    .and_then(|r| r.upstream.as_ref())
+                    .map(|u| (u.peer, u.recv, u.acked_sent)),
+            )
+            .field(
+                "children",
+                &self.r.as_ref().map(|r| {
+                    r.children
+                        .iter()
+                        .map(|c| (c.peer, c.need.count(), c.sent, c.acked))
+                        .collect::<Vec<_>>()
+                }),
+            )
+            .field("held", &self.r.as_ref().map(|r| r.held.len()))
             .field("stats", &self.stats)
             .finish()
     }
@@ -958,8 +979,6 @@ impl PmeshAgent {
                     && !r.held.iter().any(|(h, _)| *h == i)
                 {
                     r.held.push_back((i, forwardable));
-                } else {
-                    r.released += 1;
                 }
             }
             Role::Distributor(_) => {}
@@ -1381,9 +1400,11 @@ impl PmeshAgent {
             return;
         }
         let Some(u) = &r.upstream else { return };
+        // `n` is what arrived on this link (held frames included): the holder counts the
+        // chunks it sent after the n-th as still on their way, not as missing.
         let want = Want {
             id: r.m.id,
-            n: r.ackable(),
+            n: u.recv,
             have: r.want_bitmap(),
             re: false,
             stop: false,
@@ -1404,7 +1425,7 @@ impl PmeshAgent {
         if !due {
             return;
         }
-        u.acked_sent = ackable;
+        u.acked_sent = u.acked_sent.max(ackable);
         let peer = u.peer;
         let reports = core::mem::take(&mut r.reports);
         r.report_due = None;
@@ -1424,10 +1445,11 @@ impl PmeshAgent {
             return; // no way to the distributor now; keep them for later
         };
         let Some(r) = &mut self.r else { return };
+        let ackable = r.ackable();
         let n = match &mut r.upstream {
             Some(u) if u.peer == peer => {
-                u.acked_sent = r.released.max(u.acked_sent);
-                r.ackable()
+                u.acked_sent = u.acked_sent.max(ackable);
+                ackable
             }
             _ => 0,
         };
@@ -1440,11 +1462,9 @@ impl PmeshAgent {
     /// Relay: frames nobody needs any more are released (and may be acknowledged).
     fn release_held(&mut self) {
         let Some(r) = &mut self.r else { return };
-        let before = r.held.len();
         let children = &r.children;
         r.held
             .retain(|(i, _)| children.iter().any(|c| c.need.get(*i)));
-        r.released += (before - r.held.len()) as u32;
     }
 
     /// Sends every subscriber what it needs and we have, within its window and rate.
@@ -1657,7 +1677,6 @@ fn new_rollout(m: Manifest, role: Role, have: ChunkBitmap) -> Rollout {
         children: Vec::new(),
         cache: VecDeque::new(),
         held: VecDeque::new(),
-        released: 0,
         reports: Vec::new(),
         report_due: None,
         last_pct: 0,
