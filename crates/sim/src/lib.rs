@@ -33,6 +33,7 @@ pub mod app;
 pub mod clock;
 pub mod engine;
 pub mod link;
+pub mod ota;
 pub mod queue;
 pub mod report;
 pub mod rng;
