@@ -40,6 +40,7 @@ pub mod control;
 pub mod firmware;
 pub mod handle;
 pub mod node_id;
+pub mod ota;
 mod runtime;
 pub mod stats;
 

@@ -18,7 +18,8 @@ pub struct ControlArgs {
 }
 
 impl ControlArgs {
-    fn addr(&self) -> anyhow::Result<ControlAddr> {
+    /// The endpoint: `--control`, else `$PMESH_CONTROL`, else the default path.
+    pub fn addr(&self) -> anyhow::Result<ControlAddr> {
         match self.control.clone().or_else(|| {
             std::env::var("PMESH_CONTROL")
                 .ok()

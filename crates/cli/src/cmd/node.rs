@@ -3,6 +3,13 @@
 //! Settings come from flags, then `--config pmesh.toml`, then the reference's defaults (flags
 //! win). The node runs on its own thread ([`pmesh_net::Mesh`]); this thread serves the local
 //! control endpoint and waits for SIGINT/SIGTERM.
+//!
+//! Every node runs the OTA plugin: it relays pmesh rollouts and can distribute images
+//! (`pmesh ota push --control`). With `--ota-role` it also receives images for that role and
+//! hardware into `--ota-dir`, where "installing" means: the verified image is committed as
+//! `images/<role>-<hardware>-<sha256>.bin` with a JSON record, `current.bin`/`current.json`
+//! point at it, and the `--ota-exec` program (if any) is run with its path. The running
+//! program is never replaced.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,8 +19,13 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use pmesh_net::control::{ControlAddr, ControlListener, ControlServer};
-use pmesh_net::{MeshBuilder, NetConfig, RetrySchedule, node_id};
-use pmesh_node::{Config, Node, Plugin};
+use pmesh_net::firmware::{self, FileSink, FileStore};
+use pmesh_net::ota::{NodeOta, OtaLogger};
+use pmesh_net::{MeshBuilder, MeshEvent, NetConfig, RetrySchedule, node_id};
+use pmesh_node::{Config, Event, Node, Plugin};
+use pmesh_ota::{
+    ClassicReceiverKind, InstalledImage, Ota, OtaConfig, OtaEvent, OtaStore, TransferId,
+};
 use serde::Deserialize;
 use tracing::{info, warn};
 
@@ -50,6 +62,24 @@ pub struct Args {
     /// [default: $RUST_LOG, else info].
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
+    /// Receive firmware for this role (painlessMesh's `role`); without it the node only relays
+    /// and distributes OTA.
+    #[arg(long, value_name = "ROLE")]
+    pub ota_role: Option<String>,
+    /// Hardware name compared with offers [default: linux-<arch>, e.g. linux-aarch64].
+    #[arg(long, value_name = "HW")]
+    pub ota_hardware: Option<String>,
+    /// Directory for received images, progress and the installed-image record
+    /// [default: $XDG_STATE_HOME/pmesh/ota].
+    #[arg(long, value_name = "DIR")]
+    pub ota_dir: Option<PathBuf>,
+    /// Program run after an image is installed, with the image path as its argument and
+    /// PMESH_OTA_* variables (see docs/user-guide.md).
+    #[arg(long, value_name = "PROGRAM")]
+    pub ota_exec: Option<PathBuf>,
+    /// Largest image accepted, in bytes [default: 67108864].
+    #[arg(long, value_name = "BYTES")]
+    pub ota_max_size: Option<u64>,
 }
 
 /// The configuration file. Unknown keys inside a section are errors (typos); unknown sections
@@ -71,6 +101,9 @@ pub struct FileConfig {
     /// `[retry]`
     #[serde(default)]
     pub retry: RetrySection,
+    /// `[ota]`
+    #[serde(default)]
+    pub ota: OtaSection,
     /// Sections other parts of pmesh read (`[mqtt]`, `[ota]`, ...); kept for them.
     #[serde(flatten)]
     pub other: BTreeMap<String, toml::Value>,
@@ -121,6 +154,115 @@ pub struct LimitsSection {
     send_queue_limit: Option<usize>,
     write_stall_timeout: Option<String>,
     reader_pause_limit: Option<String>,
+}
+
+/// `[ota]`: receiving firmware, and OTA protocol timers (defaults: the reference's and
+/// pmesh-ota's; shorten them only to test).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtaSection {
+    role: Option<String>,
+    hardware: Option<String>,
+    dir: Option<PathBuf>,
+    exec: Option<PathBuf>,
+    max_image_bytes: Option<u64>,
+    /// pmesh OTA bytes per second per link (0 or absent: no cap).
+    rate_limit: Option<u32>,
+    classic_request_interval: Option<String>,
+    classic_broadcast_idle: Option<String>,
+    classic_broadcast_jitter: Option<String>,
+    announce_interval: Option<String>,
+    pmesh_rewant_after: Option<String>,
+}
+
+/// How this node takes part in OTA.
+#[derive(Debug)]
+pub struct OtaSettings {
+    /// Plugin configuration (role, hardware, receivers on or off, timers).
+    pub config: OtaConfig,
+    /// Receive images (a role was given).
+    pub receive: bool,
+    /// Directory for images and progress.
+    pub dir: PathBuf,
+    /// Program run after an install.
+    pub exec: Option<PathBuf>,
+    /// Largest image accepted.
+    pub max_image_bytes: u64,
+}
+
+impl OtaSettings {
+    fn resolve(args: &Args, s: &OtaSection) -> anyhow::Result<OtaSettings> {
+        let role = args.ota_role.clone().or_else(|| s.role.clone());
+        let hardware = args
+            .ota_hardware
+            .clone()
+            .or_else(|| s.hardware.clone())
+            .unwrap_or_else(|| format!("linux-{}", std::env::consts::ARCH));
+        let receive = role.is_some();
+        if role.as_deref() == Some("") || hardware.is_empty() {
+            bail!("--ota-role and --ota-hardware must not be empty");
+        }
+        let mut config = OtaConfig::new(role.unwrap_or_default(), hardware);
+        if !receive {
+            config.pmesh_receiver = false;
+            config.classic_receiver = ClassicReceiverKind::Off;
+        }
+        let set = |slot: &mut Duration, v: &Option<String>, key: &str| -> anyhow::Result<()> {
+            if let Some(v) = v {
+                *slot = parse_duration(v).with_context(|| format!("[ota] {key}"))?;
+            }
+            Ok(())
+        };
+        set(
+            &mut config.classic.request_interval,
+            &s.classic_request_interval,
+            "classic_request_interval",
+        )?;
+        set(
+            &mut config.classic.broadcast_idle,
+            &s.classic_broadcast_idle,
+            "classic_broadcast_idle",
+        )?;
+        set(
+            &mut config.classic.broadcast_jitter,
+            &s.classic_broadcast_jitter,
+            "classic_broadcast_jitter",
+        )?;
+        set(
+            &mut config.announce.interval,
+            &s.announce_interval,
+            "announce_interval",
+        )?;
+        set(
+            &mut config.pmesh.rewant_after,
+            &s.pmesh_rewant_after,
+            "pmesh_rewant_after",
+        )?;
+        config.pmesh.rate_limit = s.rate_limit.filter(|&r| r > 0);
+        let dir = args
+            .ota_dir
+            .clone()
+            .or_else(|| s.dir.clone())
+            .unwrap_or_else(|| {
+                node_id::default_id_file()
+                    .parent()
+                    .map_or_else(|| PathBuf::from("ota"), |p| p.join("ota"))
+            });
+        let max_image_bytes = args
+            .ota_max_size
+            .or(s.max_image_bytes)
+            .unwrap_or(firmware::DEFAULT_CAPACITY);
+        if max_image_bytes == 0 {
+            bail!("--ota-max-size must be at least 1 byte");
+        }
+        Ok(OtaSettings {
+            config,
+            receive,
+            dir,
+            exec: args.ota_exec.clone().or_else(|| s.exec.clone()),
+            max_image_bytes,
+        })
+    }
 }
 
 /// `[retry]`: how uplinks are dialled again.
@@ -183,6 +325,8 @@ pub struct Settings {
     pub net: NetConfig,
     /// Control endpoint, if any.
     pub control: Option<ControlAddr>,
+    /// OTA.
+    pub ota: OtaSettings,
     /// The whole file, for sections read elsewhere.
     pub file: FileConfig,
 }
@@ -323,11 +467,13 @@ impl Settings {
             ),
             None => Some(ControlAddr::default_path()),
         };
+        let ota = OtaSettings::resolve(args, &file.ota)?;
         Ok(Settings {
             node,
             id_source,
             net,
             control,
+            ota,
             file,
         })
     }
@@ -372,15 +518,127 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "configuration section not used by `pmesh node`; ignored"
         );
     }
-    let node = Node::without_plugins(settings.node.clone());
-    serve(settings, node, |server| server)
+    let o = &settings.ota;
+    let (sink, store) = if o.receive {
+        let (sink, store) = firmware::open_dir(
+            &o.dir,
+            &o.config.role,
+            &o.config.hardware,
+            o.max_image_bytes,
+        )
+        .with_context(|| format!("cannot use the OTA directory {}", o.dir.display()))?;
+        let current = store.current_image();
+        let resumable = store
+            .load_transfer()
+            .map(|t| (t.have.count(), t.have.len()));
+        info!(role = %o.config.role, hardware = %o.config.hardware, dir = %o.dir.display(),
+            max_image_bytes = o.max_image_bytes, exec = ?o.exec,
+            current_version = current.as_ref().map(|c| c.version.as_str()),
+            current_sha256 = current.as_ref().map(|c| c.sha256.as_str()),
+            resumable_chunks = ?resumable,
+            "OTA: receiving images");
+        (sink, store)
+    } else {
+        info!("OTA: relaying and distributing only (no --ota-role)");
+        (FileSink::disabled(), FileStore::disabled())
+    };
+    let ota = NodeOta::new(Ota::new(o.config.clone(), sink, store));
+    let node = Node::new(settings.node.clone(), ota);
+    let installer = Installer::new(settings.node.node_id, o);
+    let mut logger = OtaLogger::default();
+    serve(
+        settings,
+        node,
+        move |b| {
+            b.on_event(move |ev| {
+                if let MeshEvent::Node(Event::Plugin(e)) = ev {
+                    logger.log(e);
+                    if let OtaEvent::Installed { id, image } = e {
+                        installer.installed(*id, image);
+                    }
+                }
+            })
+        },
+        pmesh_net::ota::routes,
+    )
 }
 
-/// Runs `node` with the runtime and the control endpoint until SIGINT/SIGTERM. `routes` adds
-/// request kinds to the control endpoint (OTA offers, bridge queries).
+/// Runs `--ota-exec` after each install, one at a time, on its own thread (never on the
+/// mesh thread).
+struct Installer {
+    tx: Option<std::sync::mpsc::Sender<(TransferId, InstalledImage)>>,
+}
+
+impl Installer {
+    fn new(node_id: u32, o: &OtaSettings) -> Installer {
+        let Some(exec) = o.exec.clone().filter(|_| o.receive) else {
+            return Installer { tx: None };
+        };
+        let dir = std::path::absolute(&o.dir).unwrap_or_else(|_| o.dir.clone());
+        let (tx, rx) = std::sync::mpsc::channel::<(TransferId, InstalledImage)>();
+        let spawned = std::thread::Builder::new()
+            .name("ota-exec".into())
+            .spawn(move || {
+                for (id, image) in rx {
+                    run_exec(&exec, &dir, node_id, id, &image);
+                }
+            });
+        match spawned {
+            Ok(_) => Installer { tx: Some(tx) },
+            Err(e) => {
+                warn!(error = %e, "OTA: cannot start the --ota-exec thread; installs will not run it");
+                Installer { tx: None }
+            }
+        }
+    }
+
+    fn installed(&self, id: TransferId, image: &InstalledImage) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send((id, image.clone()));
+        }
+    }
+}
+
+/// Runs the install hook: `PROGRAM <image path>` with `PMESH_OTA_*` variables.
+fn run_exec(exec: &Path, dir: &Path, node_id: u32, id: TransferId, image: &InstalledImage) {
+    let name = firmware::image_name(&image.role, &image.hardware, &image.sha256);
+    let path = dir.join("images").join(format!("{name}.bin"));
+    let record = dir.join("images").join(format!("{name}.json"));
+    info!(exec = %exec.display(), image = %path.display(), "OTA: running the install hook");
+    let started = std::time::Instant::now();
+    let status = std::process::Command::new(exec)
+        .arg(&path)
+        .env("PMESH_OTA_IMAGE", &path)
+        .env("PMESH_OTA_RECORD", &record)
+        .env("PMESH_OTA_DIR", dir)
+        .env("PMESH_OTA_ROLE", &image.role)
+        .env("PMESH_OTA_HARDWARE", &image.hardware)
+        .env("PMESH_OTA_VERSION", &image.version)
+        .env("PMESH_OTA_SHA256", &image.sha256)
+        .env("PMESH_OTA_MD5", &image.md5)
+        .env("PMESH_OTA_MODE", id.mode.name())
+        .env("PMESH_NODE_ID", node_id.to_string())
+        .stdin(std::process::Stdio::null())
+        .status();
+    let secs = started.elapsed().as_secs_f64();
+    match status {
+        Ok(s) if s.success() => {
+            info!(exec = %exec.display(), seconds = secs, "OTA: install hook succeeded")
+        }
+        Ok(s) => {
+            warn!(exec = %exec.display(), status = %s, seconds = secs, "OTA: install hook failed")
+        }
+        Err(e) => warn!(exec = %exec.display(), error = %e, "OTA: cannot run the install hook"),
+    }
+}
+
+/// Runs `node` with the runtime and the control endpoint until SIGINT/SIGTERM. `build` adds
+/// to the mesh (event hooks); `routes` adds request kinds to the control endpoint (OTA
+/// offers, bridge queries).
 pub fn serve<P>(
     settings: Settings,
     node: Node<P>,
+    build: impl FnOnce(MeshBuilder<P>) -> MeshBuilder<P>,
     routes: impl FnOnce(ControlServer<P>) -> ControlServer<P>,
 ) -> anyhow::Result<ExitCode>
 where
@@ -400,7 +658,7 @@ where
             None => None,
         };
         let listen = settings.net.listen;
-        let mesh = MeshBuilder::new(node, settings.net.clone())
+        let mesh = build(MeshBuilder::new(node, settings.net.clone()))
             .spawn()
             .with_context(|| match listen {
                 Some(a) => format!("cannot listen on {a} (is another node running? use --listen)"),
@@ -461,6 +719,11 @@ mod tests {
             control: None,
             log_format: None,
             log: None,
+            ota_role: None,
+            ota_hardware: None,
+            ota_dir: None,
+            ota_exec: None,
+            ota_max_size: None,
         }
     }
 

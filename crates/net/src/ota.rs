@@ -1,0 +1,1183 @@
+//! OTA on a Linux node: the plugin a node runs ([`NodeOta`]), a rollout follower that turns the
+//! distributor's view into progress items and a verdict ([`run_push`]), and the control
+//! endpoint's `ota_push`, `ota_cancel` and `ota_status` commands ([`routes`]).
+//!
+//! `pmesh ota push` uses the follower in both of its modes: against a running node's control
+//! endpoint (the node runs the follower and streams its items), or on a temporary node of its
+//! own (`--connect`). Either way the same items reach the terminal and the same rules decide
+//! when a rollout is done:
+//!
+//! - **pmesh mode**: targets report their progress and phase. The rollout is done when every
+//!   reporting target (and every `expect`ed node) has installed the image or failed, and no new
+//!   target appeared for `settle`.
+//! - **classic modes**: nodes never report; the distributor sees only their requests. A node
+//!   counts as done when it was served every chunk (stock nodes then check the MD5 and reboot,
+//!   silently). In broadcast mode, Data is flooded, so the rollout is done when every chunk was
+//!   served and no request came for `settle`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pmesh_node::{ConnectionChange, Context, Handled, Incoming, Instant, Plugin};
+use pmesh_ota::{
+    ApplyPolicy, ChunkBitmap, FirmwareSink, Mode, Offer, Ota, OtaEvent, OtaStore, Phase, Refusal,
+    TransferId,
+};
+use pmesh_proto::message::types;
+use pmesh_proto::ota::DataRequest;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::control::{ControlServer, Reply, Request};
+use crate::firmware::FileSource;
+use crate::handle::{MeshError, MeshHandle};
+
+// --- the plugin ------------------------------------------------------------------------------
+
+/// Requesters remembered per node (classic); more are counted but not itemised.
+const MAX_REQUESTERS: usize = 4096;
+
+/// What this node served one classic requester.
+#[derive(Clone, Debug)]
+pub struct Served {
+    /// DataRequests answered (duplicates included).
+    pub requests: u64,
+    /// Distinct chunks served.
+    pub parts: ChunkBitmap,
+    /// Last chunk asked for.
+    pub last_part: u32,
+    /// When it last asked.
+    pub last_at: Instant,
+}
+
+/// The classic requests this node answered, per image (MD5) and requester. Stock nodes never
+/// report progress; this is what a distributor can see of them.
+#[derive(Clone, Debug, Default)]
+pub struct ServedLedger {
+    by_image: BTreeMap<String, BTreeMap<u32, Served>>,
+    tracked: usize,
+    /// Requests from requesters beyond the tracking limit.
+    pub untracked_requests: u64,
+}
+
+impl ServedLedger {
+    /// Per requester, for the image with this MD5.
+    pub fn for_image(&self, md5: &str) -> Option<&BTreeMap<u32, Served>> {
+        self.by_image.get(md5)
+    }
+
+    fn record(&mut self, md5: &str, parts: u32, from: u32, part: u32, now: Instant) {
+        let image = self.by_image.entry(md5.to_owned()).or_default();
+        if !image.contains_key(&from) {
+            if self.tracked >= MAX_REQUESTERS {
+                self.untracked_requests += 1;
+                return;
+            }
+            self.tracked += 1;
+        }
+        let s = image.entry(from).or_insert_with(|| Served {
+            requests: 0,
+            parts: ChunkBitmap::new(parts),
+            last_part: part,
+            last_at: now,
+        });
+        s.requests += 1;
+        s.parts.set(part);
+        s.last_part = part;
+        s.last_at = now;
+    }
+
+    fn forget(&mut self, md5: &str) {
+        if let Some(m) = self.by_image.remove(md5) {
+            self.tracked -= m.len();
+        }
+    }
+}
+
+/// The OTA plugin as a pmesh node on Linux runs it: [`pmesh_ota::Ota`] (distributor, classic
+/// and pmesh receivers, relay) plus a ledger of the classic requests it answered.
+#[derive(Debug)]
+pub struct NodeOta<S: FirmwareSink, T: OtaStore> {
+    ota: Ota<S, T>,
+    served: ServedLedger,
+}
+
+impl<S: FirmwareSink, T: OtaStore> NodeOta<S, T> {
+    /// Wraps an OTA plugin.
+    pub fn new(ota: Ota<S, T>) -> Self {
+        NodeOta {
+            ota,
+            served: ServedLedger::default(),
+        }
+    }
+
+    /// The OTA plugin.
+    pub fn ota(&self) -> &Ota<S, T> {
+        &self.ota
+    }
+
+    /// The OTA plugin, to make offers and cancel them.
+    pub fn ota_mut(&mut self) -> &mut Ota<S, T> {
+        &mut self.ota
+    }
+
+    /// Classic requests answered, per image and requester.
+    pub fn served(&self) -> &ServedLedger {
+        &self.served
+    }
+}
+
+impl<S: FirmwareSink, T: OtaStore> Plugin for NodeOta<S, T> {
+    type Event = OtaEvent;
+
+    fn on_frame(&mut self, ctx: &mut Context<'_, OtaEvent>, frame: &Incoming<'_>) -> Handled {
+        let env = frame.envelope;
+        if env.ty == types::OTA_DATA_REQUEST && env.dest == ctx.node_id() {
+            let req = DataRequest::from_envelope(env);
+            let parts = self
+                .ota
+                .classic_distributor()
+                .offers()
+                .find(|o| o.md5 == req.info.md5)
+                .map(|o| o.no_part);
+            // Only requests the distributor answers: one of our images, a part inside it.
+            if let Some(parts) = parts
+                && req.part_no < parts
+            {
+                self.served
+                    .record(&req.info.md5, parts, req.from, req.part_no, ctx.now());
+            }
+        }
+        self.ota.on_frame(ctx, frame)
+    }
+
+    fn on_connection(&mut self, ctx: &mut Context<'_, OtaEvent>, change: ConnectionChange) {
+        self.ota.on_connection(ctx, change);
+    }
+
+    fn on_timeout(&mut self, ctx: &mut Context<'_, OtaEvent>) {
+        self.ota.on_timeout(ctx);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.ota.poll_timeout()
+    }
+}
+
+/// A node plugin that contains a [`NodeOta`]: the plugin itself, or a pair with another
+/// plugin of the same event type (a status reporter, say).
+pub trait OtaHost: Plugin<Event = OtaEvent> {
+    /// The firmware sink.
+    type Sink: FirmwareSink;
+    /// The store.
+    type Store: OtaStore;
+    /// The OTA plugin.
+    fn node_ota(&self) -> &NodeOta<Self::Sink, Self::Store>;
+    /// The OTA plugin, mutably.
+    fn node_ota_mut(&mut self) -> &mut NodeOta<Self::Sink, Self::Store>;
+}
+
+impl<S: FirmwareSink, T: OtaStore> OtaHost for NodeOta<S, T> {
+    type Sink = S;
+    type Store = T;
+    fn node_ota(&self) -> &NodeOta<S, T> {
+        self
+    }
+    fn node_ota_mut(&mut self) -> &mut NodeOta<S, T> {
+        self
+    }
+}
+
+impl<S: FirmwareSink, T: OtaStore, B: Plugin<Event = OtaEvent>> OtaHost for (NodeOta<S, T>, B) {
+    type Sink = S;
+    type Store = T;
+    fn node_ota(&self) -> &NodeOta<S, T> {
+        &self.0
+    }
+    fn node_ota_mut(&mut self) -> &mut NodeOta<S, T> {
+        &mut self.0
+    }
+}
+
+// --- logging -------------------------------------------------------------------------------
+
+/// The name of a refusal's wire code (pmesh progress reports carry only the code).
+pub fn refusal_name(code: u8) -> &'static str {
+    match code {
+        1 => "wrong_role",
+        2 => "wrong_hardware",
+        3 => "already_current",
+        4 => "too_large",
+        5 => "unknown_compression",
+        6 => "bad_offer",
+        7 => "hash_mismatch",
+        8 => "busy",
+        9 => "io",
+        10 => "codec",
+        _ => "unknown",
+    }
+}
+
+/// What a refusal code means to an operator, and what to do.
+pub fn refusal_help(code: &str) -> &'static str {
+    match code {
+        "wrong_role" => "the image is for another role (check --role)",
+        "wrong_hardware" => "the image is for other hardware (check --hardware)",
+        "already_current" => "the node already runs this image (use --forced to install again)",
+        "too_large" => "the image does not fit the node's firmware slot",
+        "unknown_compression" => {
+            "the node cannot decompress this image (push without --compressed)"
+        }
+        "bad_offer" => "the offer is malformed",
+        "hash_mismatch" => {
+            "the written image does not have the announced hash; nothing was installed"
+        }
+        "busy" => "the node is busy with another transfer",
+        "io" => "the node's firmware storage failed (disk full? permissions?)",
+        "codec" => "the compressed stream is damaged",
+        _ => "see docs/ota.md",
+    }
+}
+
+/// Logs a node's OTA events: acceptance, progress at every 10 %, verify, install, refusals,
+/// failures at info/warn; the rest at debug.
+#[derive(Debug, Default)]
+pub struct OtaLogger {
+    last_decile: BTreeMap<TransferId, u32>,
+}
+
+impl OtaLogger {
+    /// Logs one event.
+    pub fn log(&mut self, ev: &OtaEvent) {
+        match ev {
+            OtaEvent::Accepted {
+                id,
+                chunks,
+                resumed_from,
+            } => {
+                self.last_decile
+                    .insert(*id, resumed_from * 10 / (*chunks).max(1));
+                if *resumed_from > 0 {
+                    info!(
+                        mode = id.mode.name(),
+                        transfer = id.id,
+                        chunks,
+                        resumed_from,
+                        "OTA: resuming an image"
+                    );
+                } else {
+                    info!(
+                        mode = id.mode.name(),
+                        transfer = id.id,
+                        chunks,
+                        "OTA: receiving an image"
+                    );
+                }
+            }
+            OtaEvent::Progress { id, done, total } => {
+                let decile = done * 10 / (*total).max(1);
+                let last = self.last_decile.entry(*id).or_insert(0);
+                if decile > *last {
+                    *last = decile;
+                    info!(
+                        mode = id.mode.name(),
+                        transfer = id.id,
+                        done,
+                        total,
+                        percent = done * 100 / (*total).max(1),
+                        "OTA: progress"
+                    );
+                } else {
+                    debug!(
+                        mode = id.mode.name(),
+                        transfer = id.id,
+                        done,
+                        total,
+                        "OTA: progress"
+                    );
+                }
+            }
+            OtaEvent::Verified { id } => {
+                info!(
+                    mode = id.mode.name(),
+                    transfer = id.id,
+                    "OTA: image verified (hash matches)"
+                )
+            }
+            OtaEvent::Installed { id, image } => {
+                self.last_decile.remove(id);
+                info!(mode = id.mode.name(), transfer = id.id, role = %image.role, hardware = %image.hardware,
+                    version = %image.version, sha256 = %image.sha256, md5 = %image.md5, "OTA: image installed");
+            }
+            OtaEvent::Refused { id, reason } => {
+                // Offers for other roles or hardware, or the image already running, are normal
+                // in a mixed mesh: info. Everything else needs attention.
+                let normal = matches!(
+                    reason,
+                    Refusal::WrongRole { .. }
+                        | Refusal::WrongHardware { .. }
+                        | Refusal::AlreadyCurrent
+                );
+                if normal {
+                    info!(mode = id.mode.name(), transfer = id.id, code = reason.code(), reason = %reason, "OTA: offer not taken");
+                } else {
+                    warn!(mode = id.mode.name(), transfer = id.id, code = reason.code(), reason = %reason, "OTA: offer refused");
+                }
+            }
+            OtaEvent::Failed { id, reason } => {
+                self.last_decile.remove(id);
+                warn!(mode = id.mode.name(), transfer = id.id, code = reason.code(), reason = %reason,
+                    "OTA: transfer failed; nothing was installed");
+            }
+            OtaEvent::RebootRequested { id } => {
+                debug!(
+                    mode = id.mode.name(),
+                    transfer = id.id,
+                    "OTA: reboot requested"
+                )
+            }
+            OtaEvent::NodeProgress {
+                id,
+                node,
+                done,
+                total,
+                phase,
+            } => {
+                debug!(
+                    mode = id.mode.name(),
+                    transfer = id.id,
+                    node,
+                    done,
+                    total,
+                    phase = phase_name(*phase),
+                    "OTA: node progress"
+                )
+            }
+            OtaEvent::RolloutVerified {
+                id,
+                verified,
+                failed,
+                apply_at,
+            } => {
+                info!(mode = id.mode.name(), transfer = id.id, verified, failed, apply_at = ?apply_at, "OTA: every known target verified or failed")
+            }
+            OtaEvent::AnnouncesDone { id } => {
+                info!(
+                    mode = id.mode.name(),
+                    transfer = id.id,
+                    "OTA: last classic announce sent"
+                )
+            }
+        }
+    }
+}
+
+/// `receiving`, `verified`, `installed`, `failed`.
+pub fn phase_name(p: Phase) -> &'static str {
+    match p {
+        Phase::Distribute => "receiving",
+        Phase::Verified => "verified",
+        Phase::Applied => "installed",
+        Phase::Failed(_) => "failed",
+    }
+}
+
+// --- push: options and items ----------------------------------------------------------------
+
+/// Which protocol a push uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PushMode {
+    /// painlessMesh OTA (types 10/11/12): stock nodes and pmesh nodes take it.
+    #[default]
+    Classic,
+    /// pmesh's protocol (types 710–716): pmesh nodes only; they report progress.
+    Pmesh,
+}
+
+fn default_timeout() -> f64 {
+    1800.0
+}
+
+/// What to push and how to follow it (the `ota_push` control request's parameters).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushOptions {
+    /// The image file (read by the process that distributes it).
+    pub file: PathBuf,
+    /// Target role.
+    pub role: String,
+    /// Target hardware.
+    pub hardware: String,
+    /// Protocol.
+    #[serde(default)]
+    pub mode: PushMode,
+    /// Classic broadcast mode.
+    #[serde(default)]
+    pub broadcast: bool,
+    /// Compress (classic: gzip of the image; pmesh: deflate per chunk).
+    #[serde(default)]
+    pub compressed: bool,
+    /// Install even where the image already runs.
+    #[serde(default)]
+    pub forced: bool,
+    /// Version text (pmesh manifests).
+    #[serde(default)]
+    pub version: String,
+    /// Bytes per chunk; 0: the protocol's default (classic 1,024, pmesh 4,096).
+    #[serde(default)]
+    pub chunk_size: u32,
+    /// Give up (and cancel) after this many seconds.
+    #[serde(default = "default_timeout")]
+    pub timeout_s: f64,
+    /// Quiet time before "done" (no new target or request); default 3 s pmesh, 10 s classic
+    /// unicast, 20 s classic broadcast.
+    #[serde(default)]
+    pub settle_s: Option<f64>,
+    /// Nodes that must finish (they are waited for even if they never report).
+    #[serde(default)]
+    pub expect: Vec<u32>,
+    /// Keep offering after the push ends (until `ota_cancel`).
+    #[serde(default)]
+    pub keep: bool,
+    /// pmesh: targets install as soon as each has verified the image, instead of together
+    /// once every known target has verified it (`apply_delay_s` after the last one).
+    #[serde(default)]
+    pub apply_on_verify: bool,
+    /// pmesh: lead time of the common apply time, so APPLY reaches every node first.
+    #[serde(default = "default_apply_delay")]
+    pub apply_delay_s: f64,
+}
+
+fn default_apply_delay() -> f64 {
+    2.0
+}
+
+impl PushOptions {
+    /// Options for `file` to `role` on `hardware`, defaults otherwise.
+    pub fn new(file: impl Into<PathBuf>, role: &str, hardware: &str) -> Self {
+        PushOptions {
+            file: file.into(),
+            role: role.into(),
+            hardware: hardware.into(),
+            mode: PushMode::Classic,
+            broadcast: false,
+            compressed: false,
+            forced: false,
+            version: String::new(),
+            chunk_size: 0,
+            timeout_s: default_timeout(),
+            settle_s: None,
+            expect: Vec::new(),
+            keep: false,
+            apply_on_verify: false,
+            apply_delay_s: default_apply_delay(),
+        }
+    }
+
+    fn settle(&self) -> Duration {
+        let default = match (self.mode, self.broadcast) {
+            (PushMode::Pmesh, _) => 3.0,
+            (PushMode::Classic, false) => 10.0,
+            (PushMode::Classic, true) => 20.0,
+        };
+        Duration::from_secs_f64(self.settle_s.unwrap_or(default).clamp(0.0, 86_400.0))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.role.is_empty() || self.hardware.is_empty() {
+            return Err("role and hardware must not be empty".into());
+        }
+        if !(0.0..=3600.0).contains(&self.apply_delay_s) {
+            return Err("apply delay must be between 0 and 3600 s".into());
+        }
+        if !(self.timeout_s > 0.0 && self.timeout_s <= 30.0 * 86_400.0) {
+            return Err("timeout must be between 0 and 30 days".into());
+        }
+        if self.broadcast && self.mode == PushMode::Pmesh {
+            return Err(
+                "broadcast is a classic mode; the pmesh protocol always pushes along the tree"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Where one node is in a push, as the distributor sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// The node.
+    pub node: u32,
+    /// Chunks it holds (pmesh) or was served (classic).
+    pub done: u32,
+    /// Chunks in the image.
+    pub total: u32,
+    /// `receiving`, `verified`, `installed`, `failed` (pmesh); `requesting`, `served` (classic).
+    pub state: String,
+    /// Why it failed (refusal code), if it did.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Classic: DataRequests answered for it (duplicates included).
+    #[serde(default)]
+    pub requests: Option<u64>,
+    /// Classic: seconds since its last request.
+    #[serde(default)]
+    pub idle_s: Option<f64>,
+}
+
+impl NodeView {
+    /// The node needs nothing more from the distributor (installed, failed, or served all).
+    pub fn finished(&self) -> bool {
+        matches!(self.state.as_str(), "installed" | "failed" | "served")
+    }
+}
+
+/// How a push ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Every target finished.
+    Done,
+    /// The timeout passed first.
+    Timeout,
+    /// Cancelled (Ctrl-C, or the client went away).
+    Cancelled,
+    /// Another offer replaced this rollout on the distributor.
+    Replaced,
+    /// The mesh node stopped.
+    Stopped,
+}
+
+/// The verdict of a push.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Summary {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Every target finished and none failed.
+    pub ok: bool,
+    /// Seconds since the offer.
+    pub elapsed_s: f64,
+    /// Every node that reported or requested, last view.
+    pub nodes: Vec<NodeView>,
+    /// Nodes in the mesh that never reported or requested (not targets, or stock nodes that
+    /// ignored the offer, or pmesh nodes out of reach).
+    pub silent: Vec<u32>,
+    /// Expected nodes that never reported or requested.
+    pub missing: Vec<u32>,
+    /// The offer is still being made (`keep`).
+    pub still_offered: bool,
+    /// What the distributor can and cannot know in this mode.
+    pub note: String,
+}
+
+/// Distributor-side counters during a push.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PushStats {
+    /// Seconds since the offer.
+    pub elapsed_s: f64,
+    /// Other nodes in the mesh now.
+    pub mesh_nodes: usize,
+    /// Classic: announces sent.
+    pub announces: u64,
+    /// Classic: DataRequests answered.
+    pub requests_answered: u64,
+    /// Classic: chunk bytes served (before base64).
+    pub bytes_served: u64,
+    /// pmesh: CHUNK bytes sent by the distributor.
+    pub data_bytes_sent: u64,
+    /// pmesh: control bytes sent by the distributor.
+    pub control_bytes_sent: u64,
+}
+
+/// One line of a push's progress stream.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PushItem {
+    /// The offer was made.
+    Offered {
+        /// Transfer id (pmesh rollout id, or the MD5's first 32 bits).
+        transfer: u32,
+        /// `unicast`, `broadcast` or `pmesh`.
+        mode: String,
+        /// The distributing node.
+        distributor: u32,
+        /// The image file.
+        file: String,
+        /// Image bytes.
+        image_bytes: u64,
+        /// SHA-256 of the image.
+        sha256: String,
+        /// Classic: MD5 of the served bytes (what announces carry).
+        md5: Option<String>,
+        /// Chunks.
+        chunks: u32,
+        /// Other nodes in the mesh at the offer.
+        mesh_nodes: Vec<u32>,
+    },
+    /// A node's view changed.
+    Node(NodeView),
+    /// Counters, about once a second.
+    Stats(PushStats),
+    /// The end.
+    Finished(Summary),
+}
+
+// --- push: the follower ---------------------------------------------------------------------
+
+/// Why a push could not start.
+#[derive(Debug)]
+pub enum PushError {
+    /// Bad options.
+    Options(String),
+    /// The file cannot be read.
+    File(String),
+    /// The node refused the offer.
+    Refused(Refusal),
+    /// The mesh node stopped.
+    Mesh(MeshError),
+}
+
+impl std::fmt::Display for PushError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PushError::Options(m) => write!(f, "bad push options: {m}"),
+            PushError::File(m) => f.write_str(m),
+            PushError::Refused(r) => write!(f, "the node refused the offer: {r}"),
+            PushError::Mesh(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for PushError {}
+
+/// What the follower reads from the node on every tick.
+struct Poll {
+    mesh_nodes: Vec<u32>,
+    /// pmesh: this rollout is still the node's current one.
+    current: bool,
+    reports: Vec<(u32, u32, Phase)>,
+    /// Classic, per requester: (node, requests, distinct chunks served, µs since its last request).
+    served: Vec<(u32, u64, u32, u64)>,
+    /// Classic: distinct chunks served to anyone.
+    served_union: u32,
+    stats: PushStats,
+}
+
+/// The follower's interval between looks at the node.
+const TICK: Duration = Duration::from_millis(250);
+
+fn view_of_report(node: u32, done: u32, total: u32, phase: Phase) -> NodeView {
+    NodeView {
+        node,
+        // A node reports the chunks it still holds for the rollout: none once it installed
+        // (the partial image became the installed one), but it had them all.
+        done: match phase {
+            Phase::Verified | Phase::Applied => total,
+            _ => done,
+        },
+        total,
+        state: phase_name(phase).into(),
+        reason: match phase {
+            Phase::Failed(code) => Some(refusal_name(code).into()),
+            _ => None,
+        },
+        requests: None,
+        idle_s: None,
+    }
+}
+
+/// Offers `opts.file` from the node behind `h` and follows the rollout, sending progress items
+/// to `out` until it is done, times out, `cancel` completes, or `out` is closed. Unless
+/// `opts.keep`, the offer is withdrawn at the end (pmesh: CANCEL, which makes unfinished
+/// targets discard their partial image; classic: no more announces or answers).
+///
+/// Returns the summary (also sent as the last item), or why the push could not start.
+pub async fn run_push<P>(
+    h: MeshHandle<P>,
+    opts: PushOptions,
+    out: mpsc::Sender<PushItem>,
+    cancel: impl std::future::Future<Output = ()>,
+) -> Result<Summary, PushError>
+where
+    P: OtaHost + 'static,
+{
+    opts.check().map_err(PushError::Options)?;
+    let file_name = opts.file.display().to_string();
+    // Hash and open the file off the async threads (images can be large).
+    let path = opts.file.clone();
+    let (source, sha256) = tokio::task::spawn_blocking(move || {
+        let source =
+            FileSource::open(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let bytes =
+            std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if bytes.is_empty() {
+            return Err(format!("{} is empty", path.display()));
+        }
+        Ok((source, pmesh_ota::codec::sha256_hex(&bytes)))
+    })
+    .await
+    .map_err(|e| PushError::File(e.to_string()))?
+    .map_err(PushError::File)?;
+    let image_bytes = pmesh_ota::FirmwareSource::len(&source);
+    let mut offer = Offer::new(opts.role.clone(), opts.hardware.clone(), source)
+        .forced(opts.forced)
+        .broadcast(opts.broadcast)
+        .compressed(opts.compressed)
+        .version(opts.version.clone())
+        .chunk_size(opts.chunk_size)
+        .apply(if opts.apply_on_verify {
+            ApplyPolicy::OnVerify
+        } else {
+            // Targets keep serving their verified image to slower neighbours until everyone
+            // has it, then install together.
+            ApplyPolicy::WhenAllVerified {
+                delay: Duration::from_secs_f64(opts.apply_delay_s),
+                min_targets: opts.expect.len().max(1) as u32,
+            }
+        });
+    if opts.mode == PushMode::Pmesh {
+        offer = offer.pmesh();
+    }
+
+    // The offer, and what it became (id, chunks, classic MD5).
+    let (id, chunks, md5, mesh_nodes) = h
+        .call(move |node, now| {
+            let id =
+                node.with_plugin(now, |p, ctx| p.node_ota_mut().ota_mut().offer(ctx, offer))?;
+            let ota = node.plugin().node_ota().ota();
+            let (chunks, md5) = match id.mode {
+                Mode::Pmesh => (ota.pmesh().status().map_or(0, |s| s.total), None),
+                _ => ota
+                    .classic_distributor()
+                    .offers()
+                    .find(|o| TransferId::classic(&o.md5, o.broadcasted) == id)
+                    .map_or((0, None), |o| (o.no_part, Some(o.md5.clone()))),
+            };
+            Ok((id, chunks, md5, node.node_list(false)))
+        })
+        .await
+        .map_err(PushError::Mesh)?
+        .map_err(PushError::Refused)?;
+    let started = std::time::Instant::now();
+    info!(mode = id.mode.name(), transfer = id.id, file = %file_name, image_bytes, chunks, sha256 = %sha256, "OTA: offered");
+    let _ = out
+        .send(PushItem::Offered {
+            transfer: id.id,
+            mode: id.mode.name().into(),
+            distributor: h.node_id(),
+            file: file_name,
+            image_bytes,
+            sha256,
+            md5: md5.clone(),
+            chunks,
+            mesh_nodes,
+        })
+        .await;
+
+    tokio::pin!(cancel);
+    let settle = opts.settle();
+    let timeout = Duration::from_secs_f64(opts.timeout_s);
+    let mut views: BTreeMap<u32, NodeView> = BTreeMap::new();
+    let mut last_change = std::time::Instant::now();
+    let mut last_stats = std::time::Instant::now() - Duration::from_secs(10);
+    let mut mesh_now: Vec<u32> = Vec::new();
+    let md5_key = md5.clone().unwrap_or_default();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let outcome = loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut cancel => break Outcome::Cancelled,
+            _ = out.closed() => break Outcome::Cancelled,
+        }
+        let key = md5_key.clone();
+        let poll = h
+            .call(move |node, now| {
+                let o = node.plugin().node_ota();
+                let ota = o.ota();
+                let current = ota.pmesh().status().is_some_and(|s| s.id == id);
+                let d = ota.classic_distributor().stats();
+                let p = ota.pmesh().stats();
+                let mut served = Vec::new();
+                let mut union = ChunkBitmap::new(chunks);
+                for (n, s) in o.served().for_image(&key).into_iter().flatten() {
+                    let idle = now.as_micros().saturating_sub(s.last_at.as_micros());
+                    served.push((*n, s.requests, s.parts.count(), idle));
+                    union.union_with(&s.parts);
+                }
+                Poll {
+                    mesh_nodes: node.node_list(false),
+                    current,
+                    reports: if current {
+                        ota.pmesh().reports()
+                    } else {
+                        Vec::new()
+                    },
+                    served,
+                    served_union: union.count(),
+                    stats: PushStats {
+                        elapsed_s: 0.0,
+                        mesh_nodes: 0,
+                        announces: d.announces,
+                        requests_answered: d.requests_answered,
+                        bytes_served: d.bytes_served,
+                        data_bytes_sent: p.data_bytes_sent,
+                        control_bytes_sent: p.control_bytes_sent,
+                    },
+                }
+            })
+            .await;
+        let Ok(poll) = poll else {
+            break Outcome::Stopped;
+        };
+        if id.mode == Mode::Pmesh && !poll.current {
+            break Outcome::Replaced;
+        }
+        mesh_now = poll.mesh_nodes;
+        let mut fresh: Vec<NodeView> = Vec::new();
+        match id.mode {
+            Mode::Pmesh => {
+                for (node, done, phase) in poll.reports {
+                    fresh.push(view_of_report(node, done, chunks, phase));
+                }
+            }
+            _ => {
+                for (node, requests, parts, idle_us) in poll.served {
+                    fresh.push(NodeView {
+                        node,
+                        done: parts,
+                        total: chunks,
+                        state: if parts >= chunks {
+                            "served"
+                        } else {
+                            "requesting"
+                        }
+                        .into(),
+                        reason: None,
+                        requests: Some(requests),
+                        idle_s: Some(idle_us as f64 / 1e6),
+                    });
+                }
+            }
+        }
+        for v in fresh {
+            let changed = views.get(&v.node).is_none_or(|old| {
+                old.done != v.done || old.state != v.state || old.requests != v.requests
+            });
+            if changed {
+                last_change = std::time::Instant::now();
+                views.insert(v.node, v.clone());
+                if out.send(PushItem::Node(v)).await.is_err() {
+                    break;
+                }
+            } else {
+                views.insert(v.node, v);
+            }
+        }
+        let elapsed = started.elapsed();
+        if last_stats.elapsed() >= Duration::from_secs(1) {
+            last_stats = std::time::Instant::now();
+            let mut s = poll.stats;
+            s.elapsed_s = elapsed.as_secs_f64();
+            s.mesh_nodes = mesh_now.len();
+            let _ = out.send(PushItem::Stats(s)).await;
+        }
+        // Done?
+        let expected_done = opts
+            .expect
+            .iter()
+            .all(|n| views.get(n).is_some_and(NodeView::finished));
+        let quiet = last_change.elapsed() >= settle && elapsed >= settle;
+        let all_finished = !views.is_empty() && views.values().all(NodeView::finished);
+        let done = match id.mode {
+            // Every chunk served to anyone was flooded to the whole mesh.
+            Mode::ClassicBroadcast => poll.served_union >= chunks && quiet && expected_done,
+            _ => all_finished && quiet && expected_done,
+        };
+        if done {
+            break Outcome::Done;
+        }
+        if elapsed >= timeout {
+            break Outcome::Timeout;
+        }
+    };
+
+    let still_offered = opts.keep && outcome != Outcome::Stopped;
+    if !still_offered && outcome != Outcome::Replaced {
+        let md5 = md5.clone();
+        let _ = h
+            .call(move |node, now| {
+                node.with_plugin(now, |p, ctx| {
+                    let o = p.node_ota_mut();
+                    match &md5 {
+                        None => {
+                            o.ota_mut().cancel_pmesh(ctx);
+                        }
+                        Some(m) => {
+                            o.ota_mut().cancel_classic(m);
+                            o.served.forget(m);
+                        }
+                    }
+                })
+            })
+            .await;
+        info!(mode = id.mode.name(), transfer = id.id, outcome = ?outcome, "OTA: offer withdrawn");
+    }
+    let silent: Vec<u32> = mesh_now
+        .iter()
+        .copied()
+        .filter(|n| !views.contains_key(n))
+        .collect();
+    let missing: Vec<u32> = opts
+        .expect
+        .iter()
+        .copied()
+        .filter(|n| !views.contains_key(n))
+        .collect();
+    let nodes: Vec<NodeView> = views.into_values().collect();
+    let failed = nodes.iter().any(|v| v.state == "failed");
+    let ok = outcome == Outcome::Done && !failed && missing.is_empty();
+    let note = match id.mode {
+        Mode::Pmesh => {
+            "pmesh nodes report their progress and install; nodes that never reported are not targets (other role or hardware, image already current), stock nodes, or out of reach"
+        }
+        Mode::ClassicUnicast => {
+            "classic OTA: nodes do not report; 'served' means the node was sent every chunk, after which it checks the MD5 and installs silently (stock nodes reboot)"
+        }
+        Mode::ClassicBroadcast => {
+            "classic broadcast OTA: chunks are flooded to every node and nodes do not report; only the requests of the driving node (the root, or a pmesh node) are visible"
+        }
+    };
+    let summary = Summary {
+        outcome,
+        ok,
+        elapsed_s: started.elapsed().as_secs_f64(),
+        nodes,
+        silent,
+        missing,
+        still_offered,
+        note: note.into(),
+    };
+    let _ = out.send(PushItem::Finished(summary.clone())).await;
+    Ok(summary)
+}
+
+// --- control endpoint ----------------------------------------------------------------------
+
+/// Adds `ota_push` (a stream of [`PushItem`]s), `ota_cancel` (optional `transfer`: only that
+/// one; otherwise every offer this node makes) and `ota_status` to a control server.
+///
+/// `ota_push` takes [`PushOptions`] as its parameters; the file is read by the node's process.
+/// Closing the connection before the end cancels the push (unless `keep`).
+pub fn routes<P>(server: ControlServer<P>) -> ControlServer<P>
+where
+    P: OtaHost + 'static,
+    P::Sink: 'static,
+    P::Store: 'static,
+{
+    server
+        .route("ota_push", push_route)
+        .route("ota_cancel", cancel_route)
+        .route("ota_status", status_route)
+}
+
+async fn push_route<P>(req: Request, h: MeshHandle<P>) -> Reply
+where
+    P: OtaHost + 'static,
+{
+    let opts: PushOptions = match serde_json::from_value(Value::Object(req.params)) {
+        Ok(o) => o,
+        Err(e) => return Reply::err(format!("bad ota_push parameters: {e}")),
+    };
+    let (tx, mut rx) = mpsc::channel::<PushItem>(256);
+    let (items_tx, items) = mpsc::channel::<Value>(256);
+    let (started_tx, started_rx) = oneshot::channel::<Result<(), String>>();
+    tokio::spawn(async move {
+        // Forward items as JSON; the first one tells the handler the offer was made.
+        let fwd = async {
+            let mut started = Some(started_tx);
+            while let Some(item) = rx.recv().await {
+                if let Some(s) = started.take() {
+                    let _ = s.send(Ok(()));
+                }
+                let v = serde_json::to_value(&item).unwrap_or(Value::Null);
+                if items_tx.send(v).await.is_err() {
+                    break;
+                }
+            }
+            started
+        };
+        // Cancelled when the client goes away (the item channel closes).
+        let push = run_push(h, opts, tx, std::future::pending());
+        let (res, started) = tokio::join!(push, fwd);
+        if let (Err(e), Some(s)) = (res, started) {
+            let _ = s.send(Err(e.to_string()));
+        }
+    });
+    match started_rx.await {
+        Ok(Ok(())) => Reply::Stream(items),
+        Ok(Err(e)) => Reply::err(e),
+        Err(_) => Reply::err("the push ended before it started"),
+    }
+}
+
+async fn cancel_route<P>(req: Request, h: MeshHandle<P>) -> Reply
+where
+    P: OtaHost + 'static,
+{
+    let transfer = match req.params.get("transfer") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
+            Some(t) => Some(t),
+            None => return Reply::err("'transfer' must be a transfer id (u32)"),
+        },
+    };
+    let wanted = move |id: u32| transfer.is_none_or(|t| t == id);
+    let res = h
+        .call(move |node, now| {
+            node.with_plugin(now, |p, ctx| {
+                let o = p.node_ota_mut();
+                let md5s: Vec<String> = o
+                    .ota()
+                    .classic_distributor()
+                    .offers()
+                    .filter(|i| wanted(TransferId::classic(&i.md5, i.broadcasted).id))
+                    .map(|i| i.md5.clone())
+                    .collect();
+                for m in &md5s {
+                    o.ota_mut().cancel_classic(m);
+                    o.served.forget(m);
+                }
+                let pmesh = o
+                    .ota()
+                    .pmesh()
+                    .status()
+                    .is_some_and(|s| s.distributor && wanted(s.id.id))
+                    && o.ota_mut().cancel_pmesh(ctx);
+                json!({"classic_cancelled": md5s, "pmesh_cancelled": pmesh})
+            })
+        })
+        .await;
+    match res {
+        Ok(v) => Reply::ok(v),
+        Err(e) => Reply::err(e.to_string()),
+    }
+}
+
+/// This node's OTA state as JSON (for `ota_status` and logs).
+pub fn status_json<S: FirmwareSink, T: OtaStore>(o: &NodeOta<S, T>) -> Value {
+    let ota = o.ota();
+    let cfg = ota.config();
+    let current = ota.store().current_image().map(|i| {
+        json!({"role": i.role, "hardware": i.hardware, "version": i.version, "sha256": i.sha256, "md5": i.md5})
+    });
+    let pmesh = ota.pmesh().status().map(|s| {
+        json!({
+            "transfer": s.id.id, "distributor": s.distributor, "target": s.target,
+            "have": s.have, "total": s.total, "phase": phase_name(s.phase), "subscribers": s.subscribers,
+        })
+    });
+    let classic_rx = ota
+        .classic_receiver()
+        .and_then(|r| r.active())
+        .map(|(id, have, total)| json!({"transfer": id.id, "mode": id.mode.name(), "have": have, "total": total}));
+    let offers: Vec<Value> = ota
+        .classic_distributor()
+        .offers()
+        .map(|i| {
+            json!({"md5": i.md5, "role": i.role, "hardware": i.hardware, "parts": i.no_part,
+                "broadcast": i.broadcasted, "compressed": i.compressed,
+                "requesters": o.served().for_image(&i.md5).map_or(0, BTreeMap::len)})
+        })
+        .collect();
+    let d = ota.classic_distributor().stats();
+    let p = ota.pmesh().stats();
+    json!({
+        "receiving": cfg.pmesh_receiver || cfg.classic_receiver != pmesh_ota::ClassicReceiverKind::Off,
+        "role": cfg.role,
+        "hardware": cfg.hardware,
+        "current": current,
+        "pmesh": pmesh,
+        "classic_receive": classic_rx,
+        "classic_offers": offers,
+        "classic_stats": {"announces": d.announces, "requests_answered": d.requests_answered,
+            "requests_ignored": d.requests_ignored, "bytes_served": d.bytes_served},
+        "pmesh_stats": {"data_frames_sent": p.data_frames_sent, "data_bytes_sent": p.data_bytes_sent,
+            "control_bytes_sent": p.control_bytes_sent, "chunks_written": p.chunks_written,
+            "duplicates": p.duplicates, "corrupt": p.corrupt, "rewants": p.rewants, "malformed": p.malformed},
+    })
+}
+
+async fn status_route<P>(_req: Request, h: MeshHandle<P>) -> Reply
+where
+    P: OtaHost + 'static,
+{
+    match h
+        .call(|node, _| status_json(node.plugin().node_ota()))
+        .await
+    {
+        Ok(v) => Reply::ok(v),
+        Err(e) => Reply::err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_parse_with_defaults_and_reject_typos() {
+        let o: PushOptions =
+            serde_json::from_value(json!({"file": "/x", "role": "r", "hardware": "h"})).unwrap();
+        assert_eq!(o.mode, PushMode::Classic);
+        assert_eq!(o.timeout_s, 1800.0);
+        assert_eq!(o.settle(), Duration::from_secs(10));
+        assert!(
+            serde_json::from_value::<PushOptions>(
+                json!({"file": "/x", "role": "r", "hardware": "h", "brodcast": true})
+            )
+            .is_err()
+        );
+        let mut o = PushOptions::new("/x", "r", "h");
+        o.mode = PushMode::Pmesh;
+        o.broadcast = true;
+        assert!(o.check().is_err());
+        o.broadcast = false;
+        o.timeout_s = 0.0;
+        assert!(o.check().is_err());
+    }
+
+    #[test]
+    fn items_round_trip_as_json() {
+        let item = PushItem::Node(view_of_report(7, 3, 10, Phase::Failed(7)));
+        let v = serde_json::to_value(&item).unwrap();
+        assert_eq!(v["kind"], "node");
+        assert_eq!(v["state"], "failed");
+        assert_eq!(v["reason"], "hash_mismatch");
+        let back: PushItem = serde_json::from_value(v).unwrap();
+        assert!(matches!(back, PushItem::Node(n) if n.node == 7 && n.finished()));
+    }
+
+    #[test]
+    fn ledger_counts_distinct_parts_and_is_bounded() {
+        let mut l = ServedLedger::default();
+        let t = Instant::from_micros(5);
+        l.record("m", 3, 1, 0, t);
+        l.record("m", 3, 1, 0, t);
+        l.record("m", 3, 1, 2, t);
+        let s = &l.for_image("m").unwrap()[&1];
+        assert_eq!((s.requests, s.parts.count(), s.last_part), (3, 2, 2));
+        for n in 0..MAX_REQUESTERS as u32 + 10 {
+            l.record("x", 3, 100 + n, 0, t);
+        }
+        assert_eq!(l.tracked, MAX_REQUESTERS);
+        assert_eq!(l.untracked_requests, 11);
+        l.forget("m");
+        assert_eq!(l.tracked, MAX_REQUESTERS - 1);
+    }
+}
