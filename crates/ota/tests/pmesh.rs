@@ -268,6 +268,32 @@ fn late_joiner_completes_from_its_neighbour() {
 }
 
 #[test]
+fn late_joiner_applies_at_an_apply_time_set_before_it_joined() {
+    // 0 gateway - 1 - 2 - 3 target - 4 target, all waiting for one apply time; node 4 joins
+    // only after the distributor set it (its manifest then carries `at`, in the past).
+    let mut mesh = mesh_of(5, |m| {
+        for i in 1..4 {
+            m.link(i, i - 1);
+        }
+    });
+    let image = firmware(60_000, 14);
+    offer(
+        &mut mesh,
+        Offer::new("sensor", "ESP32", MemorySource::new(image.clone()))
+            .pmesh()
+            .apply(ApplyPolicy::WhenAllVerified {
+                delay: Duration::from_secs(2),
+                min_targets: 3,
+            }),
+    );
+    assert!(all_installed(&mut mesh, 1..4, 5), "{:?}", mesh.events);
+    mesh.run_for(90.0);
+    mesh.link(4, 3);
+    assert!(all_installed(&mut mesh, [4], 5), "{:?}", mesh.events[4]);
+    assert_eq!(mesh.sinks[4].booted().as_deref(), Some(&image[..]));
+}
+
+#[test]
 fn non_target_relays_and_stock_node_forwards() {
     // 0 gateway - 1 relay (other role) - 2 stock node - 3 target - 4 target
     let specs = vec![

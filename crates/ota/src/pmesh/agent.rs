@@ -701,8 +701,10 @@ impl PmeshAgent {
         let mut resumed: Option<ChunkBitmap> = None;
         if let Some(r) = &mut self.r {
             if r.m.id == m.id {
-                if r.m.apply_at.is_none()
-                    && let Some(at) = m.apply_at
+                // The apply time may have been set while this node was away (it rebooted,
+                // or missed the APPLY flood): re-flooded manifests carry it.
+                if let Some(at) = m.apply_at
+                    && (r.m.apply_at != Some(at) || r.apply_local.is_none())
                 {
                     self.on_apply(ctx, m.id, at, sink, store);
                 }
@@ -803,7 +805,12 @@ impl PmeshAgent {
         };
         let relay_json = from_neighbour.then(|| r.m.to_json(0));
         let complete = matches!(r.role, Role::Target) && r.have.is_complete();
+        let apply_at = r.m.apply_at;
         self.r = Some(r);
+        // A late joiner's manifest may already carry the apply time: take it as an APPLY.
+        if let Some(at) = apply_at {
+            self.on_apply(ctx, id, at, sink, store);
+        }
         if let Some(phase) = report_failure {
             self.report_own(ctx, phase);
         }
@@ -1616,6 +1623,14 @@ impl PmeshAgent {
             && d.next_manifest <= now
         {
             d.next_manifest = now + tuning.manifest_interval;
+            // An apply time already passed becomes "now", so it stays within the ±35 minutes
+            // a u32 mesh time can express for nodes that join or reboot long after it.
+            let mesh_now = ctx.mesh_time();
+            if let Some(at) = r.m.apply_at
+                && (at.wrapping_sub(mesh_now) as i32) < 0
+            {
+                r.m.apply_at = Some(mesh_now);
+            }
             let json = r.m.to_json(2);
             self.flood(ctx, json);
         }
