@@ -330,3 +330,43 @@ fn scenario_files_parse() {
     }
     assert!(seen >= 3, "{seen} ota scenario files");
 }
+
+/// The example scenario files do what their comments say.
+#[test]
+fn example_scenarios_complete() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scenarios");
+    let load = |name: &str| {
+        let text = std::fs::read_to_string(format!("{dir}/{name}")).unwrap();
+        let (sc, o) = ota::split_scenario_toml(&text).unwrap();
+        run(sc, o.unwrap())
+    };
+    let (sim, report, f) = load("ota-late-joiner.toml");
+    assert_eq!(
+        (f.completed, f.targets),
+        (24, 24),
+        "{}",
+        ota::summary(&report)
+    );
+    for late in [24, 25] {
+        let accepted = sim.app().store(late).unwrap().current_image();
+        assert!(accepted.is_some(), "late joiner {late} installed");
+    }
+    let (_, report, f) = load("ota-unicast-stock.toml");
+    assert_eq!(
+        (f.completed, f.targets),
+        (19, 19),
+        "{}",
+        ota::summary(&report)
+    );
+    assert_eq!(f.data_link_tx, f.unicast_link_tx);
+    let (_, report, f) = load("ota-broadcast-mixed.toml");
+    let s = ota::section(&report).unwrap();
+    assert_eq!((s.stock_targets, s.crashed_targets), (14, 2));
+    assert_eq!(f.completed, f.targets, "{}", ota::summary(&report));
+    assert_eq!(
+        s.restarts_from_zero,
+        1,
+        "the stock node starts over: {}",
+        ota::summary(&report)
+    );
+}

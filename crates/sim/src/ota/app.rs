@@ -740,9 +740,10 @@ impl OtaApp {
         if o.mode == OtaMode::Pmesh {
             offer = offer.pmesh().apply(match o.apply {
                 ApplyMode::OnVerify => ApplyPolicy::OnVerify,
+                // Wait for the whole fleet, as an operator who knows it would.
                 ApplyMode::AllVerified => ApplyPolicy::WhenAllVerified {
                     delay: Duration::from_secs(5),
-                    min_targets: 1,
+                    min_targets: self.targets.max(1),
                 },
             });
         }
