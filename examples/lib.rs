@@ -3,7 +3,9 @@
 //! - `gateway`: a root node that joins an ESP painlessMesh and prints what it hears,
 //!   decoding Alteriom sensor and status packages;
 //! - `sensor_node`: a node that broadcasts SensorPackage (200) and EnhancedStatusPackage (604)
-//!   frames the way an Alteriom ESP node does.
+//!   frames the way an Alteriom ESP node does;
+//! - `ota_sender`: a node that offers a firmware file to the mesh (pmesh or classic OTA) and
+//!   prints each node's progress.
 //!
 //! This library only holds the small helpers both share.
 

@@ -1,5 +1,6 @@
 //! `pmesh bench relay`: relay throughput through a chain of five real processes on 127.0.0.1,
-//! and the memory of an idle node with ten links.
+//! the memory of an idle node with ten links, and the CPU of nodes relaying a pmesh OTA
+//! rollout at full speed.
 //!
 //! Chain: `source (1) ─ pmesh node (2) ─ pmesh node (3) ─ pmesh node (4) ─ sink (5)`, four
 //! TCP hops. The source and the sink are this binary in a hidden worker mode running the
@@ -7,6 +8,12 @@
 //! the middle are plain `pmesh node` processes. The source sends SINGLE messages to node 5 as
 //! fast as its send queue drains; the sink counts only messages whose payload is exactly the
 //! one sent (length, sequence number and content), once each.
+//!
+//! OTA: the same chain, but the source distributes a real compiled binary (a prefix of this
+//! executable) with the pmesh protocol and the sink is a target holding the image in memory
+//! (so the disk does not bound the rate); the three `pmesh node` relays have no OTA role and
+//! relay the rollout (cut-through, a window of chunks per link). The sink checks the image's
+//! SHA-256 and reports when it has every chunk.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -36,6 +43,18 @@ pub struct Args {
     /// Links of the idle node whose memory is measured.
     #[arg(long, default_value_t = 10)]
     idle_links: usize,
+    /// What to measure, comma-separated: `messages`, `idle`, `ota`.
+    #[arg(long, value_delimiter = ',', default_value = "messages,idle,ota")]
+    parts: Vec<String>,
+    /// OTA: image bytes (a prefix of this executable).
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    ota_size: usize,
+    /// OTA: chunk sizes in bytes, comma-separated (one run each).
+    #[arg(long, value_delimiter = ',', default_value = "4096,16384")]
+    ota_chunks: Vec<u32>,
+    /// OTA: deflate each chunk (pmesh `--compressed`).
+    #[arg(long)]
+    ota_compressed: bool,
     /// Print one JSON object per row instead of a table.
     #[arg(long)]
     json: bool,
@@ -51,6 +70,9 @@ pub struct Args {
     /// (internal) payload size of a worker.
     #[arg(long, hide = true, default_value_t = 100)]
     worker_size: usize,
+    /// (internal) image file of the OTA workers.
+    #[arg(long, hide = true)]
+    worker_image: Option<std::path::PathBuf>,
 }
 
 const SOURCE_ID: u32 = 1;
@@ -64,41 +86,128 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.worker.as_deref() {
         Some("source") => return source(&args, duration),
         Some("sink") => return sink(&args, duration),
+        Some("ota-source") => return ota_source(&args),
+        Some("ota-sink") => return ota_sink(&args),
         Some(other) => bail!("unknown worker '{other}'"),
         None => {}
     }
+    for p in &args.parts {
+        if !matches!(p.as_str(), "messages" | "idle" | "ota") {
+            bail!("unknown part '{p}' (messages, idle, ota)");
+        }
+    }
+    let part = |p: &str| args.parts.iter().any(|x| x == p);
     for &s in &args.sizes {
         if s < 16 {
             bail!("payload sizes must be at least 16 bytes");
         }
     }
     let mut rows = Vec::new();
-    for &size in &args.sizes {
-        eprintln!("relay: {size}-byte payloads for {duration:?} through 4 hops ...");
-        rows.push(chain_run(size, duration)?);
+    if part("messages") {
+        for &size in &args.sizes {
+            eprintln!("relay: {size}-byte payloads for {duration:?} through 4 hops ...");
+            rows.push(chain_run(size, duration)?);
+        }
     }
-    eprintln!("idle: one pmesh node with {} links ...", args.idle_links);
-    let idle = idle_memory(args.idle_links)?;
+    let idle = if part("idle") {
+        eprintln!("idle: one pmesh node with {} links ...", args.idle_links);
+        Some(idle_memory(args.idle_links)?)
+    } else {
+        None
+    };
+    let mut ota_rows = Vec::new();
+    if part("ota") {
+        let image = ota_image(args.ota_size)?;
+        for &chunk in &args.ota_chunks {
+            eprintln!(
+                "ota: pmesh rollout of {} bytes in {chunk}-byte chunks through 3 relays ...",
+                args.ota_size
+            );
+            ota_rows.push(ota_run(&image.0, chunk, args.ota_compressed)?);
+        }
+    }
     if args.json {
-        for r in &rows {
+        for r in rows.iter().chain(&idle).chain(&ota_rows) {
             println!("{r}");
         }
-        println!("{idle}");
     } else {
-        print_table(&rows, &idle);
+        print_table(&rows, idle.as_ref(), &ota_rows);
     }
     let corrupt: u64 = rows
         .iter()
         .map(|r| r["corrupt"].as_u64().unwrap_or(0))
         .sum();
-    Ok(if corrupt == 0 {
+    let ota_ok = ota_rows.iter().all(|r| r["image_ok"] == json!(true));
+    Ok(if corrupt == 0 && ota_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
 }
 
-fn print_table(rows: &[Value], idle: &Value) {
+fn print_table(rows: &[Value], idle: Option<&Value>, ota: &[Value]) {
+    if !rows.is_empty() {
+        print_messages(rows);
+    }
+    if let Some(idle) = idle {
+        println!();
+        println!(
+            "Idle `pmesh node` with {} links: private {} kB (dirty {} kB + clean {} kB), RSS {} kB; reference: {REF_PRIVATE_IDLE_KB} kB private",
+            idle["links"],
+            idle["private_kb"],
+            idle["private_dirty_kb"],
+            idle["private_clean_kb"],
+            idle["rss_kb"]
+        );
+    }
+    if !ota.is_empty() {
+        print_ota(ota);
+    }
+}
+
+fn print_ota(rows: &[Value]) {
+    println!();
+    println!(
+        "pmesh OTA relayed through 3 `pmesh node` relays (4 hops); the sink holds the image in memory"
+    );
+    println!();
+    println!(
+        "{:>9}  {:>6}  {:>10}  {:>8}  {:>10}  {:>9}  {:>12}  {:>18}  {:>8}",
+        "image",
+        "chunk",
+        "compressed",
+        "seconds",
+        "image MB/s",
+        "wire MB/s",
+        "relay CPU %",
+        "CPU s per image MB",
+        "image ok"
+    );
+    for r in rows {
+        let cpu = r["relay_cpu_percent"]
+            .as_array()
+            .map_or(String::new(), |a| {
+                a.iter()
+                    .map(|v| format!("{:.0}", v.as_f64().unwrap_or(0.0)))
+                    .collect::<Vec<_>>()
+                    .join("/")
+            });
+        println!(
+            "{:>8}B  {:>6}  {:>10}  {:>8.2}  {:>10.2}  {:>9.2}  {:>12}  {:>18.4}  {:>8}",
+            r["image_bytes"].as_u64().unwrap_or(0),
+            r["chunk_bytes"].as_u64().unwrap_or(0),
+            r["compressed"].as_bool().unwrap_or(false),
+            r["seconds"].as_f64().unwrap_or(0.0),
+            r["image_mb_per_s"].as_f64().unwrap_or(0.0),
+            r["wire_mb_per_s"].as_f64().unwrap_or(0.0),
+            cpu,
+            r["relay_cpu_s_per_image_mb"].as_f64().unwrap_or(0.0),
+            r["image_ok"].as_bool().unwrap_or(false),
+        );
+    }
+}
+
+fn print_messages(rows: &[Value]) {
     println!(
         "Relay through a chain of 5 processes (4 hops) on 127.0.0.1; only intact messages count"
     );
@@ -159,15 +268,6 @@ fn print_table(rows: &[Value], idle: &Value) {
             );
         }
     }
-    println!();
-    println!(
-        "Idle `pmesh node` with {} links: private {} kB (dirty {} kB + clean {} kB), RSS {} kB; reference: {REF_PRIVATE_IDLE_KB} kB private",
-        idle["links"],
-        idle["private_kb"],
-        idle["private_dirty_kb"],
-        idle["private_clean_kb"],
-        idle["rss_kb"]
-    );
 }
 
 /// Kills a child process when dropped.
@@ -558,6 +658,228 @@ fn sink(args: &Args, duration: Duration) -> anyhow::Result<ExitCode> {
         "corrupt": t.corrupt + stats.node_stats.dropped_invalid + stats.node_stats.dropped_oversized,
         "duplicates": t.duplicates,
         "last_ns": last_ns.load(Ordering::Relaxed),
+    }));
+    Ok(ExitCode::SUCCESS)
+}
+
+// --- OTA relay ---------------------------------------------------------------------------
+
+/// Role and hardware of the benchmark's OTA target.
+const OTA_ROLE: &str = "bench";
+
+/// A temporary file holding the first `size` bytes of this executable (a real compiled
+/// binary, so compression is honest); removed on drop.
+struct TempImage(std::path::PathBuf);
+
+impl Drop for TempImage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn ota_image(size: usize) -> anyhow::Result<TempImage> {
+    let exe = std::fs::read(exe()?).context("cannot read the pmesh binary")?;
+    if exe.len() < size {
+        bail!(
+            "--ota-size {size} is larger than this executable ({} bytes)",
+            exe.len()
+        );
+    }
+    let path = std::env::temp_dir().join(format!("pmesh-bench-ota-{}.bin", std::process::id()));
+    std::fs::write(&path, &exe[..size]).context("cannot write the OTA image")?;
+    Ok(TempImage(path))
+}
+
+fn ota_run(image: &std::path::Path, chunk: u32, compressed: bool) -> anyhow::Result<Value> {
+    let image_bytes = std::fs::metadata(image)?.len();
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
+    let worker = |kind: &str, addr_flag: &str, port: u16| -> anyhow::Result<Proc> {
+        let mut c = Command::new(exe()?);
+        c.args(["bench", "relay", "--worker", kind])
+            .args([addr_flag, &format!("127.0.0.1:{port}")])
+            .arg("--worker-image")
+            .arg(image)
+            .args(["--ota-chunks", &chunk.to_string()]);
+        if compressed {
+            c.arg("--ota-compressed");
+        }
+        Ok(Proc(
+            c.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("cannot start the {kind} worker"))?,
+        ))
+    };
+    let mut source = worker("ota-source", "--worker-listen", ports[0])?;
+    let source_out = json_lines(&mut source.0)?;
+    let relays: Vec<Proc> = (0..3)
+        .map(|i| relay_node(2 + i as u32, ports[i + 1], ports[i]))
+        .collect::<anyhow::Result<_>>()?;
+    let mut sink = worker("ota-sink", "--worker-connect", ports[3])?;
+    let sink_out = json_lines(&mut sink.0)?;
+    let cpu_before: Vec<u64> = relays.iter().map(|r| cpu_ticks(r.0.id())).collect();
+    let offered = source_out
+        .recv_timeout(Duration::from_secs(60))
+        .context("the OTA source did not report")?;
+    if let Some(e) = offered.get("error") {
+        bail!("OTA source: {e}");
+    }
+    let got = sink_out
+        .recv_timeout(Duration::from_secs(600))
+        .context("the OTA sink did not report")?;
+    let cpu_after: Vec<u64> = relays.iter().map(|r| cpu_ticks(r.0.id())).collect();
+    drop((source, relays, sink));
+    if let Some(e) = got.get("error") {
+        bail!("OTA sink: {e}");
+    }
+    let start_ns = offered["offered_ns"].as_u64().unwrap_or(0);
+    let done_ns = got["done_ns"].as_u64().unwrap_or(0);
+    let secs = done_ns.saturating_sub(start_ns) as f64 / 1e9;
+    let ticks_per_s = 100.0; // USER_HZ on Linux
+    let cpu_s: Vec<f64> = cpu_before
+        .iter()
+        .zip(&cpu_after)
+        .map(|(b, a)| (a - b) as f64 / ticks_per_s)
+        .collect();
+    let mb = image_bytes as f64 / 1e6;
+    let wire = got["bytes_in"].as_u64().unwrap_or(0);
+    Ok(json!({
+        "bench": "ota_relay",
+        "hops": 4,
+        "relays": 3,
+        "image_bytes": image_bytes,
+        "chunk_bytes": chunk,
+        "compressed": compressed,
+        "seconds": secs,
+        "image_mb_per_s": if secs > 0.0 { mb / secs } else { 0.0 },
+        "sink_bytes_in": wire,
+        "wire_mb_per_s": if secs > 0.0 { wire as f64 / 1e6 / secs } else { 0.0 },
+        "relay_cpu_percent": cpu_s.iter().map(|c| c / secs.max(1e-9) * 100.0).collect::<Vec<_>>(),
+        "relay_cpu_s_per_image_mb": cpu_s.iter().sum::<f64>() / cpu_s.len().max(1) as f64 / mb.max(1e-9),
+        "image_ok": got["image_ok"],
+    }))
+}
+
+/// The distributor: offers the image once the sink is reachable.
+fn ota_source(args: &Args) -> anyhow::Result<ExitCode> {
+    use pmesh_net::firmware::{FileSink, FileSource, FileStore};
+    use pmesh_net::ota::NodeOta;
+    use pmesh_ota::{ApplyPolicy, Offer, Ota, OtaConfig};
+    let listen = args
+        .worker_listen
+        .as_deref()
+        .context("--worker-listen")?
+        .parse()?;
+    let image = args.worker_image.clone().context("--worker-image")?;
+    let chunk = args.ota_chunks.first().copied().unwrap_or(0);
+    let compressed = args.ota_compressed;
+    let mut cfg = OtaConfig::new("", "");
+    cfg.pmesh_receiver = false;
+    cfg.classic_receiver = pmesh_ota::ClassicReceiverKind::Off;
+    let ota = NodeOta::new(Ota::new(cfg, FileSink::disabled(), FileStore::disabled()));
+    let net = NetConfig {
+        listen: Some(listen),
+        ..NetConfig::default()
+    };
+    let mesh = MeshBuilder::new(Node::new(Config::new(SOURCE_ID), ota), net).spawn()?;
+    let h = mesh.handle();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let until = Instant::now() + Duration::from_secs(60);
+        while !h.call(|n, _| n.is_connected(SINK_ID)).await? {
+            if Instant::now() > until {
+                report(json!({"error": "node 5 never became reachable"}));
+                return Ok(ExitCode::FAILURE);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Let every relay say HELLO, so the rollout runs hop by hop from the first chunk.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let source = FileSource::open(&image)?;
+        let offer = Offer::new(OTA_ROLE, OTA_ROLE, source)
+            .pmesh()
+            .chunk_size(chunk)
+            .compressed(compressed)
+            .apply(ApplyPolicy::OnVerify);
+        let offered_ns = unix_ns();
+        let res = h
+            .call(move |n, now| {
+                n.with_plugin(now, |p, ctx| p.ota_mut().offer(ctx, offer))
+                    .map(|_| ())
+            })
+            .await?;
+        match res {
+            Ok(()) => report(json!({"offered_ns": offered_ns})),
+            Err(e) => {
+                report(json!({"error": format!("offer refused: {e}")}));
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        // Stay up so the rollout completes; the orchestrator ends this process.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
+    })
+}
+
+/// The target: holds the image in memory, reports when it has it all and whether it is the
+/// source's image byte for byte.
+fn ota_sink(args: &Args) -> anyhow::Result<ExitCode> {
+    use pmesh_net::ota::NodeOta;
+    use pmesh_ota::{MemorySink, MemoryStore, Ota, OtaConfig, OtaEvent};
+    let connect = args.worker_connect.clone().context("--worker-connect")?;
+    let image = std::fs::read(args.worker_image.as_ref().context("--worker-image")?)?;
+    let net = NetConfig {
+        listen: None,
+        connect: vec![connect],
+        ..NetConfig::default()
+    };
+    // 0: waiting; the time of the verdict otherwise. Verdict: 1 verified, 2 failed.
+    let done = Arc::new(AtomicU64::new(0));
+    let verdict = Arc::new(AtomicU64::new(0));
+    let (d, v) = (done.clone(), verdict.clone());
+    let mesh = MeshBuilder::with_node_fn(SINK_ID, net, || {
+        let ota = Ota::new(
+            OtaConfig::new(OTA_ROLE, OTA_ROLE),
+            MemorySink::new(1 << 30),
+            MemoryStore::new(),
+        );
+        Node::new(Config::new(SINK_ID), NodeOta::new(ota))
+    })
+    .on_event(move |ev| {
+        if let MeshEvent::Node(Event::Plugin(e)) = ev {
+            let code = match e {
+                OtaEvent::Installed { .. } => 1,
+                OtaEvent::Failed { .. } | OtaEvent::Refused { .. } => 2,
+                _ => return,
+            };
+            if d.load(Ordering::Relaxed) == 0 {
+                v.store(code, Ordering::Relaxed);
+                d.store(unix_ns(), Ordering::Relaxed);
+            }
+        }
+    })
+    .spawn()?;
+    let h = mesh.handle();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while done.load(Ordering::Relaxed) == 0 {
+        if Instant::now() > deadline {
+            report(json!({"error": "the image did not arrive within 600 s"}));
+            return Ok(ExitCode::FAILURE);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let booted = rt.block_on(h.call(|n, _| n.plugin().ota().sink().booted()))?;
+    let stats = rt.block_on(h.snapshot())?;
+    report(json!({
+        "done_ns": done.load(Ordering::Relaxed),
+        "verdict": if verdict.load(Ordering::Relaxed) == 1 { "installed" } else { "failed" },
+        "image_ok": booted.as_deref() == Some(image.as_slice()),
+        "bytes_in": stats.net_stats.bytes_in,
     }));
     Ok(ExitCode::SUCCESS)
 }
