@@ -46,14 +46,17 @@ pub struct Args {
     /// What to measure, comma-separated: `messages`, `idle`, `ota`.
     #[arg(long, value_delimiter = ',', default_value = "messages,idle,ota")]
     parts: Vec<String>,
-    /// OTA: image bytes (a prefix of this executable).
-    #[arg(long, default_value_t = 8 * 1024 * 1024)]
-    ota_size: usize,
+    /// OTA: image bytes, a prefix of this executable [default: all of it, at most 32 MiB].
+    #[arg(long)]
+    ota_size: Option<usize>,
     /// OTA: chunk sizes in bytes, comma-separated (one run each).
     #[arg(long, value_delimiter = ',', default_value = "4096,16384")]
     ota_chunks: Vec<u32>,
-    /// OTA: deflate each chunk (pmesh `--compressed`).
-    #[arg(long)]
+    /// OTA: compression of each run, comma-separated: `none`, `deflate` (pmesh `--compressed`).
+    #[arg(long, value_delimiter = ',', default_value = "none,deflate")]
+    ota_compression: Vec<String>,
+    /// (internal) the OTA workers deflate chunks.
+    #[arg(long, hide = true)]
     ota_compressed: bool,
     /// Print one JSON object per row instead of a table.
     #[arg(long)]
@@ -118,12 +121,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut ota_rows = Vec::new();
     if part("ota") {
         let image = ota_image(args.ota_size)?;
-        for &chunk in &args.ota_chunks {
-            eprintln!(
-                "ota: pmesh rollout of {} bytes in {chunk}-byte chunks through 3 relays ...",
-                args.ota_size
-            );
-            ota_rows.push(ota_run(&image.0, chunk, args.ota_compressed)?);
+        for c in &args.ota_compression {
+            let compressed = match c.as_str() {
+                "none" => false,
+                "deflate" => true,
+                other => bail!("unknown --ota-compression '{other}' (none, deflate)"),
+            };
+            for &chunk in &args.ota_chunks {
+                eprintln!(
+                    "ota: pmesh rollout of {} bytes in {chunk}-byte chunks ({c}) through 3 relays ...",
+                    image.1
+                );
+                ota_rows.push(ota_run(&image.0, chunk, compressed)?);
+            }
         }
     }
     if args.json {
@@ -324,6 +334,21 @@ fn cpu_ticks(pid: u32) -> u64 {
     let f: Vec<&str> = rest.split_whitespace().collect();
     f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
         + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// CPU time (user + system) of every thread of a process, in nanoseconds, from
+/// `/proc/PID/task/*/schedstat` (scheduler accounting; finer than clock ticks, which are too
+/// coarse for transfers that last a second). Threads that ended are not counted: the relays'
+/// threads live as long as the process.
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// Reads JSON lines from a worker's stdout on a thread.
@@ -669,7 +694,7 @@ const OTA_ROLE: &str = "bench";
 
 /// A temporary file holding the first `size` bytes of this executable (a real compiled
 /// binary, so compression is honest); removed on drop.
-struct TempImage(std::path::PathBuf);
+struct TempImage(std::path::PathBuf, usize);
 
 impl Drop for TempImage {
     fn drop(&mut self) {
@@ -677,17 +702,18 @@ impl Drop for TempImage {
     }
 }
 
-fn ota_image(size: usize) -> anyhow::Result<TempImage> {
+fn ota_image(size: Option<usize>) -> anyhow::Result<TempImage> {
     let exe = std::fs::read(exe()?).context("cannot read the pmesh binary")?;
-    if exe.len() < size {
+    let size = size.unwrap_or(exe.len().min(32 << 20));
+    if size == 0 || exe.len() < size {
         bail!(
-            "--ota-size {size} is larger than this executable ({} bytes)",
+            "--ota-size {size} must be between 1 and the size of this executable ({} bytes)",
             exe.len()
         );
     }
     let path = std::env::temp_dir().join(format!("pmesh-bench-ota-{}.bin", std::process::id()));
     std::fs::write(&path, &exe[..size]).context("cannot write the OTA image")?;
-    Ok(TempImage(path))
+    Ok(TempImage(path, size))
 }
 
 fn ota_run(image: &std::path::Path, chunk: u32, compressed: bool) -> anyhow::Result<Value> {
@@ -704,7 +730,7 @@ fn ota_run(image: &std::path::Path, chunk: u32, compressed: bool) -> anyhow::Res
             c.arg("--ota-compressed");
         }
         Ok(Proc(
-            c.stdin(Stdio::null())
+            c.stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()
                 .with_context(|| format!("cannot start the {kind} worker"))?,
@@ -717,7 +743,20 @@ fn ota_run(image: &std::path::Path, chunk: u32, compressed: bool) -> anyhow::Res
         .collect::<anyhow::Result<_>>()?;
     let mut sink = worker("ota-sink", "--worker-connect", ports[3])?;
     let sink_out = json_lines(&mut sink.0)?;
-    let cpu_before: Vec<u64> = relays.iter().map(|r| cpu_ticks(r.0.id())).collect();
+    let ready = source_out
+        .recv_timeout(Duration::from_secs(60))
+        .context("the OTA source did not get ready")?;
+    if let Some(e) = ready.get("error") {
+        bail!("OTA source: {e}");
+    }
+    // The mesh is formed and idle: measure from here, then let the source offer.
+    let cpu_before: Vec<u64> = relays.iter().map(|r| cpu_ns(r.0.id())).collect();
+    {
+        use std::io::Write as _;
+        let stdin = source.0.stdin.as_mut().context("source stdin")?;
+        stdin.write_all(b"go\n")?;
+        stdin.flush()?;
+    }
     let offered = source_out
         .recv_timeout(Duration::from_secs(60))
         .context("the OTA source did not report")?;
@@ -727,7 +766,7 @@ fn ota_run(image: &std::path::Path, chunk: u32, compressed: bool) -> anyhow::Res
     let got = sink_out
         .recv_timeout(Duration::from_secs(600))
         .context("the OTA sink did not report")?;
-    let cpu_after: Vec<u64> = relays.iter().map(|r| cpu_ticks(r.0.id())).collect();
+    let cpu_after: Vec<u64> = relays.iter().map(|r| cpu_ns(r.0.id())).collect();
     drop((source, relays, sink));
     if let Some(e) = got.get("error") {
         bail!("OTA sink: {e}");
@@ -735,11 +774,11 @@ fn ota_run(image: &std::path::Path, chunk: u32, compressed: bool) -> anyhow::Res
     let start_ns = offered["offered_ns"].as_u64().unwrap_or(0);
     let done_ns = got["done_ns"].as_u64().unwrap_or(0);
     let secs = done_ns.saturating_sub(start_ns) as f64 / 1e9;
-    let ticks_per_s = 100.0; // USER_HZ on Linux
+    // The relays idle before the offer and after the last chunk: their CPU over the rollout.
     let cpu_s: Vec<f64> = cpu_before
         .iter()
         .zip(&cpu_after)
-        .map(|(b, a)| (a - b) as f64 / ticks_per_s)
+        .map(|(b, a)| a.saturating_sub(*b) as f64 / 1e9)
         .collect();
     let mb = image_bytes as f64 / 1e6;
     let wire = got["bytes_in"].as_u64().unwrap_or(0);
@@ -797,6 +836,10 @@ fn ota_source(args: &Args) -> anyhow::Result<ExitCode> {
         }
         // Let every relay say HELLO, so the rollout runs hop by hop from the first chunk.
         tokio::time::sleep(Duration::from_millis(500)).await;
+        report(json!({"ready": true}));
+        // The orchestrator reads the relays' CPU counters, then says go.
+        let mut line = String::new();
+        tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut line)).await??;
         let source = FileSource::open(&image)?;
         let offer = Offer::new(OTA_ROLE, OTA_ROLE, source)
             .pmesh()
