@@ -641,13 +641,13 @@ pub fn summary_text(s: &Summary, mode: PushMode) -> String {
                 (None, Some(n), _) => format!("{n} requests"),
                 _ => String::new(),
             };
-            let _ = writeln!(
-                out,
+            let row = format!(
                 "{:>10}  {:<10}  {:>15}  {note}",
                 v.node,
                 v.state,
                 format!("{}/{}", v.done, v.total)
             );
+            let _ = writeln!(out, "{}", row.trim_end());
         }
     }
     if !s.missing.is_empty() {
