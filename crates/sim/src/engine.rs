@@ -96,7 +96,11 @@ struct Station {
     epoch_gen: u64,
     candidates: Vec<usize>,
     blocked: Vec<(usize, SimTime)>,
+    /// painlessMesh's `stability` (per node, volatile): +25 per NODE_SYNC that changed nothing
+    /// and per scan that found no unknown AP, halved at every topology change (`syncLayout`).
     stability: u32,
+    /// The node's `topology_changes` counter when `stability` last took its changes into account.
+    changes_seen: u64,
 }
 
 impl Station {
@@ -107,6 +111,7 @@ impl Station {
             candidates: Vec::new(),
             blocked: Vec::new(),
             stability: 0,
+            changes_seen: 0,
         }
     }
 }
@@ -595,7 +600,18 @@ impl<A: SimApp> Sim<A> {
             }
         }
         let mut events = Vec::new();
-        if let Some(node) = self.nodes[idx].node.as_mut() {
+        let n = &mut self.nodes[idx];
+        if let Some(node) = n.node.as_mut() {
+            // `layout::syncLayout` halves `stability` at every topology change this node sees:
+            // a NODE_SYNC that changed a neighbour's tree, or a synced connection dropped.
+            let changes = node.stats().topology_changes;
+            let halvings = changes - n.sta.changes_seen;
+            n.sta.changes_seen = changes;
+            n.sta.stability = n
+                .sta
+                .stability
+                .checked_shr(halvings.min(32) as u32)
+                .unwrap_or(0);
             while let Some(e) = node.poll_event() {
                 events.push(e);
             }
@@ -639,8 +655,6 @@ impl<A: SimApp> Sim<A> {
             }
             Event::DroppedConnection { reason, .. } => {
                 *self.drops.entry(reason.as_str()).or_default() += 1;
-                // The reference halves `stability` whenever this node drops a connection.
-                self.nodes[idx].sta.stability /= 2;
             }
             Event::ChangedConnections => self.last_change = self.now,
             Event::TimeAdjusted { .. } => self.time_adjustments += 1,
@@ -990,7 +1004,13 @@ impl<A: SimApp> Sim<A> {
                 } else {
                     w.connected_scan_interval.micros()
                 };
-                if aps.is_empty() {
+                // `connectToAP` works from this list until the next scan: a station that loses
+                // its link later (reconfiguration, a closed connection, a lost beacon) goes
+                // straight to the next AP on it, unknown at the time of the scan (the
+                // reference's STA_DISCONNECTED handler calls `connectToAP()`, not a new scan).
+                let mesh_size = node.mesh_size() as u64;
+                self.nodes[idx].sta.candidates = aps;
+                if self.nodes[idx].sta.candidates.is_empty() {
                     let sta = &mut self.nodes[idx].sta;
                     sta.stability = (sta.stability + 25).min(1000);
                     let next = if connected {
@@ -1000,8 +1020,16 @@ impl<A: SimApp> Sim<A> {
                     };
                     self.sta_schedule(idx, next, StaStep::Scan);
                 } else if connected {
-                    let stability = self.nodes[idx].sta.stability;
-                    if w.reconfigure && !rooted && self.rng.below(1000) < u64::from(stability) {
+                    let stability = u64::from(self.nodes[idx].sta.stability);
+                    // With `setContainsRoot` the chance is stability/1000; without it the
+                    // reference divides by 2 × (1 + mesh size): "slower when part of a bigger
+                    // network" (integer division, as in `connectToAP`).
+                    let prob = if contains_root {
+                        stability
+                    } else {
+                        stability / (2 * (1 + mesh_size))
+                    };
+                    if w.reconfigure && !rooted && self.rng.below(1000) < prob {
                         // Drop the uplink to join the unknown nodes (painlessMesh's reconfigure).
                         self.wifi.reconfigurations += 1;
                         self.nodes[idx].sta.stability = 0;
@@ -1016,7 +1044,6 @@ impl<A: SimApp> Sim<A> {
                         self.sta_schedule(idx, connected_next, StaStep::Scan);
                     }
                 } else {
-                    self.nodes[idx].sta.candidates = aps;
                     self.try_next_candidate(idx);
                 }
             }
@@ -1098,7 +1125,9 @@ impl<A: SimApp> Sim<A> {
         }
     }
 
-    /// The station's TCP link to its AP ended: painlessMesh drops WiFi too and rescans.
+    /// The station's TCP link to its AP ended: painlessMesh drops WiFi too, and its
+    /// STA_DISCONNECTED handler calls `connectToAP()`, which takes the next AP of the last scan
+    /// (or, with none left, scans again).
     fn station_lost_link(&mut self, idx: usize, l: LinkId) {
         if let Uplink::Linked { ap, link } = self.nodes[idx].sta.uplink
             && link == l
@@ -1106,8 +1135,17 @@ impl<A: SimApp> Sim<A> {
             self.nodes[idx].sta.uplink = Uplink::None;
             self.nodes[ap].wifi_clients = self.nodes[ap].wifi_clients.saturating_sub(1);
             if self.nodes[idx].up() {
-                self.sta_schedule(idx, 0, StaStep::Scan);
+                self.reconnect(idx);
             }
+        }
+    }
+
+    /// `connectToAP()` outside a scan: the next AP left on the last scan's list, else a scan.
+    fn reconnect(&mut self, idx: usize) {
+        if self.nodes[idx].sta.candidates.is_empty() {
+            self.sta_schedule(idx, 0, StaStep::Scan);
+        } else {
+            self.try_next_candidate(idx);
         }
     }
 
@@ -1148,7 +1186,7 @@ impl<A: SimApp> Sim<A> {
                     self.nodes[ap].wifi_clients = self.nodes[ap].wifi_clients.saturating_sub(1);
                 }
                 self.nodes[idx].sta.uplink = Uplink::None;
-                self.sta_schedule(idx, 0, StaStep::Scan);
+                self.reconnect(idx);
             }
         }
     }

@@ -173,6 +173,10 @@ pub enum Topology {
         /// Re-place nodes until the radio graph is connected (up to 100 tries).
         #[serde(default = "yes")]
         connected: bool,
+        /// Explicit positions `[x, y]` in metres, one per node (node 1 first), instead of
+        /// random placement: a real site plan, or a geometry a test needs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        positions: Option<Vec<[f64; 2]>>,
     },
 }
 
@@ -531,6 +535,7 @@ impl Default for Scenario {
                 neighbours: default_density(),
                 area_m: None,
                 connected: true,
+                positions: None,
             },
             link: LinkModel::default(),
             clock: ClockModel::default(),
@@ -601,6 +606,28 @@ impl Scenario {
             && (*range_m <= 0.0 || *neighbours <= 0.0 || area_m.is_some_and(|a| a <= 0.0))
         {
             return Err("radio range, neighbours and area must be positive".into());
+        }
+        if let Topology::Radio {
+            positions: Some(pos),
+            ..
+        } = &self.topology
+        {
+            if pos.len() != self.nodes as usize {
+                return Err(format!(
+                    "radio positions: {} given for {} nodes (one [x, y] per node)",
+                    pos.len(),
+                    self.nodes
+                ));
+            }
+            if let Some(i) = pos
+                .iter()
+                .position(|p| !p[0].is_finite() || !p[1].is_finite())
+            {
+                return Err(format!(
+                    "radio positions: node {} is not at a finite [x, y]",
+                    i + 1
+                ));
+            }
         }
         if self.wifi.tcp_retry.len() > 32 {
             return Err("at most 32 TCP retries".into());

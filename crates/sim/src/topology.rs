@@ -49,9 +49,26 @@ impl Layout {
             Topology::RandomTree => fixed(&|i, r| r.below(i as u64) as usize, rng),
             Topology::Radio {
                 range_m,
+                positions: Some(given),
+                ..
+            } => {
+                let pos: Vec<(f64, f64)> = given.iter().map(|p| (p[0], p[1])).collect();
+                let visible = in_range(&pos, *range_m);
+                Layout {
+                    connected: graph_connected(&visible),
+                    visible,
+                    positions: Some(pos),
+                    area_m: None,
+                    max_stations: s.wifi.max_stations.unwrap_or(10),
+                    placements: 0,
+                }
+            }
+            Topology::Radio {
+                range_m,
                 neighbours,
                 area_m,
                 connected,
+                positions: None,
             } => {
                 let side = area_m.unwrap_or_else(|| {
                     (n as f64 * std::f64::consts::PI * range_m * range_m / neighbours).sqrt()

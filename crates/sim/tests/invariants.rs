@@ -30,6 +30,7 @@ fn radio(nodes: u32, neighbours: f64, seed: u64, minutes: u64) -> Scenario {
             neighbours,
             area_m: None,
             connected: true,
+            positions: None,
         },
         duration: Dur::secs(minutes * 60),
         ..Scenario::default()

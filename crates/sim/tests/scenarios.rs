@@ -17,7 +17,7 @@ fn load(name: &str) -> Scenario {
     let path = format!("{}/../../scenarios/{name}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let mut table: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
-    table.retain(|k, v| !v.is_table() || ENGINE_TABLES.iter().any(|t| *t == k));
+    table.retain(|k, v| !v.is_table() || ENGINE_TABLES.contains(&k));
     Scenario::from_toml(&toml::to_string(&table).unwrap()).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
