@@ -25,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+mod conn;
 #[cfg(feature = "embedded-broker")]
 pub mod embedded;
 pub mod gateway;

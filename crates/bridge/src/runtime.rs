@@ -1,6 +1,6 @@
 //! The bridge task: one tokio task that owns the model, the outbox and the MQTT connection.
 //!
-//! Connection life cycle (a fresh rumqttc client per connection, so nothing is silently
+//! Connection life cycle (a fresh connection, `crate::conn`, each time, so nothing is silently
 //! re-sent or dropped inside the client):
 //!
 //! 1. connect with the last will `{"state":"offline","session":N}` (retained);
@@ -8,12 +8,13 @@
 //! 3. only then publish `bridge/state` online (same session), then every retained topic
 //!    (info, health, status snapshot, node states and availability, HA discovery);
 //! 4. replay the outbox (events and alerts not yet acknowledged) in order;
-//! 5. an outbox entry leaves the outbox only on its PUBACK.
+//! 5. an outbox entry leaves the outbox only on its PUBACK, and nothing else is written behind
+//!    it until then (see `crate::conn` on why that keeps a stopping broker from duplicating it).
 //!
 //! A stale will (from an older session whose connection the broker declared dead late)
 //! arriving on `bridge/state` while online is answered at once by re-publishing online.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,13 +22,12 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use md5::{Digest, Md5};
 use pmesh_proto::NodeTree;
-use rumqttc::{
-    AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS, Transport,
-};
+use rumqttc::{LastWill, MqttOptions, Publish, QoS, Subscribe, SubscribeFilter, Transport};
 use serde_json::{Map, Value as J, json};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::BridgeConfig;
+use crate::conn::{ConnEvent, Connection, Out, Tag};
 use crate::gateway::{Gateway, MeshEvent, OtaMode, OtaStart};
 use crate::ha;
 use crate::metrics::Metrics;
@@ -63,33 +63,30 @@ pub struct BridgeStatus {
     pub last_seq: u64,
 }
 
-enum ConnEvent {
-    Mqtt(Event),
-    Down(String),
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Tag {
-    Plain,
-    Outbox(u64),
-    Waiter(u64),
-}
+/// Requests handed to the connection task per channel message (fewer wake-ups, fewer writes).
+const BATCH: usize = 64;
 
 struct Conn {
-    client: AsyncClient,
-    events: mpsc::UnboundedReceiver<ConnEvent>,
-    task: tokio::task::JoinHandle<()>,
+    link: Connection,
+    /// Requests not yet handed to the connection task (flushed at the end of every loop pass).
+    batch: Vec<Out>,
     subscribed: bool,
     online: bool,
-    /// Publish requests in the order handed to the client, matched to `Outgoing::Publish`.
-    sent: VecDeque<Tag>,
-    inflight: HashMap<u16, Tag>,
+    /// QoS 1 publishes handed to the connection and not acknowledged yet.
+    unacked: usize,
     ha_announced: BTreeSet<u32>,
 }
 
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.task.abort();
+impl Conn {
+    /// Queues a request; hands a full batch over. False if the connection task has ended.
+    async fn push(&mut self, out: Out) -> bool {
+        self.batch.push(out);
+        self.batch.len() < BATCH || self.flush().await
+    }
+
+    /// Hands queued requests over. False if the connection task has ended.
+    async fn flush(&mut self) -> bool {
+        self.batch.is_empty() || self.link.send(std::mem::take(&mut self.batch)).await
     }
 }
 
@@ -127,6 +124,8 @@ pub(crate) struct Runtime {
     session_file: Option<PathBuf>,
     /// Outbox entries created since the last loop pass, to publish if online.
     pending_sends: Vec<u64>,
+    /// `bridge_publishes` by kind, looked up once (a publish is counted per call).
+    publish_counters: HashMap<&'static str, prometheus_client::metrics::counter::Counter>,
 }
 
 fn q1() -> QoS {
@@ -191,6 +190,7 @@ impl Runtime {
             ota_marker,
             session_file,
             pending_sends: Vec::new(),
+            publish_counters: HashMap::new(),
         };
         rt.recover_interrupted_campaign();
         Ok(rt)
@@ -334,6 +334,7 @@ impl Runtime {
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             }
             self.send_pending().await;
+            self.flush_requests().await;
         }
     }
 
@@ -349,8 +350,9 @@ impl Runtime {
         opts.set_keep_alive(b.keep_alive.max(Duration::from_secs(5)));
         opts.set_clean_session(true);
         opts.set_max_packet_size(b.max_packet_size, b.max_packet_size);
-        opts.set_inflight(1000);
-        opts.set_request_channel_capacity(4096);
+        // Flow control: QoS 1 publishes in flight. A 1,000-node snapshot is ~2,000 publishes;
+        // a window that holds it whole costs one round trip instead of several.
+        opts.set_inflight(4096);
         if let Some(u) = &b.username {
             opts.set_credentials(u.clone(), b.password.clone().unwrap_or_default());
         }
@@ -370,20 +372,12 @@ impl Runtime {
         }
         let will = json!({"state": "offline", "session": self.session}).to_string();
         opts.set_last_will(LastWill::new(self.topics.state(), will, q1(), true));
-        // TCP_NODELAY would cut the ~40 ms Nagle/delayed-ACK stalls of small publishes, but it
-        // widened the at-least-once window at broker kills (duplicates seen in the outage
-        // test); left off until the replay path dedupes on the broker side.
-        let (client, el) = AsyncClient::new(opts, 4096);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(drive(el, tx));
         self.conn = Some(Conn {
-            client,
-            events: rx,
-            task,
+            link: Connection::start(opts, 256),
+            batch: Vec::new(),
             subscribed: false,
             online: false,
-            sent: VecDeque::new(),
-            inflight: HashMap::new(),
+            unacked: 0,
             ha_announced: BTreeSet::new(),
         });
     }
@@ -403,13 +397,12 @@ impl Runtime {
     }
 
     async fn on_conn_event(&mut self, ev: Option<ConnEvent>) {
-        let ev = match ev {
-            Some(ConnEvent::Mqtt(e)) => e,
-            Some(ConnEvent::Down(why)) => return self.drop_conn(&why),
-            None => return self.drop_conn("event loop ended"),
+        let Some(ev) = ev else {
+            return self.drop_conn("connection task ended");
         };
         match ev {
-            Event::Incoming(Packet::ConnAck(_)) => {
+            ConnEvent::Down(why) => self.drop_conn(&why),
+            ConnEvent::Connected => {
                 self.connections += 1;
                 self.metrics.connections.inc();
                 self.backoff = self.cfg.broker.reconnect_min;
@@ -423,16 +416,15 @@ impl Runtime {
                 if self.cfg.streams.ha_discovery {
                     filters.push(format!("{}/status", self.topics.ha));
                 }
-                let subs = filters
-                    .into_iter()
-                    .map(|f| rumqttc::SubscribeFilter::new(f, q1()));
-                if let Some(c) = &self.conn
-                    && c.client.subscribe_many(subs).await.is_err()
+                let subs =
+                    Subscribe::new_many(filters.into_iter().map(|f| SubscribeFilter::new(f, q1())));
+                if let Some(c) = self.conn.as_mut()
+                    && !(c.push(Out::Subscribe(subs)).await && c.flush().await)
                 {
                     self.drop_conn("subscribe failed");
                 }
             }
-            Event::Incoming(Packet::SubAck(_)) => {
+            ConnEvent::SubAck => {
                 let first = self
                     .conn
                     .as_mut()
@@ -441,24 +433,19 @@ impl Runtime {
                     self.go_online().await;
                 }
             }
-            Event::Incoming(Packet::PubAck(ack)) => self.on_ack(ack.pkid),
-            Event::Incoming(Packet::Publish(p)) => self.on_publish(&p.topic, &p.payload).await,
-            Event::Outgoing(Outgoing::Publish(pkid)) => {
+            ConnEvent::Acked(tags) => {
                 if let Some(c) = self.conn.as_mut() {
-                    let tag = c.sent.pop_front().unwrap_or(Tag::Plain);
-                    if pkid != 0 {
-                        c.inflight.insert(pkid, tag);
-                    }
+                    c.unacked = c.unacked.saturating_sub(tags.len());
+                }
+                for tag in tags {
+                    self.on_ack(tag);
                 }
             }
-            _ => {}
+            ConnEvent::Message(p) => self.on_publish(&p.topic, &p.payload).await,
         }
     }
 
-    fn on_ack(&mut self, pkid: u16) {
-        let Some(tag) = self.conn.as_mut().and_then(|c| c.inflight.remove(&pkid)) else {
-            return;
-        };
+    fn on_ack(&mut self, tag: Tag) {
         match tag {
             Tag::Plain => {}
             Tag::Outbox(seq) => self.outbox.ack(seq),
@@ -521,21 +508,27 @@ impl Runtime {
             .await;
             // Give the client a moment to put the offline state and pending acks on the wire.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-            while self
-                .conn
-                .as_ref()
-                .is_some_and(|c| !c.inflight.is_empty() || !c.sent.is_empty())
-            {
+            self.flush_requests().await;
+            while self.conn.as_ref().is_some_and(|c| c.unacked > 0) {
                 match tokio::time::timeout_at(deadline, recv_conn(&mut self.conn)).await {
                     Ok(ev) => self.on_conn_event(ev).await,
                     Err(_) => break,
                 }
             }
-            if let Some(c) = &self.conn {
-                let _ = c.client.disconnect().await;
+            if let Some(c) = self.conn.as_mut()
+                && c.push(Out::Disconnect).await
+                && c.flush().await
+            {
+                // Wait for the DISCONNECT to be written (the task then reports Down).
+                let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+                while let Ok(Some(ev)) =
+                    tokio::time::timeout_at(deadline, recv_conn(&mut self.conn)).await
+                {
+                    if matches!(ev, ConnEvent::Down(_)) {
+                        break;
+                    }
+                }
             }
-            let _ =
-                tokio::time::timeout(Duration::from_millis(500), recv_conn(&mut self.conn)).await;
         }
         self.conn = None;
         self.publish_status();
@@ -548,7 +541,7 @@ impl Runtime {
         payload: Vec<u8>,
         retain: bool,
         tag: Tag,
-        kind: &str,
+        kind: &'static str,
     ) -> bool {
         if packet_size(&topic, payload.len()) > self.cfg.broker.max_packet_size {
             tracing::warn!(
@@ -566,28 +559,65 @@ impl Runtime {
         } else {
             q1()
         };
+        if !rumqttc::valid_topic(&topic) {
+            tracing::warn!("not publishing on {topic:?}: not a valid topic name");
+            self.metrics
+                .invalid_input
+                .get_or_create(&vec![("source".into(), "invalid_topic".into())])
+                .inc();
+            return false;
+        }
         let Some(c) = self.conn.as_mut() else {
             return false;
         };
         let len = payload.len();
-        c.sent.push_back(tag);
-        if c.client.publish(topic, qos, retain, payload).await.is_err() {
-            self.drop_conn("client closed");
+        let mut publish = Publish::new(topic, qos, payload);
+        publish.retain = retain;
+        // An outbox event is a barrier: see `crate::conn`.
+        let barrier = matches!(tag, Tag::Outbox(_));
+        if qos != QoS::AtMostOnce {
+            c.unacked += 1;
+        }
+        let out = Out::Publish {
+            publish,
+            tag,
+            barrier,
+        };
+        if !c.push(out).await {
+            self.drop_conn("connection task ended");
             return false;
         }
-        self.metrics
-            .publishes
-            .get_or_create(&vec![("kind".into(), kind.into())])
-            .inc();
+        let counter = self.publish_counters.entry(kind).or_insert_with(|| {
+            self.metrics
+                .publishes
+                .get_or_create(&vec![("kind".into(), kind.into())])
+                .clone()
+        });
+        counter.inc();
         self.metrics.publish_bytes.inc_by(len as u64);
         true
+    }
+
+    /// Hands every queued request to the connection task.
+    async fn flush_requests(&mut self) {
+        if let Some(c) = self.conn.as_mut()
+            && !c.flush().await
+        {
+            self.drop_conn("connection task ended");
+        }
     }
 
     fn online(&self) -> bool {
         self.conn.as_ref().is_some_and(|c| c.online)
     }
 
-    async fn publish_json(&mut self, topic: String, v: &J, retain: bool, kind: &str) -> bool {
+    async fn publish_json(
+        &mut self,
+        topic: String,
+        v: &J,
+        retain: bool,
+        kind: &'static str,
+    ) -> bool {
         if !self.online() {
             return false;
         }
@@ -852,28 +882,20 @@ impl Runtime {
         if !self.cfg.streams.node_state || !self.online() {
             return 0;
         }
-        let v = self.model.node_json(id, self.now_ms());
+        let v = self.model.node_payload(id, self.now_ms());
         let mut n = usize::from(
-            self.raw_publish(
-                self.topics.node(id),
-                v.to_string().into_bytes(),
-                true,
-                tag,
-                "state",
-            )
-            .await,
+            self.raw_publish(self.topics.node(id), v, true, tag, "state")
+                .await,
         );
         let online = self.model.nodes.get(&id).is_some_and(|r| r.online);
-        let a = json!({"state": if online { "online" } else { "offline" }}).to_string();
+        let a: &[u8] = if online {
+            br#"{"state":"online"}"#
+        } else {
+            br#"{"state":"offline"}"#
+        };
         n += usize::from(
-            self.raw_publish(
-                self.topics.availability(id),
-                a.into_bytes(),
-                true,
-                tag,
-                "state",
-            )
-            .await,
+            self.raw_publish(self.topics.availability(id), a.to_vec(), true, tag, "state")
+                .await,
         );
         n
     }
@@ -1570,31 +1592,9 @@ fn flatten(t: &NodeTree, parent: Option<u32>, out: &mut Vec<J>) {
     }
 }
 
-async fn drive(mut el: EventLoop, tx: mpsc::UnboundedSender<ConnEvent>) {
-    loop {
-        match el.poll().await {
-            Ok(ev) => {
-                if tx.send(ConnEvent::Mqtt(ev)).is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                // Packets read in the same batch as the error (typically the last PUBACKs
-                // before the broker closed) are still queued in the client state: deliver
-                // them, or those events would be sent again after reconnecting.
-                while let Some(ev) = el.state.events.pop_front() {
-                    let _ = tx.send(ConnEvent::Mqtt(ev));
-                }
-                let _ = tx.send(ConnEvent::Down(e.to_string()));
-                return;
-            }
-        }
-    }
-}
-
 async fn recv_conn(conn: &mut Option<Conn>) -> Option<ConnEvent> {
     match conn {
-        Some(c) => c.events.recv().await,
+        Some(c) => c.link.events.recv().await,
         None => std::future::pending().await,
     }
 }

@@ -89,12 +89,12 @@ impl Broker {
             self.proxy = Some(tokio::spawn(async move {
                 let mut conns = tokio::task::JoinSet::new();
                 loop {
-                    let Ok((mut inbound, _)) = listener.accept().await else {
+                    let Ok((inbound, _)) = listener.accept().await else {
                         return;
                     };
                     conns.spawn(async move {
-                        if let Ok(mut out) = TcpStream::connect(backend).await {
-                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                        if let Ok(out) = TcpStream::connect(backend).await {
+                            forward(inbound, out).await;
                         }
                     });
                 }
@@ -171,6 +171,42 @@ impl Drop for Broker {
     }
 }
 
+/// Forwards bytes both ways as transparently as a proxy can: each direction runs until its own
+/// end, so when the broker goes away every byte it sent before (its last PUBACKs) still reaches
+/// the client (`copy_bidirectional` stops both directions at the first error, such as a write to
+/// a broker that just reset, and drops what the broker had already sent); and TCP_NODELAY on
+/// both sockets, so the proxy holds no small packet back (Nagle) that the client sent at once.
+pub async fn forward(client: TcpStream, server: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let up = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut server_ok = true;
+        loop {
+            match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                // After the server is gone, keep reading (and dropping) what the client sends,
+                // as the kernel would, so the client sees the server's last bytes, then EOF.
+                Ok(n) => {
+                    if server_ok && sw.write_all(&buf[..n]).await.is_err() {
+                        server_ok = false;
+                    }
+                }
+            }
+        }
+        let _ = sw.shutdown().await;
+    };
+    let down = async move {
+        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+        let _ = cw.shutdown().await;
+    };
+    // The client closes its side once it has read the server's EOF; `up` then ends too.
+    tokio::join!(up, down);
+}
+
 /// A gate in front of the broker for the bridge: closed, it refuses the bridge (so a test
 /// subscriber can be back before the bridge replays); open, it forwards new connections.
 pub struct Gate {
@@ -186,7 +222,7 @@ impl Gate {
         let (open, rx) = watch::channel(true);
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     return;
                 };
                 if !*rx.borrow() {
@@ -195,10 +231,10 @@ impl Gate {
                 // Established connections are left alone: they end when the broker does, after
                 // every byte it sent has been forwarded.
                 tokio::spawn(async move {
-                    let Ok(mut out) = TcpStream::connect(target).await else {
+                    let Ok(out) = TcpStream::connect(target).await else {
                         return;
                     };
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    forward(inbound, out).await;
                 });
             }
         });
