@@ -40,6 +40,7 @@ pub mod node;
 pub mod ntp;
 pub mod plugin;
 pub mod stats;
+pub mod status;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;
@@ -50,4 +51,5 @@ pub use node::{Node, SendError};
 pub use plugin::{ConnectionChange, Context, Handled, Incoming, Neighbour, Plugin};
 pub use pmesh_proto as proto;
 pub use stats::NodeStats;
+pub use status::{StatusConfig, StatusPlugin, StatusTarget};
 pub use time::Instant;
