@@ -34,6 +34,8 @@ enum Command {
     Nodes(cmd::control::NodesArgs),
     /// Show the mesh topology as a running node sees it.
     Topology(cmd::control::TopologyArgs),
+    /// Print a running node's events as JSON lines (messages, links, topology, time, OTA).
+    Events(cmd::control::EventsArgs),
     /// A simulated mesh behind a real gateway, with OTA rollout, MQTT bridge and /metrics.
     Demo(cmd::demo::Args),
 }
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         Command::Send(args) => cmd::control::send(args),
         Command::Nodes(args) => cmd::control::nodes(args),
         Command::Topology(args) => cmd::control::topology(args),
+        Command::Events(args) => cmd::control::events(args),
         Command::Demo(args) => cmd::demo::run(args),
     };
     match result {

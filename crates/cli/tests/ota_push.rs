@@ -2,7 +2,8 @@
 //! pmesh and classic modes, compressed and not, through a running node's control endpoint and
 //! from a temporary node; every receiver's written image must be byte-identical to the source
 //! (SHA-256 compared); a receiver killed mid-transfer resumes after its restart; refusals and
-//! missing targets end in a summary that names them and a non-zero exit.
+//! missing targets end in a summary that names them and a non-zero exit; Ctrl-C withdraws the
+//! offer (or leaves it with `--keep`).
 
 mod net_support;
 
@@ -515,4 +516,67 @@ fn refusals_and_missing_targets_are_reported() {
     );
     assert_eq!(code, 2);
     assert!(err.contains("no pmesh node answers"), "{err}");
+}
+
+/// Ctrl-C ends a push with status 130 and the node withdraws the offer; with `--keep` the offer
+/// stays until `pmesh ota cancel`.
+#[test]
+fn ctrl_c_withdraws_the_offer_unless_kept() {
+    let dir = TempDir::new("ota-sigint");
+    let p = free_port();
+    let gw = node(&dir, 1, p, &[], true, config(&dir, 1, None, ""));
+    let control = gw.control.display().to_string();
+    let (fw, _) = firmware(&dir, "fw.bin", 0, 64 * 1024);
+    let offers = |gw: &NodeProc| {
+        gw.request("ota_status", serde_json::json!({}))["classic_offers"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    for keep in [false, true] {
+        let mut args = vec![
+            "ota",
+            "push",
+            fw.to_str().unwrap(),
+            "--role",
+            "nobody",
+            "--hardware",
+            "ESP32",
+            "--control",
+            &control,
+        ];
+        if keep {
+            args.push("--keep");
+        }
+        let child = Command::new(PMESH)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until(Duration::from_secs(10), "the offer", || offers(&gw) == 1);
+        let ok = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(130), "{err}");
+        assert!(err.contains("interrupted"), "{err}");
+        if keep {
+            std::thread::sleep(Duration::from_secs(3));
+            assert_eq!(offers(&gw), 1, "--keep leaves the offer");
+            let (ok, stdout, err) = gw.cli(&["ota", "cancel"]);
+            assert!(ok, "{err}");
+            assert!(stdout.contains("classic_cancelled"), "{stdout}");
+            assert_eq!(offers(&gw), 0);
+        } else {
+            wait_until(Duration::from_secs(10), "the offer to be withdrawn", || {
+                offers(&gw) == 0
+            });
+        }
+    }
 }

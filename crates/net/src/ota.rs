@@ -998,8 +998,9 @@ where
     let (items_tx, items) = mpsc::channel::<Value>(256);
     let (started_tx, started_rx) = oneshot::channel::<Result<(), String>>();
     tokio::spawn(async move {
-        // Forward items as JSON; the first one tells the handler the offer was made.
-        let fwd = async {
+        // Forward items as JSON; the first one tells the handler the offer was made. It owns
+        // the receiver: when the client goes away, dropping it ends the push.
+        let fwd = async move {
             let mut started = Some(started_tx);
             while let Some(item) = rx.recv().await {
                 if let Some(s) = started.take() {

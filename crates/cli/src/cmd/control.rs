@@ -1,5 +1,5 @@
-//! `pmesh send`, `pmesh nodes`, `pmesh topology`: one-shot commands against a running node's
-//! local control endpoint (see `pmesh_net::control` for the protocol).
+//! `pmesh send`, `pmesh nodes`, `pmesh topology`, `pmesh events`: commands against a running
+//! node's local control endpoint (see `pmesh_net::control` for the protocol).
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -70,6 +70,51 @@ pub struct TopologyArgs {
     /// Print the tree as JSON (painlessMesh's `subConnectionJson`) instead of an indented tree.
     #[arg(long)]
     json: bool,
+}
+
+/// Arguments of `pmesh events`.
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    control: ControlArgs,
+    /// Only events of this kind (`received`, `package`, `new_connection`, `dropped_connection`,
+    /// `changed_connections`, `time_adjusted`, `delay`, `link_up`, `link_down`, `plugin`,
+    /// `lagged`); repeatable.
+    #[arg(long, value_name = "KIND")]
+    kind: Vec<String>,
+}
+
+/// `pmesh events`: the running node's events, one JSON object per line, until Ctrl-C.
+pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let addr = args.control.addr()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut client = ControlClient::connect(&addr).await?;
+        client.stream("events", json!({})).await?;
+        let mut out = std::io::stdout().lock();
+        loop {
+            let item = tokio::select! {
+                i = client.next_item() => i?,
+                _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            };
+            let Some(item) = item else {
+                anyhow::bail!("the node closed the event stream");
+            };
+            let kind = item.get("kind").and_then(Value::as_str).unwrap_or("");
+            if kind == "subscribed"
+                || (!args.kind.is_empty() && !args.kind.iter().any(|k| k == kind))
+            {
+                continue;
+            }
+            if writeln!(out, "{item}").and_then(|()| out.flush()).is_err() {
+                // The reader went away (`| head`): done.
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    })
 }
 
 fn request(control: &ControlArgs, cmd: &str, params: Value) -> anyhow::Result<Value> {

@@ -781,6 +781,54 @@ mod tests {
     }
 
     #[test]
+    fn ota_from_file_then_flags() {
+        let s = Settings::resolve(&args(), FileConfig::default()).unwrap();
+        assert!(!s.ota.receive, "no role: relay and distribute only");
+        assert!(!s.ota.config.pmesh_receiver);
+        assert_eq!(s.ota.config.classic_receiver, ClassicReceiverKind::Off);
+        assert_eq!(
+            s.ota.config.hardware,
+            format!("linux-{}", std::env::consts::ARCH)
+        );
+        let file: FileConfig = toml::from_str(
+            r#"
+            [ota]
+            role = "sensor"
+            hardware = "ESP32"
+            dir = "/srv/ota"
+            max_image_bytes = 1000
+            rate_limit = 5000
+            classic_broadcast_idle = "1s"
+            "#,
+        )
+        .unwrap();
+        let mut a = args();
+        a.ota_hardware = Some("ESP8266".into());
+        let s = Settings::resolve(&a, file).unwrap();
+        assert!(s.ota.receive && s.ota.config.pmesh_receiver);
+        assert_eq!(s.ota.config.role, "sensor");
+        assert_eq!(s.ota.config.hardware, "ESP8266", "the flag wins");
+        assert_eq!(s.ota.dir, PathBuf::from("/srv/ota"));
+        assert_eq!(s.ota.max_image_bytes, 1000);
+        assert_eq!(s.ota.config.pmesh.rate_limit, Some(5000));
+        assert_eq!(s.ota.config.classic.broadcast_idle, Duration::from_secs(1));
+        assert!(
+            !s.file.other.contains_key("ota"),
+            "[ota] is read, not passed on"
+        );
+
+        assert!(toml::from_str::<FileConfig>("[ota]\nrolle = \"x\"").is_err());
+        let file: FileConfig = toml::from_str("[ota]\nannounce_interval = \"soon\"").unwrap();
+        assert!(Settings::resolve(&args(), file).is_err());
+        let mut a = args();
+        a.ota_role = Some(String::new());
+        assert!(Settings::resolve(&a, FileConfig::default()).is_err());
+        let mut a = args();
+        a.ota_max_size = Some(0);
+        assert!(Settings::resolve(&a, FileConfig::default()).is_err());
+    }
+
+    #[test]
     fn rejects_typos_and_bad_values() {
         assert!(toml::from_str::<FileConfig>("[node]\nlisten_addr = \"x\"").is_err());
         let file: FileConfig = toml::from_str("[timers]\nnode_timeout = \"10\"").unwrap();
