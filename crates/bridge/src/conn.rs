@@ -147,8 +147,9 @@ struct Driver {
     /// Packet id of the barrier publish in flight, and since when.
     barrier: Option<(u16, Instant)>,
     /// A publish rumqttc is holding back because its packet id is still in flight (the broker
-    /// acknowledged out of order); it goes out, with that id, when that id is acknowledged.
-    collided: Option<(Tag, bool)>,
+    /// acknowledged out of order): its id, tag and barrier flag. rumqttc sends it, with that
+    /// id, while handling that id's PUBACK.
+    collided: Option<(u16, Tag, bool)>,
     requests_closed: bool,
     /// When to send a PINGREQ that carries our TCP acknowledgement (see `wants_nudge`).
     nudge_at: Option<Instant>,
@@ -330,7 +331,10 @@ impl Driver {
                                 self.barrier = Some((sent.pkid, Instant::now()));
                             }
                         }
-                        None if qos1 => self.collided = Some((tag, barrier)),
+                        None if qos1 => {
+                            let pkid = self.el.state.collision.as_ref().map_or(0, |c| c.pkid);
+                            self.collided = Some((pkid, tag, barrier));
+                        }
                         _ => {}
                     }
                     p
@@ -391,10 +395,11 @@ impl Driver {
         if self.barrier.is_some_and(|(b, _)| b == pkid) {
             self.barrier = None;
         }
-        // rumqttc re-sent the held-back publish with this packet id as part of handling the ack.
-        if self.el.state.collision.is_none()
-            && let Some((tag, barrier)) = self.collided.take()
+        // rumqttc sent the held-back publish with this packet id while handling this PUBACK.
+        if let Some((held, tag, barrier)) = self.collided
+            && held == pkid
         {
+            self.collided = None;
             self.tags.insert(pkid, tag);
             if barrier {
                 self.barrier = Some((pkid, Instant::now()));
@@ -421,5 +426,154 @@ impl Driver {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A packet read by the scripted broker: (first byte, body).
+    async fn read_packet(s: &mut TcpStream) -> (u8, Vec<u8>) {
+        let kind = s.read_u8().await.unwrap();
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let b = s.read_u8().await.unwrap();
+            len |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0; len];
+        s.read_exact(&mut body).await.unwrap();
+        (kind, body)
+    }
+
+    /// Packet id and payload of a QoS 1 PUBLISH body.
+    fn publish_parts(body: &[u8]) -> (u16, Vec<u8>) {
+        let tl = usize::from(u16::from_be_bytes([body[0], body[1]]));
+        let pkid = u16::from_be_bytes([body[2 + tl], body[3 + tl]]);
+        (pkid, body[4 + tl..].to_vec())
+    }
+
+    async fn puback(s: &mut TcpStream, pkid: u16) {
+        let id = pkid.to_be_bytes();
+        s.write_all(&[0x40, 2, id[0], id[1]]).await.unwrap();
+    }
+
+    /// Accepts one client and answers CONNECT; returns the socket.
+    async fn broker() -> (u16, tokio::task::JoinHandle<TcpStream>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let (kind, _) = read_packet(&mut s).await;
+            assert_eq!(kind, 0x10, "CONNECT first");
+            s.write_all(&[0x20, 2, 0, 0]).await.unwrap();
+            s
+        });
+        (port, task)
+    }
+
+    fn publish(n: u64, barrier: bool) -> Out {
+        Out::Publish {
+            publish: Publish::new("t", QoS::AtLeastOnce, n.to_string()),
+            tag: Tag::Waiter(n),
+            barrier,
+        }
+    }
+
+    async fn acked(c: &mut Connection, want: usize) -> Vec<u64> {
+        let mut got = Vec::new();
+        while got.len() < want {
+            let ev = tokio::time::timeout(Duration::from_secs(5), c.events.recv())
+                .await
+                .expect("acks within 5 s")
+                .expect("connection alive");
+            match ev {
+                ConnEvent::Acked(tags) => got.extend(tags.into_iter().map(|t| match t {
+                    Tag::Waiter(n) => n,
+                    other => panic!("unexpected tag {other:?}"),
+                })),
+                ConnEvent::Connected => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        got
+    }
+
+    /// The broker acknowledges out of order, so rumqttc must hold a publish back whose packet
+    /// id is still in flight; every PUBACK still releases the tag of the publish it answers.
+    #[tokio::test]
+    async fn out_of_order_acks_and_reused_packet_ids_release_the_right_tags() {
+        let (port, accept) = broker().await;
+        let mut opts = MqttOptions::new("t", "127.0.0.1", port);
+        opts.set_inflight(3);
+        let mut c = Connection::start(opts, 4);
+        let script = tokio::spawn(async move {
+            let mut s = accept.await.unwrap();
+            let next = async |s: &mut TcpStream| loop {
+                let (kind, body) = read_packet(s).await;
+                if kind == 0xc0 {
+                    s.write_all(&[0xd0, 0]).await.unwrap();
+                    continue;
+                }
+                let (pkid, payload) = publish_parts(&body);
+                break (
+                    pkid,
+                    String::from_utf8(payload).unwrap().parse::<u64>().unwrap(),
+                );
+            };
+            // Publishes 0, 1, 2 take packet ids 1, 2, 3 (window 3). Only 2 is answered, so the
+            // client wants id 1 again for publish 3 while 0 still holds it: held back.
+            let first: Vec<(u16, u64)> =
+                vec![next(&mut s).await, next(&mut s).await, next(&mut s).await];
+            assert_eq!(first.iter().map(|p| p.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+            puback(&mut s, 3).await;
+            let mut order = vec![first[2].1];
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Both in one read: id 2 first, then id 1, which releases publish 3 under id 1.
+            s.write_all(&[0x40, 2, 0, 2, 0x40, 2, 0, 1]).await.unwrap();
+            order.extend([first[1].1, first[0].1]);
+            for _ in 3..6 {
+                let (pkid, n) = next(&mut s).await;
+                puback(&mut s, pkid).await;
+                order.push(n);
+            }
+            order
+        });
+        assert!(c.send((0..6).map(|n| publish(n, false)).collect()).await);
+        let got = acked(&mut c, 6).await;
+        let order = script.await.unwrap();
+        assert_eq!(order, vec![2, 1, 0, 3, 4, 5], "the script's own order");
+        assert_eq!(got, order, "each tag released by its own PUBACK");
+    }
+
+    /// After a barrier publish nothing is written until its PUBACK arrived.
+    #[tokio::test]
+    async fn nothing_is_written_behind_a_barrier_until_its_puback() {
+        let (port, accept) = broker().await;
+        let mut c = Connection::start(MqttOptions::new("t", "127.0.0.1", port), 4);
+        let script = tokio::spawn(async move {
+            let mut s = accept.await.unwrap();
+            let (_, body) = read_packet(&mut s).await;
+            let (pkid, payload) = publish_parts(&body);
+            assert_eq!(payload, b"0");
+            // Nothing else arrives while the event is unacknowledged.
+            let mut probe = [0u8; 1];
+            let quiet = tokio::time::timeout(Duration::from_millis(300), s.peek(&mut probe)).await;
+            assert!(quiet.is_err(), "bytes written behind the barrier");
+            puback(&mut s, pkid).await;
+            let (_, body) = read_packet(&mut s).await;
+            let (pkid, payload) = publish_parts(&body);
+            assert_eq!(payload, b"1");
+            puback(&mut s, pkid).await;
+        });
+        assert!(c.send(vec![publish(0, true), publish(1, false)]).await);
+        assert_eq!(acked(&mut c, 2).await, vec![0, 1]);
+        script.await.unwrap();
     }
 }

@@ -361,3 +361,62 @@ async fn unset_clock_says_so_instead_of_faking_dates() {
     }
     bridge.shutdown().await;
 }
+
+/// A pmesh node's own status report (`pmesh_node::StatusPlugin`) is read like Alteriom's, and
+/// a field the node left out (free memory) stays unknown: no invented value, no alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pmesh_status_reports_are_read_without_invented_values() {
+    use pmesh_node::{Config, Instant, Node, StatusConfig, StatusPlugin};
+    let broker = Broker::start(None).await;
+    let sub = Sub::connect(broker.port, "mesh/#").await;
+    let bridge = Bridge::spawn(
+        config(broker.port, "pmesh-status"),
+        1,
+        Arc::new(FakeGateway::default()),
+    )
+    .unwrap();
+    assert!(bridge.wait_online(Duration::from_secs(10)).await);
+    bridge.topology(tree());
+
+    // Node 4 started 90 s ago and reports with what it knows.
+    let mut cfg = StatusConfig::new("pmesh-0.1.0");
+    cfg.firmware_md5 = Some("0123456789abcdef0123456789abcdef".into());
+    let mut node: Node<StatusPlugin> = Node::new(
+        Config::new(4),
+        StatusPlugin::new(cfg, Instant::from_micros(0)),
+    );
+    let now = Instant::from_micros(90_000_000);
+    let stats = node.stats();
+    let report = node.with_plugin(now, |p, ctx| {
+        p.set_node_stats(stats);
+        p.build_report(ctx)
+    });
+    bridge.package(Envelope::parse(&report, 32).unwrap());
+
+    let state = sub
+        .wait("mesh/status/node/4", 5, |m| !m.json()["status"].is_null())
+        .await
+        .json();
+    let status = &state["status"];
+    assert_eq!(status["type"], 604);
+    assert_eq!(status["uptime"], 90);
+    assert_eq!(status["fw"], "pmesh-0.1.0");
+    assert_eq!(status["fwMD5"], "0123456789abcdef0123456789abcdef");
+    assert_eq!(status["nodes"], 1, "a node alone knows only itself");
+    assert_eq!(status["msgRx"], 0);
+    assert!(
+        status.get("freeHeapKB").is_none(),
+        "memory unknown: {status}"
+    );
+    assert!(status.get("wifi").is_none(), "signal unknown: {status}");
+    // No LOW_MEMORY for a node that never said how much memory it has.
+    bridge.publish_snapshot().await;
+    let alerts = sub.wait("mesh/status/alerts", 5, |_| true).await.json();
+    assert_eq!(alerts["alerts"], json!([]));
+    assert!(
+        sub.on("mesh/bridge/event")
+            .iter()
+            .all(|m| m.json()["type"] != "alert_raised")
+    );
+    bridge.shutdown().await;
+}

@@ -101,8 +101,10 @@ impl Broker {
             }));
         } else {
             let conf = self.dir.join("mosquitto.conf");
+            // The recording subscribers take thousands of retained messages at once; Mosquitto
+            // would queue at most 1,000 QoS 1 messages per client and drop the rest.
             let mut text = format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n",
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n",
                 self.port
             );
             if let Some(m) = self.max_packet {
