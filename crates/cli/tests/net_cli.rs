@@ -1,5 +1,6 @@
 //! `pmesh node` and the one-shot commands at their edges: clean shutdown on SIGTERM and
-//! SIGINT, clear errors for bad configuration and for a node that is not running.
+//! SIGINT, clear errors for bad configuration and for a node that is not running, status
+//! reports (EnhancedStatusPackage) with `[status]`.
 
 mod net_support;
 
@@ -154,4 +155,61 @@ fn clear_errors() {
     ]);
     assert_eq!(code, 2);
     assert!(err.contains("cannot listen"), "{err}");
+}
+
+/// A node with `[status] interval` broadcasts EnhancedStatusPackages (604) carrying what it
+/// knows: its uptime, the nodes it sees, its links, its counters and free memory.
+#[test]
+fn status_reports_reach_the_mesh() {
+    let dir = TempDir::new("status");
+    let (pa, pb) = (free_port(), free_port());
+    let cfg = dir.file(
+        "status.toml",
+        &format!("{FAST_TIMERS}\n[status]\ninterval = \"1s\"\nfirmware = \"gw-7\"\n"),
+    );
+    let _a = NodeProc::start(
+        &dir,
+        NodeSpec {
+            id: 501,
+            port: pa,
+            connect: vec![],
+            root: true,
+            config: Some(cfg),
+        },
+    );
+    let b = NodeProc::start(
+        &dir,
+        NodeSpec {
+            id: 502,
+            port: pb,
+            connect: vec![pa],
+            root: false,
+            config: None,
+        },
+    );
+    let mut ev = b.events();
+    let until = Instant::now() + Duration::from_secs(15);
+    let report = loop {
+        ev.collect_for(Duration::from_millis(200));
+        // A report late enough for the counters and memory to have been handed over.
+        let found = ev.seen.iter().rev().find_map(|e| {
+            let ok = e["kind"] == "package" && e["type"] == 604 && e["from"] == 501;
+            ok.then(|| serde_json::from_str::<serde_json::Value>(e["json"].as_str()?).ok())
+                .flatten()
+                .filter(|j| j["msgRx"].as_u64().is_some_and(|n| n > 0))
+        });
+        if let Some(j) = found {
+            break j;
+        }
+        assert!(Instant::now() < until, "no status report: {:?}", ev.seen);
+    };
+    assert_eq!(report["fw"], "gw-7");
+    assert_eq!(report["nodes"], 2, "itself and node 502");
+    assert_eq!(report["conns"], 1);
+    assert!(report["mem"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["msgRx"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        report.get("latency").is_none(),
+        "unknown fields are left out"
+    );
 }

@@ -9,7 +9,8 @@
 //! hardware into `--ota-dir`, where "installing" means: the verified image is committed as
 //! `images/<role>-<hardware>-<sha256>.bin` with a JSON record, `current.bin`/`current.json`
 //! point at it, and the `--ota-exec` program (if any) is run with its path. The running
-//! program is never replaced.
+//! program is never replaced. With `--status-every` (or `[status]`) the node also sends
+//! Alteriom EnhancedStatusPackages (`pmesh_node::StatusPlugin`, beside the OTA plugin).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,11 +22,15 @@ use anyhow::{Context as _, bail};
 use pmesh_net::control::{ControlAddr, ControlListener, ControlServer};
 use pmesh_net::firmware::{self, FileSink, FileStore};
 use pmesh_net::ota::{NodeOta, OtaLogger};
-use pmesh_net::{MeshBuilder, MeshEvent, NetConfig, RetrySchedule, node_id};
-use pmesh_node::{Config, Event, Node, Plugin};
+use pmesh_net::{MeshBuilder, MeshEvent, MeshHandle, NetConfig, RetrySchedule, node_id};
+use pmesh_node::{
+    Config, ConnectionChange, Context, Event, Node, Plugin, StatusConfig, StatusPlugin,
+    StatusTarget,
+};
 use pmesh_ota::{
     ClassicReceiverKind, InstalledImage, Ota, OtaConfig, OtaEvent, OtaStore, TransferId,
 };
+use pmesh_proto::packages::Generation;
 use serde::Deserialize;
 use tracing::{info, warn};
 
@@ -80,6 +85,10 @@ pub struct Args {
     /// Largest image accepted, in bytes [default: 67108864].
     #[arg(long, value_name = "BYTES")]
     pub ota_max_size: Option<u64>,
+    /// Broadcast an Alteriom EnhancedStatusPackage (604) this often, e.g. `30s`, so bridges
+    /// monitor this node like the ESP nodes [default: off].
+    #[arg(long, value_name = "DURATION")]
+    pub status_every: Option<String>,
 }
 
 /// The configuration file. Unknown keys inside a section are errors (typos); unknown sections
@@ -104,6 +113,9 @@ pub struct FileConfig {
     /// `[ota]`
     #[serde(default)]
     pub ota: OtaSection,
+    /// `[status]`
+    #[serde(default)]
+    pub status: StatusSection,
     /// Sections other parts of pmesh read (`[mqtt]`, `[ota]`, ...); kept for them.
     #[serde(flatten)]
     pub other: BTreeMap<String, toml::Value>,
@@ -173,6 +185,86 @@ pub struct OtaSection {
     classic_broadcast_jitter: Option<String>,
     announce_interval: Option<String>,
     pmesh_rewant_after: Option<String>,
+}
+
+/// `[status]`: periodic status reports (Alteriom EnhancedStatusPackage).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusSection {
+    /// Time between reports; absent: no reports.
+    interval: Option<String>,
+    /// Send to this node only (SINGLE) instead of broadcasting.
+    to: Option<u32>,
+    /// `fw` field [default: pmesh-<version>].
+    firmware: Option<String>,
+    /// 604 (default) or 203 (Alteriom Phase 1/2 meshes).
+    package_type: Option<i32>,
+}
+
+impl StatusSection {
+    fn resolve(&self, flag: Option<&str>) -> anyhow::Result<Option<StatusConfig>> {
+        let Some(every) = flag.or(self.interval.as_deref()) else {
+            return Ok(None);
+        };
+        let interval = parse_duration(every).context("--status-every / [status] interval")?;
+        if interval < Duration::from_secs(1) {
+            bail!("status reports at most once a second");
+        }
+        let mut cfg = StatusConfig::new(
+            self.firmware
+                .clone()
+                .unwrap_or_else(|| format!("pmesh-{}", env!("CARGO_PKG_VERSION"))),
+        );
+        cfg.interval = interval;
+        cfg.first_after = interval.min(Duration::from_secs(30));
+        cfg.generation = match self.package_type {
+            None | Some(604) => Generation::Head,
+            Some(203) => Generation::Phase2,
+            Some(other) => bail!("[status] package_type must be 604 or 203, not {other}"),
+        };
+        if let Some(to) = self.to {
+            if to == 0 {
+                bail!("[status] to must be a node id (1..=4294967295)");
+            }
+            cfg.target = StatusTarget::Node(to);
+        }
+        Ok(Some(cfg))
+    }
+}
+
+/// The status plugin, or nothing: `pmesh node` always runs the same plugin type.
+#[derive(Debug)]
+pub struct MaybeStatus(Option<StatusPlugin<OtaEvent>>);
+
+impl Plugin for MaybeStatus {
+    type Event = OtaEvent;
+
+    fn on_connection(&mut self, ctx: &mut Context<'_, OtaEvent>, change: ConnectionChange) {
+        if let Some(p) = &mut self.0 {
+            p.on_connection(ctx, change);
+        }
+    }
+
+    fn on_timeout(&mut self, ctx: &mut Context<'_, OtaEvent>) {
+        if let Some(p) = &mut self.0 {
+            p.on_timeout(ctx);
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<pmesh_node::Instant> {
+        self.0.as_ref().and_then(Plugin::poll_timeout)
+    }
+}
+
+/// Free memory for status reports: `MemAvailable` from /proc/meminfo, in KiB.
+fn mem_available_kb() -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    line.split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()
+        .map(|kb| kb.min(u64::from(u32::MAX)) as u32)
 }
 
 /// How this node takes part in OTA.
@@ -327,6 +419,8 @@ pub struct Settings {
     pub control: Option<ControlAddr>,
     /// OTA.
     pub ota: OtaSettings,
+    /// Status reports, if any.
+    pub status: Option<StatusConfig>,
     /// The whole file, for sections read elsewhere.
     pub file: FileConfig,
 }
@@ -468,12 +562,14 @@ impl Settings {
             None => Some(ControlAddr::default_path()),
         };
         let ota = OtaSettings::resolve(args, &file.ota)?;
+        let status = file.status.resolve(args.status_every.as_deref())?;
         Ok(Settings {
             node,
             id_source,
             net,
             control,
             ota,
+            status,
             file,
         })
     }
@@ -543,7 +639,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         (FileSink::disabled(), FileStore::disabled())
     };
     let ota = NodeOta::new(Ota::new(o.config.clone(), sink, store));
-    let node = Node::new(settings.node.clone(), ota);
+    let status = settings.status.clone().map(|cfg| {
+        info!(interval_s = cfg.interval.as_secs_f64(), target = ?cfg.target, firmware = %cfg.firmware,
+            "status reports on (EnhancedStatusPackage)");
+        StatusPlugin::new(cfg, pmesh_node::Instant::ZERO)
+    });
+    let refresh = settings
+        .status
+        .as_ref()
+        .map(|c| (c.interval / 2).clamp(Duration::from_secs(1), Duration::from_secs(5)));
+    let node = Node::new(settings.node.clone(), (ota, MaybeStatus(status)));
     let installer = Installer::new(settings.node.node_id, o);
     let mut logger = OtaLogger::default();
     serve(
@@ -560,6 +665,32 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             })
         },
         pmesh_net::ota::routes,
+        move |h| {
+            // Status reports carry the node's counters and free memory: refresh them.
+            if let Some(every) = refresh {
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(every);
+                    loop {
+                        tick.tick().await;
+                        let mem = mem_available_kb();
+                        let res = h
+                            .call(move |node, now| {
+                                let stats = node.stats();
+                                node.with_plugin(now, |(_, status), _| {
+                                    if let Some(s) = &mut status.0 {
+                                        s.set_node_stats(stats);
+                                        s.set_free_memory_kb(mem);
+                                    }
+                                });
+                            })
+                            .await;
+                        if res.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        },
     )
 }
 
@@ -634,12 +765,14 @@ fn run_exec(exec: &Path, dir: &Path, node_id: u32, id: TransferId, image: &Insta
 
 /// Runs `node` with the runtime and the control endpoint until SIGINT/SIGTERM. `build` adds
 /// to the mesh (event hooks); `routes` adds request kinds to the control endpoint (OTA
-/// offers, bridge queries).
+/// offers, bridge queries); `started` runs once the node runs, inside the runtime (spawn
+/// background tasks there).
 pub fn serve<P>(
     settings: Settings,
     node: Node<P>,
     build: impl FnOnce(MeshBuilder<P>) -> MeshBuilder<P>,
     routes: impl FnOnce(ControlServer<P>) -> ControlServer<P>,
+    started: impl FnOnce(MeshHandle<P>),
 ) -> anyhow::Result<ExitCode>
 where
     P: Plugin + Send + 'static,
@@ -673,6 +806,7 @@ where
             root = settings.node.root,
             "pmesh node running"
         );
+        started(handle.clone());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let server_task = control.map(|listener| {
             let server = routes(ControlServer::new(handle.clone()));
@@ -724,6 +858,7 @@ mod tests {
             ota_dir: None,
             ota_exec: None,
             ota_max_size: None,
+            status_every: None,
         }
     }
 
@@ -826,6 +961,32 @@ mod tests {
         let mut a = args();
         a.ota_max_size = Some(0);
         assert!(Settings::resolve(&a, FileConfig::default()).is_err());
+    }
+
+    #[test]
+    fn status_reports_are_opt_in() {
+        let s = Settings::resolve(&args(), FileConfig::default()).unwrap();
+        assert!(s.status.is_none());
+        let file: FileConfig =
+            toml::from_str("[status]\ninterval = \"10s\"\nto = 7\npackage_type = 203").unwrap();
+        let s = Settings::resolve(&args(), file).unwrap();
+        let c = s.status.unwrap();
+        assert_eq!(c.interval, Duration::from_secs(10));
+        assert_eq!(c.target, StatusTarget::Node(7));
+        assert_eq!(c.generation, Generation::Phase2);
+        assert!(c.firmware.starts_with("pmesh-"));
+        let mut a = args();
+        a.status_every = Some("2m".into());
+        let s = Settings::resolve(&a, FileConfig::default()).unwrap();
+        assert_eq!(s.status.unwrap().interval, Duration::from_secs(120));
+        for bad in [
+            "[status]\ninterval = \"100ms\"",
+            "[status]\ninterval = \"1s\"\npackage_type = 605",
+            "[status]\ninterval = \"1s\"\nto = 0",
+        ] {
+            let file: FileConfig = toml::from_str(bad).unwrap();
+            assert!(Settings::resolve(&args(), file).is_err(), "{bad}");
+        }
     }
 
     #[test]
