@@ -191,6 +191,11 @@ impl Outbox {
         self.pending.values()
     }
 
+    /// Entries not yet acknowledged with a sequence number above `seq`, oldest first.
+    pub fn after(&self, seq: u64) -> impl Iterator<Item = &Entry> {
+        self.pending.range(seq.saturating_add(1)..).map(|(_, e)| e)
+    }
+
     /// An entry by sequence number.
     pub fn get(&self, seq: u64) -> Option<&Entry> {
         self.pending.get(&seq)
@@ -262,6 +267,21 @@ mod tests {
             vec![3, 4, 5]
         );
         assert_eq!(ob.dropped, 2);
+    }
+
+    #[test]
+    fn after_walks_what_is_left_in_order() {
+        let mut ob = Outbox::in_memory(10);
+        for i in 0..5 {
+            ob.push("t".into(), i.to_string());
+        }
+        ob.ack(2);
+        ob.ack(4);
+        let seqs = |from| ob.after(from).map(|e| e.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(0), vec![1, 3, 5]);
+        assert_eq!(seqs(1), vec![3, 5]);
+        assert_eq!(seqs(5), Vec::<u64>::new());
+        assert_eq!(seqs(u64::MAX), Vec::<u64>::new());
     }
 
     #[test]

@@ -66,6 +66,11 @@ pub struct BridgeStatus {
 /// Requests handed to the connection task per channel message (fewer wake-ups, fewer writes).
 const BATCH: usize = 64;
 
+/// Most outbox entries handed to the connection and not yet acknowledged. The connection
+/// writes them one at a time anyway (each is a barrier, see `crate::conn`); this only bounds
+/// what waits in between.
+const EVENT_WINDOW: usize = 64;
+
 struct Conn {
     link: Connection,
     /// Requests not yet handed to the connection task (flushed at the end of every loop pass).
@@ -74,19 +79,29 @@ struct Conn {
     online: bool,
     /// QoS 1 publishes handed to the connection and not acknowledged yet.
     unacked: usize,
+    /// The connection task has ended; only its remaining events are still read.
+    ended: bool,
+    /// Highest outbox sequence number handed to this connection.
+    events_sent_upto: u64,
+    /// Outbox entries handed to this connection and not acknowledged yet.
+    events_in_flight: usize,
     ha_announced: BTreeSet<u32>,
 }
 
 impl Conn {
     /// Queues a request; hands a full batch over. False if the connection task has ended.
     async fn push(&mut self, out: Out) -> bool {
+        if self.ended {
+            return false;
+        }
         self.batch.push(out);
         self.batch.len() < BATCH || self.flush().await
     }
 
     /// Hands queued requests over. False if the connection task has ended.
     async fn flush(&mut self) -> bool {
-        self.batch.is_empty() || self.link.send(std::mem::take(&mut self.batch)).await
+        !self.ended
+            && (self.batch.is_empty() || self.link.send(std::mem::take(&mut self.batch)).await)
     }
 }
 
@@ -122,8 +137,6 @@ pub(crate) struct Runtime {
     next_campaign: u64,
     ota_marker: Option<PathBuf>,
     session_file: Option<PathBuf>,
-    /// Outbox entries created since the last loop pass, to publish if online.
-    pending_sends: Vec<u64>,
     /// `bridge_publishes` by kind, looked up once (a publish is counted per call).
     publish_counters: HashMap<&'static str, prometheus_client::metrics::counter::Counter>,
 }
@@ -189,7 +202,6 @@ impl Runtime {
             next_waiter: 0,
             ota_marker,
             session_file,
-            pending_sends: Vec::new(),
             publish_counters: HashMap::new(),
         };
         rt.recover_interrupted_campaign();
@@ -378,6 +390,9 @@ impl Runtime {
             subscribed: false,
             online: false,
             unacked: 0,
+            ended: false,
+            events_sent_upto: 0,
+            events_in_flight: 0,
             ha_announced: BTreeSet::new(),
         });
     }
@@ -394,6 +409,17 @@ impl Runtime {
         // Unacknowledged snapshot waiters cannot complete on a dead connection.
         self.waiters.clear();
         self.schedule_reconnect();
+    }
+
+    /// The connection task has ended (a request could not be handed over). Its handle is kept
+    /// until its last events are read: PUBACKs it received before ending are reported ahead
+    /// of its `Down`, and dropping them would send those events again after reconnecting.
+    fn conn_ended(&mut self) {
+        if let Some(c) = self.conn.as_mut() {
+            c.ended = true;
+            c.online = false;
+            c.batch.clear();
+        }
     }
 
     async fn on_conn_event(&mut self, ev: Option<ConnEvent>) {
@@ -421,7 +447,7 @@ impl Runtime {
                 if let Some(c) = self.conn.as_mut()
                     && !(c.push(Out::Subscribe(subs)).await && c.flush().await)
                 {
-                    self.drop_conn("subscribe failed");
+                    self.conn_ended();
                 }
             }
             ConnEvent::SubAck => {
@@ -448,7 +474,12 @@ impl Runtime {
     fn on_ack(&mut self, tag: Tag) {
         match tag {
             Tag::Plain => {}
-            Tag::Outbox(seq) => self.outbox.ack(seq),
+            Tag::Outbox(seq) => {
+                self.outbox.ack(seq);
+                if let Some(c) = self.conn.as_mut() {
+                    c.events_in_flight = c.events_in_flight.saturating_sub(1);
+                }
+            }
             Tag::Waiter(w) => {
                 if let Some(entry) = self.waiters.get_mut(&w) {
                     entry.1 += 1;
@@ -477,22 +508,8 @@ impl Runtime {
         }
         tracing::info!("MQTT online (session {})", self.session);
         self.publish_all_retained(None).await;
-        self.pending_sends.clear();
-        let pending: Vec<(u64, String, String)> = self
-            .outbox
-            .pending()
-            .map(|e| (e.seq, e.topic.clone(), e.payload.clone()))
-            .collect();
-        for (seq, topic, payload) in pending {
-            self.raw_publish(
-                topic,
-                payload.into_bytes(),
-                false,
-                Tag::Outbox(seq),
-                "event",
-            )
-            .await;
-        }
+        // The outbox is replayed from its oldest entry by `send_pending`, a window at a time.
+        self.send_pending().await;
     }
 
     async fn shutdown(&mut self) {
@@ -584,7 +601,7 @@ impl Runtime {
             barrier,
         };
         if !c.push(out).await {
-            self.drop_conn("connection task ended");
+            self.conn_ended();
             return false;
         }
         let counter = self.publish_counters.entry(kind).or_insert_with(|| {
@@ -603,7 +620,7 @@ impl Runtime {
         if let Some(c) = self.conn.as_mut()
             && !c.flush().await
         {
-            self.drop_conn("connection task ended");
+            self.conn_ended();
         }
     }
 
@@ -1084,21 +1101,43 @@ impl Runtime {
                 .outbox_dropped
                 .inc_by(self.outbox.dropped - dropped_before);
         }
-        self.pending_sends.push(seq);
     }
 }
 
 impl Runtime {
+    /// Hands outbox entries not yet sent on this connection to it, oldest first, while fewer
+    /// than [`EVENT_WINDOW`] are unacknowledged. Called every loop pass: a replay of thousands
+    /// of events after an outage never holds up the loop, and events created meanwhile follow
+    /// it in `seq` order.
     async fn send_pending(&mut self) {
-        let seqs = std::mem::take(&mut self.pending_sends);
-        if !self.online() {
-            return;
-        }
-        for seq in seqs {
-            if let Some(e) = self.outbox.get(seq) {
-                let (t, p) = (e.topic.clone(), e.payload.clone());
-                self.raw_publish(t, p.into_bytes(), false, Tag::Outbox(seq), "event")
-                    .await;
+        loop {
+            let Some(c) = self.conn.as_ref().filter(|c| c.online && !c.ended) else {
+                return;
+            };
+            if c.events_in_flight >= EVENT_WINDOW {
+                return;
+            }
+            let Some(e) = self.outbox.after(c.events_sent_upto).next() else {
+                return;
+            };
+            let (seq, topic, payload) = (e.seq, e.topic.clone(), e.payload.clone());
+            if let Some(c) = self.conn.as_mut() {
+                c.events_sent_upto = seq;
+                c.events_in_flight += 1;
+            }
+            if !self
+                .raw_publish(
+                    topic,
+                    payload.into_bytes(),
+                    false,
+                    Tag::Outbox(seq),
+                    "event",
+                )
+                .await
+                && let Some(c) = self.conn.as_mut()
+            {
+                // Not handed over (too large for the broker): it stays queued, counted.
+                c.events_in_flight -= 1;
             }
         }
     }

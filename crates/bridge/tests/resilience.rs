@@ -332,3 +332,142 @@ async fn stale_last_will_never_leaves_the_bridge_offline() {
     assert_eq!(m.json()["state"], "online");
     bridge.shutdown().await;
 }
+
+mod scripted {
+    //! A broker that speaks just enough MQTT 3.1.1 to script a connection's end exactly.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    pub async fn packet(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+        let kind = s.read_u8().await.ok()?;
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let b = s.read_u8().await.ok()?;
+            len |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0; len];
+        s.read_exact(&mut body).await.ok()?;
+        Some((kind, body))
+    }
+
+    /// Answers CONNECT and SUBSCRIBE; hands every PUBLISH (topic, packet id, payload) to `on`,
+    /// which says whether to acknowledge it and whether to go on. Returns when `on` stops or
+    /// the client goes away.
+    pub async fn serve(s: &mut TcpStream, mut on: impl FnMut(&str, u16, &[u8]) -> (bool, bool)) {
+        while let Some((kind, body)) = packet(s).await {
+            let reply: Vec<u8> = match kind >> 4 {
+                1 => vec![0x20, 2, 0, 0],
+                8 => {
+                    // SUBACK: QoS 1 granted to each filter.
+                    let k = count_filters(&body[2..]);
+                    let mut r = vec![0x90, (2 + k) as u8, body[0], body[1]];
+                    r.extend(std::iter::repeat_n(1u8, k));
+                    r
+                }
+                12 => vec![0xd0, 0],
+                3 => {
+                    let qos = (kind >> 1) & 3;
+                    let tl = usize::from(u16::from_be_bytes([body[0], body[1]]));
+                    let topic = String::from_utf8_lossy(&body[2..2 + tl]).into_owned();
+                    let (pkid, payload) = if qos > 0 {
+                        (
+                            u16::from_be_bytes([body[2 + tl], body[3 + tl]]),
+                            &body[4 + tl..],
+                        )
+                    } else {
+                        (0, &body[2 + tl..])
+                    };
+                    let (ack, go_on) = on(&topic, pkid, payload);
+                    if ack && qos > 0 {
+                        let id = pkid.to_be_bytes();
+                        s.write_all(&[0x40, 2, id[0], id[1]]).await.unwrap();
+                    }
+                    if !go_on {
+                        return;
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            s.write_all(&reply).await.unwrap();
+        }
+    }
+
+    /// Topic filters in a SUBSCRIBE payload (length, filter, QoS byte each).
+    fn count_filters(mut b: &[u8]) -> usize {
+        let mut n = 0;
+        while b.len() >= 3 {
+            let l = usize::from(u16::from_be_bytes([b[0], b[1]]));
+            b = &b[(2 + l + 1).min(b.len())..];
+            n += 1;
+        }
+        n
+    }
+}
+
+/// The connection ends while the bridge is still handing over a long replay: every event the
+/// broker acknowledged before the end stays acknowledged (it is not sent again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_acknowledged_before_a_connection_ends_are_not_sent_again() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut cfg = config(port, "replay-cut");
+    cfg.outbox_capacity = 50_000;
+    cfg.streams.ha_discovery = false;
+    cfg.streams.node_state = false;
+    // Offline from the start: 30,000 joins wait in the outbox, more than the bridge can hand
+    // to its connection task at once, so it is still handing them over when the connection ends.
+    let bridge = Bridge::spawn(cfg, 1, Arc::new(FakeGateway::default())).unwrap();
+    bridge.topology(star(1, 2..=30_001));
+    eventually(20, "events queued", || bridge.status().outbox >= 30_000).await;
+
+    let seq_of = |payload: &[u8]| -> u64 {
+        serde_json::from_slice::<serde_json::Value>(payload).unwrap()["seq"]
+            .as_u64()
+            .unwrap()
+    };
+    // First connection: acknowledge 1,000 events, then vanish.
+    let (mut s, _) = listener.accept().await.unwrap();
+    let mut acked = BTreeSet::new();
+    scripted::serve(&mut s, |topic, _, payload| {
+        if topic != "mesh/bridge/event" {
+            return (true, true);
+        }
+        acked.insert(seq_of(payload));
+        (true, acked.len() < 1000)
+    })
+    .await;
+    drop(s);
+    // Second connection: record what is sent again.
+    let (mut s, _) = listener.accept().await.unwrap();
+    let mut resent = Vec::new();
+    let mut seen = 0;
+    scripted::serve(&mut s, |topic, _, payload| {
+        if topic == "mesh/bridge/event" {
+            let seq = seq_of(payload);
+            seen += 1;
+            if acked.contains(&seq) {
+                resent.push(seq);
+            }
+        }
+        (true, seen < 29_000)
+    })
+    .await;
+    eprintln!(
+        "{} events acknowledged before the connection ended; {} of them sent again; {} sent on the next connection",
+        acked.len(),
+        resent.len(),
+        seen
+    );
+    assert_eq!(acked.len(), 1000);
+    assert!(
+        resent.is_empty(),
+        "acknowledged events sent again: {resent:?}"
+    );
+    assert_eq!(seen, 29_000, "the rest was replayed");
+    bridge.kill();
+}
