@@ -128,6 +128,19 @@ fn converged(nodes: &[&NodeProc]) {
 fn pmesh_mode_through_a_gateway_plain_and_compressed() {
     let dir = TempDir::new("ota-pmesh");
     let p: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    // Node 3 runs an install hook that records its argument and environment.
+    let hook = dir.0.join("hook.sh");
+    let hook_out = dir.0.join("hook.out");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$1 $PMESH_OTA_SHA256 $PMESH_OTA_VERSION $PMESH_OTA_MODE $PMESH_NODE_ID\" >> {}\n",
+            hook_out.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let exec = format!("exec = \"{}\"\n", hook.display());
     let gw = node(&dir, 1, p[0], &[], true, config(&dir, 1, None, ""));
     let n2 = node(
         &dir,
@@ -143,7 +156,7 @@ fn pmesh_mode_through_a_gateway_plain_and_compressed() {
         p[2],
         &[p[1]],
         false,
-        config(&dir, 3, Some("sensor"), ""),
+        config(&dir, 3, Some("sensor"), &exec),
     );
     let n4 = node(
         &dir,
@@ -191,6 +204,21 @@ fn pmesh_mode_through_a_gateway_plain_and_compressed() {
             .unwrap();
     assert_eq!(rec["sha256"], sha.as_str());
     assert_eq!(rec["size"], 384 * 1024);
+
+    // The hook ran once, with the committed image's path and the PMESH_OTA_* variables.
+    wait_until(Duration::from_secs(10), "the install hook", || {
+        hook_out.exists()
+    });
+    let line = std::fs::read_to_string(&hook_out).unwrap();
+    let image = ota_dir(&dir, 3).join(format!("images/sensor-ESP32-{}.bin", &sha[..16]));
+    assert_eq!(
+        line.trim_end(),
+        format!(
+            "{} {sha}  pmesh 3",
+            std::path::absolute(&image).unwrap().display()
+        )
+    );
+    assert_eq!(sha256_file(&image), sha);
 
     // A second image, compressed, with JSON progress lines.
     let (fw2, sha2) = firmware(&dir, "fw2.bin", 384 * 1024, 384 * 1024);

@@ -29,8 +29,12 @@
 //! - Uplinks are dialled as a WiFi station would: retries after 1, 2, 4, 8, 8 s as the
 //!   reference does, then a capped exponential backoff forever ([`RetrySchedule`]).
 //! - [`control`] is the local control endpoint (JSON lines over a Unix socket or loopback
-//!   TCP) behind `pmesh send`, `pmesh nodes`, `pmesh topology`; new request kinds are added
-//!   by registering handlers.
+//!   TCP) behind `pmesh send`, `pmesh nodes`, `pmesh topology`, `pmesh events`; new request
+//!   kinds are added by registering handlers.
+//! - OTA: [`firmware`] has the file-backed image source, sink and store (fsync'd, atomic,
+//!   resumable after a restart); [`ota`] has the plugin a Linux node runs
+//!   ([`ota::NodeOta`]), the rollout follower behind `pmesh ota push` ([`ota::run_push`])
+//!   and its control commands ([`ota::routes`]).
 
 #![warn(missing_docs)]
 
