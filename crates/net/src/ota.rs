@@ -327,6 +327,14 @@ impl OtaLogger {
                     warn!(mode = id.mode.name(), transfer = id.id, code = reason.code(), reason = %reason, "OTA: offer refused");
                 }
             }
+            OtaEvent::Failed {
+                id,
+                reason: Refusal::BadOffer(why),
+            } if why.contains("cancelled") => {
+                self.last_decile.remove(id);
+                info!(mode = id.mode.name(), transfer = id.id, reason = %why,
+                    "OTA: transfer cancelled; the partial image was discarded");
+            }
             OtaEvent::Failed { id, reason } => {
                 self.last_decile.remove(id);
                 warn!(mode = id.mode.name(), transfer = id.id, code = reason.code(), reason = %reason,
