@@ -4,14 +4,14 @@
 //! host (`poll_*`). Nothing here reads a clock, touches a socket or spawns a thread, and all
 //! iteration orders are deterministic, so a seed replays a run exactly.
 
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
-use core::cell::RefCell;
+use core::cell::{OnceCell, RefCell};
 use core::fmt;
 
 use bytes::Bytes;
 use pmesh_proto::message::{time_type, types, write_sync_trailer};
-use pmesh_proto::tree::write_tree_fields;
+use pmesh_proto::tree::{FlatTree, write_tree_fields};
 use pmesh_proto::{
     Envelope, FrameDecoder, FrameError, Message, NodeSync, NodeTree, Routing, TimeMessage,
     UserMessage, encode_frame,
@@ -71,11 +71,12 @@ pub(crate) struct Conn {
     pub(crate) direction: Direction,
     /// The neighbour's id; 0 until its first NODE_SYNC.
     pub(crate) node_id: u32,
-    /// The tree the neighbour last reported (`{nodeId:0}` until synced).
-    pub(crate) tree: NodeTree,
-    /// `tree` serialized once, reused in every NODE_SYNC we send to the others.
-    tree_json: Vec<u8>,
-    tree_size: usize,
+    /// The tree the neighbour last reported (`{nodeId:0}` until synced), flat: compared,
+    /// searched and routed by as one array, and its JSON goes as it is into every NODE_SYNC we
+    /// send to the others.
+    tree: FlatTree,
+    /// `tree` as a [`NodeTree`], built when first lent out (`neighbour_tree`).
+    view: OnceCell<TreeView>,
     framer: FrameDecoder,
     node_sync_at: Option<Instant>,
     sync_timeout_at: Option<Instant>,
@@ -100,10 +101,46 @@ impl Conn {
         )
     }
 
-    fn set_tree(&mut self, tree: NodeTree) {
-        self.tree_json = tree.to_json();
-        self.tree_size = tree.size();
-        self.tree = tree;
+    /// Takes `tree` as the neighbour's tree; the old one is left in `tree` (a scratch buffer).
+    fn swap_tree(&mut self, tree: &mut FlatTree) {
+        core::mem::swap(&mut self.tree, tree);
+        self.view = OnceCell::new();
+    }
+
+    /// The neighbour's tree as a [`NodeTree`] (built on first use, kept until it changes).
+    fn view(&self) -> &TreeView {
+        self.view.get_or_init(|| TreeView {
+            tree: self.tree.to_tree(),
+        })
+    }
+}
+
+/// A neighbour's tree as a [`NodeTree`], for the APIs that lend one out
+/// ([`Node::neighbour_tree`], `Context::neighbour_tree`).
+#[derive(Debug)]
+pub(crate) struct TreeView {
+    pub(crate) tree: NodeTree,
+}
+
+/// `findRoute` for every id at once: `(node id, index of the first connection whose tree holds
+/// it)`, sorted by id. Rebuilt (in place) on the first lookup after the connections or their
+/// trees change; a sorted vector rather than a map, so a rebuild is one sort of one buffer.
+#[derive(Debug, Default)]
+struct RouteIndex {
+    valid: bool,
+    entries: Vec<(u32, u32)>,
+}
+
+impl RouteIndex {
+    fn rebuild(&mut self, conns: &[Conn]) {
+        self.entries.clear();
+        for (k, c) in conns.iter().enumerate() {
+            self.entries.extend(c.tree.ids().map(|id| (id, k as u32)));
+        }
+        // By id, then connection order; keeping the first of each id is `findRoute`'s answer.
+        self.entries.sort_unstable();
+        self.entries.dedup_by_key(|e| e.0);
+        self.valid = true;
     }
 }
 
@@ -130,8 +167,11 @@ pub(crate) struct Core<E> {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event<E>>,
     held_replies: Vec<HeldReply>,
-    /// node id -> connection leading there; rebuilt lazily after topology changes.
-    routes: RefCell<Option<BTreeMap<u32, ConnId>>>,
+    /// Where each node id leads; rebuilt lazily after topology changes.
+    routes: RefCell<RouteIndex>,
+    /// The tree of the NODE_SYNC being handled; its buffers are reused from frame to frame
+    /// (swapped with the neighbour's stored tree when that changes).
+    sync_scratch: FlatTree,
     /// Plugin callbacks owed after the current input is processed.
     pending_changes: Vec<ConnectionChange>,
     pub(crate) rng: Rng,
@@ -164,7 +204,8 @@ impl<P: Plugin> Node<P> {
                 transmits: VecDeque::new(),
                 events: VecDeque::new(),
                 held_replies: Vec::new(),
-                routes: RefCell::new(None),
+                routes: RefCell::new(RouteIndex::default()),
+                sync_scratch: FlatTree::leaf(0),
                 pending_changes: Vec::new(),
                 rng: Rng(seed),
                 stats: NodeStats::default(),
@@ -178,7 +219,7 @@ impl<P: Plugin> Node<P> {
     /// A TCP connection was established. `Station`: we dialled (NODE_SYNC goes out at once);
     /// `Ap`: the peer dialled us (our first NODE_SYNC after [`Config::ap_first_sync_delay`]).
     pub fn handle_connect(&mut self, conn: ConnId, now: Instant, direction: Direction) {
-        if self.core.conn(conn).is_some() {
+        if self.core.conn_state(conn).is_some() {
             return;
         }
         let first_sync = match direction {
@@ -189,9 +230,8 @@ impl<P: Plugin> Node<P> {
             id: conn,
             direction,
             node_id: 0,
-            tree: NodeTree::leaf(0),
-            tree_json: Vec::new(),
-            tree_size: 1,
+            tree: FlatTree::leaf(0),
+            view: OnceCell::new(),
             framer: FrameDecoder::new(self.core.cfg.max_frame),
             node_sync_at: Some(first_sync),
             sync_timeout_at: None,
@@ -216,7 +256,7 @@ impl<P: Plugin> Node<P> {
                 Ok(raw) => self.handle_frame(conn, now, raw),
                 Err(FrameError::Oversized { .. }) => self.core.stats.dropped_oversized += 1,
             }
-            if self.core.conn(conn).is_none() {
+            if self.core.conn_state(conn).is_none() {
                 break; // closed by a frame
             }
         }
@@ -426,7 +466,7 @@ impl<P: Plugin> Node<P> {
             .conns
             .iter()
             .filter(|c| c.synced())
-            .map(|c| c.tree_size)
+            .map(|c| c.tree.size())
             .sum::<usize>()
     }
 
@@ -471,7 +511,7 @@ impl<P: Plugin> Node<P> {
 
     /// The tree a connection's neighbour last reported.
     pub fn neighbour_tree(&self, conn: ConnId) -> Option<&NodeTree> {
-        self.core.conn(conn).map(|c| &c.tree)
+        self.core.conn(conn).map(|v| &v.tree)
     }
 
     /// Counters.
@@ -497,19 +537,24 @@ impl<P: Plugin> Node<P> {
     fn handle_frame(&mut self, conn: ConnId, now: Instant, raw: Bytes) {
         let json = &raw[..raw.len() - 1];
         // A NODE_SYNC carrying exactly the tree we hold (the steady state) skips parsing.
+        // (Only on a synced link: the first NODE_SYNC is always checked in full.)
         if let Some(idx) = self.core.index(conn) {
             let c = &self.core.conns[idx];
-            if let Some(ty) = same_tree_sync(&raw, &c.tree_json) {
+            if let Some(ty) = same_tree_sync(&raw, c.tree.json()).filter(|_| c.synced()) {
                 self.core.stats.frames_in += 1;
                 self.core.node_sync_unchanged(idx, now, ty);
                 return;
             }
         }
         // Plain NODE_SYNC frames (the bulk of the traffic after a topology change) go through
-        // the direct reader; anything unusual falls through to the general decoder below.
-        if let Some(sync) = NodeSync::parse_frame(json, self.core.cfg.max_depth) {
+        // the direct reader, into the scratch tree; anything unusual falls through to the
+        // general decoder below.
+        let max_depth = self.core.cfg.max_depth;
+        if let Some(header) =
+            NodeSync::parse_frame_flat(json, max_depth, &mut self.core.sync_scratch)
+        {
             self.core.stats.frames_in += 1;
-            self.core.handle_node_sync(conn, now, sync);
+            self.core.handle_node_sync(conn, now, header.ty);
             return;
         }
         let env = match Envelope::parse(json, self.core.cfg.max_depth) {
@@ -557,7 +602,8 @@ impl<P: Plugin> Node<P> {
             | types::NODE_SYNC_REQUEST
             | types::NODE_SYNC_REPLY => match env.decode() {
                 Message::NodeSyncRequest(sync) | Message::NodeSyncReply(sync) => {
-                    self.core.handle_node_sync(conn, now, sync);
+                    self.core.sync_scratch = FlatTree::from_tree(&sync.tree);
+                    self.core.handle_node_sync(conn, now, sync.ty);
                 }
                 Message::TimeSync(t) => self.core.handle_time_sync(conn, now, t),
                 Message::TimeDelay(t) => self.core.handle_time_delay(conn, now, t),
@@ -565,7 +611,7 @@ impl<P: Plugin> Node<P> {
             },
             types::CONTROL => self.core.stats.dropped_unhandled += 1,
             ty => {
-                let neighbour = self.core.conn(conn).map_or(0, |c| c.node_id);
+                let neighbour = self.core.conn_state(conn).map_or(0, |c| c.node_id);
                 let incoming = Incoming {
                     conn,
                     neighbour,
@@ -663,17 +709,7 @@ enum LoopCut {
     Elsewhere,
 }
 
-/// Pushes the ids from `tree`'s top down to the first `id` found (depth first); false if absent.
-fn path_to(tree: &NodeTree, id: u32, path: &mut Vec<u32>) -> bool {
-    path.push(tree.node_id);
-    if tree.node_id == id || tree.subs.iter().any(|s| path_to(s, id, path)) {
-        return true;
-    }
-    path.pop();
-    false
-}
-
-/// Memory a tree's nodes take (each `NodeTree` inline plus its `subs` vector's spare room).
+/// Memory a lent-out [`NodeTree`] takes (each node inline plus its `subs` vector's spare room).
 fn tree_bytes(tree: &NodeTree) -> usize {
     let mut total = 0;
     let mut stack = alloc::vec![tree];
@@ -690,12 +726,12 @@ impl<E> Core<E> {
         let conns: usize = self
             .conns
             .iter()
-            .map(|c| tree_bytes(&c.tree) + c.tree_json.capacity() + c.framer.buffered())
+            .map(|c| {
+                let view = c.view.get().map_or(0, |v| tree_bytes(&v.tree));
+                c.tree.heap_bytes() + view + c.framer.buffered()
+            })
             .sum();
-        // A BTreeMap entry: key, value and roughly a third of a node's bookkeeping.
-        let routes = self.routes.borrow().as_ref().map_or(0, |m| {
-            m.len() * (size_of::<u32>() + size_of::<ConnId>() + 8)
-        });
+        let routes = self.routes.borrow().entries.capacity() * size_of::<(u32, u32)>();
         let transmits: usize = self
             .transmits
             .iter()
@@ -722,8 +758,14 @@ impl<E> Core<E> {
         self.conns.iter().position(|c| c.id == conn)
     }
 
-    pub(crate) fn conn(&self, conn: ConnId) -> Option<&Conn> {
+    fn conn_state(&self, conn: ConnId) -> Option<&Conn> {
         self.conns.iter().find(|c| c.id == conn)
+    }
+
+    /// The neighbour's tree on `conn`, as a [`NodeTree`] in `.tree` (what
+    /// `Context::neighbour_tree` lends out).
+    pub(crate) fn conn(&self, conn: ConnId) -> Option<&TreeView> {
+        self.conn_state(conn).map(Conn::view)
     }
 
     pub(crate) fn push_event(&mut self, event: Event<E>) {
@@ -735,24 +777,18 @@ impl<E> Core<E> {
     }
 
     fn invalidate_routes(&mut self) {
-        *self.routes.get_mut() = None;
+        self.routes.get_mut().valid = false;
     }
 
     /// `findRoute`: the first connection (in connection order) whose tree contains `id`.
     pub(crate) fn route(&self, id: u32) -> Option<ConnId> {
-        let mut cache = self.routes.borrow_mut();
-        let map = cache.get_or_insert_with(|| {
-            let mut map = BTreeMap::new();
-            for c in &self.conns {
-                let mut stack = alloc::vec![&c.tree];
-                while let Some(t) = stack.pop() {
-                    map.entry(t.node_id).or_insert(c.id);
-                    stack.extend(t.subs.iter());
-                }
-            }
-            map
-        });
-        map.get(&id).copied()
+        let mut index = self.routes.borrow_mut();
+        if !index.valid {
+            index.rebuild(&self.conns);
+        }
+        let e = &index.entries;
+        let at = e.binary_search_by_key(&id, |&(node, _)| node).ok()?;
+        Some(self.conns[e[at].1 as usize].id)
     }
 
     pub(crate) fn tree(&self) -> NodeTree {
@@ -764,7 +800,7 @@ impl<E> Core<E> {
                 .conns
                 .iter()
                 .filter(|c| c.synced())
-                .map(|c| c.tree.clone())
+                .map(|c| c.tree.to_tree())
                 .collect(),
         }
     }
@@ -775,7 +811,7 @@ impl<E> Core<E> {
             out.push(self.cfg.node_id);
         }
         for c in self.conns.iter().filter(|c| c.synced()) {
-            out.extend(c.tree.node_list(true));
+            out.extend(c.tree.ids());
         }
         out
     }
@@ -799,7 +835,7 @@ impl<E> Core<E> {
     }
 
     pub(crate) fn send_raw_to_conn(&mut self, conn: ConnId, frame: Bytes) -> Result<(), SendError> {
-        if self.conn(conn).is_none() {
+        if self.conn_state(conn).is_none() {
             return Err(SendError::UnknownConnection);
         }
         if frame.len() > self.cfg.max_frame + 1 {
@@ -898,7 +934,7 @@ impl<E> Core<E> {
             64 + self
                 .conns
                 .iter()
-                .map(|c| c.tree_json.len() + 1)
+                .map(|c| c.tree.json().len() + 1)
                 .sum::<usize>(),
         );
         out.push(b'{');
@@ -917,7 +953,7 @@ impl<E> Core<E> {
                     if !first {
                         out.push(b',');
                     }
-                    out.extend_from_slice(&c.tree_json);
+                    out.extend_from_slice(c.tree.json());
                     first = false;
                 }
                 !first
@@ -980,27 +1016,28 @@ impl<E> Core<E> {
 
     // --- node sync ----------------------------------------------------------------------
 
-    fn handle_node_sync(&mut self, conn: ConnId, now: Instant, sync: NodeSync) {
+    /// A NODE_SYNC of type `ty` on `conn` whose tree is in `sync_scratch`.
+    fn handle_node_sync(&mut self, conn: ConnId, now: Instant, ty: i32) {
         let Some(mut idx) = self.index(conn) else {
             return;
         };
         let me = self.cfg.node_id;
-        let is_request = sync.ty == types::NODE_SYNC_REQUEST;
-        let mut tree = sync.tree;
+        let is_request = ty == types::NODE_SYNC_REQUEST;
+        let tree_id = self.sync_scratch.node_id();
         let first = !self.conns[idx].synced();
         if first {
-            if tree.node_id == 0 || tree.node_id == me {
+            if tree_id == 0 || tree_id == me {
                 return self.remove_conn(conn, DropReason::InvalidNodeId, true);
             }
-            if self.route(tree.node_id).is_some_and(|via| via != conn) {
+            if self.route(tree_id).is_some_and(|via| via != conn) {
                 return self.remove_conn(conn, DropReason::AlreadyConnected, true);
             }
-        } else if tree.node_id != self.conns[idx].node_id {
+        } else if tree_id != self.conns[idx].node_id {
             return self.remove_conn(conn, DropReason::NodeIdChanged, true);
         }
-        let looped = if tree.subs_contain(tree.node_id) {
+        let looped = if self.sync_scratch.subs_contain(tree_id) {
             Some(DropReason::LoopNeighbourInSubs)
-        } else if tree.contains(me) {
+        } else if self.sync_scratch.contains(me) {
             Some(DropReason::LoopContainsSelf)
         } else {
             None
@@ -1010,7 +1047,7 @@ impl<E> Core<E> {
                 return self.remove_conn(conn, reason, true);
             }
             if reason == DropReason::LoopContainsSelf {
-                match self.loop_cut(conn, &tree) {
+                match self.loop_cut(conn, &self.sync_scratch) {
                     LoopCut::This => return self.remove_conn(conn, reason, true),
                     LoopCut::Other(other) => {
                         self.remove_conn(other, reason, true);
@@ -1019,25 +1056,28 @@ impl<E> Core<E> {
                     LoopCut::Elsewhere => {}
                 }
             }
-            return self.ignore_looped_sync(idx, now, sync.ty, reason);
+            return self.ignore_looped_sync(idx, now, ty, reason);
         }
         self.conns[idx].loop_since = None;
         // Stock nodes omit hasTimeAuthority in replies but send it in requests (spec §4,
         // "fork asymmetry"); keep the flag from their last request instead of flapping.
-        if !is_request && !tree.has_time_authority && self.conns[idx].tree.has_time_authority {
-            tree.has_time_authority = true;
+        if !is_request
+            && !self.sync_scratch.has_time_authority()
+            && self.conns[idx].tree.has_time_authority()
+        {
+            self.sync_scratch.set_has_time_authority(true);
         }
         let c = &mut self.conns[idx];
-        let changed = c.tree != tree;
+        let changed = c.tree != self.sync_scratch;
         if first {
-            c.node_id = tree.node_id;
+            c.node_id = tree_id;
             c.time_sync_at = Some(match c.direction {
                 Direction::Station => now,
                 Direction::Ap => now + self.cfg.ap_first_sync_delay,
             });
         }
         if changed {
-            c.set_tree(tree);
+            c.swap_tree(&mut self.sync_scratch);
         }
         if first {
             let node_id = self.conns[idx].node_id;
@@ -1048,7 +1088,7 @@ impl<E> Core<E> {
         if changed {
             self.topology_changed(Some(conn));
         }
-        self.node_sync_answer(idx, now, sync.ty, changed);
+        self.node_sync_answer(idx, now, ty, changed);
     }
 
     /// A NODE_SYNC on an established link whose tree shows a loop that this node does not
@@ -1078,12 +1118,11 @@ impl<E> Core<E> {
     /// of the ring stays up (cutting every link that shows the loop, which is what each node
     /// would do on its own, shreds a ring into single nodes). If the cycle does not close at
     /// a neighbour of ours (stale trees), the link it came on is cut, as before.
-    fn loop_cut(&self, conn: ConnId, tree: &NodeTree) -> LoopCut {
+    fn loop_cut(&self, conn: ConnId, tree: &FlatTree) -> LoopCut {
         let me = self.cfg.node_id;
-        let mut path = Vec::new();
-        if !path_to(tree, me, &mut path) || path.len() < 3 {
+        let Some(path) = tree.path_to(me).filter(|p| p.len() >= 3) else {
             return LoopCut::This;
-        }
+        };
         // path = [neighbour on conn, ..., p, me]
         let p = path[path.len() - 2];
         let Some(other) = self
@@ -1101,7 +1140,7 @@ impl<E> Core<E> {
             .map(|w| key(w[0], w[1]))
             .min()
             .expect("3 or more edges");
-        if cut == key(me, tree.node_id) {
+        if cut == key(me, tree.node_id()) {
             LoopCut::This
         } else if cut == key(p, me) {
             LoopCut::Other(other.id)
@@ -1146,15 +1185,15 @@ impl<E> Core<E> {
             .conns
             .iter()
             .filter(|o| o.synced() && o.node_id != c.node_id)
-            .map(|o| o.tree_size)
+            .map(|o| o.tree.size())
             .sum::<usize>();
         ntp::adopt(
             self.cfg.node_id,
             self.cfg.time_authority,
             my_sub_count,
             c.node_id,
-            c.tree.has_time_authority,
-            c.tree_size,
+            c.tree.has_time_authority(),
+            c.tree.size(),
         )
     }
 

@@ -6,7 +6,7 @@ use core::fmt;
 use crate::json::{self, JsonError, Object, Value, write_i64, write_str, write_u64};
 use crate::ota;
 use crate::packages::Package;
-use crate::tree::NodeTree;
+use crate::tree::{FlatTree, NodeTree};
 
 /// Core message types (`protocol::Type`).
 pub mod types {
@@ -286,6 +286,30 @@ impl NodeSync {
     pub fn parse_frame(frame: &[u8], max_depth: usize) -> Option<NodeSync> {
         crate::sync_scan::parse(frame, max_depth)
     }
+
+    /// [`NodeSync::parse_frame`] into a [`FlatTree`] (reusing its buffers, no allocation per
+    /// node): the frame's header is returned and its tree is left in `tree`, exactly the
+    /// `tree` `parse_frame` would give (as [`FlatTree::from_tree`] of it). `None`: decode it
+    /// the general way; `tree` then holds nothing meaningful.
+    pub fn parse_frame_flat(
+        frame: &[u8],
+        max_depth: usize,
+        tree: &mut FlatTree,
+    ) -> Option<SyncHeader> {
+        crate::sync_scan::parse_flat(frame, max_depth, tree)
+    }
+}
+
+/// The header of a NODE_SYNC frame (its tree is read separately, see
+/// [`NodeSync::parse_frame_flat`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncHeader {
+    /// 5 or 6.
+    pub ty: i32,
+    /// Destination.
+    pub dest: u32,
+    /// Sender.
+    pub from: u32,
 }
 
 /// Appends `,"type":T,"dest":D,"from":F}` to a NODE_SYNC body.
