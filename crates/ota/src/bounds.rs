@@ -39,6 +39,32 @@ pub fn pipelined_lower_bound_s(
     s / goodput_bps + (d - 1.0) * c / goodput_bps + d * latency_s
 }
 
+/// Completion time of an ideal in-order store-and-forward of frames of `frame_bytes` (in
+/// sending order) down a path of `depth` links: every link sends a frame once it has fully
+/// arrived and the link is free, no window limit, no processing time. With equal frames of
+/// c bytes this is the pipelined bound S/B + (d−1)·c/B + d·L; with unequal ones each hop
+/// costs about the largest frame, `(d−1)·max(c)/B`, which no in-order schedule avoids.
+pub fn store_and_forward_s(
+    frame_bytes: &[u64],
+    depth: u32,
+    goodput_bps: f64,
+    latency_s: f64,
+) -> f64 {
+    if depth == 0 || goodput_bps <= 0.0 || frame_bytes.is_empty() {
+        return 0.0;
+    }
+    // Arrival time of each frame at the current hop (all at the source at time 0).
+    let mut arrive = alloc::vec![0.0f64; frame_bytes.len()];
+    for _ in 0..depth {
+        let mut free = 0.0f64;
+        for (a, &b) in arrive.iter_mut().zip(frame_bytes) {
+            free = a.max(free) + b as f64 / goodput_bps;
+            *a = free + latency_s;
+        }
+    }
+    arrive.iter().copied().fold(0.0, f64::max)
+}
+
 /// Lower bound when all links share one radio channel: every one of the N−1 edge copies of the
 /// image is on air separately, `(N−1)·S/B`.
 pub fn shared_channel_lower_bound_s(nodes: u64, image_bytes: u64, goodput_bps: f64) -> f64 {
@@ -83,5 +109,20 @@ mod tests {
         assert!((pipelined_lower_bound_s(1000, 100, 1000.0, 1, 0.5) - 1.5).abs() < 1e-12);
         assert!((shared_channel_lower_bound_s(11, 1000, 100.0) - 100.0).abs() < 1e-12);
         assert!((stop_and_wait_goodput_bps(1024, 0.1) - 10_240.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn store_and_forward_by_hand() {
+        // Equal frames: the pipelined bound. 4 frames of 100 bytes at 100 B/s, 3 links,
+        // 0.5 s each: 4 + 2 × 1 + 3 × 0.5 = 7.5 s.
+        let t = store_and_forward_s(&[100; 4], 3, 100.0, 0.5);
+        assert!((t - 7.5).abs() < 1e-12, "{t}");
+        assert!((t - pipelined_lower_bound_s(400, 100, 100.0, 3, 0.5)).abs() < 1e-12);
+        // One large frame among small ones: frames 1, 3, 1 s long, 3 links, no latency.
+        // Link 1 sends them at 0-1, 1-4, 4-5; link 2 at 1-2, 4-7, 7-8; link 3 at 2-3,
+        // 7-10, 10-11: 11 s = S/B (5) + (d−1)·max (6), not S/B + (d−1)·mean (8.33).
+        let t = store_and_forward_s(&[100, 300, 100], 3, 100.0, 0.0);
+        assert!((t - 11.0).abs() < 1e-12, "{t}");
+        assert_eq!(store_and_forward_s(&[100], 0, 100.0, 0.1), 0.0);
     }
 }

@@ -134,6 +134,14 @@ pub trait FirmwareSink {
     fn stage_read(&mut self, _offset: u64, _buf: &mut [u8]) -> Result<(), IoError> {
         Err(IoError::Unsupported)
     }
+
+    /// Reads `buf.len()` bytes at `offset` of the image this node runs (the last one
+    /// committed), so a node that applied a pmesh rollout keeps serving it to neighbours
+    /// that still need chunks. Devices that cannot read their running image return
+    /// [`IoError::Unsupported`] (the default): such a node relays for others after applying.
+    fn read_current(&mut self, _offset: u64, _buf: &mut [u8]) -> Result<(), IoError> {
+        Err(IoError::Unsupported)
+    }
 }
 
 /// The image a node runs, as recorded after a successful update (the reference's
@@ -452,6 +460,24 @@ impl FirmwareSink for MemorySink {
         }
         f.staged[offset as usize..end].copy_from_slice(data);
         f.stats.bytes_staged += data.len() as u64;
+        Ok(())
+    }
+
+    fn read_current(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        let f = self.flash.borrow();
+        let booted = f
+            .booted
+            .as_ref()
+            .ok_or(IoError::BadState("no image committed"))?;
+        let end = offset.saturating_add(buf.len() as u64);
+        if end > booted.len() as u64 {
+            return Err(IoError::OutOfRange {
+                offset,
+                len: buf.len() as u64,
+                limit: booted.len() as u64,
+            });
+        }
+        buf.copy_from_slice(&booted[offset as usize..end as usize]);
         Ok(())
     }
 

@@ -300,7 +300,8 @@ impl<S: FirmwareSink, T: OtaStore> Plugin for Ota<S, T> {
                 self.pmesh.on_topology(ctx);
             }
             ConnectionChange::Dropped { conn, .. } => {
-                self.pmesh.on_dropped(ctx, conn, &mut self.sink)
+                self.pmesh
+                    .on_dropped(ctx, conn, &mut self.sink, &mut self.store)
             }
             ConnectionChange::Topology => self.pmesh.on_topology(ctx),
         }

@@ -294,6 +294,45 @@ fn late_joiner_applies_at_an_apply_time_set_before_it_joined() {
 }
 
 #[test]
+fn applied_node_keeps_serving_its_neighbours() {
+    // 0 gateway - 1 - 2: the link to node 2 drops mid-transfer, node 1 finishes and applies,
+    // node 2 comes back and completes from the image node 1 now runs, not from the gateway.
+    let mut mesh = mesh_of(3, |m| {
+        m.link(1, 0);
+        m.link(2, 1);
+    });
+    let image = firmware(200_000, 15);
+    offer(
+        &mut mesh,
+        Offer::new("sensor", "ESP32", MemorySource::new(image.clone())).pmesh(),
+    );
+    let until = mesh.now + MIN;
+    assert!(mesh.run_until(until, |m| {
+        m.events[2]
+            .iter()
+            .any(|e| matches!(e, OtaEvent::Progress { done, .. } if *done >= 10))
+    }));
+    mesh.set_link(1, false);
+    assert!(all_installed(&mut mesh, [1], 5));
+    let gateway_sent = mesh.node(0).plugin().pmesh().stats().data_frames_sent;
+    mesh.run_for(30.0);
+    mesh.set_link(1, true);
+    assert!(all_installed(&mut mesh, [2], 5), "{:?}", mesh.events[2]);
+    assert_eq!(mesh.sinks[2].booted().as_deref(), Some(&image[..]));
+    assert_eq!(mesh.sinks[2].stats().begins, 1, "no restart from chunk 0");
+    assert_eq!(
+        mesh.node(0).plugin().pmesh().stats().data_frames_sent,
+        gateway_sent,
+        "the repair came from node 1"
+    );
+    let s1 = mesh.node(1).plugin().pmesh().stats();
+    assert!(
+        s1.repair_bytes_to_neighbour > 0 && s1.frames_rebuilt > 0,
+        "{s1:?}"
+    );
+}
+
+#[test]
 fn non_target_relays_and_stock_node_forwards() {
     // 0 gateway - 1 relay (other role) - 2 stock node - 3 target - 4 target
     let specs = vec![

@@ -93,7 +93,9 @@ pub struct PmeshStats {
     pub data_bytes_sent: u64,
     /// Of those, sent to a re-subscribed node (resume, new parent, re-ask): repair.
     pub repair_bytes_sent: u64,
-    /// Of the repair bytes, sent to a direct neighbour.
+    /// Of the repair bytes, served from this node's own copy (frame cache, flash, running
+    /// image or source) to a direct neighbour; a relay forwarding repair counts in
+    /// `repair_bytes_sent` only.
     pub repair_bytes_to_neighbour: u64,
     /// Control frames sent (HELLO, MANIFEST, WANT, ACK, APPLY, CANCEL).
     pub control_frames_sent: u64,
@@ -166,8 +168,20 @@ struct Rollout {
     children: Vec<Child>,
     cache: VecDeque<(u32, Bytes)>,
     held: VecDeque<(u32, Bytes)>,
+    /// Progress reports waiting to go upstream (one per node while over budget).
     reports: Vec<Report>,
     report_due: Option<Instant>,
+    /// CHUNK bytes received from upstream, and report bytes sent upstream: progress
+    /// reports may cost at most [`REPORT_BUDGET_PERMILLE`] of the data a link carries.
+    data_in: u64,
+    report_out: u64,
+    /// The report timer already waited once over budget: send on the next expiry.
+    stale_reports: bool,
+    /// Apply is due but waits (until this deadline at most) for the subscribers to have
+    /// everything from this node.
+    apply_waiting: Option<Instant>,
+    /// This node already ran the image when the rollout came: it only serves it.
+    holder_only: bool,
     last_pct: u32,
     apply_local: Option<Instant>,
     hashes: Option<(String, String)>,
@@ -206,6 +220,60 @@ impl Rollout {
             }
             _ => self.have.clone(),
         }
+    }
+
+    /// Queued reports may go upstream now: a phase change is among them, the queue is full,
+    /// or they fit the budget (so on shallow trees every 1 % step of every node travels on).
+    fn reports_due(&self) -> bool {
+        !self.reports.is_empty()
+            && (self.reports.len() >= REPORT_BATCH
+                || self
+                    .reports
+                    .iter()
+                    .any(|rep| rep.2 != Phase::Distribute.wire())
+                || self.within_budget())
+    }
+
+    /// Sending the queued reports keeps report bytes within the budget.
+    fn within_budget(&self) -> bool {
+        let queued: u64 = self.reports.iter().map(report_len).sum();
+        (self.report_out + queued) * 1000 <= self.data_in * REPORT_BUDGET_PERMILLE
+    }
+
+    /// Queues reports. A phase change supersedes the node's queued progress; over budget,
+    /// only each node's latest report is kept.
+    fn queue(&mut self, new: impl IntoIterator<Item = Report>) {
+        let progress = Phase::Distribute.wire();
+        for rep in new {
+            if rep.2 != progress {
+                self.reports.retain(|q| q.0 != rep.0 || q.2 != progress);
+            }
+            self.reports.push(rep);
+        }
+        if !self.within_budget() {
+            coalesce(&mut self.reports);
+        }
+    }
+
+    /// Takes the reports to send now, counting their bytes: all of them when `force`d, the
+    /// queue is full or they fit the budget; otherwise only the phase changes.
+    fn take_reports(&mut self, force: bool) -> Vec<Report> {
+        let all = force || self.reports.len() >= REPORT_BATCH || self.within_budget();
+        let out = if all {
+            core::mem::take(&mut self.reports)
+        } else {
+            let (phases, progress): (Vec<Report>, Vec<Report>) = core::mem::take(&mut self.reports)
+                .into_iter()
+                .partition(|rep| rep.2 != Phase::Distribute.wire());
+            self.reports = progress;
+            phases
+        };
+        self.report_out += out.iter().map(report_len).sum::<u64>();
+        if self.reports.is_empty() {
+            self.report_due = None;
+            self.stale_reports = false;
+        }
+        out
     }
 
     /// Chunks received from upstream that may be acknowledged: all of them for a target
@@ -293,6 +361,41 @@ type Ctx<'a, 'b> = Context<'a, OtaEvent>;
 
 /// Most subscribers one node serves (neighbours plus nodes behind stock nodes).
 const MAX_SUBSCRIBERS: usize = 1024;
+/// Longest an apply waits for this node's subscribers to get what they need from it.
+const APPLY_WAIT_MAX: Duration = Duration::from_secs(60);
+/// Queued progress reports that make a node send them at once, budget or not (bounds RAM).
+const REPORT_BATCH: usize = 128;
+/// Progress reports may cost at most this share (per mille) of the CHUNK bytes a link
+/// carries downstream; beyond it each node's progress is coalesced to its latest value.
+/// (Every step of every node costs depth × steps × entry bytes: fine on shallow trees, far
+/// too much on long chains.) Phase changes always travel at once.
+const REPORT_BUDGET_PERMILLE: u64 = 15;
+
+/// Bytes of one report entry on the wire: `[node,done,phase],`.
+fn report_len(rep: &Report) -> u64 {
+    fn digits(mut v: u32) -> u64 {
+        let mut n = 1;
+        while v >= 10 {
+            v /= 10;
+            n += 1;
+        }
+        n
+    }
+    4 + digits(rep.0) + digits(rep.1) + digits(rep.2)
+}
+
+/// Keeps each node's latest report (reports about one node travel one path, in order), in
+/// the order of their latest arrival.
+fn coalesce(queue: &mut Vec<Report>) {
+    let mut out: Vec<Report> = Vec::with_capacity(queue.len());
+    for rep in queue.drain(..).rev() {
+        if !out.iter().any(|q| q.0 == rep.0) {
+            out.push(rep);
+        }
+    }
+    out.reverse();
+    *queue = out;
+}
 
 impl PmeshAgent {
     /// An agent for `role` on `hardware`; `receive` = false makes it relay only.
@@ -327,7 +430,7 @@ impl PmeshAgent {
         self.r.as_ref().map(|r| RolloutStatus {
             id: r.id(),
             distributor: matches!(r.role, Role::Distributor(_)),
-            target: matches!(r.role, Role::Target),
+            target: matches!(r.role, Role::Target) && !r.holder_only,
             have: r.have.count(),
             total: r.m.count,
             phase: r.phase,
@@ -448,6 +551,7 @@ impl PmeshAgent {
         ctx: &mut Ctx<'_, '_>,
         conn: ConnId,
         sink: &mut dyn FirmwareSink,
+        store: &mut dyn OtaStore,
     ) {
         self.pmesh_conns.retain(|(c, _)| *c != conn);
         self.fresh_conns.retain(|(c, _)| *c != conn);
@@ -464,6 +568,7 @@ impl PmeshAgent {
         self.release_held();
         self.evaluate_upstream(ctx);
         self.pump(ctx, sink);
+        self.apply_if_waiting(ctx, sink, store);
     }
 
     /// The topology changed somewhere: the way to the distributor may have too.
@@ -595,6 +700,30 @@ impl PmeshAgent {
 
     /// A pmesh OTA frame processed locally.
     pub(crate) fn on_frame(
+        &mut self,
+        ctx: &mut Ctx<'_, '_>,
+        f: &Incoming<'_>,
+        sink: &mut dyn FirmwareSink,
+        store: &mut dyn OtaStore,
+        busy: bool,
+    ) {
+        self.dispatch(ctx, f, sink, store, busy);
+        self.apply_if_waiting(ctx, sink, store);
+    }
+
+    /// A deferred apply goes ahead once the subscribers have what they need from us.
+    fn apply_if_waiting(
+        &mut self,
+        ctx: &mut Ctx<'_, '_>,
+        sink: &mut dyn FirmwareSink,
+        store: &mut dyn OtaStore,
+    ) {
+        if self.r.as_ref().is_some_and(|r| r.apply_waiting.is_some()) {
+            self.apply(ctx, sink, store);
+        }
+    }
+
+    fn dispatch(
         &mut self,
         ctx: &mut Ctx<'_, '_>,
         f: &Incoming<'_>,
@@ -793,6 +922,7 @@ impl PmeshAgent {
                 }
             }
             Err(reason) => {
+                let current = matches!(reason, Some(Refusal::AlreadyCurrent));
                 if let Some(reason) = reason {
                     if matches!(reason, Refusal::TooLarge { .. } | Refusal::Busy) {
                         report_failure = Some(Phase::Failed(reason.wire_code()));
@@ -800,11 +930,20 @@ impl PmeshAgent {
                     self.refuse(ctx, id, reason);
                 }
                 let count = m.count;
-                new_rollout(m, Role::Relay, ChunkBitmap::new(count))
+                if current && can_read_current(sink, m.size) {
+                    // It runs this very image: it serves chunks from it to its neighbours.
+                    let mut r = new_rollout(m, Role::Target, ChunkBitmap::full(count));
+                    r.phase = Phase::Applied;
+                    r.holder_only = true;
+                    r
+                } else {
+                    new_rollout(m, Role::Relay, ChunkBitmap::new(count))
+                }
             }
         };
         let relay_json = from_neighbour.then(|| r.m.to_json(0));
-        let complete = matches!(r.role, Role::Target) && r.have.is_complete();
+        let complete =
+            matches!(r.role, Role::Target) && r.phase == Phase::Distribute && r.have.is_complete();
         let apply_at = r.m.apply_at;
         self.r = Some(r);
         // A late joiner's manifest may already carry the apply time: take it as an APPLY.
@@ -921,6 +1060,7 @@ impl PmeshAgent {
         if r.m.id != c.id || c.index >= r.m.count || matches!(r.role, Role::Distributor(_)) {
             return;
         }
+        r.data_in += raw.len() as u64;
         if let Some(u) = &mut r.upstream
             && u.peer == peer
         {
@@ -1041,19 +1181,15 @@ impl PmeshAgent {
                     self.check_all_verified(ctx);
                 }
                 _ => {
-                    if r.reports.len() + reports.len() > 1024 {
-                        // Bounded: keep only each node's latest report.
-                        r.reports.extend(reports);
-                        let mut latest: BTreeMap<u32, Report> = BTreeMap::new();
-                        for rep in r.reports.drain(..) {
-                            latest.insert(rep.0, rep);
-                        }
-                        r.reports.extend(latest.into_values());
-                    } else {
-                        r.reports.extend(reports);
-                    }
-                    if r.report_due.is_none() {
-                        r.report_due = Some(now + flush);
+                    let phase_change = reports.iter().any(|rep| rep.2 != Phase::Distribute.wire());
+                    r.queue(reports);
+                    // Reports ride on the next ACK; without one, progress goes within
+                    // `report_flush`, phase changes (verified, applied, failed) within a tenth
+                    // of it, batched with whatever else arrives meanwhile.
+                    let wait = if phase_change { flush / 10 } else { flush };
+                    r.report_due = Some(r.report_due.map_or(now + wait, |t| t.min(now + wait)));
+                    if r.reports.len() >= REPORT_BATCH {
+                        self.flush_reports(ctx, false);
                     }
                 }
             }
@@ -1129,7 +1265,7 @@ impl PmeshAgent {
         let now = ctx.now();
         let flush = self.tuning.report_flush;
         let Some(r) = &mut self.r else { return };
-        r.reports.push((me, r.have.count(), phase.wire()));
+        r.queue([(me, r.have.count(), phase.wire())]);
         if r.report_due.is_none() {
             r.report_due = Some(now + flush);
         }
@@ -1175,7 +1311,7 @@ impl PmeshAgent {
         if due.is_some() {
             self.apply(ctx, sink, store);
         } else {
-            self.flush_reports(ctx);
+            self.flush_reports(ctx, false);
         }
     }
 
@@ -1189,6 +1325,21 @@ impl PmeshAgent {
         if r.phase != Phase::Verified {
             return;
         }
+        // Committing ends this node's role as a source (and, on a device, reboots it): first
+        // its subscribers get what they still need from it, so a pipeline's tail is served
+        // from the parent instead of being fetched from the distributor again.
+        // A subscriber that makes no progress does not hold the apply back for more than
+        // APPLY_WAIT_MAX: it fetches the rest from its next upstream.
+        let now = ctx.now();
+        let serving = r
+            .children
+            .iter()
+            .any(|c| c.sent > c.acked || c.need.count() > 0);
+        if serving && r.apply_waiting.is_none_or(|t| now < t) {
+            r.apply_waiting.get_or_insert(now + APPLY_WAIT_MAX);
+            return;
+        }
+        r.apply_waiting = None;
         if let Err(e) = sink.commit() {
             return self.fail(ctx, Refusal::Io(e), sink, store);
         }
@@ -1205,13 +1356,16 @@ impl PmeshAgent {
         self.current_sha = Some(sha256);
         r.phase = Phase::Applied;
         r.apply_local = None;
-        // The pending image is gone: from now on this node relays for the others.
-        r.role = Role::Relay;
-        r.have = ChunkBitmap::new(r.m.count);
-        r.cache.clear();
+        if !can_read_current(sink, r.m.size) {
+            // The new image cannot be read back: from now on this node relays for others.
+            r.role = Role::Relay;
+            r.have = ChunkBitmap::new(r.m.count);
+            r.cache.clear();
+        }
+        // Otherwise it stays a holder, serving neighbours from the image it now runs.
         let id = r.id();
         self.report_own(ctx, Phase::Applied);
-        self.flush_reports(ctx);
+        self.flush_reports(ctx, false);
         ctx.emit(OtaEvent::Installed { id, image });
     }
 
@@ -1232,7 +1386,7 @@ impl PmeshAgent {
         let id = r.id();
         let phase = r.phase;
         self.report_own(ctx, phase);
-        self.flush_reports(ctx);
+        self.flush_reports(ctx, false);
         ctx.emit(OtaEvent::Failed { id, reason });
         self.evaluate_upstream(ctx);
     }
@@ -1420,28 +1574,33 @@ impl PmeshAgent {
         self.send_control(ctx, peer, want.to_json(me, Self::via(peer)));
     }
 
-    /// Acknowledges upstream when enough chunks came in (or always, with `force`).
+    /// Acknowledges upstream when enough chunks came in (or always, with `force`). Queued
+    /// progress reports ride along when they are due (`Rollout::reports_due`).
     fn maybe_ack(&mut self, ctx: &mut Ctx<'_, '_>, force: bool) {
         let me = ctx.node_id();
         let every = self.tuning.ack_every.max(1);
         let Some(r) = &mut self.r else { return };
         let ackable = r.ackable();
+        let attach = r.reports_due();
         let Some(u) = &mut r.upstream else { return };
-        let due = ackable >= u.acked_sent + every
-            || (force && (ackable > u.acked_sent || !r.reports.is_empty()));
+        let due = ackable >= u.acked_sent + every || (force && (ackable > u.acked_sent || attach));
         if !due {
             return;
         }
         u.acked_sent = u.acked_sent.max(ackable);
         let peer = u.peer;
-        let reports = core::mem::take(&mut r.reports);
-        r.report_due = None;
+        let reports = if attach {
+            r.take_reports(false)
+        } else {
+            Vec::new()
+        };
         let json = wire::ack(me, Self::via(peer), r.m.id, ackable, &reports);
         self.send_control(ctx, peer, json);
     }
 
-    /// Sends queued progress reports now, toward the distributor.
-    fn flush_reports(&mut self, ctx: &mut Ctx<'_, '_>) {
+    /// Sends queued reports now, toward the distributor: phase changes always, progress
+    /// when `force`d or within the budget.
+    fn flush_reports(&mut self, ctx: &mut Ctx<'_, '_>, force: bool) {
         let me = ctx.node_id();
         let Some(r) = &self.r else { return };
         if r.reports.is_empty() || matches!(r.role, Role::Distributor(_)) {
@@ -1452,6 +1611,10 @@ impl PmeshAgent {
             return; // no way to the distributor now; keep them for later
         };
         let Some(r) = &mut self.r else { return };
+        let reports = r.take_reports(force);
+        if reports.is_empty() {
+            return;
+        }
         let ackable = r.ackable();
         let n = match &mut r.upstream {
             Some(u) if u.peer == peer => {
@@ -1460,8 +1623,6 @@ impl PmeshAgent {
             }
             _ => 0,
         };
-        let reports = core::mem::take(&mut r.reports);
-        r.report_due = None;
         let json = wire::ack(me, Self::via(peer), r.m.id, n, &reports);
         self.send_control(ctx, peer, json);
     }
@@ -1566,7 +1727,9 @@ impl PmeshAgent {
                 self.stats.data_bytes_sent += len;
                 if c.repair {
                     self.stats.repair_bytes_sent += len;
-                    if matches!(peer, Peer::Conn(_)) {
+                    // Served from this node's own copy to a direct neighbour; what a relay
+                    // forwards came from further away.
+                    if matches!(peer, Peer::Conn(_)) && !is_relay {
                         self.stats.repair_bytes_to_neighbour += len;
                     }
                 }
@@ -1593,7 +1756,7 @@ impl PmeshAgent {
         add(self.reeval_at);
         add(r.upstream.as_ref().and_then(|u| u.rewant_at));
         if r.phase == Phase::Verified {
-            add(r.apply_local);
+            add(r.apply_waiting.or(r.apply_local));
         }
         if let Role::Distributor(d) = &r.role {
             add(Some(d.next_manifest));
@@ -1635,14 +1798,26 @@ impl PmeshAgent {
             self.flood(ctx, json);
         }
         let Some(r) = &mut self.r else { return };
-        if r.phase == Phase::Verified && r.apply_local.is_some_and(|t| t <= now) {
+        if r.phase == Phase::Verified
+            && (r.apply_local.is_some_and(|t| t <= now)
+                || r.apply_waiting.is_some_and(|t| t <= now))
+        {
             self.apply(ctx, sink, store);
         }
         let Some(r) = &mut self.r else { return };
         if r.report_due.is_some_and(|t| t <= now) {
             r.report_due = None;
+            let force = r.stale_reports;
             self.maybe_ack(ctx, true);
-            self.flush_reports(ctx);
+            self.flush_reports(ctx, force);
+            if let Some(r) = &mut self.r
+                && !r.reports.is_empty()
+            {
+                // Over budget: progress waits for more data to flow; if none does, it goes
+                // up anyway after a longer pause (a stalled node's last state).
+                r.stale_reports = true;
+                r.report_due = Some(now + tuning.report_flush * 10);
+            }
         }
         let Some(r) = &mut self.r else { return };
         let needs = r.needs_upstream();
@@ -1678,6 +1853,7 @@ impl PmeshAgent {
             self.pump(ctx, sink);
         }
         self.evaluate_upstream(ctx);
+        self.apply_if_waiting(ctx, sink, store);
     }
 }
 
@@ -1694,13 +1870,25 @@ fn new_rollout(m: Manifest, role: Role, have: ChunkBitmap) -> Rollout {
         held: VecDeque::new(),
         reports: Vec::new(),
         report_due: None,
+        data_in: 0,
+        report_out: 0,
+        stale_reports: false,
+        apply_waiting: None,
+        holder_only: false,
         last_pct: 0,
         apply_local: None,
         hashes: None,
     }
 }
 
-/// Builds chunk `i` from the source (distributor) or the sink (a target holding it).
+/// The sink can read back the image the node runs, `size` bytes of it.
+fn can_read_current(sink: &mut dyn FirmwareSink, size: u64) -> bool {
+    let mut last = [0u8; 1];
+    size > 0 && sink.read_current(size - 1, &mut last).is_ok()
+}
+
+/// Builds chunk `i` from the source (distributor) or the sink (a target holding it: the
+/// image being received, or the one it runs once applied).
 fn build_chunk(
     r: &mut Rollout,
     me: u32,
@@ -1718,15 +1906,16 @@ fn build_chunk(
                 return None;
             }
         }
+        Role::Target if r.phase == Phase::Applied => sink.read_current(offset, &mut bytes).ok()?,
         Role::Target => sink.read_at(offset, &mut bytes).ok()?,
         Role::Relay => return None,
     }
-    let crc = codec::crc32(&bytes);
-    if r.m.compression == Compression::Deflate {
-        let z = codec::deflate_chunk(&bytes);
-        if z.len() < bytes.len() {
-            return Some(wire::chunk_frame(me, via, r.m.id, i, true, crc, &z));
-        }
-    }
-    Some(wire::chunk_frame(me, via, r.m.id, i, false, crc, &bytes))
+    Some(wire::encode_chunk(
+        me,
+        via,
+        r.m.id,
+        i,
+        &bytes,
+        r.m.compression == Compression::Deflate,
+    ))
 }

@@ -350,6 +350,33 @@ impl Want {
     }
 }
 
+/// The CHUNK frame for chunk `index` whose image bytes are `data`: the payload is the raw
+/// DEFLATE of `data` when `deflate` and that is smaller, else `data` itself.
+pub(crate) fn encode_chunk(
+    from: u32,
+    via: Via,
+    id: u32,
+    index: u32,
+    data: &[u8],
+    deflate: bool,
+) -> Vec<u8> {
+    let crc = crate::codec::crc32(data);
+    if deflate {
+        let z = crate::codec::deflate_chunk(data);
+        if z.len() < data.len() {
+            return chunk_frame(from, via, id, index, true, crc, &z);
+        }
+    }
+    chunk_frame(from, via, id, index, false, crc, data)
+}
+
+/// The CHUNK frame (JSON, NUL excluded) node `from` sends a neighbour for chunk `index` of
+/// rollout `id`, whose image bytes are `data` — byte for byte what the agent sends. For
+/// simulators and benchmarks that need exact wire sizes.
+pub fn neighbour_chunk_json(from: u32, id: u32, index: u32, data: &[u8], deflate: bool) -> Vec<u8> {
+    encode_chunk(from, Via::Neighbour, id, index, data, deflate)
+}
+
 /// Builds a CHUNK frame around already-encoded payload bytes.
 pub(crate) fn chunk_frame(
     from: u32,
