@@ -40,8 +40,6 @@ use crate::{Sim, SimApp};
 
 /// Settling time between the mesh forming and an `offer_at = "formed"` offer.
 pub const SETTLE: Dur = Dur::secs(1);
-/// How long a probe waits for the mesh to form.
-const FORM_LIMIT: SimTime = 900 * SEC;
 /// Steps of [`run`] (simulated time between progress callbacks and stall checks).
 const STEP: SimTime = SEC;
 
@@ -69,10 +67,11 @@ pub fn build_with_image(
         OfferAt::Formed => {
             let app = OtaApp::new(&sc, ota.clone(), image.clone())?;
             let mut probe = Sim::with_app(sc.clone(), app)?;
-            let formed = run_until_formed(&mut probe).ok_or_else(|| {
+            let limit = ota.form_timeout.micros().min(sc.duration.micros());
+            let formed = run_until_formed(&mut probe, limit).ok_or_else(|| {
                 format!(
-                    "the mesh did not form within {} (set ota.offer_at to a time)",
-                    Dur(FORM_LIMIT.min(sc.duration.micros()))
+                    "the mesh did not form within {} (raise ota.form_timeout or set ota.offer_at to a time)",
+                    Dur(limit)
                 )
             })?;
             Dur(formed + SETTLE.micros())
@@ -132,10 +131,10 @@ pub fn crash_events(
 }
 
 /// Steps `sim` one second at a time until every node that is up is in one component and
-/// every node list is complete; returns that time. `None` if it does not happen within 15
-/// minutes or the run.
-pub fn run_until_formed<A: SimApp>(sim: &mut Sim<A>) -> Option<SimTime> {
-    let end = FORM_LIMIT.min(sim.scenario().duration.micros());
+/// every node list is complete; returns that time. `None` if it does not happen by `limit`
+/// (or the end of the run).
+pub fn run_until_formed<A: SimApp>(sim: &mut Sim<A>, limit: SimTime) -> Option<SimTime> {
+    let end = limit.min(sim.scenario().duration.micros());
     while sim.now() < end {
         sim.run_until(sim.now() + STEP);
         if formed(sim) {

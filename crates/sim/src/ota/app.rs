@@ -298,6 +298,7 @@ struct OfferRec {
     error: Option<String>,
     depth: u32,
     hops_sum: u64,
+    store_forward_s: Option<f64>,
 }
 
 /// A stuck target in the report.
@@ -347,6 +348,9 @@ pub struct OtaSection {
     pub depth: u32,
     /// Σ hops of the targets at the offer (unicast pulls cost chunks × this).
     pub target_hops_sum: u64,
+    /// pmesh: an ideal in-order store-and-forward of this rollout's exact CHUNK frames along
+    /// the deepest path (no window limit, no processing), s.
+    pub store_forward_s: Option<f64>,
     /// Nodes that should install the image.
     pub targets: u32,
     /// Of those, stock-behaviour nodes.
@@ -547,6 +551,17 @@ impl OtaApp {
         self.rec(id).map(|r| &r.store)
     }
 
+    /// When a node installed the image (simulated time), if it did.
+    pub fn installed_at(&self, id: u32) -> Option<SimTime> {
+        self.rec(id).and_then(|r| r.installed_at)
+    }
+
+    /// A node's progress as it last reported it: chunks held, chunks in the image (0 before
+    /// it accepted the offer).
+    pub fn node_progress(&self, id: u32) -> Option<(u32, u32)> {
+        self.rec(id).map(|r| (r.done, r.total))
+    }
+
     /// `resumed_from` of each Accepted a node reported after its first.
     pub fn resumes(&self, id: u32) -> &[u32] {
         self.rec(id).map_or(&[], |r| &r.resumed)
@@ -662,6 +677,7 @@ impl OtaApp {
             offer_error: offered.and_then(|o| o.error.clone()),
             depth: offered.map_or(0, |o| o.depth),
             target_hops_sum: offered.map_or(0, |o| o.hops_sum),
+            store_forward_s: offered.and_then(|o| o.store_forward_s),
             targets: self.targets,
             stock_targets: targets().filter(|r| r.stock).count() as u32,
             completed: self.installed,
@@ -727,6 +743,31 @@ impl OtaApp {
         cfg
     }
 
+    /// The ideal store-and-forward time of the rollout's exact frames over `depth` links.
+    fn store_forward_s(&self, from: u32, rollout: u32, depth: u32) -> f64 {
+        let image = self.image.source.bytes();
+        let frames: Vec<u64> = image
+            .chunks(self.chunk_bytes as usize)
+            .enumerate()
+            .map(|(i, data)| {
+                let json = pmesh_ota::pmesh::wire::neighbour_chunk_json(
+                    from,
+                    rollout,
+                    i as u32,
+                    data,
+                    self.ota.compressed,
+                );
+                json.len() as u64 + 1
+            })
+            .collect();
+        pmesh_ota::bounds::store_and_forward_s(
+            &frames,
+            depth,
+            self.link_bytes_per_s,
+            self.link_latency_s,
+        )
+    }
+
     fn make_offer(&mut self, h: &mut NodeHandle<'_, OtaNode>) {
         let o = &self.ota;
         let mut offer = Offer::new(TARGET_ROLE, HARDWARE, self.image.source.clone())
@@ -770,12 +811,16 @@ impl OtaApp {
             Ok(id) => (Some(id), None),
             Err(e) => (None, Some(e.to_string())),
         };
+        let store_forward_s = id
+            .filter(|_| self.ota.mode == OtaMode::Pmesh)
+            .map(|id| self.store_forward_s(h.id, id.id, depth));
         self.offer = Some(OfferRec {
             at: h.sim_now,
             id,
             error,
             depth,
             hops_sum,
+            store_forward_s,
         });
         self.last_progress = h.sim_now;
     }

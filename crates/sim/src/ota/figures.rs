@@ -55,10 +55,15 @@ pub struct OtaFigures {
     /// Offer to the last target's install, s (null: not every target installed).
     pub completion_s: Option<f64>,
     /// Pipelined lower bound S/B + (d−1)·c/B + d·L with c the mean data-frame bytes, S = k·c,
-    /// B the link bandwidth, d the depth at the offer, L the link latency.
-    pub lower_bound_s: f64,
+    /// B the link bandwidth, d the depth at the offer, L the link latency (null when no data
+    /// frame was sent).
+    pub lower_bound_s: Option<f64>,
     /// completion_s / lower_bound_s.
     pub bound_ratio: Option<f64>,
+    /// pmesh: what an ideal in-order store-and-forward of this rollout's exact frames needs
+    /// along the deepest path (no window limit, no processing): each hop costs about the
+    /// largest frame, not the mean one the lower bound uses.
+    pub store_forward_s: Option<f64>,
     /// Data bytes sent to re-subscribed nodes (pmesh: resume, new parent, re-ask).
     pub repair_bytes: Option<u64>,
     /// Of those, sent by a 1-hop neighbour.
@@ -122,13 +127,15 @@ pub fn compute(report: &Report, s: &OtaSection) -> OtaFigures {
     let k = u64::from(s.chunks);
     let optimum = optimum_link_tx(u64::from(report.nodes), k);
     let mean_frame = ratio(data.bytes as f64, data.frames as f64);
-    let lower = pipelined_lower_bound_s(
-        (mean_frame * k as f64).round() as u64,
-        mean_frame.round() as u64,
-        s.link_bytes_per_s,
-        s.depth,
-        s.link_latency_s,
-    );
+    let lower = (data.frames > 0).then(|| {
+        pipelined_lower_bound_s(
+            (mean_frame * k as f64).round() as u64,
+            mean_frame.round() as u64,
+            s.link_bytes_per_s,
+            s.depth,
+            s.link_latency_s,
+        )
+    });
     let image_bytes_carried = data.frames as f64 * s.image_bytes as f64 / k.max(1) as f64;
     let pmesh = s.mode == "pmesh";
     OtaFigures {
@@ -157,7 +164,11 @@ pub fn compute(report: &Report, s: &OtaSection) -> OtaFigures {
         control_share: ratio(control.bytes as f64, data.bytes as f64),
         completion_s: s.completion_s,
         lower_bound_s: lower,
-        bound_ratio: s.completion_s.filter(|_| lower > 0.0).map(|c| c / lower),
+        bound_ratio: s
+            .completion_s
+            .zip(lower.filter(|&l| l > 0.0))
+            .map(|(c, l)| c / l),
+        store_forward_s: s.store_forward_s,
         repair_bytes: pmesh.then_some(s.counters.repair_bytes),
         repair_bytes_from_neighbour: pmesh.then_some(s.counters.repair_bytes_to_neighbour),
         wire_bytes_per_image_byte: ratio((data.bytes + control.bytes) as f64, image_bytes_carried),
@@ -248,9 +259,12 @@ pub fn summary(report: &Report) -> String {
         s.targets,
         match f.completion_s {
             Some(c) => format!(
-                " in {c:.2} s (pipelined lower bound {:.2} s, ×{:.2})",
-                f.lower_bound_s,
-                f.bound_ratio.unwrap_or(0.0)
+                " in {c:.2} s (pipelined lower bound {:.2} s, ×{:.2}{})",
+                f.lower_bound_s.unwrap_or(0.0),
+                f.bound_ratio.unwrap_or(0.0),
+                f.store_forward_s.map_or(String::new(), |t| format!(
+                    "; ideal store-and-forward of these frames {t:.2} s"
+                ))
             ),
             None => String::new(),
         },

@@ -236,6 +236,8 @@ pub struct OtaScenario {
     pub distributor: u32,
     /// When it offers: `"formed"` or a time from the start.
     pub offer_at: OfferAt,
+    /// With `offer_at = "formed"`: give up if the mesh has not formed by then.
+    pub form_timeout: Dur,
     /// Receiver logic of the nodes.
     pub receivers: Receivers,
     /// With `mixed`: the share of the other nodes that run stock logic (chosen by the seed).
@@ -274,6 +276,7 @@ impl Default for OtaScenario {
             chunk_bytes: None,
             distributor: 1,
             offer_at: OfferAt::Formed,
+            form_timeout: Dur::secs(900),
             receivers: Receivers::Pmesh,
             stock_share: 0.5,
             stock_nodes: Vec::new(),
@@ -420,6 +423,9 @@ pub struct OtaArgs {
     /// When to offer: `formed` (default) or a time such as 30s.
     #[arg(long = "ota-offer-at", value_name = "TIME")]
     pub offer_at: Option<String>,
+    /// With --ota-offer-at formed: give up if the mesh has not formed by then (default 15m).
+    #[arg(long = "ota-form-timeout", value_name = "TIME")]
+    pub form_timeout: Option<String>,
     /// Receiver logic: pmesh, stock (painlessMesh's, bugs included) or mixed.
     #[arg(long = "ota-receivers", value_enum)]
     pub receivers: Option<Receivers>,
@@ -458,6 +464,7 @@ impl OtaArgs {
             chunk_bytes,
             distributor,
             offer_at,
+            form_timeout,
             receivers,
             stock_share,
             apply,
@@ -475,6 +482,7 @@ impl OtaArgs {
             || chunk_bytes.is_some()
             || distributor.is_some()
             || offer_at.is_some()
+            || form_timeout.is_some()
             || receivers.is_some()
             || stock_share.is_some()
             || apply.is_some()
@@ -522,6 +530,9 @@ impl OtaArgs {
         }
         if let Some(t) = &self.offer_at {
             o.offer_at = OfferAt::parse(t).map_err(|e| format!("--ota-offer-at: {e}"))?;
+        }
+        if let Some(t) = &self.form_timeout {
+            o.form_timeout = Dur::parse(t).map_err(|e| format!("--ota-form-timeout: {e}"))?;
         }
         if let Some(r) = self.receivers {
             o.receivers = r;
