@@ -1,12 +1,871 @@
-//! `pmesh bench ota`.
+//! `pmesh bench ota`: classic unicast, classic broadcast (pmesh and stock receivers) and
+//! pmesh's protocol side by side on the same simulated meshes, with every figure next to its
+//! optimum or lower bound, and issue 4's targets checked at the end.
+//!
+//! Every row is one simulation (`pmesh_sim::ota`): the real node and OTA code on every node,
+//! the same seed, topology and link model for every mode. A crash row repeats its loss-free
+//! row with 5 % of the targets (at least one) crashing at times spread over 20–70 % of the
+//! loss-free transfer time, each booting again 2 s later.
 
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::Instant as WallInstant;
+
+use anyhow::{Context as _, bail};
+use pmesh_sim::ota::{self, ByteSize, Image, OfferAt, OtaFigures, OtaMode, OtaScenario, Receivers};
+use pmesh_sim::scenario::{Dur, Span, Traffic};
+use pmesh_sim::{Scenario, Topology};
 
 /// Arguments.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Which matrix: `quick` (fan-out 3 and chain at 10 and 50 nodes, a minute or two),
+    /// `targets` (the pmesh rows issue 4's targets need, 1,000 nodes included), `full` (every
+    /// mode on chain, fan-out 3/6/10 and radio at 10, 50, 100 nodes, pmesh also at 1,000).
+    #[arg(long, value_enum, default_value = "quick")]
+    preset: Preset,
+    /// Topologies instead of the preset's: chain, fanout-3, fanout-6, fanout-10, radio (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    topology: Vec<String>,
+    /// Node counts instead of the preset's (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<u32>,
+    /// Extra node counts run in pmesh mode only (the preset's: 1000 for targets and full).
+    #[arg(long, value_delimiter = ',')]
+    pmesh_nodes: Vec<u32>,
+    /// Variants instead of the preset's: unicast, unicast-stock, broadcast, broadcast-stock,
+    /// broadcast-mixed, pmesh (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    modes: Vec<String>,
+    /// Faults: none, crash or both.
+    #[arg(long, value_enum, default_value = "both")]
+    faults: Faults,
+    /// Image file (default: the first --image-bytes of the running pmesh executable).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// How much of the image file to use (all of --image when given without this).
+    #[arg(long)]
+    image_bytes: Option<String>,
+    /// Send images uncompressed.
+    #[arg(long)]
+    uncompressed: bool,
+    /// Link bandwidth per direction, kbit/s (every link).
+    #[arg(long, default_value_t = 2000.0)]
+    bandwidth_kbit: f64,
+    /// One-way link latency, ms (every link).
+    #[arg(long, default_value_t = 10.0)]
+    latency_ms: f64,
+    /// Give up on a run whose mesh has not formed by this simulated time.
+    #[arg(long, default_value = "15m")]
+    form_timeout: String,
+    /// Seed (topology of the radio model, crash choices).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Simulations run at once (wall times are per run; more jobs than free cores inflate them).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Print one JSON object per row instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Print the table as Markdown (for docs/BENCHMARKS.md).
+    #[arg(long)]
+    markdown: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Preset {
+    Quick,
+    Targets,
+    Full,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Faults {
+    None,
+    Crash,
+    Both,
+}
+
+/// A mode and the receivers it runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Variant {
+    mode: OtaMode,
+    receivers: Receivers,
+}
+
+const VARIANTS: [(&str, Variant); 6] = [
+    (
+        "unicast",
+        Variant {
+            mode: OtaMode::Unicast,
+            receivers: Receivers::Pmesh,
+        },
+    ),
+    (
+        "unicast-stock",
+        Variant {
+            mode: OtaMode::Unicast,
+            receivers: Receivers::Stock,
+        },
+    ),
+    (
+        "broadcast",
+        Variant {
+            mode: OtaMode::Broadcast,
+            receivers: Receivers::Pmesh,
+        },
+    ),
+    (
+        "broadcast-stock",
+        Variant {
+            mode: OtaMode::Broadcast,
+            receivers: Receivers::Stock,
+        },
+    ),
+    (
+        "broadcast-mixed",
+        Variant {
+            mode: OtaMode::Broadcast,
+            receivers: Receivers::Mixed,
+        },
+    ),
+    (
+        "pmesh",
+        Variant {
+            mode: OtaMode::Pmesh,
+            receivers: Receivers::Pmesh,
+        },
+    ),
+];
+
+fn variant(name: &str) -> anyhow::Result<Variant> {
+    VARIANTS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| *v)
+        .with_context(|| {
+            let names: Vec<&str> = VARIANTS.iter().map(|(n, _)| *n).collect();
+            format!("unknown mode {name:?} (one of {})", names.join(", "))
+        })
+}
+
+fn topology(name: &str) -> anyhow::Result<Topology> {
+    Ok(match name {
+        "chain" => Topology::Chain,
+        "radio" => Scenario::default().topology,
+        other => match other.strip_prefix("fanout-").map(str::parse::<u32>) {
+            Some(Ok(f)) if f > 0 => Topology::Tree { fanout: f },
+            _ => bail!("unknown topology {other:?} (chain, fanout-3, fanout-6, fanout-10, radio)"),
+        },
+    })
+}
+
+/// Share of the targets that crash in a crash row.
+const CRASH_SHARE: f64 = 0.05;
+/// Crash times spread over this part of the loss-free transfer.
+const CRASH_WINDOW: [f64; 2] = [0.2, 0.7];
+/// A crashed node boots again after this.
+const DOWN_FOR: Dur = Dur::secs(2);
+
+/// A crash row's timing from its loss-free row: offer time and transfer duration (s), or
+/// why there is none.
+type CrashTiming = Result<(Dur, f64), String>;
+
+/// One simulation to run.
+#[derive(Clone, Debug)]
+struct Job {
+    label: &'static str,
+    variant: Variant,
+    topology: String,
+    nodes: u32,
+    crash: bool,
+}
+
+/// A finished row (or why the run could not be made).
+#[derive(Clone, Debug)]
+struct Row {
+    job: Job,
+    figures: Result<OtaFigures, String>,
+    /// The loss-free row's offer time and transfer duration (for its crash row).
+    offer_at: Option<Dur>,
+    transfer_s: Option<f64>,
+}
 
 /// Runs the benchmark.
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("pmesh bench ota is not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let (topologies, nodes, pmesh_nodes, labels): (Vec<String>, Vec<u32>, Vec<u32>, Vec<&str>) =
+        match args.preset {
+            Preset::Quick => (
+                vec!["chain".into(), "fanout-3".into()],
+                vec![10, 50],
+                vec![],
+                vec!["unicast", "broadcast", "broadcast-stock", "pmesh"],
+            ),
+            Preset::Targets => (
+                vec![
+                    "chain".into(),
+                    "fanout-3".into(),
+                    "fanout-6".into(),
+                    "fanout-10".into(),
+                    "radio".into(),
+                ],
+                vec![10, 50, 100],
+                vec![1000],
+                vec!["pmesh"],
+            ),
+            Preset::Full => (
+                vec![
+                    "chain".into(),
+                    "fanout-3".into(),
+                    "fanout-6".into(),
+                    "fanout-10".into(),
+                    "radio".into(),
+                ],
+                vec![10, 50, 100],
+                vec![1000],
+                VARIANTS.iter().map(|(n, _)| *n).collect(),
+            ),
+        };
+    let topologies = if args.topology.is_empty() {
+        topologies
+    } else {
+        args.topology.clone()
+    };
+    let nodes = if args.nodes.is_empty() {
+        nodes
+    } else {
+        args.nodes.clone()
+    };
+    let pmesh_nodes = if args.pmesh_nodes.is_empty() && args.nodes.is_empty() {
+        pmesh_nodes
+    } else {
+        args.pmesh_nodes.clone()
+    };
+    let labels: Vec<&'static str> = if args.modes.is_empty() {
+        labels
+            .iter()
+            .map(|l| VARIANTS.iter().find(|(n, _)| n == l).expect("known").0)
+            .collect()
+    } else {
+        let mut v = Vec::new();
+        for m in &args.modes {
+            variant(m)?;
+            v.push(VARIANTS.iter().find(|(n, _)| n == m).expect("checked").0);
+        }
+        v
+    };
+    for t in &topologies {
+        topology(t)?;
+    }
+    if nodes.iter().chain(&pmesh_nodes).any(|&n| n < 2) {
+        bail!("a rollout needs at least 2 nodes");
+    }
+    if !(args.bandwidth_kbit > 0.0 && args.latency_ms >= 0.0) {
+        bail!("--bandwidth-kbit must be positive and --latency-ms non-negative");
+    }
+
+    // The image: a real compiled binary unless told otherwise.
+    let (path, limit) = match &args.image {
+        Some(p) => (p.clone(), args.image_bytes.as_deref()),
+        None => (
+            std::env::current_exe().context("finding the running executable")?,
+            Some(args.image_bytes.as_deref().unwrap_or("1MiB")),
+        ),
+    };
+    let limit = limit
+        .map(|s| ByteSize::parse(s).map_err(anyhow::Error::msg))
+        .transpose()?;
+    let image = Image::from_file(&path, limit.map(|b| b.0)).map_err(anyhow::Error::msg)?;
+    let gz = pmesh_ota::codec::gzip(image.source.bytes()).len();
+
+    // The jobs: loss-free rows first; crash rows need their loss-free row's timing.
+    let mut base = Vec::new();
+    for t in &topologies {
+        for &n in &nodes {
+            for &l in &labels {
+                base.push((l, t.clone(), n));
+            }
+        }
+        if labels.contains(&"pmesh") {
+            for &n in &pmesh_nodes {
+                base.push(("pmesh", t.clone(), n));
+            }
+        }
+    }
+    let want_none = args.faults != Faults::Crash;
+    let want_crash = args.faults != Faults::None;
+    let jobs: Vec<Job> = base
+        .iter()
+        .map(|(l, t, n)| Job {
+            label: l,
+            variant: variant(l).expect("checked"),
+            topology: t.clone(),
+            nodes: *n,
+            crash: false,
+        })
+        .collect();
+    let total = jobs.len() * (1 + usize::from(want_crash));
+    let setup = Setup {
+        image: image.clone(),
+        form_timeout: Dur::parse(&args.form_timeout).map_err(anyhow::Error::msg)?,
+        compressed: !args.uncompressed,
+        bandwidth_kbit: args.bandwidth_kbit,
+        latency_ms: args.latency_ms,
+        seed: args.seed,
+    };
+    eprintln!(
+        "pmesh bench ota: {} runs; image {} (gzip {:.1} % of it); links {} kbit/s, {} ms; seed {}",
+        total,
+        image.description,
+        100.0 * gz as f64 / image.len() as f64,
+        args.bandwidth_kbit,
+        args.latency_ms,
+        args.seed
+    );
+    let done = Mutex::new(0usize);
+    let started = WallInstant::now();
+    let loss_free = run_all(&setup, jobs, args.jobs, &done, total);
+    let mut rows: Vec<Row> = Vec::new();
+    if want_crash {
+        let crash_jobs: Vec<(Job, CrashTiming)> = loss_free
+            .iter()
+            .map(|r| {
+                let mut j = r.job.clone();
+                j.crash = true;
+                let d = r.transfer_s.unwrap_or(60.0).max(1.0);
+                let timing = match (&r.figures, r.offer_at) {
+                    (Ok(_), Some(o)) => Ok((o, d)),
+                    (Err(e), _) => Err(format!("its loss-free run failed: {e}")),
+                    (Ok(_), None) => Err("its loss-free run made no offer".into()),
+                };
+                (j, timing)
+            })
+            .collect();
+        let crashed = run_all_crash(&setup, crash_jobs, args.jobs, &done, total);
+        for (a, b) in loss_free.into_iter().zip(crashed) {
+            if want_none {
+                rows.push(a);
+            }
+            rows.push(b);
+        }
+    } else {
+        rows = loss_free;
+    }
+    eprintln!(
+        "pmesh bench ota: {} runs in {:.1} s",
+        total,
+        started.elapsed().as_secs_f64()
+    );
+
+    let figures: Vec<&OtaFigures> = rows
+        .iter()
+        .filter_map(|r| r.figures.as_ref().ok())
+        .collect();
+    if args.json {
+        for r in &rows {
+            let mut v = match &r.figures {
+                Ok(f) => serde_json::to_value(f)?,
+                Err(e) => serde_json::json!({
+                    "mode": r.job.variant.mode.name(),
+                    "receivers": r.job.variant.receivers.name(),
+                    "topology": r.job.topology,
+                    "nodes": r.job.nodes,
+                    "faults": if r.job.crash { "crash" } else { "none" },
+                    "error": e,
+                }),
+            };
+            if let Some(o) = v.as_object_mut() {
+                o.insert("variant".into(), r.job.label.into());
+                o.insert("image".into(), image.description.clone().into());
+            }
+            println!("{}", serde_json::to_string(&v)?);
+        }
+    } else {
+        println!(
+            "image: {} — gzip {:.1} % of it; every link {} kbit/s per direction, {} ms one way; seed {}",
+            image.description,
+            100.0 * gz as f64 / image.len() as f64,
+            args.bandwidth_kbit,
+            args.latency_ms,
+            args.seed
+        );
+        println!();
+        print!("{}", table(&rows, args.markdown));
+        for r in &rows {
+            if let Err(e) = &r.figures {
+                println!(
+                    "{} {} N={} {}: did not run: {e}",
+                    r.job.label,
+                    r.job.topology,
+                    r.job.nodes,
+                    if r.job.crash { "crash" } else { "none" }
+                );
+            }
+        }
+        println!();
+        print!("{}", checks(&figures, args.markdown));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What every run shares.
+#[derive(Clone, Debug)]
+struct Setup {
+    image: Image,
+    form_timeout: Dur,
+    compressed: bool,
+    bandwidth_kbit: f64,
+    latency_ms: f64,
+    seed: u64,
+}
+
+fn scenario(setup: &Setup, job: &Job) -> anyhow::Result<(Scenario, OtaScenario)> {
+    let mut sc = Scenario {
+        name: format!("bench-ota-{}-{}-{}", job.label, job.topology, job.nodes),
+        seed: setup.seed,
+        nodes: job.nodes,
+        topology: topology(&job.topology)?,
+        duration: Dur::secs(4 * 3600),
+        traffic: Traffic {
+            broadcast_every: None,
+            single_every: None,
+            ..Traffic::default()
+        },
+        ..Scenario::default()
+    };
+    sc.link.bandwidth_kbit = Span::fixed(setup.bandwidth_kbit);
+    sc.link.latency_ms = Span::fixed(setup.latency_ms);
+    let o = OtaScenario {
+        mode: job.variant.mode,
+        receivers: job.variant.receivers,
+        compressed: setup.compressed,
+        ..OtaScenario::default()
+    };
+    Ok((sc, o))
+}
+
+/// Runs one row; a run that cannot be made becomes a row that says why.
+fn one(
+    setup: &Setup,
+    job: &Job,
+    crash: Option<CrashTiming>,
+    done: &Mutex<usize>,
+    total: usize,
+) -> Row {
+    let result = match crash {
+        Some(Err(e)) => Err(anyhow::anyhow!(e)),
+        Some(Ok(c)) => try_one(setup, job, Some(c), done, total),
+        None => try_one(setup, job, None, done, total),
+    };
+    result.unwrap_or_else(|e| {
+        let mut n = done.lock().expect("not poisoned");
+        *n += 1;
+        eprintln!(
+            "[{:>3}/{total}] {} {} N={} {}: did not run: {e:#}",
+            *n,
+            job.label,
+            job.topology,
+            job.nodes,
+            if job.crash { "crash" } else { "none" }
+        );
+        Row {
+            job: job.clone(),
+            figures: Err(format!("{e:#}")),
+            offer_at: None,
+            transfer_s: None,
+        }
+    })
+}
+
+fn try_one(
+    setup: &Setup,
+    job: &Job,
+    crash: Option<(Dur, f64)>,
+    done: &Mutex<usize>,
+    total: usize,
+) -> anyhow::Result<Row> {
+    let (sc, mut o) = scenario(setup, job)?;
+    if let Some((offer_at, transfer_s)) = crash {
+        o.offer_at = OfferAt::At(offer_at);
+        o.crash_share = CRASH_SHARE;
+        o.crash_window = [
+            Dur((CRASH_WINDOW[0] * transfer_s * 1e6) as u64),
+            Dur((CRASH_WINDOW[1] * transfer_s * 1e6) as u64),
+        ];
+        o.down_for = DOWN_FOR;
+    }
+    let label = format!(
+        "{} {} N={} {}",
+        job.label,
+        job.topology,
+        job.nodes,
+        if job.crash { "crash" } else { "none" }
+    );
+    let wall = WallInstant::now();
+    o.form_timeout = setup.form_timeout;
+    let mut sim = ota::build_with_image(sc, o, setup.image.clone()).map_err(anyhow::Error::msg)?;
+    let tty = std::io::stderr().is_terminal();
+    let mut last = WallInstant::now();
+    let (report, rollout_wall) = ota::run_timed(&mut sim, |p| {
+        if tty && last.elapsed().as_millis() >= 500 {
+            last = WallInstant::now();
+            eprint!(
+                "\r  {label}: {:.0} s simulated, {:.0} %, {}/{} installed   ",
+                p.sim_s,
+                100.0 * p.fraction,
+                p.installed,
+                p.targets
+            );
+        }
+    });
+    let mut f = ota::figures(&report).context("the run produced no OTA figures")?;
+    f.faults = if job.crash {
+        format!("crash 5 % ({} nodes)", f.crashed_targets)
+    } else {
+        "none".into()
+    };
+    f.topology = job.topology.clone();
+    f.rollout_wall_s = rollout_wall;
+    let offer_at = sim.app().offered_at().map(Dur);
+    let transfer_s = f.completion_s.or_else(|| {
+        // Not every target finished: the time to the last progress anyone made.
+        let (o, p) = (sim.app().offered_at()?, sim.app().last_progress());
+        (p > o).then(|| (p - o) as f64 / 1e6)
+    });
+    let mut n = done.lock().expect("not poisoned");
+    *n += 1;
+    if tty {
+        eprint!("\r\x1b[2K");
+    }
+    eprintln!(
+        "[{:>3}/{total}] {label}: {}/{} installed{}, {:.1} s wall",
+        *n,
+        f.completed,
+        f.targets,
+        f.completion_s
+            .map_or(String::new(), |c| format!(" in {c:.1} s")),
+        wall.elapsed().as_secs_f64()
+    );
+    Ok(Row {
+        job: job.clone(),
+        figures: Ok(f),
+        offer_at,
+        transfer_s,
+    })
+}
+
+fn run_all(
+    setup: &Setup,
+    jobs: Vec<Job>,
+    threads: usize,
+    done: &Mutex<usize>,
+    total: usize,
+) -> Vec<Row> {
+    parallel(jobs, threads, |j| one(setup, j, None, done, total))
+}
+
+fn run_all_crash(
+    setup: &Setup,
+    jobs: Vec<(Job, CrashTiming)>,
+    threads: usize,
+    done: &Mutex<usize>,
+    total: usize,
+) -> Vec<Row> {
+    parallel(jobs, threads, |(j, c)| {
+        one(setup, j, Some(c.clone()), done, total)
+    })
+}
+
+/// Runs `f` over `items` on `threads` threads; results in input order.
+fn parallel<T: Sync, R: Send>(items: Vec<T>, threads: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let next = Mutex::new(0usize);
+    let results: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1).min(items.len().max(1)) {
+            s.spawn(|| {
+                loop {
+                    let i = {
+                        let mut n = next.lock().expect("not poisoned");
+                        let i = *n;
+                        *n += 1;
+                        i
+                    };
+                    let Some(item) = items.get(i) else { break };
+                    let r = f(item);
+                    results.lock().expect("not poisoned")[i] = Some(r);
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .expect("not poisoned")
+        .into_iter()
+        .map(|r| r.expect("every item ran"))
+        .collect()
+}
+
+fn opt_f(v: Option<f64>, prec: usize) -> String {
+    v.map_or("—".into(), |x| format!("{x:.prec$}"))
+}
+
+fn opt_u(v: Option<u64>) -> String {
+    v.map_or("—".into(), |x| x.to_string())
+}
+
+/// The table: the issue's columns, plus the ratios that compare them.
+fn table(rows: &[Row], markdown: bool) -> String {
+    let head = [
+        "mode",
+        "receivers",
+        "topology",
+        "nodes",
+        "image_bytes",
+        "chunk_bytes",
+        "faults",
+        "targets",
+        "completed",
+        "data_link_tx",
+        "optimum_link_tx",
+        "tx/opt",
+        "control_bytes",
+        "data_bytes",
+        "ctl/data",
+        "completion_s",
+        "lower_bound_s",
+        "/bound",
+        "store_forward_s",
+        "repair_bytes",
+        "repair_bytes_from_neighbour",
+        "wire_bytes_per_image_byte",
+        "peak_tracking_bytes",
+        "wall_s",
+        "rollout_wall_s",
+    ];
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let Ok(f) = &r.figures else {
+                let mut cells = vec!["—".to_string(); head.len()];
+                cells[0] = r.job.variant.mode.name().into();
+                cells[1] = r.job.variant.receivers.name().into();
+                cells[2] = r.job.topology.clone();
+                cells[3] = r.job.nodes.to_string();
+                cells[6] = if r.job.crash { "crash" } else { "none" }.into();
+                cells[8] = "did not run".into();
+                return cells;
+            };
+            vec![
+                f.mode.clone(),
+                f.receivers.clone(),
+                f.topology.clone(),
+                f.nodes.to_string(),
+                f.image_bytes.to_string(),
+                f.chunk_bytes.to_string(),
+                f.faults.clone(),
+                f.targets.to_string(),
+                f.completed.to_string(),
+                f.data_link_tx.to_string(),
+                f.optimum_link_tx.to_string(),
+                format!("{:.3}", f.data_tx_ratio),
+                f.control_bytes.to_string(),
+                f.data_bytes.to_string(),
+                format!("{:.2} %", 100.0 * f.control_share),
+                opt_f(f.completion_s, 2),
+                opt_f(f.lower_bound_s, 2),
+                opt_f(f.bound_ratio, 2),
+                opt_f(f.store_forward_s, 2),
+                opt_u(f.repair_bytes),
+                opt_u(f.repair_bytes_from_neighbour),
+                format!("{:.3}", f.wire_bytes_per_image_byte),
+                f.peak_tracking_bytes.to_string(),
+                opt_f(f.wall_s, 1),
+                opt_f(f.rollout_wall_s, 1),
+            ]
+        })
+        .collect();
+    let mut out = String::new();
+    if markdown {
+        out += &format!("| {} |\n", head.join(" | "));
+        out += &format!("|{}\n", "---|".repeat(head.len()));
+        for r in &body {
+            out += &format!("| {} |\n", r.join(" | "));
+        }
+        return out;
+    }
+    let widths: Vec<usize> = (0..head.len())
+        .map(|i| {
+            body.iter()
+                .map(|r| r[i].chars().count())
+                .chain([head[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<String>| -> String {
+        let mut s = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:>w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        s.push('\n');
+        s
+    };
+    out += &line(head.iter().map(|s| s.to_string()).collect());
+    for r in body {
+        out += &line(r);
+    }
+    out
+}
+
+/// Issue 4's targets, each marked met or not met with the figure that decides it.
+fn checks(rows: &[&OtaFigures], markdown: bool) -> String {
+    let pmesh: Vec<&&OtaFigures> = rows.iter().filter(|f| f.mode == "pmesh").collect();
+    let clean: Vec<&&&OtaFigures> = pmesh.iter().filter(|f| f.faults == "none").collect();
+    let crashed: Vec<&&&OtaFigures> = pmesh.iter().filter(|f| f.faults != "none").collect();
+    let mut out = String::new();
+    let mut line = |name: &str, rows: usize, ok: bool, detail: String| {
+        let verdict = if rows == 0 {
+            "not measured (no such rows)"
+        } else if ok {
+            "met"
+        } else {
+            "NOT MET"
+        };
+        if markdown {
+            out += &format!("- {name}: **{verdict}** — {detail}\n");
+        } else {
+            out += &format!("{name}: {verdict} — {detail}\n");
+        }
+    };
+    let id = |f: &OtaFigures| format!("{} N={} {}", f.topology, f.nodes, f.faults);
+    let worst = |v: &[&&&OtaFigures], key: &dyn Fn(&OtaFigures) -> f64| {
+        v.iter()
+            .map(|f| (key(f), id(f)))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+    };
+    let w = worst(&clean, &|f| f.data_tx_ratio);
+    line(
+        "pmesh loss-free: data_link_tx / optimum <= 1.01",
+        clean.len(),
+        w.as_ref().is_none_or(|(x, _)| *x <= 1.01),
+        w.map_or(String::new(), |(x, at)| format!("worst {x:.4} ({at})")),
+    );
+    let w = worst(&clean, &|f| f.control_share);
+    line(
+        "pmesh loss-free: control <= 3 % of data",
+        clean.len(),
+        w.as_ref().is_none_or(|(x, _)| *x <= 0.03),
+        w.map_or(String::new(), |(x, at)| {
+            format!("worst {:.2} % ({at})", 100.0 * x)
+        }),
+    );
+    let at50: Vec<&&&OtaFigures> = clean.iter().copied().filter(|f| f.nodes == 50).collect();
+    let w = worst(&at50, &|f| f.bound_ratio.unwrap_or(f64::INFINITY));
+    line(
+        "pmesh loss-free, N = 50: completion <= 1.15 x lower bound",
+        at50.len(),
+        w.as_ref().is_none_or(|(x, _)| *x <= 1.15),
+        w.map_or(String::new(), |(x, at)| format!("worst x{x:.3} ({at})")),
+    );
+    let incomplete: Vec<String> = crashed
+        .iter()
+        .filter(|f| f.completed < f.targets)
+        .map(|f| format!("{} ({}/{})", id(f), f.completed, f.targets))
+        .collect();
+    line(
+        "pmesh with crashes: every target completes",
+        crashed.len(),
+        incomplete.is_empty(),
+        if incomplete.is_empty() {
+            format!("{} runs, all complete", crashed.len())
+        } else {
+            format!("incomplete: {}", incomplete.join(", "))
+        },
+    );
+    let zero: u32 = crashed.iter().map(|f| f.restarts_from_zero).sum();
+    let crashed_targets: u32 = crashed.iter().map(|f| f.crashed_targets).sum();
+    line(
+        "pmesh with crashes: no restart from chunk 0",
+        crashed.len(),
+        zero == 0,
+        format!("{zero} restarts from chunk 0 among {crashed_targets} crashed targets"),
+    );
+    let (rep, nb) = crashed.iter().fold((0u64, 0u64), |(a, b), f| {
+        (
+            a + f.repair_bytes.unwrap_or(0),
+            b + f.repair_bytes_from_neighbour.unwrap_or(0),
+        )
+    });
+    let w = crashed
+        .iter()
+        .filter(|f| f.repair_bytes.unwrap_or(0) > 0)
+        .map(|f| {
+            (
+                f.repair_bytes_from_neighbour.unwrap_or(0) as f64
+                    / f.repair_bytes.unwrap_or(1) as f64,
+                id(f),
+            )
+        })
+        .min_by(|a, b| a.0.total_cmp(&b.0));
+    line(
+        "pmesh with crashes: >= 95 % of repair bytes from a 1-hop neighbour",
+        crashed.len(),
+        w.as_ref().is_none_or(|(x, _)| *x >= 0.95),
+        format!(
+            "{nb} of {rep} repair bytes overall{}",
+            w.map_or(String::new(), |(x, at)| format!(
+                "; lowest share {:.1} % ({at})",
+                100.0 * x
+            ))
+        ),
+    );
+    let comp: Vec<&&&OtaFigures> = pmesh.iter().filter(|f| f.compressed).collect();
+    let w = worst(&comp, &|f| f.wire_bytes_per_image_byte);
+    line(
+        "wire bytes per image byte <= 1.0 with compression (pmesh)",
+        comp.len(),
+        w.as_ref().is_none_or(|(x, _)| *x <= 1.0),
+        w.map_or(String::new(), |(x, at)| format!("worst {x:.3} ({at})")),
+    );
+    let over = pmesh
+        .iter()
+        .map(|f| {
+            (
+                f.peak_tracking_bytes as f64 / f.tracking_budget_bytes as f64,
+                format!(
+                    "{} B of {} B ({})",
+                    f.peak_tracking_bytes,
+                    f.tracking_budget_bytes,
+                    id(f)
+                ),
+            )
+        })
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    line(
+        "peak tracking <= 4 KiB + 1 bit per chunk (pmesh)",
+        pmesh.len(),
+        over.as_ref().is_none_or(|(x, _)| *x <= 1.0),
+        over.map_or(String::new(), |(_, d)| format!("largest {d}")),
+    );
+    let big: Vec<&&&OtaFigures> = pmesh.iter().filter(|f| f.nodes >= 1000).collect();
+    let w = worst(&big, &|f| f.rollout_wall_s.unwrap_or(f64::INFINITY));
+    let formation = worst(&big, &|f| {
+        f.wall_s.unwrap_or(0.0) - f.rollout_wall_s.unwrap_or(0.0)
+    });
+    line(
+        "1,000-node pmesh rollout (offer to last install): wall <= 60 s",
+        big.len(),
+        w.as_ref().is_none_or(|(x, _)| *x <= 60.0),
+        w.map_or(String::new(), |(x, at)| {
+            format!(
+                "slowest {x:.1} s ({at}); forming the mesh before the offer took up to {:.1} s more",
+                formation.map_or(0.0, |f| f.0)
+            )
+        }),
+    );
+    out
 }
