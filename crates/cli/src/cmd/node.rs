@@ -11,6 +11,10 @@
 //! point at it, and the `--ota-exec` program (if any) is run with its path. The running
 //! program is never replaced. With `--status-every` (or `[status]`) the node also sends
 //! Alteriom EnhancedStatusPackages (`pmesh_node::StatusPlugin`, beside the OTA plugin).
+//! With `--mqtt URL` (or `[mqtt]`) the node is also the mesh's MQTT gateway: the bridge runs in
+//! this process ([`mqtt`]).
+
+pub mod mqtt;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -89,6 +93,9 @@ pub struct Args {
     /// monitor this node like the ESP nodes [default: off].
     #[arg(long, value_name = "DURATION")]
     pub status_every: Option<String>,
+    /// MQTT bridge and Prometheus metrics.
+    #[command(flatten)]
+    pub mqtt: Box<mqtt::MqttArgs>,
 }
 
 /// The configuration file. Unknown keys inside a section are errors (typos); unknown sections
@@ -116,7 +123,10 @@ pub struct FileConfig {
     /// `[status]`
     #[serde(default)]
     pub status: StatusSection,
-    /// Sections other parts of pmesh read (`[mqtt]`, `[ota]`, ...); kept for them.
+    /// `[mqtt]`: the MQTT bridge.
+    #[serde(default)]
+    pub mqtt: mqtt::MqttSection,
+    /// Sections other parts of pmesh read; kept for them.
     #[serde(flatten)]
     pub other: BTreeMap<String, toml::Value>,
 }
@@ -421,6 +431,8 @@ pub struct Settings {
     pub ota: OtaSettings,
     /// Status reports, if any.
     pub status: Option<StatusConfig>,
+    /// The MQTT bridge, if a broker was given.
+    pub mqtt: Option<pmesh_bridge::BridgeConfig>,
     /// The whole file, for sections read elsewhere.
     pub file: FileConfig,
 }
@@ -563,6 +575,14 @@ impl Settings {
         };
         let ota = OtaSettings::resolve(args, &file.ota)?;
         let status = file.status.resolve(args.status_every.as_deref())?;
+        let mqtt = mqtt::resolve(
+            &args.mqtt,
+            &file.mqtt,
+            id,
+            std::env::var("PMESH_MQTT_PASSWORD")
+                .ok()
+                .filter(|p| !p.is_empty()),
+        )?;
         Ok(Settings {
             node,
             id_source,
@@ -570,6 +590,7 @@ impl Settings {
             control,
             ota,
             status,
+            mqtt,
             file,
         })
     }
@@ -651,23 +672,33 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let node = Node::new(settings.node.clone(), (ota, MaybeStatus(status)));
     let installer = Installer::new(settings.node.node_id, o);
     let mut logger = OtaLogger::default();
+    let bridge = settings
+        .mqtt
+        .clone()
+        .map(|cfg| mqtt::MqttBridge::new(cfg, settings.node.node_id));
+    let bridge_hook = bridge.as_ref().map(|b| b.hook::<OtaEvent>());
     serve(
         settings,
         node,
         move |b| {
-            b.on_event(move |ev| {
+            let b = b.on_event(move |ev| {
                 if let MeshEvent::Node(Event::Plugin(e)) = ev {
                     logger.log(e);
                     if let OtaEvent::Installed { id, image } = e {
                         installer.installed(*id, image);
                     }
                 }
-            })
+            });
+            match bridge_hook {
+                Some(hook) => b.on_event(hook),
+                None => b,
+            }
         },
         pmesh_net::ota::routes,
         move |h| {
             // Status reports carry the node's counters and free memory: refresh them.
             if let Some(every) = refresh {
+                let h = h.clone();
                 tokio::spawn(async move {
                     let mut tick = tokio::time::interval(every);
                     loop {
@@ -690,6 +721,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     }
                 });
             }
+            bridge.map(|b| b.start(h)).transpose()
         },
     )
 }
@@ -766,13 +798,14 @@ fn run_exec(exec: &Path, dir: &Path, node_id: u32, id: TransferId, image: &Insta
 /// Runs `node` with the runtime and the control endpoint until SIGINT/SIGTERM. `build` adds
 /// to the mesh (event hooks); `routes` adds request kinds to the control endpoint (OTA
 /// offers, bridge queries); `started` runs once the node runs, inside the runtime (spawn
-/// background tasks there).
+/// background tasks there) and may start the MQTT bridge, which is stopped (offline
+/// published) before the node.
 pub fn serve<P>(
     settings: Settings,
     node: Node<P>,
     build: impl FnOnce(MeshBuilder<P>) -> MeshBuilder<P>,
     routes: impl FnOnce(ControlServer<P>) -> ControlServer<P>,
-    started: impl FnOnce(MeshHandle<P>),
+    started: impl FnOnce(MeshHandle<P>) -> anyhow::Result<Option<mqtt::Running>>,
 ) -> anyhow::Result<ExitCode>
 where
     P: Plugin + Send + 'static,
@@ -806,7 +839,14 @@ where
             root = settings.node.root,
             "pmesh node running"
         );
-        started(handle.clone());
+        let bridge = match started(handle.clone()) {
+            Ok(b) => b,
+            Err(e) => {
+                handle.shutdown().await;
+                tokio::task::spawn_blocking(move || mesh.join()).await?;
+                return Err(e);
+            }
+        };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let server_task = control.map(|listener| {
             let server = routes(ControlServer::new(handle.clone()));
@@ -820,6 +860,9 @@ where
         let _ = stop_tx.send(true);
         if let Some(t) = server_task {
             let _ = t.await;
+        }
+        if let Some(b) = bridge {
+            b.stop().await;
         }
         handle.shutdown().await;
         tokio::task::spawn_blocking(move || mesh.join()).await?;
@@ -859,6 +902,7 @@ mod tests {
             ota_exec: None,
             ota_max_size: None,
             status_every: None,
+            mqtt: Box::default(),
         }
     }
 
@@ -912,7 +956,8 @@ mod tests {
         assert_eq!(s.node.node_timeout, Duration::from_millis(500));
         assert_eq!(s.net.retry.delay(1), Duration::from_millis(200));
         assert_eq!(s.net.retry.delay(9), Duration::from_secs(1));
-        assert!(s.file.other.contains_key("mqtt"));
+        assert!(s.mqtt.is_some(), "[mqtt] is read");
+        assert!(!s.file.other.contains_key("mqtt"));
     }
 
     #[test]

@@ -1,0 +1,890 @@
+//! `pmesh node --mqtt`: the MQTT status bridge ([`pmesh_bridge`]) in the gateway process.
+//!
+//! **Where this glue lives, and why.** It is part of the `pmesh` command, not of either
+//! library: pmesh-net (the Linux node runtime) stays free of MQTT, TLS and HTTP, so a node
+//! that only relays pulls in none of rumqttc, rustls or axum, and pmesh-bridge stays free of
+//! the Linux runtime (`pmesh demo` feeds the same bridge from the simulator). The command is
+//! where the two are composed, and it already owns the settings (flags over `pmesh.toml`'s
+//! `[mqtt]` section over defaults). Nothing here reaches into either crate's internals: the
+//! mesh is read through [`MeshHandle`] and its event hook, OTA goes through the same
+//! [`pmesh_net::ota::run_push`] that `pmesh ota push` uses.
+//!
+//! What flows where:
+//! - mesh → bridge: every received user message and package (an event hook on the mesh
+//!   thread: none missed), the tree after every topology change (and every 5 s anyway), the
+//!   node's and its links' counters every 5 s, and the progress of firmware campaigns started
+//!   over MQTT (`bridge/request/ota/start`).
+//! - bridge → mesh: [`NetGateway`] implements [`pmesh_bridge::Gateway`]: sends, broadcasts,
+//!   OTA start and abort, each checked at once and queued onto the mesh thread.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use pmesh_bridge::{
+    AlertThresholds, Bridge, BridgeConfig, BridgeHandle, BrokerConfig, Gateway, GatewayError,
+    LinkStats, OtaMode, OtaProgress, OtaStart, Streams, TlsOptions,
+};
+use pmesh_net::MeshEvent;
+use pmesh_net::MeshHandle;
+use pmesh_net::ota::{OtaHost, Outcome, PushItem, PushMode, PushOptions, run_push};
+use pmesh_node::Event;
+use serde::Deserialize;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tracing::{info, warn};
+
+use super::parse_duration;
+
+/// How often the tree and the counters are read even without a change.
+const REFRESH: Duration = Duration::from_secs(5);
+/// Most one-way delay measurements remembered (one per node measured).
+const MAX_DELAYS: usize = 1024;
+/// How long a stopping node waits for the bridge to publish `offline` and disconnect.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// `pmesh node`'s MQTT flags (each overrides the same key of `[mqtt]`).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct MqttArgs {
+    /// Publish the mesh to this MQTT broker: `mqtt://[user[:password]@]host[:port]`, or
+    /// `mqtts://...` for TLS (with --mqtt-ca) [default: off].
+    #[arg(long = "mqtt", value_name = "URL")]
+    pub url: Option<String>,
+    /// Broker user name.
+    #[arg(long = "mqtt-user", value_name = "USER")]
+    pub user: Option<String>,
+    /// Broker password [default: $PMESH_MQTT_PASSWORD]. The variable or `[mqtt] password`
+    /// keep it out of `ps`.
+    #[arg(long = "mqtt-password", value_name = "PASSWORD")]
+    pub password: Option<String>,
+    /// TLS: PEM file of the CA that signed the broker's certificate (needs mqtts://).
+    #[arg(long = "mqtt-ca", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// TLS: PEM client certificate chain, for brokers that require one (with --mqtt-key).
+    #[arg(long = "mqtt-cert", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// TLS: PEM private key of --mqtt-cert.
+    #[arg(long = "mqtt-key", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// MQTT client id [default: pmesh-<node id>].
+    #[arg(long = "mqtt-client-id", value_name = "ID")]
+    pub client_id: Option<String>,
+    /// Base topic [default: mesh].
+    #[arg(long = "mqtt-prefix", value_name = "PREFIX")]
+    pub prefix: Option<String>,
+    /// How often the status snapshot is republished, e.g. `30s` [default: 30s]; changes are
+    /// published as they happen regardless.
+    #[arg(long = "mqtt-interval", value_name = "DURATION")]
+    pub interval: Option<String>,
+    /// Directory for the bridge's durable outbox and session counter, or `none` (memory only)
+    /// [default: $XDG_STATE_HOME/pmesh/bridge-<node id>].
+    #[arg(long = "mqtt-state-dir", value_name = "DIR")]
+    pub state_dir: Option<String>,
+    /// Serve Prometheus metrics on `http://ADDR/metrics`, e.g. `127.0.0.1:9464` (needs --mqtt).
+    #[arg(long = "metrics-listen", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+}
+
+/// `[mqtt]` in pmesh.toml.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSection {
+    url: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_id: Option<String>,
+    prefix: Option<String>,
+    legacy_prefix: Option<String>,
+    ha_prefix: Option<String>,
+    interval: Option<String>,
+    state_dir: Option<String>,
+    metrics_listen: Option<String>,
+    max_packet_size: Option<usize>,
+    outbox_capacity: Option<usize>,
+    outbox_fsync: Option<bool>,
+    #[serde(default)]
+    streams: StreamsSection,
+    #[serde(default)]
+    alerts: AlertsSection,
+}
+
+/// `[mqtt.streams]`: each stream on or off (all on by default).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamsSection {
+    nodes: Option<bool>,
+    topology: Option<bool>,
+    metrics: Option<bool>,
+    alerts: Option<bool>,
+    node_state: Option<bool>,
+    mesh_messages: Option<bool>,
+    legacy_gateway: Option<bool>,
+    commands: Option<bool>,
+    events: Option<bool>,
+    ha_discovery: Option<bool>,
+}
+
+/// `[mqtt.alerts]`: alert thresholds.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertsSection {
+    partition_share: Option<f64>,
+    low_memory_kb: Option<u32>,
+    high_loss_percent: Option<u32>,
+    node_offline: Option<bool>,
+}
+
+fn check_prefix(p: &str, what: &str) -> anyhow::Result<()> {
+    if p.is_empty() || p.starts_with('/') || p.ends_with('/') || p.contains(['+', '#', '\0']) {
+        bail!("{what} '{p}' must be a topic without wildcards (+, #) or leading/trailing '/'");
+    }
+    Ok(())
+}
+
+/// Resolves the bridge configuration from flags over `[mqtt]` over defaults; `None` when no
+/// broker URL is given (the bridge is off). `env_password` is `$PMESH_MQTT_PASSWORD`.
+pub fn resolve(
+    args: &MqttArgs,
+    file: &MqttSection,
+    node_id: u32,
+    env_password: Option<String>,
+) -> anyhow::Result<Option<BridgeConfig>> {
+    let metrics = args
+        .metrics_listen
+        .clone()
+        .or_else(|| file.metrics_listen.clone());
+    let Some(url) = args.url.clone().or_else(|| file.url.clone()) else {
+        if metrics.is_some() {
+            bail!("--metrics-listen serves the bridge's metrics: it needs --mqtt (or [mqtt] url)");
+        }
+        return Ok(None);
+    };
+    let mut broker = BrokerConfig::from_url(&url)
+        .map_err(anyhow::Error::msg)
+        .context("--mqtt")?;
+    if let Some(u) = args.user.clone().or_else(|| file.username.clone()) {
+        broker.username = Some(u);
+    }
+    if let Some(p) = args
+        .password
+        .clone()
+        .or(env_password)
+        .or_else(|| file.password.clone())
+    {
+        broker.password = Some(p);
+    }
+    if broker.password.is_some() && broker.username.is_none() {
+        bail!("an MQTT password needs a user name (--mqtt-user or [mqtt] username)");
+    }
+    broker.client_id = args
+        .client_id
+        .clone()
+        .or_else(|| file.client_id.clone())
+        .unwrap_or_else(|| format!("pmesh-{node_id}"));
+    if broker.client_id.is_empty() {
+        bail!("the MQTT client id must not be empty");
+    }
+    if let Some(m) = file.max_packet_size {
+        if m < 1024 {
+            bail!("[mqtt] max_packet_size must be at least 1024 bytes");
+        }
+        broker.max_packet_size = m;
+    }
+    let ca = args.ca.clone().or_else(|| file.ca.clone());
+    let cert = args.cert.clone().or_else(|| file.cert.clone());
+    let key = args.key.clone().or_else(|| file.key.clone());
+    match &mut broker.tls {
+        Some(tls) => {
+            *tls = TlsOptions {
+                ca_file: ca,
+                client_cert: cert,
+                client_key: key,
+            };
+            // Read the files now: a wrong path is an error at start, not a reconnect loop.
+            pmesh_bridge::tls::client_config(tls)
+                .map_err(anyhow::Error::msg)
+                .context("MQTT TLS")?;
+        }
+        None if ca.is_some() || cert.is_some() || key.is_some() => {
+            bail!("TLS options (--mqtt-ca/--mqtt-cert/--mqtt-key) need an mqtts:// broker URL")
+        }
+        None => {}
+    }
+
+    let mut cfg = BridgeConfig {
+        broker,
+        ..BridgeConfig::default()
+    };
+    if let Some(p) = args.prefix.clone().or_else(|| file.prefix.clone()) {
+        check_prefix(&p, "--mqtt-prefix")?;
+        cfg.prefix = p;
+    }
+    if let Some(p) = &file.legacy_prefix {
+        check_prefix(p, "[mqtt] legacy_prefix")?;
+        cfg.legacy_prefix = p.clone();
+    }
+    if let Some(p) = &file.ha_prefix {
+        check_prefix(p, "[mqtt] ha_prefix")?;
+        cfg.ha_prefix = p.clone();
+    }
+    if let Some(i) = args.interval.as_deref().or(file.interval.as_deref()) {
+        let i = parse_duration(i).context("--mqtt-interval / [mqtt] interval")?;
+        if i < Duration::from_secs(1) {
+            bail!("the MQTT publish interval must be at least 1s");
+        }
+        cfg.publish_interval = i;
+    }
+    cfg.state_dir = match args.state_dir.as_deref().or(file.state_dir.as_deref()) {
+        Some("none") => None,
+        Some(d) => Some(PathBuf::from(d)),
+        None => Some(
+            pmesh_net::node_id::default_id_file()
+                .parent()
+                .map_or_else(|| PathBuf::from("."), PathBuf::from)
+                .join(format!("bridge-{node_id}")),
+        ),
+    };
+    if let Some(c) = file.outbox_capacity {
+        if c == 0 {
+            bail!("[mqtt] outbox_capacity must be at least 1");
+        }
+        cfg.outbox_capacity = c;
+    }
+    cfg.outbox_fsync = file.outbox_fsync.unwrap_or(cfg.outbox_fsync);
+    cfg.metrics_addr = match metrics {
+        Some(a) => Some(a.parse::<SocketAddr>().with_context(|| {
+            format!("--metrics-listen '{a}' is not an address like 127.0.0.1:9464")
+        })?),
+        None => None,
+    };
+    let s = &file.streams;
+    let d = Streams::default();
+    cfg.streams = Streams {
+        nodes: s.nodes.unwrap_or(d.nodes),
+        topology: s.topology.unwrap_or(d.topology),
+        metrics: s.metrics.unwrap_or(d.metrics),
+        alerts: s.alerts.unwrap_or(d.alerts),
+        node_state: s.node_state.unwrap_or(d.node_state),
+        mesh_messages: s.mesh_messages.unwrap_or(d.mesh_messages),
+        legacy_gateway: s.legacy_gateway.unwrap_or(d.legacy_gateway),
+        commands: s.commands.unwrap_or(d.commands),
+        events: s.events.unwrap_or(d.events),
+        ha_discovery: s.ha_discovery.unwrap_or(d.ha_discovery),
+    };
+    let a = &file.alerts;
+    let d = AlertThresholds::default();
+    cfg.alerts = AlertThresholds {
+        partition_share: a.partition_share.unwrap_or(d.partition_share),
+        low_memory_kb: a.low_memory_kb.unwrap_or(d.low_memory_kb),
+        high_loss_percent: a.high_loss_percent.unwrap_or(d.high_loss_percent),
+        node_offline: a.node_offline.unwrap_or(d.node_offline),
+    };
+    if !(cfg.alerts.partition_share > 0.0 && cfg.alerts.partition_share <= 1.0) {
+        bail!("[mqtt.alerts] partition_share must be in (0, 1]");
+    }
+    Ok(Some(cfg))
+}
+
+// --- running ---------------------------------------------------------------------------------
+
+/// What the event hook, the feeder tasks and the gateway share.
+#[derive(Debug, Default)]
+struct Shared {
+    /// The bridge, once started; taken at shutdown.
+    bridge: Mutex<Option<BridgeHandle>>,
+    /// Set by the hook on every connection or topology change.
+    topology_changed: Notify,
+    /// The other nodes the gateway reaches (refreshed with the tree).
+    nodes: Mutex<Vec<u32>>,
+    /// Last one-way delay per measured node, µs.
+    delays: Mutex<BTreeMap<u32, u32>>,
+}
+
+impl Shared {
+    fn with_bridge(&self, f: impl FnOnce(&BridgeHandle)) {
+        if let Some(b) = self
+            .bridge
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            f(b);
+        }
+    }
+}
+
+/// The bridge of one `pmesh node`, before the node runs: make the event hook, then
+/// [`MqttBridge::start`] it with the node's handle.
+#[derive(Debug)]
+pub struct MqttBridge {
+    cfg: BridgeConfig,
+    node_id: u32,
+    shared: Arc<Shared>,
+}
+
+impl MqttBridge {
+    /// A bridge for node `node_id` with this configuration.
+    pub fn new(cfg: BridgeConfig, node_id: u32) -> Self {
+        MqttBridge {
+            cfg,
+            node_id,
+            shared: Arc::default(),
+        }
+    }
+
+    /// The hook to register with [`pmesh_net::MeshBuilder::on_event`]: forwards every message
+    /// and package, records delay measurements and signals topology changes. Runs on the mesh
+    /// thread and never blocks (the bridge's queues are non-blocking).
+    pub fn hook<E: Send + Sync + 'static>(&self) -> impl FnMut(&MeshEvent<E>) + Send + 'static {
+        let shared = self.shared.clone();
+        move |ev| match ev {
+            MeshEvent::Node(Event::Received {
+                from,
+                msg,
+                broadcast,
+            }) => shared.with_bridge(|b| b.message(*from, msg.clone(), *broadcast)),
+            MeshEvent::Node(Event::Package { envelope, .. }) => {
+                shared.with_bridge(|b| b.package(envelope.clone()));
+            }
+            MeshEvent::Node(
+                Event::NewConnection { .. }
+                | Event::DroppedConnection { .. }
+                | Event::ChangedConnections,
+            ) => shared.topology_changed.notify_one(),
+            MeshEvent::Node(Event::Delay { node_id, delay_us }) => {
+                let mut d = shared.delays.lock().unwrap_or_else(|e| e.into_inner());
+                if d.len() < MAX_DELAYS || d.contains_key(node_id) {
+                    d.insert(*node_id, *delay_us);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Starts the bridge and its feeders on the current tokio runtime, once the node runs.
+    /// Fails only if the bridge's state directory cannot be used.
+    pub fn start<P>(self, h: MeshHandle<P>) -> anyhow::Result<Running>
+    where
+        P: OtaHost + Send + 'static,
+        P::Sink: 'static,
+        P::Store: 'static,
+    {
+        let b = &self.cfg.broker;
+        info!(broker = %format!("{}:{}", b.host, b.port), tls = b.tls.is_some(),
+            user = ?b.username, client_id = %b.client_id, prefix = %self.cfg.prefix,
+            interval_s = self.cfg.publish_interval.as_secs_f64(),
+            state_dir = ?self.cfg.state_dir, metrics = ?self.cfg.metrics_addr,
+            "MQTT bridge starting");
+        let work_dir = self
+            .cfg
+            .state_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir);
+        let gateway = Arc::new(NetGateway {
+            h: h.clone(),
+            me: self.node_id,
+            shared: self.shared.clone(),
+            work_dir,
+            campaign: Arc::default(),
+        });
+        let bridge = Bridge::spawn(self.cfg, self.node_id, gateway)
+            .context("cannot start the MQTT bridge")?;
+        *self.shared.bridge.lock().unwrap_or_else(|e| e.into_inner()) = Some(bridge);
+        let tasks = vec![
+            tokio::spawn(feed_topology(h.clone(), self.shared.clone())),
+            tokio::spawn(feed_stats(h, self.shared.clone())),
+        ];
+        Ok(Running {
+            shared: self.shared,
+            tasks,
+        })
+    }
+}
+
+/// A running bridge; [`Running::stop`] it before the node stops.
+#[derive(Debug)]
+pub struct Running {
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops feeding, publishes `bridge/state` offline and disconnects (bounded wait).
+    pub async fn stop(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let bridge = self
+            .shared
+            .bridge
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(b) = bridge
+            && tokio::time::timeout(SHUTDOWN_GRACE, b.shutdown())
+                .await
+                .is_err()
+        {
+            warn!(
+                "MQTT bridge: the broker did not acknowledge 'offline' in time; the last will tells it"
+            );
+        }
+    }
+}
+
+/// The tree after every change (and every [`REFRESH`]).
+async fn feed_topology<P>(h: MeshHandle<P>, shared: Arc<Shared>)
+where
+    P: OtaHost + Send + 'static,
+{
+    loop {
+        let Ok((tree, nodes)) = h.call(|n, _| (n.tree(), n.node_list(false))).await else {
+            return;
+        };
+        *shared.nodes.lock().unwrap_or_else(|e| e.into_inner()) = nodes;
+        shared.with_bridge(|b| b.topology(tree));
+        tokio::select! {
+            _ = shared.topology_changed.notified() => {}
+            _ = tokio::time::sleep(REFRESH) => {}
+        }
+    }
+}
+
+/// The node's counters and its links', every [`REFRESH`].
+async fn feed_stats<P>(h: MeshHandle<P>, shared: Arc<Shared>)
+where
+    P: OtaHost + Send + 'static,
+{
+    let mut tick = tokio::time::interval(REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (Ok(stats), Ok(snap)) = (h.call(|n, _| n.stats()).await, h.snapshot().await) else {
+            return;
+        };
+        let links: Vec<LinkStats> = {
+            let delays = shared.delays.lock().unwrap_or_else(|e| e.into_inner());
+            snap.links
+                .iter()
+                .filter(|l| l.node_id != 0)
+                .map(|l| LinkStats {
+                    peer: l.node_id,
+                    bytes_in: l.bytes_in,
+                    bytes_out: l.bytes_out,
+                    delay_us: delays.get(&l.node_id).copied(),
+                })
+                .collect()
+        };
+        shared.with_bridge(|b| b.stats(stats, links));
+    }
+}
+
+// --- the gateway -------------------------------------------------------------------------------
+
+/// The campaign this gateway runs for the bridge.
+#[derive(Debug)]
+struct CampaignRun {
+    id: u64,
+    cancel: Option<oneshot::Sender<()>>,
+}
+
+/// [`pmesh_bridge::Gateway`] for a running `pmesh node`: what the bridge asks (MQTT requests
+/// and commands) is checked at once and queued onto the mesh thread.
+#[derive(Debug)]
+pub struct NetGateway<P: OtaHost> {
+    h: MeshHandle<P>,
+    me: u32,
+    shared: Arc<Shared>,
+    /// Where images received over MQTT are written for the push (removed after it).
+    work_dir: PathBuf,
+    campaign: Arc<Mutex<Option<CampaignRun>>>,
+}
+
+impl<P> Gateway for NetGateway<P>
+where
+    P: OtaHost + Send + 'static,
+    P::Sink: 'static,
+    P::Store: 'static,
+{
+    fn send_single(&self, dest: u32, msg: Vec<u8>) -> Result<(), GatewayError> {
+        if dest == self.me {
+            return Err(GatewayError(format!(
+                "node {dest} is this gateway; send to another node"
+            )));
+        }
+        let known = self
+            .shared
+            .nodes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&dest);
+        if !known {
+            return Err(GatewayError(format!("node {dest} is not in the mesh")));
+        }
+        let h = self.h.clone();
+        tokio::spawn(async move {
+            if let Err(e) = h.send_single(dest, msg).await {
+                warn!(dest, error = %e, "MQTT bridge: send failed");
+            }
+        });
+        Ok(())
+    }
+
+    fn send_broadcast(&self, msg: Vec<u8>) -> Result<(), GatewayError> {
+        let h = self.h.clone();
+        tokio::spawn(async move {
+            if let Err(e) = h.send_broadcast(msg, false).await {
+                warn!(error = %e, "MQTT bridge: broadcast failed");
+            }
+        });
+        Ok(())
+    }
+
+    fn ota_start(&self, req: OtaStart) -> Result<(), GatewayError> {
+        let mut slot = self.campaign.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = slot.as_ref() {
+            return Err(GatewayError(format!(
+                "campaign {} is still running on this gateway",
+                c.id
+            )));
+        }
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        *slot = Some(CampaignRun {
+            id: req.campaign,
+            cancel: Some(cancel_tx),
+        });
+        tokio::spawn(run_campaign(
+            self.h.clone(),
+            self.me,
+            self.shared.clone(),
+            self.work_dir.clone(),
+            self.campaign.clone(),
+            req,
+            cancel_rx,
+        ));
+        Ok(())
+    }
+
+    fn ota_abort(&self, campaign: u64) -> Result<(), GatewayError> {
+        let mut slot = self.campaign.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.as_mut() {
+            Some(c) if c.id == campaign => {
+                if let Some(tx) = c.cancel.take() {
+                    let _ = tx.send(());
+                }
+                Ok(())
+            }
+            _ => Err(GatewayError(format!(
+                "campaign {campaign} is not running on this gateway"
+            ))),
+        }
+    }
+}
+
+/// The push options of a campaign requested over MQTT.
+fn push_options(req: &OtaStart, file: PathBuf) -> PushOptions {
+    let mut o = PushOptions::new(file, &req.role, &req.hardware);
+    o.compressed = req.compressed;
+    match req.mode {
+        OtaMode::Unicast => o.mode = PushMode::Classic,
+        OtaMode::Broadcast => {
+            o.mode = PushMode::Classic;
+            o.broadcast = true;
+        }
+        OtaMode::Pmesh => o.mode = PushMode::Pmesh,
+    }
+    o
+}
+
+/// Progress of a push, as the bridge reads it.
+fn progress_of(campaign: u64, item: &PushItem, bytes_seen: &mut u64) -> Vec<OtaProgress> {
+    match item {
+        // Targets are not known at the offer: pmesh nodes report, classic nodes request; each
+        // appears with its first report.
+        PushItem::Offered { .. } => vec![OtaProgress::Started {
+            campaign,
+            targets: Vec::new(),
+        }],
+        PushItem::Node(v) => vec![match v.state.as_str() {
+            "installed" | "served" => OtaProgress::NodeDone {
+                campaign,
+                node: v.node,
+            },
+            "failed" => OtaProgress::NodeFailed {
+                campaign,
+                node: v.node,
+                reason: v.reason.clone().unwrap_or_else(|| "failed".into()),
+            },
+            _ => OtaProgress::Node {
+                campaign,
+                node: v.node,
+                done: u64::from(v.done),
+                total: u64::from(v.total),
+            },
+        }],
+        PushItem::Stats(s) => {
+            let total = s.bytes_served + s.data_bytes_sent;
+            let delta = total.saturating_sub(*bytes_seen);
+            *bytes_seen = total.max(*bytes_seen);
+            if delta > 0 {
+                vec![OtaProgress::BytesSent { bytes: delta }]
+            } else {
+                Vec::new()
+            }
+        }
+        PushItem::Finished(s) => vec![OtaProgress::Finished {
+            campaign,
+            aborted: s.outcome == Outcome::Cancelled,
+        }],
+    }
+}
+
+/// Writes the image, pushes it with [`run_push`] and reports its progress to the bridge.
+async fn run_campaign<P>(
+    h: MeshHandle<P>,
+    me: u32,
+    shared: Arc<Shared>,
+    work_dir: PathBuf,
+    slot: Arc<Mutex<Option<CampaignRun>>>,
+    req: OtaStart,
+    cancel: oneshot::Receiver<()>,
+) where
+    P: OtaHost + Send + 'static,
+{
+    let campaign = req.campaign;
+    let file = work_dir.join(format!("ota-campaign-{campaign}.bin"));
+    let opts = push_options(&req, file.clone());
+    info!(campaign, role = %req.role, hardware = %req.hardware, mode = req.mode.as_str(),
+        bytes = req.image.len(), "MQTT bridge: firmware campaign requested");
+    let write = {
+        let (dir, file) = (work_dir.clone(), file.clone());
+        let image = req.image;
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(&file, image)
+        })
+        .await
+    };
+    let result = match write {
+        Ok(Ok(())) => {
+            let (tx, mut rx) = mpsc::channel::<PushItem>(256);
+            let push = run_push(h, opts, tx, async move {
+                let _ = cancel.await;
+            });
+            let follow = async {
+                let mut bytes = 0;
+                while let Some(item) = rx.recv().await {
+                    for p in progress_of(campaign, &item, &mut bytes) {
+                        shared.with_bridge(|b| b.ota(p));
+                    }
+                }
+            };
+            let (res, ()) = tokio::join!(push, follow);
+            res.map(|s| s.outcome).map_err(|e| e.to_string())
+        }
+        Ok(Err(e)) => Err(format!("cannot write {}: {e}", file.display())),
+        Err(e) => Err(e.to_string()),
+    };
+    let _ = std::fs::remove_file(&file);
+    match result {
+        Ok(outcome) => info!(campaign, ?outcome, "MQTT bridge: firmware campaign ended"),
+        Err(e) => {
+            // The campaign never started on the mesh: say so on MQTT (an OTA_FAILED alert on
+            // the gateway with the reason), then end it.
+            warn!(campaign, error = %e, "MQTT bridge: firmware campaign could not start");
+            shared.with_bridge(|b| {
+                b.ota(OtaProgress::NodeFailed {
+                    campaign,
+                    node: me,
+                    reason: format!("the gateway could not start the push: {e}"),
+                });
+                b.ota(OtaProgress::Finished {
+                    campaign,
+                    aborted: false,
+                });
+            });
+        }
+    }
+    let mut s = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if s.as_ref().is_some_and(|c| c.id == campaign) {
+        *s = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(text: &str) -> MqttSection {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn off_without_url() {
+        let r = resolve(&MqttArgs::default(), &MqttSection::default(), 7, None).unwrap();
+        assert!(r.is_none());
+        let a = MqttArgs {
+            metrics_listen: Some("127.0.0.1:9464".into()),
+            ..MqttArgs::default()
+        };
+        assert!(resolve(&a, &MqttSection::default(), 7, None).is_err());
+    }
+
+    #[test]
+    fn defaults_file_then_flags() {
+        let a = MqttArgs {
+            url: Some("mqtt://broker:1884".into()),
+            ..MqttArgs::default()
+        };
+        let c = resolve(&a, &MqttSection::default(), 7, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!((c.broker.host.as_str(), c.broker.port), ("broker", 1884));
+        assert_eq!(c.prefix, "mesh");
+        assert_eq!(c.publish_interval, Duration::from_secs(30));
+        assert_eq!(c.broker.client_id, "pmesh-7");
+        assert_eq!(c.streams, Streams::default());
+        assert!(
+            c.state_dir
+                .as_ref()
+                .is_some_and(|d| d.ends_with("bridge-7"))
+        );
+
+        let file = section(
+            r#"
+            url = "mqtt://u@file:1"
+            password = "from-file"
+            prefix = "site1"
+            interval = "10s"
+            state_dir = "none"
+            metrics_listen = "127.0.0.1:9999"
+            [streams]
+            ha_discovery = false
+            legacy_gateway = false
+            [alerts]
+            partition_share = 0.5
+            "#,
+        );
+        let c = resolve(&MqttArgs::default(), &file, 7, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.broker.host, "file");
+        assert_eq!(c.broker.username.as_deref(), Some("u"));
+        assert_eq!(c.broker.password.as_deref(), Some("from-file"));
+        assert_eq!(c.prefix, "site1");
+        assert_eq!(c.publish_interval, Duration::from_secs(10));
+        assert!(c.state_dir.is_none());
+        assert_eq!(c.metrics_addr, Some("127.0.0.1:9999".parse().unwrap()));
+        assert!(!c.streams.ha_discovery && !c.streams.legacy_gateway && c.streams.nodes);
+        assert_eq!(c.alerts.partition_share, 0.5);
+
+        // Flags win; the environment's password beats the file's.
+        let a = MqttArgs {
+            url: Some("mqtt://flag".into()),
+            user: Some("v".into()),
+            prefix: Some("p2".into()),
+            interval: Some("2s".into()),
+            ..MqttArgs::default()
+        };
+        let c = resolve(&a, &file, 7, Some("from-env".into()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.broker.host, "flag");
+        assert_eq!(c.broker.username.as_deref(), Some("v"));
+        assert_eq!(c.broker.password.as_deref(), Some("from-env"));
+        assert_eq!(c.prefix, "p2");
+        assert_eq!(c.publish_interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn rejects_bad_settings() {
+        let url = |u: &str| MqttArgs {
+            url: Some(u.into()),
+            ..MqttArgs::default()
+        };
+        let none = MqttSection::default();
+        assert!(resolve(&url("http://x"), &none, 7, None).is_err());
+        let mut a = url("mqtt://x");
+        a.ca = Some("/ca.pem".into());
+        assert!(resolve(&a, &none, 7, None).is_err(), "CA without mqtts");
+        let mut a = url("mqtts://x");
+        a.ca = Some("/nonexistent/ca.pem".into());
+        assert!(resolve(&a, &none, 7, None).is_err(), "unreadable CA");
+        assert!(
+            resolve(&url("mqtts://x"), &none, 7, None).is_err(),
+            "TLS without CA"
+        );
+        let mut a = url("mqtt://x");
+        a.prefix = Some("mesh/#".into());
+        assert!(resolve(&a, &none, 7, None).is_err());
+        let mut a = url("mqtt://x");
+        a.interval = Some("100ms".into());
+        assert!(resolve(&a, &none, 7, None).is_err());
+        let mut a = url("mqtt://x");
+        a.password = Some("p".into());
+        assert!(resolve(&a, &none, 7, None).is_err(), "password, no user");
+        let mut a = url("mqtt://x");
+        a.metrics_listen = Some("localhost".into());
+        assert!(resolve(&a, &none, 7, None).is_err());
+        assert!(toml::from_str::<MqttSection>("urll = \"x\"").is_err());
+        assert!(toml::from_str::<MqttSection>("[streams]\nnodez = true").is_err());
+    }
+
+    #[test]
+    fn push_progress_maps_to_bridge_progress() {
+        use pmesh_net::ota::{NodeView, PushStats};
+        let view = |state: &str| {
+            PushItem::Node(NodeView {
+                node: 5,
+                done: 3,
+                total: 10,
+                state: state.into(),
+                reason: (state == "failed").then(|| "hash_mismatch".into()),
+                requests: None,
+                idle_s: None,
+            })
+        };
+        let mut b = 0;
+        assert_eq!(
+            progress_of(9, &view("receiving"), &mut b),
+            [OtaProgress::Node {
+                campaign: 9,
+                node: 5,
+                done: 3,
+                total: 10
+            }]
+        );
+        assert_eq!(
+            progress_of(9, &view("installed"), &mut b),
+            [OtaProgress::NodeDone {
+                campaign: 9,
+                node: 5
+            }]
+        );
+        assert!(matches!(
+            &progress_of(9, &view("failed"), &mut b)[..],
+            [OtaProgress::NodeFailed { reason, .. }] if reason == "hash_mismatch"
+        ));
+        let stats = |served, data| {
+            PushItem::Stats(PushStats {
+                bytes_served: served,
+                data_bytes_sent: data,
+                ..PushStats::default()
+            })
+        };
+        assert_eq!(
+            progress_of(9, &stats(100, 0), &mut b),
+            [OtaProgress::BytesSent { bytes: 100 }]
+        );
+        assert_eq!(
+            progress_of(9, &stats(100, 50), &mut b),
+            [OtaProgress::BytesSent { bytes: 50 }]
+        );
+        assert!(progress_of(9, &stats(100, 50), &mut b).is_empty());
+    }
+}

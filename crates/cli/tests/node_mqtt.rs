@@ -1,0 +1,414 @@
+//! `pmesh node --mqtt`: three real `pmesh node` processes on 127.0.0.1 (a chain 201 ← 202 ← 203,
+//! the gateway 201 runs the bridge) against a real Mosquitto on a free port — or, when
+//! Mosquitto is not installed and PMESH_REQUIRE_MOSQUITTO is not 1, the embedded broker (said
+//! in the output), as the bridge's own tests do. Checked by a real MQTT subscriber: the
+//! retained `bridge/state`, `status/nodes` (all three), `status/topology` (the real chain), a
+//! `pmesh send` republished on `<prefix>/from/<id>`, a `command/broadcast` arriving at the
+//! other nodes (their control endpoints' event streams), a killed node raising `node_left` and
+//! a NODE_OFFLINE alert, `/metrics` serving the node count, and `offline` on SIGTERM.
+
+mod net_support;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use net_support::*;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::{Value, json};
+
+/// Mosquitto's path; `PMESH_MOSQUITTO=/nonexistent` exercises the embedded fallback.
+fn mosquitto() -> String {
+    std::env::var("PMESH_MOSQUITTO").unwrap_or_else(|_| "/usr/sbin/mosquitto".into())
+}
+
+/// A broker on a free port: Mosquitto, or the embedded one where Mosquitto is missing.
+struct Broker {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl Broker {
+    fn start(dir: &TempDir) -> Broker {
+        let mosquitto = mosquitto();
+        let have = Path::new(&mosquitto).exists();
+        if !have {
+            if std::env::var("PMESH_REQUIRE_MOSQUITTO").is_ok_and(|v| v == "1") {
+                panic!("PMESH_REQUIRE_MOSQUITTO=1 but {mosquitto} is not installed");
+            }
+            let addr = pmesh_bridge::embedded::start(0, 1 << 20).expect("embedded broker");
+            eprintln!("NOTE: {mosquitto} not found: using the embedded broker (rumqttd) on {addr}");
+            return Broker {
+                port: addr.port(),
+                child: None,
+            };
+        }
+        let port = free_port();
+        let conf = dir.file(
+            "mosquitto.conf",
+            &format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n"
+            ),
+        );
+        let child = Command::new(&mosquitto)
+            .arg("-c")
+            .arg(conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
+        wait_until(Duration::from_secs(10), "mosquitto to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        eprintln!("Mosquitto on 127.0.0.1:{port}");
+        Broker {
+            port,
+            child: Some(child),
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One received MQTT message.
+#[derive(Clone, Debug)]
+struct Msg {
+    topic: String,
+    payload: Vec<u8>,
+    retain: bool,
+}
+
+impl Msg {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.payload).unwrap_or(Value::Null)
+    }
+}
+
+/// A subscriber recording everything on `filter`, on its own tokio runtime.
+struct Sub {
+    client: AsyncClient,
+    msgs: Arc<Mutex<Vec<Msg>>>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Sub {
+    fn connect(port: u16, filter: &str) -> Sub {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut o = MqttOptions::new(format!("test-sub-{}", free_port()), "127.0.0.1", port);
+        o.set_max_packet_size(1 << 22, 1 << 22);
+        let (client, mut el) = AsyncClient::new(o, 100);
+        let msgs: Arc<Mutex<Vec<Msg>>> = Arc::default();
+        let (sub_tx, sub_rx) = std::sync::mpsc::channel();
+        let (m2, c2, filter) = (msgs.clone(), client.clone(), filter.to_owned());
+        rt.spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = c2.subscribe(filter.clone(), QoS::AtLeastOnce).await;
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = sub_tx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => m2.lock().unwrap().push(Msg {
+                        topic: p.topic.clone(),
+                        payload: p.payload.to_vec(),
+                        retain: p.retain,
+                    }),
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        sub_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the test subscriber subscribed");
+        Sub { client, msgs, rt }
+    }
+
+    fn on(&self, topic: &str) -> Vec<Msg> {
+        self.msgs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.topic == topic)
+            .cloned()
+            .collect()
+    }
+
+    /// The latest message on `topic` for which `pred` holds, waiting up to `secs`.
+    fn wait(&self, topic: &str, secs: u64, pred: impl Fn(&Msg) -> bool) -> Msg {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(m) = self.on(topic).into_iter().rev().find(|m| pred(m)) {
+                return m;
+            }
+            if Instant::now() > deadline {
+                let seen: Vec<String> = self
+                    .on(topic)
+                    .iter()
+                    .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+                    .collect();
+                panic!("nothing matching on {topic} within {secs} s; saw {seen:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn publish(&self, topic: &str, payload: &str) {
+        let (c, t, p) = (self.client.clone(), topic.to_owned(), payload.to_owned());
+        self.rt
+            .block_on(async move { c.publish(t, QoS::AtLeastOnce, false, p).await })
+            .unwrap();
+    }
+}
+
+/// The tree's shape: node ids and children only.
+fn shape(v: &Value) -> Value {
+    let subs: Vec<Value> = v["subs"]
+        .as_array()
+        .map(|s| s.iter().map(shape).collect())
+        .unwrap_or_default();
+    json!({"nodeId": v["nodeId"], "subs": subs})
+}
+
+/// `GET /metrics` (HTTP/1.0: the server closes after the answer).
+fn scrape(addr: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Starts the gateway with the MQTT flags (`NodeProc::start` has no extra arguments).
+fn start_gateway(dir: &TempDir, spec: NodeSpec, extra: &[String]) -> NodeProc {
+    let control = dir.0.join(format!("n{}.sock", spec.id));
+    let log = dir.0.join(format!("n{}.log", spec.id));
+    let mut cmd = Command::new(PMESH);
+    cmd.arg("node")
+        .args(["--id", &spec.id.to_string()])
+        .args(["--listen", &format!("127.0.0.1:{}", spec.port)])
+        .args(["--control", &format!("unix:{}", control.display())])
+        .args(["--log", "info"])
+        .args(extra);
+    if spec.root {
+        cmd.arg("--root");
+    }
+    if let Some(cfg) = &spec.config {
+        cmd.arg("--config").arg(cfg);
+    }
+    let logfile = std::fs::File::create(&log).unwrap();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(logfile)
+        .spawn()
+        .expect("start pmesh node");
+    let node = NodeProc {
+        spec,
+        control,
+        log,
+        child,
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "the gateway's control endpoint",
+        || node.try_request("ping", json!({})).is_ok(),
+    );
+    node
+}
+
+#[test]
+fn node_publishes_the_mesh_to_mqtt() {
+    let started = Instant::now();
+    let dir = TempDir::new("node-mqtt");
+    let broker = Broker::start(&dir);
+    let sub = Sub::connect(broker.port, "#");
+    let p = "site1"; // from the flag; the file says otherwise
+    let fast = dir.file("fast.toml", FAST_TIMERS);
+    let gw_cfg = dir.file(
+        "gateway.toml",
+        &format!(
+            "{FAST_TIMERS}\n[mqtt]\nprefix = \"from-file\"\ninterval = \"60s\"\n[mqtt.streams]\nha_discovery = false\n"
+        ),
+    );
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let spec = |id: u32, i: usize, connect: &[u16], cfg: &PathBuf| NodeSpec {
+        id,
+        port: ports[i],
+        connect: connect.to_vec(),
+        root: id == 201,
+        config: Some(cfg.clone()),
+    };
+    let gw = start_gateway(
+        &dir,
+        spec(201, 0, &[], &gw_cfg),
+        &[
+            "--mqtt".into(),
+            format!("mqtt://127.0.0.1:{}", broker.port),
+            "--mqtt-prefix".into(),
+            p.into(),
+            "--mqtt-interval".into(),
+            "2s".into(),
+            "--mqtt-state-dir".into(),
+            dir.0.join("bridge").display().to_string(),
+            "--metrics-listen".into(),
+            metrics_addr.clone(),
+        ],
+    );
+    let b = NodeProc::start(&dir, spec(202, 1, &ports[0..1], &fast));
+    let mut c = NodeProc::start(&dir, spec(203, 2, &ports[1..2], &fast));
+
+    // bridge/state online, retained (a subscriber arriving later gets it from the broker).
+    let online = sub.wait(&format!("{p}/bridge/state"), 15, |m| {
+        m.json()["state"] == "online"
+    });
+    let session = online.json()["session"].clone();
+    assert!(
+        sub.on("from-file/bridge/state").is_empty(),
+        "--mqtt-prefix overrides [mqtt] prefix"
+    );
+
+    // status/nodes: all three; status/topology: the real chain.
+    let nodes = sub.wait(&format!("{p}/status/nodes"), 20, |m| m.json()["count"] == 3);
+    let mut ids: Vec<u64> = nodes.json()["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(ids[0], 201, "the gateway first");
+    ids.sort_unstable();
+    assert_eq!(ids, [201, 202, 203]);
+    let chain =
+        json!({"nodeId": 201, "subs": [{"nodeId": 202, "subs": [{"nodeId": 203, "subs": []}]}]});
+    sub.wait(&format!("{p}/status/topology"), 10, |m| {
+        shape(&m.json()) == chain
+    });
+    eprintln!("mesh of 3 on MQTT after {:?}", started.elapsed());
+    // Retained: a subscriber arriving now gets the state from the broker.
+    let late = Sub::connect(broker.port, &format!("{p}/#"));
+    let kept = late.wait(&format!("{p}/bridge/state"), 5, |m| m.retain);
+    assert_eq!(kept.json()["state"], "online");
+    assert_eq!(kept.json()["session"], session);
+    late.wait(&format!("{p}/status/nodes"), 5, |m| {
+        m.retain && m.json()["count"] == 3
+    });
+    late.wait(&format!("{p}/status/topology"), 5, |m| {
+        m.retain && shape(&m.json()) == chain
+    });
+    drop(late);
+
+    // A message sent with `pmesh send` from 203 to the gateway is republished.
+    let (ok, _, err) = c.cli(&["send", "--to", "201", "hello from 203"]);
+    assert!(ok, "pmesh send: {err}");
+    let m = sub.wait(&format!("{p}/from/203"), 10, |m| {
+        m.payload == b"hello from 203"
+    });
+    assert!(!m.retain);
+
+    // command/broadcast reaches the other nodes.
+    let mut eb = b.events();
+    let mut ec = c.events();
+    sub.publish(&format!("{p}/command/broadcast"), "hi all from mqtt");
+    let resp = sub.wait(&format!("{p}/response/broadcast"), 10, |_| true);
+    assert_eq!(resp.json()["status"], "ok", "{:?}", resp.json());
+    wait_until(
+        Duration::from_secs(10),
+        "the broadcast at 202 and 203",
+        || {
+            eb.collect_for(Duration::from_millis(50));
+            ec.collect_for(Duration::from_millis(50));
+            eb.count_received("hi all from mqtt") == 1 && ec.count_received("hi all from mqtt") == 1
+        },
+    );
+    assert_eq!(eb.received("hi all from mqtt"), [(201, true)]);
+    assert_eq!(ec.received("hi all from mqtt"), [(201, true)]);
+    // bridge/request/send to a node that is not in the mesh: answered with an error.
+    sub.publish(
+        &format!("{p}/bridge/request/send"),
+        r#"{"to":999,"message":"x","transaction":"t1"}"#,
+    );
+    let r = sub.wait(&format!("{p}/bridge/response/send"), 10, |m| {
+        m.json()["transaction"] == "t1"
+    });
+    assert_eq!(r.json()["status"], "error");
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("not in the mesh"),
+        "{:?}",
+        r.json()
+    );
+
+    // /metrics: the node count.
+    let text = scrape(&metrics_addr);
+    assert_eq!(
+        metric(&text, "pmesh_mesh_nodes"),
+        Some(3.0),
+        "metrics:\n{text}"
+    );
+
+    // Kill 203: node_left and a NODE_OFFLINE alert, 2 nodes.
+    c.kill();
+    let ev = format!("{p}/bridge/event");
+    sub.wait(&ev, 15, |m| {
+        let v = m.json();
+        v["type"] == "node_left" && v["data"]["nodeId"] == 203
+    });
+    sub.wait(&ev, 5, |m| {
+        let v = m.json();
+        v["type"] == "alert_raised"
+            && v["data"]["type"] == "NODE_OFFLINE"
+            && v["data"]["nodeId"] == 203
+    });
+    sub.wait(&format!("{p}/status/alerts"), 5, |m| {
+        m.json()["alerts"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["type"] == "NODE_OFFLINE"))
+    });
+    sub.wait(&format!("{p}/status/node/203/availability"), 5, |m| {
+        m.json()["state"] == "offline"
+    });
+    sub.wait(&format!("{p}/status/nodes"), 5, |m| m.json()["count"] == 2);
+    wait_until(Duration::from_secs(5), "pmesh_mesh_nodes 2", || {
+        metric(&scrape(&metrics_addr), "pmesh_mesh_nodes") == Some(2.0)
+    });
+
+    // SIGTERM: the bridge says offline (its own session) before the process ends.
+    let mut gw = gw;
+    gw.signal("TERM");
+    let off = sub.wait(&format!("{p}/bridge/state"), 10, |m| {
+        m.json()["state"] == "offline"
+    });
+    assert_eq!(off.json()["session"], session);
+    let status = gw.child.wait().unwrap();
+    assert!(
+        status.success(),
+        "gateway exit: {status}\n{}",
+        gw.log_text()
+    );
+    drop(b);
+    eprintln!("node_mqtt: {:?} in all", started.elapsed());
+}
