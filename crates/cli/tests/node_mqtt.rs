@@ -5,7 +5,8 @@
 //! retained `bridge/state`, `status/nodes` (all three), `status/topology` (the real chain), a
 //! `pmesh send` republished on `<prefix>/from/<id>`, a `command/broadcast` arriving at the
 //! other nodes (their control endpoints' event streams), a killed node raising `node_left` and
-//! a NODE_OFFLINE alert, `/metrics` serving the node count, and `offline` on SIGTERM.
+//! a NODE_OFFLINE alert, `/metrics` serving the node count, and `offline` on SIGTERM. A second
+//! test runs a firmware campaign requested over MQTT to a Linux node, and aborts another.
 
 mod net_support;
 
@@ -411,4 +412,142 @@ fn node_publishes_the_mesh_to_mqtt() {
     );
     drop(b);
     eprintln!("node_mqtt: {:?} in all", started.elapsed());
+}
+
+/// Firmware over MQTT: `bridge/request/ota/start` (an image file on the gateway, pmesh mode)
+/// is pushed by the gateway through the same follower as `pmesh ota push`; the receiving node
+/// installs it and the bridge shows it `updated` with a finished campaign. A second campaign
+/// (a larger image, rate-limited) is aborted with `ota/abort`: the push is withdrawn and
+/// the node is no longer shown as updating.
+#[test]
+fn firmware_campaign_over_mqtt() {
+    let started = Instant::now();
+    let dir = TempDir::new("node-mqtt-ota");
+    let broker = Broker::start(&dir);
+    let sub = Sub::connect(broker.port, "mesh/#");
+    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
+    // The gateway sends pmesh OTA data at 20 kB/s per link, so the large image takes ~15 s.
+    let gw_cfg = dir.file(
+        "gateway.toml",
+        &format!("{FAST_TIMERS}\n[ota]\nrate_limit = 20000\n"),
+    );
+    let ota_dir = dir.0.join("ota-302");
+    let rx_cfg = dir.file(
+        "receiver.toml",
+        &format!(
+            "{FAST_TIMERS}\n[ota]\nrole = \"sensor\"\nhardware = \"ESP32\"\ndir = \"{}\"\n",
+            ota_dir.display()
+        ),
+    );
+    let gw = start_gateway(
+        &dir,
+        NodeSpec {
+            id: 301,
+            port: ports[0],
+            connect: vec![],
+            root: true,
+            config: Some(gw_cfg),
+        },
+        &[
+            "--mqtt".into(),
+            format!("mqtt://127.0.0.1:{}", broker.port),
+            "--mqtt-state-dir".into(),
+            dir.0.join("bridge").display().to_string(),
+        ],
+    );
+    let _rx = NodeProc::start(
+        &dir,
+        NodeSpec {
+            id: 302,
+            port: ports[1],
+            connect: vec![ports[0]],
+            root: false,
+            config: Some(rx_cfg),
+        },
+    );
+    sub.wait("mesh/status/nodes", 20, |m| m.json()["count"] == 2);
+
+    // 1. A small image, installed.
+    let small: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 3) as u8).collect();
+    let small_path = dir.0.join("fw-small.bin");
+    std::fs::write(&small_path, &small).unwrap();
+    sub.publish(
+        "mesh/bridge/request/ota/start",
+        &json!({"image_path": small_path, "role": "sensor", "hardware": "ESP32",
+            "mode": "pmesh", "transaction": "o1"})
+        .to_string(),
+    );
+    let r = sub.wait("mesh/bridge/response/ota/start", 10, |m| {
+        m.json()["transaction"] == "o1"
+    });
+    assert_eq!(r.json()["status"], "ok", "{:?}", r.json());
+    let campaign = r.json()["data"]["campaign"].clone();
+    let ev = "mesh/bridge/event";
+    sub.wait(ev, 30, |m| {
+        let v = m.json();
+        v["type"] == "ota_node_result"
+            && v["data"]["nodeId"] == 302
+            && v["data"]["result"] == "updated"
+            && v["data"]["campaign"] == campaign
+    });
+    sub.wait("mesh/status/node/302", 5, |m| {
+        m.json()["update"]["state"] == "updated"
+    });
+    let done = sub.wait(ev, 20, |m| {
+        m.json()["type"] == "ota_finished" && m.json()["data"]["campaign"] == campaign
+    });
+    assert_eq!(done.json()["data"]["result"], "finished");
+    assert_eq!(done.json()["data"]["nodesDone"], 1);
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(ota_dir.join("current.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["hardware"], "ESP32", "{record}");
+    eprintln!("campaign installed after {:?}", started.elapsed());
+
+    // 2. A large image, aborted mid-transfer.
+    let large: Vec<u8> = (0..300_000u32).map(|i| (i * 13 + 1) as u8).collect();
+    let large_path = dir.0.join("fw-large.bin");
+    std::fs::write(&large_path, &large).unwrap();
+    sub.publish(
+        "mesh/bridge/request/ota/start",
+        &json!({"image_path": large_path, "role": "sensor", "hardware": "ESP32",
+            "mode": "pmesh", "transaction": "o2"})
+        .to_string(),
+    );
+    let r = sub.wait("mesh/bridge/response/ota/start", 10, |m| {
+        m.json()["transaction"] == "o2"
+    });
+    assert_eq!(r.json()["status"], "ok", "{:?}", r.json());
+    let campaign2 = r.json()["data"]["campaign"].clone();
+    assert_ne!(campaign2, campaign);
+    sub.wait(ev, 15, |m| {
+        let v = m.json();
+        v["type"] == "ota_progress"
+            && v["data"]["nodeId"] == 302
+            && v["data"]["campaign"] == campaign2
+    });
+    sub.wait("mesh/status/node/302", 5, |m| {
+        m.json()["update"]["state"] == "updating"
+    });
+    sub.publish("mesh/bridge/request/ota/abort", r#"{"transaction":"a1"}"#);
+    let r = sub.wait("mesh/bridge/response/ota/abort", 10, |m| {
+        m.json()["transaction"] == "a1"
+    });
+    assert_eq!(r.json()["status"], "ok", "{:?}", r.json());
+    let end = sub.wait(ev, 5, |m| {
+        m.json()["type"] == "ota_finished" && m.json()["data"]["campaign"] == campaign2
+    });
+    assert_eq!(end.json()["data"]["result"], "aborted");
+    sub.wait("mesh/status/node/302", 5, |m| {
+        m.json()["update"]["state"] == "idle"
+    });
+    // The gateway withdrew its offer: it distributes nothing any more.
+    wait_until(Duration::from_secs(5), "the offer withdrawn", || {
+        gw.request("ota_status", json!({}))["pmesh"].is_null()
+            || gw.request("ota_status", json!({}))["pmesh"]["distributor"] == false
+    });
+    eprintln!(
+        "firmware_campaign_over_mqtt: {:?} in all",
+        started.elapsed()
+    );
 }
