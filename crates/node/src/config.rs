@@ -48,7 +48,23 @@ pub struct Config {
     pub loop_grace: Duration,
     /// Events kept for the host before the oldest are dropped (and counted).
     pub max_queued_events: usize,
+    /// Optional frequency discipline (not in the reference; off by default). The reference
+    /// only steps the time offset at each sync (every 60 s), so between syncs two nodes drift
+    /// apart at their crystals' rate difference (up to 12 ms per minute at ±100 ppm). With this
+    /// on, the node also estimates the rate of the time it adopts against its local clock, from
+    /// two TIME_SYNC samples on the same link at least [`RATE_BASELINE`] apart, and runs its mesh
+    /// time at that rate. The wire protocol, message timing and the offset steps are unchanged,
+    /// so stock nodes see an ordinary (better) clock.
+    pub rate_discipline: bool,
 }
+
+/// Shortest local time between the two TIME_SYNC samples a rate estimate is taken from
+/// ([`Config::rate_discipline`]); later samples on the same link wait for this baseline.
+pub const RATE_BASELINE: Duration = Duration::from_secs(20);
+
+/// Largest rate correction accepted, parts per billion (500 ppm): a larger apparent rate is a
+/// step of the adopted time (a merge, a new time source), not a crystal, and restarts the estimate.
+pub const MAX_RATE_PPB: i64 = 500_000;
 
 impl Config {
     /// Reference defaults for a node with this id.
@@ -70,6 +86,7 @@ impl Config {
             coalesce_syncs: true,
             loop_grace: Duration::from_secs(2),
             max_queued_events: 65_536,
+            rate_discipline: false,
         }
     }
 }

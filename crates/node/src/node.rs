@@ -17,7 +17,7 @@ use pmesh_proto::{
     UserMessage, encode_frame,
 };
 
-use crate::config::Config;
+use crate::config::{Config, MAX_RATE_PPB, RATE_BASELINE};
 use crate::event::{ConnId, Direction, DropReason, Event, Transmit};
 use crate::ntp;
 use crate::plugin::{ConnectionChange, Context, Handled, Incoming, Neighbour, Plugin};
@@ -87,6 +87,9 @@ pub(crate) struct Conn {
     /// Next run of this link's time-sync task; `None` until the first NODE_SYNC, as the
     /// reference creates the task only then.
     time_sync_at: Option<Instant>,
+    /// The last TIME_SYNC request sent on this link: its `t0` and [`Core::time_steps`] then
+    /// (the rate discipline uses only replies to it, taken within one time base).
+    time_request: Option<(u32, u32)>,
 }
 
 impl Conn {
@@ -158,12 +161,29 @@ impl Rng {
     }
 }
 
+/// State of the optional frequency discipline ([`Config::rate_discipline`]).
+#[derive(Debug, Default)]
+struct RateState {
+    /// Rate of the adopted time against the local clock, minus one, in parts per billion.
+    ppb: i64,
+    /// Local instant (µs) from which `ppb` runs; the correction before it is in `time_offset`.
+    since: u64,
+    /// The sample the next estimate is measured from: its link, local instant (µs) and
+    /// adopted time minus local clock (u32, wrapping).
+    anchor: Option<(ConnId, u64, u32)>,
+}
+
 /// Everything but the plugin, so a plugin can borrow it mutably through a [`Context`].
 #[derive(Debug)]
 pub(crate) struct Core<E> {
     pub(crate) cfg: Config,
     conns: Vec<Conn>,
     time_offset: u32,
+    /// The optional frequency discipline ([`Config::rate_discipline`]).
+    rate: RateState,
+    /// Offset steps applied so far (wrapping): a reply to a request sent before the latest step
+    /// measured across two time bases.
+    time_steps: u32,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event<E>>,
     held_replies: Vec<HeldReply>,
@@ -201,6 +221,8 @@ impl<P: Plugin> Node<P> {
                 cfg,
                 conns: Vec::new(),
                 time_offset: 0,
+                rate: RateState::default(),
+                time_steps: 0,
                 transmits: VecDeque::new(),
                 events: VecDeque::new(),
                 held_replies: Vec::new(),
@@ -238,6 +260,7 @@ impl<P: Plugin> Node<P> {
             time_sync_at: None,
             loop_since: None,
             resync_after_reply: false,
+            time_request: None,
         });
         self.core.invalidate_routes();
         self.after_input(now);
@@ -433,15 +456,25 @@ impl<P: Plugin> Node<P> {
         self.core.mesh_time(now)
     }
 
-    /// The current time offset (u32, wrapping).
+    /// The current time offset (u32, wrapping). With [`Config::rate_discipline`] the mesh
+    /// time also carries a rate correction accrued since the last adjustment, not included here.
     pub fn time_offset(&self) -> u32 {
         self.core.time_offset
     }
 
     /// Sets the time offset, so that `mesh_time(now) = now + offset` (the reference's public
-    /// `timeOffset` member). Neighbours learn the new time at their next time sync.
+    /// `timeOffset` member). Neighbours learn the new time at their next time sync. Any rate
+    /// estimate of [`Config::rate_discipline`] is discarded.
     pub fn set_time_offset(&mut self, offset: u32) {
         self.core.time_offset = offset;
+        self.core.rate = RateState::default();
+        self.core.time_steps = self.core.time_steps.wrapping_add(1);
+    }
+
+    /// The frequency correction in use, parts per billion (0 unless
+    /// [`Config::rate_discipline`] is on and a rate has been measured).
+    pub fn rate_correction_ppb(&self) -> i64 {
+        self.core.rate.ppb
     }
 
     /// `isRoot()`: this node announces `root:true`.
@@ -751,7 +784,52 @@ impl<E> Core<E> {
     }
 
     pub(crate) fn mesh_time(&self, now: Instant) -> u32 {
-        now.micros_u32().wrapping_add(self.time_offset)
+        now.micros_u32()
+            .wrapping_add(self.time_offset)
+            .wrapping_add(self.rate_term(now))
+    }
+
+    /// The rate correction accrued since `rate.since` (µs, wrapping); 0 without discipline.
+    fn rate_term(&self, now: Instant) -> u32 {
+        if self.rate.ppb == 0 {
+            return 0;
+        }
+        let dt = i128::from(now.as_micros()) - i128::from(self.rate.since);
+        (dt * i128::from(self.rate.ppb) / 1_000_000_000) as i64 as u32
+    }
+
+    /// Moves the accrued rate correction into `time_offset` (mesh time at `now` unchanged).
+    fn fold_rate(&mut self, now: Instant) {
+        self.time_offset = self.time_offset.wrapping_add(self.rate_term(now));
+        self.rate.since = now.as_micros();
+    }
+
+    /// The frequency discipline's sample: a TIME_SYNC reply arrived at `now` (mesh time `t3`).
+    /// Measures "adopted time − local clock", which the node's own offset steps do not change,
+    /// and takes its slope against the anchor sample on the same link as the new rate.
+    fn discipline_rate(&mut self, conn: ConnId, now: Instant, msg: &TimeMessage, t3: u32) {
+        let Some(raw) = ntp::raw_offset(msg.t0, msg.t1, msg.t2, t3) else {
+            return;
+        };
+        let y = t3.wrapping_add(raw as u32).wrapping_sub(now.micros_u32());
+        let local = now.as_micros();
+        if let Some((c, l0, y0)) = self.rate.anchor
+            && c == conn
+        {
+            let dl = local.saturating_sub(l0);
+            if dl < RATE_BASELINE.as_micros() as u64 {
+                return; // keep the older anchor: a longer baseline, a better estimate
+            }
+            let dy = i64::from(y.wrapping_sub(y0) as i32);
+            // Slope of the adopted time against the local clock: the whole correction needed,
+            // whatever this node applied meanwhile (y does not include it).
+            let ppb = (i128::from(dy) * 1_000_000_000 / i128::from(dl)) as i64;
+            if ppb.abs() <= MAX_RATE_PPB {
+                self.fold_rate(now);
+                self.rate.ppb = ppb;
+            }
+        }
+        self.rate.anchor = Some((conn, local, y));
     }
 
     fn index(&self, conn: ConnId) -> Option<usize> {
@@ -1221,6 +1299,9 @@ impl<E> Core<E> {
             }
         };
         let id = c.id;
+        if msg.time_type == time_type::REQUEST {
+            self.conns[idx].time_request = Some((msg.t0, self.time_steps));
+        }
         // The task's own period; a reply that completes the sync postpones it to 60 s, one
         // that does not brings it forward to 200 ms (`handleTimeSync`).
         self.conns[idx].time_sync_at = Some(now + self.cfg.time_sync_unsynced_interval);
@@ -1265,6 +1346,7 @@ impl<E> Core<E> {
                     t1: 0,
                     t2: 0,
                 };
+                self.conns[idx].time_request = Some((reply.t0, self.time_steps));
                 let _ = self.send_to_conn(conn, reply.to_json());
             }
             time_type::REQUEST => {
@@ -1274,8 +1356,23 @@ impl<E> Core<E> {
             }
             time_type::REPLY => {
                 let t3 = self.mesh_time(now);
+                if self.cfg.rate_discipline {
+                    // Only the reply to this link's latest request, sent in the current time
+                    // base: the reference also applies a reply whose request went out before
+                    // another exchange stepped the time (two requests overlap when the parent's
+                    // forced sync meets our own timer), which re-applies part of that step.
+                    let current = self.conns[idx].time_request == Some((msg.t0, self.time_steps));
+                    if !current {
+                        self.stats.time_samples_stale += 1;
+                        return;
+                    }
+                    self.discipline_rate(conn, now, &msg, t3);
+                }
                 let offset = ntp::clock_offset(msg.t0, msg.t1, msg.t2, t3);
                 self.time_offset = self.time_offset.wrapping_add(offset as u32);
+                if offset != 0 {
+                    self.time_steps = self.time_steps.wrapping_add(1);
+                }
                 self.push_event(Event::TimeAdjusted { offset });
                 if ntp::sync_complete(offset) {
                     self.delay_time_sync(idx, now + self.cfg.time_sync_interval);

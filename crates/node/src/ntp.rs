@@ -26,6 +26,15 @@ pub fn clock_offset(t0: u32, t1: u32, t2: u32, t3: u32) -> i32 {
     }
 }
 
+/// The NTP offset from the four stamps without the reference's /4 softening, or `None` when
+/// the 85x round-trip check rejects the sample (used by the optional rate discipline).
+pub fn raw_offset(t0: u32, t1: u32, t2: u32, t3: u32) -> Option<i32> {
+    if t3.wrapping_sub(t0) > t2.wrapping_sub(t1).wrapping_mul(MAX_CPU_TRIP_RATIO) {
+        return None;
+    }
+    Some((t1.wrapping_sub(t0) as i32 / 2).wrapping_add(t2.wrapping_sub(t3) as i32 / 2))
+}
+
 /// True when an offset completes a sync: `0 < |offset| < 5000 µs`. Zero does not (retry).
 pub fn sync_complete(offset: i32) -> bool {
     offset != 0 && offset.unsigned_abs() < TIME_SYNC_ACCURACY
@@ -67,5 +76,21 @@ mod tests {
         assert!(!sync_complete(0));
         assert!(!sync_complete(5000));
         assert!(sync_complete(-4999));
+    }
+
+    #[test]
+    fn raw_offset_is_unsoftened_and_rejects_like_clock_offset() {
+        // 400 µs is softened to 100 by clock_offset, not by raw_offset.
+        assert_eq!(
+            clock_offset(1_000_000, 1_000_450, 1_000_550, 1_000_200),
+            100
+        );
+        assert_eq!(
+            raw_offset(1_000_000, 1_000_450, 1_000_550, 1_000_200),
+            Some(400)
+        );
+        assert_eq!(raw_offset(1_000_000, 1_003_000, 1_003_100, 999_990), None);
+        // Wrapping stamps.
+        assert_eq!(raw_offset(u32::MAX - 99, 900, 1_900, 1_000), Some(950));
     }
 }

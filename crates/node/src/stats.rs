@@ -31,4 +31,7 @@ pub struct NodeStats {
     pub loop_syncs_ignored: u64,
     /// Time-sync samples rejected by the 85x round-trip rule or giving offset 0.
     pub time_samples_retried: u64,
+    /// Time-sync replies ignored by the optional rate discipline (`Config::rate_discipline`)
+    /// because their request went out before a later one on the link or before a time step.
+    pub time_samples_stale: u64,
 }

@@ -520,6 +520,7 @@ impl<A: SimApp> Sim<A> {
         let mut cfg = Config::new(id);
         cfg.root = self.sc.roots.contains(&id);
         cfg.time_authority = self.sc.time_authority.contains(&id);
+        cfg.rate_discipline = self.sc.clock.rate_discipline;
         cfg.seed = self.sc.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
             ^ (u64::from(id) << 20)
             ^ u64::from(boot);
@@ -1737,6 +1738,9 @@ impl<A: SimApp> Sim<A> {
             add("closed_by_node", s.closed_by_node);
             add("topology_changes", s.topology_changes);
             add("time_samples_retried", s.time_samples_retried);
+            if self.sc.clock.rate_discipline {
+                add("time_samples_stale", s.time_samples_stale);
+            }
         }
         let sim_s = secs(self.now);
         Report {

@@ -239,6 +239,9 @@ pub struct ClockModel {
     pub drift_ppm: f64,
     /// Each node's local clock starts at a uniform value in [0, this) at boot.
     pub initial_offset: Dur,
+    /// Turn on the nodes' optional frequency discipline (`Config::rate_discipline`, not in
+    /// the reference; off by default).
+    pub rate_discipline: bool,
 }
 
 impl Default for ClockModel {
@@ -246,6 +249,7 @@ impl Default for ClockModel {
         ClockModel {
             drift_ppm: 100.0,
             initial_offset: Dur::secs(3_600),
+            rate_discipline: false,
         }
     }
 }

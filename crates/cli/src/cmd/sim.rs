@@ -44,6 +44,13 @@ pub struct Args {
     /// Clock drift: each node uniform in ±PPM.
     #[arg(long)]
     pub drift_ppm: Option<f64>,
+    /// Turn on the nodes' optional frequency discipline (not in the reference): each node also
+    /// estimates the rate of the time it adopts and runs its mesh time at that rate.
+    #[arg(long)]
+    pub rate_discipline: bool,
+    /// Sample the mesh-time spread this often (e.g. 1s; default 60s).
+    #[arg(long)]
+    pub time_sample_every: Option<String>,
     /// A generated BROADCAST this often (e.g. 10s); `off` disables.
     #[arg(long)]
     pub broadcast_every: Option<String>,
@@ -127,6 +134,12 @@ pub fn scenario(args: &Args) -> anyhow::Result<Scenario> {
     }
     if let Some(p) = args.drift_ppm {
         sc.clock.drift_ppm = p;
+    }
+    if args.rate_discipline {
+        sc.clock.rate_discipline = true;
+    }
+    if let Some(e) = &args.time_sample_every {
+        sc.invariants.time_sample_every = Dur::parse(e).map_err(anyhow::Error::msg)?;
     }
     let every = |s: &str| -> anyhow::Result<Option<Dur>> {
         if s == "off" {
