@@ -95,6 +95,26 @@ pub struct OtaStart {
 /// Progress of a campaign, reported by the gateway.
 #[derive(Clone, Debug, PartialEq)]
 pub enum OtaProgress {
+    /// A campaign the gateway started by itself, not through `bridge/request/ota/start`
+    /// (e.g. `pmesh ota push` against the gateway's control endpoint). The bridge records it
+    /// like a requested one (`ota_requested` event, `ota/status`, `ota/abort`), so its progress
+    /// is shown; ignored while another campaign runs. Report `Started` and the rest after it.
+    Begun {
+        /// Campaign id chosen by the gateway (unique; epoch ms of the start is a good choice).
+        campaign: u64,
+        /// Target role.
+        role: String,
+        /// Target hardware.
+        hardware: String,
+        /// Distribution mode.
+        mode: OtaMode,
+        /// Compressed transfer.
+        compressed: bool,
+        /// Image size in bytes.
+        size: u64,
+        /// MD5 of the image as announced (lowercase hex), if the mode has one.
+        md5: String,
+    },
     /// The campaign is running; `targets` are the nodes expected to update (may grow later
     /// through [`OtaProgress::Node`] reports from nodes not listed here).
     Started {

@@ -518,6 +518,36 @@ impl Model {
             .map(|c| c.id);
         match p {
             OtaProgress::BytesSent { bytes } => self.counters.ota_bytes += bytes,
+            OtaProgress::Begun {
+                campaign,
+                role,
+                hardware,
+                mode,
+                compressed,
+                size,
+                md5,
+            } => {
+                if current.is_some() {
+                    return out;
+                }
+                let c = Campaign {
+                    id: campaign,
+                    state: "running",
+                    role,
+                    hardware,
+                    mode,
+                    compressed,
+                    size,
+                    md5,
+                    started_at: now_ms,
+                    done: 0,
+                    failed: 0,
+                };
+                let mut v = c.to_json(&self.nodes);
+                v["source"] = json!("gateway");
+                self.ota_begin(c);
+                out.push(Change::Event("ota_requested", v));
+            }
             OtaProgress::Started { campaign, targets } => {
                 if current != Some(campaign) {
                     return out;
@@ -887,6 +917,42 @@ mod tests {
         };
         let ch = m.on_status(StatusReport::Metrics(m204), None);
         assert!(ch.contains(&Change::AlertRaised((AlertKind::LowMemory, 2))));
+    }
+
+    #[test]
+    fn a_campaign_the_gateway_began_is_followed() {
+        let mut m = Model::new(1, AlertThresholds::default());
+        let begun = |id| OtaProgress::Begun {
+            campaign: id,
+            role: "sensor".into(),
+            hardware: "ESP32".into(),
+            mode: OtaMode::Pmesh,
+            compressed: false,
+            size: 100,
+            md5: String::new(),
+        };
+        assert_eq!(events(&m.on_ota(begun(5), None)), vec!["ota_requested"]);
+        assert!(m.ota_running());
+        // Another one while it runs is ignored.
+        assert!(m.on_ota(begun(6), None).is_empty());
+        let ch = m.on_ota(
+            OtaProgress::NodeDone {
+                campaign: 5,
+                node: 2,
+            },
+            None,
+        );
+        assert_eq!(events(&ch), vec!["ota_node_result"]);
+        let ch = m.on_ota(
+            OtaProgress::Finished {
+                campaign: 5,
+                aborted: false,
+            },
+            None,
+        );
+        assert_eq!(events(&ch), vec!["ota_finished"]);
+        assert!(!m.ota_running());
+        assert_eq!(m.campaign.as_ref().map(|c| (c.id, c.done)), Some((5, 1)));
     }
 
     #[test]

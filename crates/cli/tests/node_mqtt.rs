@@ -6,7 +6,8 @@
 //! `pmesh send` republished on `<prefix>/from/<id>`, a `command/broadcast` arriving at the
 //! other nodes (their control endpoints' event streams), a killed node raising `node_left` and
 //! a NODE_OFFLINE alert, `/metrics` serving the node count, and `offline` on SIGTERM. A second
-//! test runs a firmware campaign requested over MQTT to a Linux node, and aborts another.
+//! test runs a firmware campaign requested over MQTT to a Linux node, aborts another, and
+//! follows one started with `pmesh ota push` on the gateway's control endpoint.
 
 mod net_support;
 
@@ -546,6 +547,40 @@ fn firmware_campaign_over_mqtt() {
         gw.request("ota_status", json!({}))["pmesh"].is_null()
             || gw.request("ota_status", json!({}))["pmesh"]["distributor"] == false
     });
+
+    // 3. `pmesh ota push` on the gateway's control endpoint: shown on MQTT as well.
+    let third: Vec<u8> = (0..8192u32).map(|i| (i * 5 + 11) as u8).collect();
+    let third_path = dir.0.join("fw-third.bin");
+    std::fs::write(&third_path, &third).unwrap();
+    let (ok, out, err) = gw.cli(&[
+        "ota",
+        "push",
+        third_path.to_str().unwrap(),
+        "--role",
+        "sensor",
+        "--hardware",
+        "ESP32",
+        "--mode",
+        "pmesh",
+    ]);
+    assert!(ok, "pmesh ota push: {out}\n{err}");
+    let req = sub.wait(ev, 10, |m| {
+        m.json()["type"] == "ota_requested" && m.json()["data"]["source"] == "gateway"
+    });
+    let campaign3 = req.json()["data"]["campaign"].clone();
+    assert_eq!(req.json()["data"]["mode"], "pmesh");
+    assert_eq!(req.json()["data"]["size"], 8192);
+    sub.wait(ev, 10, |m| {
+        let v = m.json();
+        v["type"] == "ota_node_result"
+            && v["data"]["nodeId"] == 302
+            && v["data"]["result"] == "updated"
+            && v["data"]["campaign"] == campaign3
+    });
+    let done = sub.wait(ev, 10, |m| {
+        m.json()["type"] == "ota_finished" && m.json()["data"]["campaign"] == campaign3
+    });
+    assert_eq!(done.json()["data"]["result"], "finished");
     eprintln!(
         "firmware_campaign_over_mqtt: {:?} in all",
         started.elapsed()

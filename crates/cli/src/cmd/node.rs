@@ -677,6 +677,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .clone()
         .map(|cfg| mqtt::MqttBridge::new(cfg, settings.node.node_id));
     let bridge_hook = bridge.as_ref().map(|b| b.hook::<OtaEvent>());
+    let bridge_routes = bridge.as_ref().map(mqtt::MqttBridge::routes);
     serve(
         settings,
         node,
@@ -694,7 +695,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 None => b,
             }
         },
-        pmesh_net::ota::routes,
+        move |server| match bridge_routes {
+            // The same commands; pushes are also shown on MQTT.
+            Some(routes) => routes(server),
+            None => pmesh_net::ota::routes(server),
+        },
         move |h| {
             // Status reports carry the node's counters and free memory: refresh them.
             if let Some(every) = refresh {

@@ -12,14 +12,18 @@
 //! What flows where:
 //! - mesh → bridge: every received user message and package (an event hook on the mesh
 //!   thread: none missed), the tree after every topology change (and every 5 s anyway), the
-//!   node's and its links' counters every 5 s, and the progress of firmware campaigns started
-//!   over MQTT (`bridge/request/ota/start`).
+//!   node's and its links' counters every 5 s, and the progress of firmware campaigns: those
+//!   requested over MQTT (`bridge/request/ota/start`) and those started with `pmesh ota push`
+//!   against this node's control endpoint ([`MqttBridge::routes`] serves `ota_push` as
+//!   pmesh-net does, and also reports the push to the bridge). One campaign at a time is
+//!   shown; a push started while another runs works as usual but is not shown.
 //! - bridge → mesh: [`NetGateway`] implements [`pmesh_bridge::Gateway`]: sends, broadcasts,
 //!   OTA start and abort, each checked at once and queued onto the mesh thread.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,9 +34,11 @@ use pmesh_bridge::{
 };
 use pmesh_net::MeshEvent;
 use pmesh_net::MeshHandle;
+use pmesh_net::control::{ControlServer, Reply, Request};
 use pmesh_net::ota::{OtaHost, Outcome, PushItem, PushMode, PushOptions, run_push};
 use pmesh_node::Event;
 use serde::Deserialize;
+use serde_json::Value;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -303,6 +309,10 @@ struct Shared {
     nodes: Mutex<Vec<u32>>,
     /// Last one-way delay per measured node, µs.
     delays: Mutex<BTreeMap<u32, u32>>,
+    /// The campaign shown on MQTT, if one runs.
+    campaign: Mutex<Option<CampaignRun>>,
+    /// Last campaign id given to a push started on the control endpoint.
+    last_campaign: AtomicU64,
 }
 
 impl Shared {
@@ -314,6 +324,47 @@ impl Shared {
             .as_ref()
         {
             f(b);
+        }
+    }
+
+    /// Makes `id` the campaign shown on MQTT, unless one runs; returns its abort signal.
+    fn claim_campaign(&self, id: u64) -> Result<oneshot::Receiver<()>, u64> {
+        let mut slot = self.campaign.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = slot.as_ref() {
+            return Err(c.id);
+        }
+        let (tx, rx) = oneshot::channel();
+        *slot = Some(CampaignRun {
+            id,
+            cancel: Some(tx),
+        });
+        Ok(rx)
+    }
+
+    fn release_campaign(&self, id: u64) {
+        let mut slot = self.campaign.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_some_and(|c| c.id == id) {
+            *slot = None;
+        }
+    }
+
+    /// A campaign id for a push started here: epoch ms, strictly increasing.
+    fn next_campaign_id(&self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut last = self.last_campaign.load(Ordering::Relaxed);
+        loop {
+            let id = now.max(last + 1);
+            match self.last_campaign.compare_exchange(
+                last,
+                id,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return id,
+                Err(l) => last = l,
+            }
         }
     }
 }
@@ -390,7 +441,6 @@ impl MqttBridge {
             me: self.node_id,
             shared: self.shared.clone(),
             work_dir,
-            campaign: Arc::default(),
         });
         let bridge = Bridge::spawn(self.cfg, self.node_id, gateway)
             .context("cannot start the MQTT bridge")?;
@@ -502,7 +552,6 @@ pub struct NetGateway<P: OtaHost> {
     shared: Arc<Shared>,
     /// Where images received over MQTT are written for the push (removed after it).
     work_dir: PathBuf,
-    campaign: Arc<Mutex<Option<CampaignRun>>>,
 }
 
 impl<P> Gateway for NetGateway<P>
@@ -546,24 +595,14 @@ where
     }
 
     fn ota_start(&self, req: OtaStart) -> Result<(), GatewayError> {
-        let mut slot = self.campaign.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = slot.as_ref() {
-            return Err(GatewayError(format!(
-                "campaign {} is still running on this gateway",
-                c.id
-            )));
-        }
-        let (cancel_tx, cancel_rx) = oneshot::channel();
-        *slot = Some(CampaignRun {
-            id: req.campaign,
-            cancel: Some(cancel_tx),
-        });
+        let cancel_rx = self.shared.claim_campaign(req.campaign).map_err(|id| {
+            GatewayError(format!("campaign {id} is still running on this gateway"))
+        })?;
         tokio::spawn(run_campaign(
             self.h.clone(),
             self.me,
             self.shared.clone(),
             self.work_dir.clone(),
-            self.campaign.clone(),
             req,
             cancel_rx,
         ));
@@ -571,7 +610,11 @@ where
     }
 
     fn ota_abort(&self, campaign: u64) -> Result<(), GatewayError> {
-        let mut slot = self.campaign.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self
+            .shared
+            .campaign
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         match slot.as_mut() {
             Some(c) if c.id == campaign => {
                 if let Some(tx) = c.cancel.take() {
@@ -650,7 +693,6 @@ async fn run_campaign<P>(
     me: u32,
     shared: Arc<Shared>,
     work_dir: PathBuf,
-    slot: Arc<Mutex<Option<CampaignRun>>>,
     req: OtaStart,
     cancel: oneshot::Receiver<()>,
 ) where
@@ -710,9 +752,120 @@ async fn run_campaign<P>(
             });
         }
     }
-    let mut s = slot.lock().unwrap_or_else(|e| e.into_inner());
-    if s.as_ref().is_some_and(|c| c.id == campaign) {
-        *s = None;
+    shared.release_campaign(campaign);
+}
+
+// --- pushes started on the control endpoint ----------------------------------------------------
+
+impl MqttBridge {
+    /// The control endpoint's routes: pmesh-net's OTA commands, with `ota_push` replaced by one
+    /// that answers exactly the same and also shows the push on MQTT (unless another campaign
+    /// is shown), where `ota/abort` can stop it.
+    pub fn routes<P>(&self) -> impl FnOnce(ControlServer<P>) -> ControlServer<P> + use<P>
+    where
+        P: OtaHost + Send + 'static,
+        P::Sink: 'static,
+        P::Store: 'static,
+    {
+        let shared = self.shared.clone();
+        move |server| {
+            pmesh_net::ota::routes(server)
+                .route("ota_push", move |req, h| push_route(req, h, shared.clone()))
+        }
+    }
+}
+
+/// The `Begun` report of a push offered from the control endpoint.
+fn begun(campaign: u64, opts: &PushOptions, item: &PushItem) -> Option<OtaProgress> {
+    let PushItem::Offered {
+        mode,
+        image_bytes,
+        md5,
+        ..
+    } = item
+    else {
+        return None;
+    };
+    Some(OtaProgress::Begun {
+        campaign,
+        role: opts.role.clone(),
+        hardware: opts.hardware.clone(),
+        mode: OtaMode::parse(mode)?,
+        compressed: opts.compressed,
+        size: *image_bytes,
+        md5: md5.clone().unwrap_or_default(),
+    })
+}
+
+/// `ota_push` as `pmesh_net::ota::routes` serves it (a stream of push items; closing the
+/// connection cancels the push), plus the push's progress fed to the bridge.
+async fn push_route<P>(req: Request, h: MeshHandle<P>, shared: Arc<Shared>) -> Reply
+where
+    P: OtaHost + Send + 'static,
+{
+    let opts: PushOptions = match serde_json::from_value(Value::Object(req.params)) {
+        Ok(o) => o,
+        Err(e) => return Reply::err(format!("bad ota_push parameters: {e}")),
+    };
+    let campaign = shared.next_campaign_id();
+    let abort = shared.claim_campaign(campaign).ok();
+    let shown = abort.is_some();
+    let (tx, mut rx) = mpsc::channel::<PushItem>(256);
+    let (items_tx, items) = mpsc::channel::<Value>(256);
+    let (started_tx, started_rx) = oneshot::channel::<Result<(), String>>();
+    let client_gone = Arc::new(Notify::new());
+    tokio::spawn(async move {
+        let gone = client_gone.clone();
+        let push_opts = opts.clone();
+        let sh = shared.clone();
+        // Every item goes to the bridge; to the client while it is connected.
+        let fwd = async move {
+            let mut started = Some(started_tx);
+            let mut bytes = 0;
+            let mut connected = true;
+            while let Some(item) = rx.recv().await {
+                if let Some(s) = started.take() {
+                    let _ = s.send(Ok(()));
+                }
+                if shown {
+                    let reports = begun(campaign, &push_opts, &item)
+                        .into_iter()
+                        .chain(progress_of(campaign, &item, &mut bytes));
+                    for p in reports {
+                        sh.with_bridge(|b| b.ota(p));
+                    }
+                }
+                if connected {
+                    let v = serde_json::to_value(&item).unwrap_or(Value::Null);
+                    if items_tx.send(v).await.is_err() {
+                        connected = false;
+                        gone.notify_one();
+                    }
+                }
+            }
+            started
+        };
+        // Cancelled when the client goes away or on `ota/abort` over MQTT.
+        let cancel = async move {
+            match abort {
+                Some(abort) => tokio::select! {
+                    _ = abort => {}
+                    _ = client_gone.notified() => {}
+                },
+                None => client_gone.notified().await,
+            }
+        };
+        let push = run_push(h, opts, tx, cancel);
+        let (res, started) = tokio::join!(push, fwd);
+        if let (Err(e), Some(s)) = (res, started) {
+            let _ = s.send(Err(e.to_string()));
+        }
+        shared.release_campaign(campaign);
+    });
+    match started_rx.await {
+        Ok(Ok(())) => Reply::Stream(items),
+        Ok(Err(e)) => Reply::err(e),
+        Err(_) => Reply::err("the push ended before it started"),
     }
 }
 
