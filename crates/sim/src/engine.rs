@@ -396,6 +396,30 @@ impl<A: SimApp> Sim<A> {
         Some(r)
     }
 
+    /// The links of node `id` that are open and synced on its side, each as (the peer's id,
+    /// bytes this node sent on the link, bytes the peer sent on it): a gateway's link counters.
+    pub fn link_bytes(&self, id: u32) -> Vec<(u32, u64, u64)> {
+        let Some(idx) = (id as usize)
+            .checked_sub(1)
+            .filter(|&i| i < self.nodes.len())
+        else {
+            return Vec::new();
+        };
+        self.nodes[idx]
+            .links
+            .iter()
+            .filter_map(|&l| self.links.get(l))
+            .filter_map(|link| {
+                let side = link.side_of(idx);
+                let other = 1 - side;
+                (!link.dead && link.open[side] && link.synced[side]).then(|| {
+                    let peer = self.nodes[link.ends[other]].id;
+                    (peer, link.lanes[side].bytes, link.lanes[other].bytes)
+                })
+            })
+            .collect()
+    }
+
     /// Sizes of the connected components now (connections both ends synced, nodes up),
     /// largest first, with each component's node ids.
     pub fn components_now(&self) -> Vec<Vec<u32>> {
