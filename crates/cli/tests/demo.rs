@@ -234,6 +234,40 @@ fn demo_forms_the_mesh_rolls_out_and_publishes_it() {
         "bridge/state online"
     );
 
+    // The rollout's end, in /metrics while the demo lingers (it exits 2 s after).
+    wait_for("ota_finished", Duration::from_secs(60), || {
+        payloads(&log, "mesh/bridge/event")
+            .iter()
+            .any(|e| e["type"] == "ota_finished")
+    });
+    // The bridge brings its metrics in line with its model every 250 ms.
+    let mut text = String::new();
+    let end = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < end {
+        text = scrape(&metrics_addr);
+        if sample(&text, "pmesh_ota_node_results_total{result=\"updated\"}") == Some(11.0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        sample(&text, "pmesh_ota_node_results_total{result=\"updated\"}"),
+        Some(11.0),
+        "{text}"
+    );
+    // 64 KiB of synthetic firmware, deflated per chunk: at least a third of it went out.
+    assert!(
+        sample(&text, "pmesh_ota_sent_bytes_total").is_some_and(|b| b > 20_000.0),
+        "{text}"
+    );
+    // The gateway's own links carry counters.
+    let link_bytes: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("pmesh_link_sent_bytes_total{peer="))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(link_bytes > 20_000.0, "{text}");
+
     // The rollout: every other node updated, as events and in its retained state.
     let (status, out) = demo.wait(Duration::from_secs(60));
     assert!(status.success(), "exit status {status}; output:\n{out}");
@@ -305,7 +339,7 @@ fn demo_answers_requests_through_its_gateway() {
         "--metrics-listen",
         "off",
         "--duration",
-        "20s",
+        "12s",
     ]);
     let wait = Duration::from_secs(30);
     let broker = demo.line_with("embedded broker on ", wait);

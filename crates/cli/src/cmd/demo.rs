@@ -328,7 +328,7 @@ impl Live {
     fn apply(&mut self, u: Update, bridge: &BridgeHandle, nodes: u32) {
         match u {
             Update::Topology(t) => bridge.topology(t),
-            Update::Stats(st) => bridge.stats(st, Vec::new()),
+            Update::Stats(st, links) => bridge.stats(st, links),
             Update::Captured(Captured::Message {
                 from,
                 msg,

@@ -103,6 +103,13 @@ impl DemoNode {
         }
     }
 
+    /// Firmware bytes this node put on its links as a distributor: pmesh CHUNK frames and
+    /// classic chunks served.
+    pub fn ota_bytes_sent(&self) -> u64 {
+        self.ota.pmesh().stats().data_bytes_sent
+            + self.ota.classic_distributor().stats().bytes_served
+    }
+
     fn capture(&self, env: &Envelope, handled: Handled) {
         let Some(tap) = &self.tap else { return };
         let mut inbox = tap.borrow_mut();

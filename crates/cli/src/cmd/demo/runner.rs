@@ -9,7 +9,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant as WallInstant};
 
-use pmesh_bridge::OtaProgress;
+use pmesh_bridge::{LinkStats, OtaProgress};
 use pmesh_node::NodeStats;
 use pmesh_proto::NodeTree;
 use pmesh_sim::clock::{SEC, SimTime, secs};
@@ -96,8 +96,8 @@ pub struct Tick {
 pub enum Update {
     /// The gateway's tree changed.
     Topology(NodeTree),
-    /// The gateway's counters.
-    Stats(NodeStats),
+    /// The gateway's counters and its links'.
+    Stats(NodeStats, Vec<LinkStats>),
     /// A message or package reached the gateway.
     Captured(Captured),
     /// Campaign progress.
@@ -148,6 +148,7 @@ pub fn run(
     let mut next_form_check = FORM_CHECK_EVERY;
     let mut formed_s = None;
     let mut gave_up_forming = false;
+    let mut ota_reported = 0;
     let mut tick = None;
     while !stop.load(Ordering::Relaxed) {
         let tick_start = WallInstant::now();
@@ -173,9 +174,27 @@ pub fn run(
                 break;
             }
         }
+        let ota_sent = gw.plugin().ota_bytes_sent();
+        if ota_sent > ota_reported {
+            let bytes = ota_sent - ota_reported;
+            ota_reported = ota_sent;
+            if !send(Update::Ota(OtaProgress::BytesSent { bytes })) {
+                break;
+            }
+        }
         if now >= next_stats {
             next_stats = now + STATS_EVERY;
-            if !send(Update::Stats(gw.stats())) {
+            let links = sim
+                .link_bytes(GATEWAY)
+                .into_iter()
+                .map(|(peer, sent, received)| LinkStats {
+                    peer,
+                    bytes_in: received,
+                    bytes_out: sent,
+                    delay_us: None,
+                })
+                .collect();
+            if !send(Update::Stats(gw.stats(), links)) {
                 break;
             }
         }
