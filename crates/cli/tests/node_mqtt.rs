@@ -7,7 +7,8 @@
 //! other nodes (their control endpoints' event streams), a killed node raising `node_left` and
 //! a NODE_OFFLINE alert, `/metrics` serving the node count, and `offline` on SIGTERM. A second
 //! test runs a firmware campaign requested over MQTT to a Linux node, aborts another, and
-//! follows one started with `pmesh ota push` on the gateway's control endpoint.
+//! follows one started with `pmesh ota push` on the gateway's control endpoint. A third
+//! connects over TLS (`mqtts://`, `--mqtt-ca`) and refuses a broker the CA did not sign.
 
 mod net_support;
 
@@ -585,4 +586,187 @@ fn firmware_campaign_over_mqtt() {
         "firmware_campaign_over_mqtt: {:?} in all",
         started.elapsed()
     );
+}
+
+/// Runs `openssl` with `args` in `dir`; false if it is missing or fails.
+fn openssl(dir: &Path, args: &[&str]) -> bool {
+    Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// TLS: the gateway reaches a Mosquitto TLS listener with `mqtts://` and `--mqtt-ca` (a CA and
+/// server certificate made here with openssl), and says online; with a CA that did not sign
+/// the broker's certificate it never gets online. Needs Mosquitto (the embedded broker has no
+/// TLS listener) and openssl; without them the test says so and checks nothing.
+#[test]
+fn gateway_connects_over_tls() {
+    let dir = TempDir::new("node-mqtt-tls");
+    let mosquitto = mosquitto();
+    if !Path::new(&mosquitto).exists() {
+        if std::env::var("PMESH_REQUIRE_MOSQUITTO").is_ok_and(|v| v == "1") {
+            panic!("PMESH_REQUIRE_MOSQUITTO=1 but {mosquitto} is not installed");
+        }
+        eprintln!("NOTE: {mosquitto} not found: the TLS test needs it; nothing checked");
+        return;
+    }
+    let d = &dir.0;
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let made = openssl(
+        d,
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=pmesh test CA",
+            ],
+        ]
+        .concat(),
+    ) && openssl(
+        d,
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "other.key",
+                "-out",
+                "other.pem",
+                "-x509",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=another CA",
+            ],
+        ]
+        .concat(),
+    ) && openssl(
+        d,
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        ]
+        .concat(),
+    ) && {
+        std::fs::write(
+            d.join("san.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .unwrap();
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.pem",
+                "-days",
+                "2",
+                "-extfile",
+                "san.ext",
+            ],
+        )
+    };
+    if !made {
+        eprintln!(
+            "NOTE: openssl is missing or failed: the TLS test made no certificates; nothing checked"
+        );
+        return;
+    }
+    // Mosquitto started as root reads its files as user `mosquitto`.
+    for f in ["ca.pem", "server.pem", "server.key"] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let (tls_port, plain_port) = (free_port(), free_port());
+    let conf = dir.file(
+        "mosquitto.conf",
+        &format!(
+            "allow_anonymous true\npersistence false\nlistener {plain_port} 127.0.0.1\nlistener {tls_port} 127.0.0.1\ncafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\n",
+            d.display()
+        ),
+    );
+    let mut broker = Command::new(&mosquitto)
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mosquitto");
+    wait_until(Duration::from_secs(10), "mosquitto to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_ok()
+            && std::net::TcpStream::connect(("127.0.0.1", plain_port)).is_ok()
+    });
+    let sub = Sub::connect(plain_port, "#");
+    let gateway = |id: u32, prefix: &str, ca: &str| {
+        start_gateway(
+            &dir,
+            NodeSpec {
+                id,
+                port: free_port(),
+                connect: vec![],
+                root: true,
+                config: None,
+            },
+            &[
+                "--mqtt".into(),
+                format!("mqtts://localhost:{tls_port}"),
+                "--mqtt-ca".into(),
+                d.join(ca).display().to_string(),
+                "--mqtt-prefix".into(),
+                prefix.into(),
+                "--mqtt-state-dir".into(),
+                "none".into(),
+            ],
+        )
+    };
+    let good = gateway(401, "tls-good", "ca.pem");
+    sub.wait("tls-good/bridge/state", 15, |m| {
+        m.json()["state"] == "online"
+    });
+    sub.wait("tls-good/status/nodes", 5, |m| {
+        m.json()["nodes"] == json!([401])
+    });
+    // The wrong CA: the handshake fails, so nothing is ever published.
+    let bad = gateway(402, "tls-bad", "other.pem");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        sub.on("tls-bad/bridge/state").is_empty(),
+        "a broker whose certificate the CA did not sign must not be trusted"
+    );
+    drop((good, bad));
+    let _ = broker.kill();
+    let _ = broker.wait();
 }
