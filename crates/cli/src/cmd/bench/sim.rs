@@ -100,49 +100,77 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }));
     }
     if !args.no_time_sync {
-        let extra: Vec<String> = [
-            "--nodes",
-            "50",
-            "--topology",
-            "tree",
-            "--fanout",
-            "3",
-            "--latency-ms",
-            "1,20",
-            "--drift-ppm",
-            "100",
-            "--duration",
-            &args.duration,
-            "--seed",
-            &args.seed.to_string(),
-            "--no-traffic",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if !args.json {
-            eprintln!(
-                "pmesh bench sim: time sync, 50-node tree, 1-20 ms links, ±100 ppm, {} ...",
-                args.duration
-            );
+        for rate_discipline in [false, true] {
+            let mut extra: Vec<String> = [
+                "--nodes",
+                "50",
+                "--topology",
+                "tree",
+                "--fanout",
+                "3",
+                "--latency-ms",
+                "1,20",
+                "--drift-ppm",
+                "100",
+                "--duration",
+                &args.duration,
+                "--seed",
+                &args.seed.to_string(),
+                "--no-traffic",
+                "--time-sample-every",
+                "1s",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            if rate_discipline {
+                extra.push("--rate-discipline".into());
+            }
+            let algorithm = if rate_discipline {
+                "rate discipline (optional, off by default)"
+            } else {
+                "reference"
+            };
+            if !args.json {
+                eprintln!(
+                    "pmesh bench sim: time sync ({algorithm}), 50-node tree, 1-20 ms links, ±100 ppm, {} ...",
+                    args.duration
+                );
+            }
+            let r = run_sim(&extra)?;
+            let samples: Vec<(f64, u64)> = r["time_sync"]["samples"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| Some((s[0].as_f64()?, s[1].as_u64()?)))
+                .collect();
+            let simulated = r["simulated_s"].as_f64().unwrap_or(0.0);
+            // The second half of the run: formation and the first syncs are over.
+            let mut late: Vec<u64> = samples
+                .iter()
+                .filter(|(t, _)| *t >= simulated / 2.0)
+                .map(|&(_, s)| s)
+                .collect();
+            late.sort_unstable();
+            let ms = |u: Option<&u64>| u.map(|&u| u as f64 / 1000.0);
+            rows.push(json!({
+                "run": "time_sync",
+                "algorithm": algorithm,
+                "rate_discipline": rate_discipline,
+                "nodes": 50,
+                "topology": f(&r, &["topology"]),
+                "simulated_s": simulated,
+                "spread_ms": r["time_sync"]["spread_us"].as_u64().map(|u| u as f64 / 1000.0),
+                "target_ms": r["time_sync"]["target_us"].as_u64().map(|u| u as f64 / 1000.0),
+                "second_half_min_ms": ms(late.first()),
+                "second_half_median_ms": ms(late.get(late.len() / 2)),
+                "second_half_max_ms": ms(late.last()),
+                "spread_ms_per_minute": samples.iter().filter(|(t, _)| *t > 0.0 && (*t as u64).is_multiple_of(60)).map(|&(_, s)| s as f64 / 1000.0).collect::<Vec<_>>(),
+                "adjustments": f(&r, &["time_sync", "adjustments"]),
+                "wall_s": f(&r, &["wall", "seconds"]),
+                "violations": f(&r, &["invariants", "violations_total"]),
+            }));
         }
-        let r = run_sim(&extra)?;
-        let samples: Vec<Value> = r["time_sync"]["samples"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        rows.push(json!({
-            "run": "time_sync",
-            "nodes": 50,
-            "topology": f(&r, &["topology"]),
-            "simulated_s": f(&r, &["simulated_s"]),
-            "spread_ms": r["time_sync"]["spread_us"].as_u64().map(|u| u as f64 / 1000.0),
-            "target_ms": r["time_sync"]["target_us"].as_u64().map(|u| u as f64 / 1000.0),
-            "spread_ms_per_minute": samples.iter().map(|s| s[1].as_u64().map(|u| u as f64 / 1000.0)).collect::<Vec<_>>(),
-            "adjustments": f(&r, &["time_sync", "adjustments"]),
-            "wall_s": f(&r, &["wall", "seconds"]),
-            "violations": f(&r, &["invariants", "violations_total"]),
-        }));
     }
     if args.json {
         for r in &rows {
@@ -174,23 +202,61 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .map_or("-".to_string(), |t| format!("{t:.2} ms")),
         );
     }
-    if let Some(t) = rows.iter().find(|r| r["run"] == "time_sync") {
+    if let Some(big) = rows
+        .iter()
+        .find(|r| r["run"] == "speed" && r["nodes"] == 1000)
+    {
+        let wall = big["wall_s"].as_f64().unwrap_or(f64::INFINITY);
+        let rss = big["peak_rss_bytes"].as_f64().unwrap_or(f64::INFINITY) / 1048576.0;
+        let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
         println!();
         println!(
-            "time sync, 50-node tree (fan-out 3), 1-20 ms links, ±100 ppm drift, {:.0} s: spread {} (reference accuracy target {} ms)",
+            "1,000 nodes, {} simulated: wall {wall:.2} s (target <= 30 s: {}), peak RSS {rss:.1} MiB (target <= 1024 MiB: {})",
+            args.duration,
+            verdict(wall <= 30.0),
+            verdict(rss <= 1024.0),
+        );
+    }
+    let syncs: Vec<&Value> = rows.iter().filter(|r| r["run"] == "time_sync").collect();
+    if let Some(t) = syncs.first() {
+        println!();
+        println!(
+            "time sync, 50-node tree (fan-out 3), 1-20 ms links, ±100 ppm drift, {:.0} s, spread of mesh time across nodes (reference accuracy target {} ms):",
             t["simulated_s"].as_f64().unwrap_or(0.0),
-            t["spread_ms"]
-                .as_f64()
-                .map_or("-".to_string(), |v| format!("{v:.2} ms")),
             t["target_ms"],
         );
-        let per_min: Vec<String> = t["spread_ms_per_minute"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|v| v.as_f64().map_or("-".into(), |x| format!("{x:.1}")))
-            .collect();
-        println!("spread at each minute, ms: {}", per_min.join(", "));
+        println!();
+        println!(
+            "| algorithm | at the end | second half: min | median | max (sampled every 1 s) | target | met at the end |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---|");
+        let ms = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.2} ms"));
+        for t in &syncs {
+            let target = t["target_ms"].as_f64().unwrap_or(0.0);
+            let met = t["spread_ms"].as_f64().is_some_and(|s| s <= target);
+            println!(
+                "| {} | {} | {} | {} | {} | {target} ms | {} |",
+                t["algorithm"].as_str().unwrap_or("-"),
+                ms(&t["spread_ms"]),
+                ms(&t["second_half_min_ms"]),
+                ms(&t["second_half_median_ms"]),
+                ms(&t["second_half_max_ms"]),
+                if met { "yes" } else { "NO" },
+            );
+        }
+        for t in &syncs {
+            let per_min: Vec<String> = t["spread_ms_per_minute"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| v.as_f64().map_or("-".into(), |x| format!("{x:.1}")))
+                .collect();
+            println!(
+                "spread at each minute, ms ({}): {}",
+                t["algorithm"].as_str().unwrap_or("-"),
+                per_min.join(", ")
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
