@@ -121,6 +121,8 @@ pub(crate) struct Runtime {
     gateway: Arc<dyn Gateway>,
     status_tx: watch::Sender<BridgeStatus>,
     session: u64,
+    /// Shutdown has begun: our own offline state echoed back is the truth, not a stale will.
+    stopping: bool,
     connections: u64,
     started: Instant,
     conn: Option<Conn>,
@@ -189,6 +191,7 @@ impl Runtime {
             gateway,
             status_tx,
             session,
+            stopping: false,
             connections: 0,
             started: now,
             conn: None,
@@ -513,6 +516,7 @@ impl Runtime {
     }
 
     async fn shutdown(&mut self) {
+        self.stopping = true;
         if self.conn.as_ref().is_some_and(|c| c.online) {
             let state = json!({"state": "offline", "session": self.session}).to_string();
             self.raw_publish(
@@ -1245,7 +1249,7 @@ impl Runtime {
     /// A message on our own `bridge/state`: if it says offline for any session while we are
     /// online, it is a stale will (or a stray publish); restore the truth at once.
     async fn on_state_echo(&mut self, payload: &[u8]) {
-        if !self.online() {
+        if self.stopping || !self.online() {
             return;
         }
         let v: J = serde_json::from_slice(payload).unwrap_or(J::Null);

@@ -334,6 +334,16 @@ async fn every_topic_checked_by_a_real_subscriber() {
         m.json() == json!({"state": "offline", "session": session})
     })
     .await;
+    // The bridge hears its own offline state echoed back while it stops: that is not a stale
+    // will to correct, so what stays retained, and the last word the subscriber saw, is offline.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let late = Sub::connect(broker.port, "mesh/bridge/state").await;
+    let kept = late.wait("mesh/bridge/state", 5, |m| m.retain).await.json();
+    assert_eq!(kept, json!({"state": "offline", "session": session}));
+    assert_eq!(
+        sub.last("mesh/bridge/state").map(|m| m.json()),
+        Some(json!({"state": "offline", "session": session}))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
