@@ -240,8 +240,9 @@ impl Rollout {
         (self.report_out + queued) * 1000 <= self.data_in * REPORT_BUDGET_PERMILLE
     }
 
-    /// Queues reports. A phase change supersedes the node's queued progress; over budget,
-    /// only each node's latest report is kept.
+    /// Queues reports. A phase change supersedes the node's queued progress; over budget (or
+    /// beyond REPORT_BATCH entries, when they cannot go upstream now), only each node's latest
+    /// report is kept.
     fn queue(&mut self, new: impl IntoIterator<Item = Report>) {
         let progress = Phase::Distribute.wire();
         for rep in new {
@@ -250,7 +251,7 @@ impl Rollout {
             }
             self.reports.push(rep);
         }
-        if !self.within_budget() {
+        if self.reports.len() > REPORT_BATCH || !self.within_budget() {
             coalesce(&mut self.reports);
         }
     }
@@ -1160,6 +1161,7 @@ impl PmeshAgent {
         if let Some(c) = r.children.iter_mut().find(|c| c.peer == peer) {
             c.acked = c.acked.max(n.min(c.sent));
         }
+        let mut relay_reports = None;
         if !reports.is_empty() {
             let tid = r.id();
             let total = r.m.count;
@@ -1180,18 +1182,30 @@ impl PmeshAgent {
                     }
                     self.check_all_verified(ctx);
                 }
-                _ => {
-                    let phase_change = reports.iter().any(|rep| rep.2 != Phase::Distribute.wire());
-                    r.queue(reports);
-                    // Reports ride on the next ACK; without one, progress goes within
-                    // `report_flush`, phase changes (verified, applied, failed) within a tenth
-                    // of it, batched with whatever else arrives meanwhile.
-                    let wait = if phase_change { flush / 10 } else { flush };
-                    r.report_due = Some(r.report_due.map_or(now + wait, |t| t.min(now + wait)));
-                    if r.reports.len() >= REPORT_BATCH {
-                        self.flush_reports(ctx, false);
-                    }
+                _ => relay_reports = Some(reports),
+            }
+        }
+        if let Some(reports) = relay_reports {
+            let phase_change = reports.iter().any(|rep| rep.2 != Phase::Distribute.wire());
+            // Queued a batch at a time, so the queue never holds more than REPORT_BATCH
+            // entries however many one ACK carries.
+            let mut rest = reports.into_iter().peekable();
+            while rest.peek().is_some() {
+                let Some(r) = &mut self.r else { return };
+                let room = REPORT_BATCH.saturating_sub(r.reports.len()).max(1);
+                r.queue(rest.by_ref().take(room));
+                if r.reports.len() >= REPORT_BATCH {
+                    self.flush_reports(ctx, false);
                 }
+            }
+            // Reports ride on the next ACK; without one, progress goes within
+            // `report_flush`, phase changes (verified, applied, failed) within a tenth of it,
+            // batched with whatever else arrives meanwhile.
+            let wait = if phase_change { flush / 10 } else { flush };
+            if let Some(r) = &mut self.r
+                && !r.reports.is_empty()
+            {
+                r.report_due = Some(r.report_due.map_or(now + wait, |t| t.min(now + wait)));
             }
         }
         self.pump(ctx, sink);
