@@ -142,7 +142,7 @@ fn stock_broadcast_never_starts_when_the_distributor_is_root() {
         "no stock node requests: only the root would"
     );
     assert_eq!(f.lower_bound_s, None, "no data frame, no bound");
-    assert_eq!(s.stuck, 9);
+    assert_eq!((s.stuck, f.stuck), (9, 9));
     assert_eq!(s.stopped.as_deref(), Some("stalled"));
     assert!(ota::summary(&report).contains("stuck: 9"));
 }

@@ -37,6 +37,9 @@ pub struct OtaFigures {
     pub targets: u32,
     /// Targets that installed it.
     pub completed: u32,
+    /// Targets that did not when the run ended (stuck, failed or never reached): with stock
+    /// receivers, the nodes the reference logic strands.
+    pub stuck: u32,
     /// Data frames carried over links (every hop counts; repairs and duplicates included).
     pub data_link_tx: u64,
     /// (N−1)·k: every tree edge carries every chunk once.
@@ -154,6 +157,7 @@ pub fn compute(report: &Report, s: &OtaSection) -> OtaFigures {
         },
         targets: s.targets,
         completed: s.completed,
+        stuck: s.stuck,
         data_link_tx: data.frames,
         optimum_link_tx: optimum,
         data_tx_ratio: ratio(data.frames as f64, optimum as f64),

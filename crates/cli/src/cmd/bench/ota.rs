@@ -522,7 +522,11 @@ fn try_one(
     });
     let mut f = ota::figures(&report).context("the run produced no OTA figures")?;
     f.faults = if job.crash {
-        format!("crash 5 % ({} nodes)", f.crashed_targets)
+        format!(
+            "crash 5 % ({} node{})",
+            f.crashed_targets,
+            if f.crashed_targets == 1 { "" } else { "s" }
+        )
     } else {
         "none".into()
     };
@@ -627,6 +631,7 @@ fn table(rows: &[Row], markdown: bool) -> String {
         "faults",
         "targets",
         "completed",
+        "stuck",
         "data_link_tx",
         "optimum_link_tx",
         "tx/opt",
@@ -667,6 +672,7 @@ fn table(rows: &[Row], markdown: bool) -> String {
                 f.faults.clone(),
                 f.targets.to_string(),
                 f.completed.to_string(),
+                f.stuck.to_string(),
                 f.data_link_tx.to_string(),
                 f.optimum_link_tx.to_string(),
                 format!("{:.3}", f.data_tx_ratio),
