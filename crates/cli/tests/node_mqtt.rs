@@ -373,6 +373,16 @@ fn node_publishes_the_mesh_to_mqtt() {
         "metrics:\n{text}"
     );
 
+    // The gateway's link counters (read every 5 s): its link to 202 carried bytes.
+    wait_until(Duration::from_secs(8), "link counters on /metrics", || {
+        metric(
+            &scrape(&metrics_addr),
+            r#"pmesh_link_received_bytes_total{peer="202"}"#,
+        )
+        .is_some_and(|b| b > 0.0)
+    });
+    eprintln!("gateway RSS {} kB", gw.rss_kb());
+
     // Kill 203: node_left and a NODE_OFFLINE alert, 2 nodes.
     c.kill();
     let ev = format!("{p}/bridge/event");
