@@ -1816,6 +1816,17 @@ impl<A: SimApp> Sim<A> {
             },
             node_stats,
             max_node_buffered_bytes: self.max_buffered,
+            radio: self
+                .layout
+                .positions
+                .as_ref()
+                .map(|_| crate::report::RadioReport {
+                    area_m: self.layout.area_m,
+                    placements: self.layout.placements,
+                    graph_components: crate::topology::graph_components(&self.layout.visible),
+                    mean_in_range: self.layout.visible.iter().map(Vec::len).sum::<usize>() as f64
+                        / self.layout.visible.len().max(1) as f64,
+                }),
             app: self.app.report(self.now),
             wall: crate::report::WallReport {
                 seconds: wall_s,

@@ -131,6 +131,21 @@ pub struct TimeSyncReport {
     pub samples: Vec<(f64, Option<u64>)>,
 }
 
+/// The radio model's placement: whether the mesh could be one component at all.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct RadioReport {
+    /// Side of the square the nodes were placed in, metres (None: positions given).
+    pub area_m: Option<f64>,
+    /// Placements drawn until the radio graph (nodes within range of each other) was
+    /// connected (0: positions given).
+    pub placements: u32,
+    /// Connected components of the radio graph: more than 1 means some nodes can never
+    /// reach each other, whatever the protocol does.
+    pub graph_components: usize,
+    /// Mean number of nodes within range of a node.
+    pub mean_in_range: f64,
+}
+
 /// Host figures: excluded from determinism comparisons.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct WallReport {
@@ -183,6 +198,9 @@ pub struct Report {
     pub node_stats: BTreeMap<String, u64>,
     /// Largest protocol state one node held (partial frames buffered), bytes.
     pub max_node_buffered_bytes: u64,
+    /// The radio placement (radio model only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub radio: Option<RadioReport>,
     /// The application's section.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app: Option<serde_json::Value>,
@@ -215,6 +233,15 @@ impl Report {
             None => {
                 let _ = writeln!(s, "  formation     the nodes never formed a single mesh");
             }
+        }
+        if let Some(r) = &self.radio
+            && r.graph_components > 1
+        {
+            let _ = writeln!(
+                s,
+                "  radio         the placement is {} separate radio islands: one mesh is impossible",
+                r.graph_components
+            );
         }
         for c in &self.convergence {
             let when = match c.converged_after_s {

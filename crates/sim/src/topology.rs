@@ -134,6 +134,36 @@ fn in_range(pos: &[(f64, f64)], range: f64) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// Connected components of a visibility graph (edges taken in both directions).
+pub fn graph_components(adj: &[Vec<u32>]) -> usize {
+    let n = adj.len();
+    let mut undirected: Vec<Vec<u32>> = adj.to_vec();
+    for (i, v) in adj.iter().enumerate() {
+        for &j in v {
+            undirected[j as usize].push(i as u32);
+        }
+    }
+    let mut seen = vec![false; n];
+    let mut components = 0;
+    for s in 0..n {
+        if seen[s] {
+            continue;
+        }
+        components += 1;
+        seen[s] = true;
+        let mut stack = vec![s];
+        while let Some(i) = stack.pop() {
+            for &j in &undirected[i] {
+                if !seen[j as usize] {
+                    seen[j as usize] = true;
+                    stack.push(j as usize);
+                }
+            }
+        }
+    }
+    components
+}
+
 fn graph_connected(adj: &[Vec<u32>]) -> bool {
     if adj.is_empty() {
         return true;
@@ -157,6 +187,14 @@ fn graph_connected(adj: &[Vec<u32>]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn components_of_a_visibility_graph() {
+        // 0-1 (seen one way only), 2 alone, 3-4.
+        let adj = vec![vec![1], vec![], vec![], vec![4], vec![3]];
+        assert_eq!(graph_components(&adj), 3);
+        assert_eq!(graph_components(&[]), 0);
+    }
 
     #[test]
     fn fixed_parents() {
@@ -193,6 +231,7 @@ mod tests {
             assert!(d.windows(2).all(|w| w[0] <= w[1]));
             assert!(d.iter().all(|&x| x <= 50.0));
         }
+        assert_eq!(graph_components(&l.visible), 1);
         let mean = l.visible.iter().map(Vec::len).sum::<usize>() as f64 / 200.0;
         assert!(mean > 10.0 && mean < 16.0, "{mean}");
     }

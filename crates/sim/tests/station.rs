@@ -81,3 +81,27 @@ fn positions_must_match_the_nodes() {
     let err = Sim::new(sc).unwrap_err();
     assert!(err.contains("node 2"), "{err}");
 }
+
+/// Two pairs 200 m apart (range 50 m) can never form one mesh: the report says the radio
+/// graph has two islands, and the protocol forms one mesh on each.
+#[test]
+fn radio_islands_are_reported_and_each_forms_its_own_mesh() {
+    let mut sc = placed(&[[0.0, 0.0], [10.0, 0.0], [200.0, 0.0], [210.0, 0.0]], 3);
+    // Boot jitter on: two nodes that are each other's only AP, booting and rescanning in the
+    // same microsecond, dial each other at once, both close the duplicate and do it again
+    // for ever (an artefact of perfectly symmetric timing; see docs/simulator.md).
+    sc.wifi.boot_jitter = Scenario::default().wifi.boot_jitter;
+    let r = Sim::new(sc).unwrap().run();
+    let radio = r.radio.clone().expect("radio model");
+    assert_eq!(radio.graph_components, 2);
+    assert_eq!(radio.mean_in_range, 1.0);
+    assert_eq!(r.formed_at_s, None);
+    assert_eq!(r.convergence.last().unwrap().components, 2);
+    assert!(r.summary().contains("2 separate radio islands"));
+    // One island: the placement is connected and says so.
+    let mut sc = placed(&[[0.0, 0.0], [10.0, 0.0]], 1);
+    sc.wifi.boot_jitter = Scenario::default().wifi.boot_jitter;
+    let r = Sim::new(sc).unwrap().run();
+    assert_eq!(r.radio.unwrap().graph_components, 1);
+    assert!(r.formed_at_s.is_some());
+}

@@ -94,6 +94,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "bytes": f(&r, &["traffic", "bytes"]),
             "node_sync_bytes": r["by_type"]["NODE_SYNC_REQUEST"]["bytes"].as_u64().unwrap_or(0) + r["by_type"]["NODE_SYNC_REPLY"]["bytes"].as_u64().unwrap_or(0),
             "formed_at_s": f(&r, &["formed_at_s"]),
+            "radio_graph_components": f(&r, &["radio", "graph_components"]),
             "components_at_end": r["convergence"].as_array().and_then(|c| c.last()).map(|c| c["components"].clone()).unwrap_or(Value::Null),
             "time_sync_spread_ms": r["time_sync"]["spread_us"].as_u64().map(|u| u as f64 / 1000.0),
             "violations": f(&r, &["invariants", "violations_total"]),
@@ -179,12 +180,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "| nodes | simulated | events | wall | events/s | sim-s per wall-s | peak RSS | NODE_SYNC bytes | formed | components at end | mesh-time spread |"
+        "| nodes | simulated | events | wall | events/s | sim-s per wall-s | peak RSS | NODE_SYNC bytes | radio graph components | formed | components at end | mesh-time spread |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows.iter().filter(|r| r["run"] == "speed") {
         println!(
-            "| {} | {:.0} s | {} | {:.2} s | {:.0} | {:.1} | {:.1} MiB | {:.1} MiB | {} | {} | {} |",
+            "| {} | {:.0} s | {} | {:.2} s | {:.0} | {:.1} | {:.1} MiB | {:.1} MiB | {} | {} | {} | {} |",
             r["nodes"],
             r["simulated_s"].as_f64().unwrap_or(0.0),
             r["events"],
@@ -193,6 +194,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             r["sim_s_per_wall_s"].as_f64().unwrap_or(0.0),
             r["peak_rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
             r["node_sync_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+            r["radio_graph_components"],
             r["formed_at_s"]
                 .as_f64()
                 .map_or("never".to_string(), |t| format!("{t:.1} s")),
