@@ -748,13 +748,19 @@ fn gateway_connects_over_tls() {
             d.display()
         ),
     );
-    let mut broker = Command::new(&mosquitto)
-        .arg("-c")
-        .arg(conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start mosquitto");
+    // Stopped on drop, also when an assertion fails.
+    let _broker = Broker {
+        port: 0,
+        child: Some(
+            Command::new(&mosquitto)
+                .arg("-c")
+                .arg(conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start mosquitto"),
+        ),
+    };
     wait_until(Duration::from_secs(10), "mosquitto to listen", || {
         std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_ok()
             && std::net::TcpStream::connect(("127.0.0.1", plain_port)).is_ok()
@@ -797,8 +803,6 @@ fn gateway_connects_over_tls() {
         "a broker whose certificate the CA did not sign must not be trusted"
     );
     drop((good, bad));
-    let _ = broker.kill();
-    let _ = broker.wait();
 }
 
 /// User name and password: a Mosquitto that refuses anonymous clients takes the gateway with
@@ -841,13 +845,19 @@ fn gateway_logs_in_with_user_and_password() {
             pw.display()
         ),
     );
-    let mut broker = Command::new(&mosquitto)
-        .arg("-c")
-        .arg(conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start mosquitto");
+    // Stopped on drop, also when an assertion fails.
+    let _broker = Broker {
+        port: 0,
+        child: Some(
+            Command::new(&mosquitto)
+                .arg("-c")
+                .arg(conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start mosquitto"),
+        ),
+    };
     wait_until(Duration::from_secs(10), "mosquitto to listen", || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
@@ -895,6 +905,4 @@ fn gateway_logs_in_with_user_and_password() {
         "the broker refuses a wrong password"
     );
     drop((good, bad));
-    let _ = broker.kill();
-    let _ = broker.wait();
 }
