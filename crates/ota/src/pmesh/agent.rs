@@ -249,6 +249,13 @@ impl Rollout {
             if rep.2 != progress {
                 self.reports.retain(|q| q.0 != rep.0 || q.2 != progress);
             }
+            if self.reports.len() == self.reports.capacity() {
+                // Grow by doubling, but not past REPORT_BATCH + 1 entries (what the queue
+                // holds before it is sent): plain doubling would reserve up to twice that.
+                let len = self.reports.len();
+                let cap = (2 * len).clamp(4, REPORT_BATCH + 1).max(len + 1);
+                self.reports.reserve_exact(cap - len);
+            }
             self.reports.push(rep);
         }
         if self.reports.len() > REPORT_BATCH || !self.within_budget() {
