@@ -21,7 +21,7 @@ use pmesh_sim::{Scenario, Topology};
 /// Arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Which matrix: `quick` (fan-out 3 and chain at 10 and 50 nodes, a minute or two),
+    /// Which matrix: `quick` (fan-out 3 and chain at 10 and 50 nodes, about half a minute),
     /// `targets` (the pmesh rows issue 4's targets need, 1,000 nodes included), `full` (every
     /// mode on chain, fan-out 3/6/10 and radio at 10, 50, 100 nodes, pmesh also at 1,000).
     #[arg(long, value_enum, default_value = "quick")]
