@@ -84,6 +84,11 @@ pub(crate) struct Conn {
     resync_after_reply: bool,
     /// Since when this link has sent only trees showing a loop (see `ignore_looped_sync`).
     loop_since: Option<Instant>,
+    /// The last tree showed a cycle through us and this link whose agreed cut is elsewhere,
+    /// closing at this neighbour of ours (the node above us in that tree): while the cycle is
+    /// confirmed, no BROADCAST crosses the link (see [`Core::carries_broadcasts`]). Cleared by
+    /// a tree without a loop.
+    broadcast_hold: Option<u32>,
     /// Next run of this link's time-sync task; `None` until the first NODE_SYNC, as the
     /// reference creates the task only then.
     time_sync_at: Option<Instant>,
@@ -95,6 +100,12 @@ pub(crate) struct Conn {
 impl Conn {
     fn synced(&self) -> bool {
         self.node_id != 0
+    }
+
+    /// The link's tree no longer shows a loop: the grace and any broadcast hold end.
+    fn loop_cleared(&mut self) {
+        self.loop_since = None;
+        self.broadcast_hold = None;
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -259,6 +270,7 @@ impl<P: Plugin> Node<P> {
             sync_timeout_at: None,
             time_sync_at: None,
             loop_since: None,
+            broadcast_hold: None,
             resync_after_reply: false,
             time_request: None,
         });
@@ -611,12 +623,22 @@ impl<P: Plugin> Node<P> {
                 return;
             }
             Routing::Broadcast => {
+                if self
+                    .core
+                    .index(conn)
+                    .is_some_and(|i| self.core.broadcast_held(i))
+                {
+                    // Held in the loop grace: the frame also comes the other way round.
+                    self.core.stats.broadcasts_held += 1;
+                    return;
+                }
                 let targets: Vec<ConnId> = self
                     .core
                     .conns
                     .iter()
-                    .filter(|c| c.id != conn && c.synced())
-                    .map(|c| c.id)
+                    .enumerate()
+                    .filter(|&(i, c)| c.id != conn && self.core.carries_broadcasts(i))
+                    .map(|(_, c)| c.id)
                     .collect();
                 for t in targets {
                     self.core.stats.forwarded += 1;
@@ -738,8 +760,13 @@ enum LoopCut {
     This,
     /// Close this other link (ours on the cycle's chosen edge).
     Other(ConnId),
-    /// The chosen edge is between two other nodes: they cut it.
-    Elsewhere,
+    /// The chosen edge is between two other nodes: they cut it. The cycle runs through us
+    /// and closes at this neighbour of ours (the node above us in the tree), so the link may
+    /// be held for broadcasts meanwhile.
+    Elsewhere(u32),
+    /// The tree puts us below a node that is not our neighbour: a stale tree, or a loop we
+    /// are not on. Not taken, but broadcasts still cross the link.
+    Stale,
 }
 
 /// Memory a lent-out [`NodeTree`] takes (each node inline plus its `subs` vector's spare room).
@@ -830,6 +857,33 @@ impl<E> Core<E> {
             }
         }
         self.rate.anchor = Some((conn, local, y));
+    }
+
+    /// Whether BROADCASTs go out on the link at `idx`: it is synced and not held.
+    fn carries_broadcasts(&self, idx: usize) -> bool {
+        self.conns[idx].synced() && !self.broadcast_held(idx)
+    }
+
+    /// Whether the link at `idx` is held for BROADCASTs (both ways).
+    ///
+    /// A link held for a loop (`broadcast_hold`, the neighbour N's tree puts us below our
+    /// neighbour p) is an edge of that cycle. While our own view confirms the cycle (the link
+    /// to p is up, carries broadcasts itself, and p's tree holds N), a broadcast neither goes
+    /// out on the held link nor is taken from it: it cannot go round the cycle, and N's side
+    /// is reached the other way round, through p. Unconfirmed (a stale tree), the link carries
+    /// broadcasts as usual.
+    fn broadcast_held(&self, idx: usize) -> bool {
+        let c = &self.conns[idx];
+        let Some(above) = c.broadcast_hold else {
+            return false;
+        };
+        self.conns.iter().any(|o| {
+            o.id != c.id
+                && o.synced()
+                && o.node_id == above
+                && o.broadcast_hold.is_none()
+                && o.tree.contains(c.node_id)
+        })
     }
 
     fn index(&self, conn: ConnId) -> Option<usize> {
@@ -942,8 +996,9 @@ impl<E> Core<E> {
                 let targets: Vec<ConnId> = self
                     .conns
                     .iter()
-                    .filter(|c| c.synced())
-                    .map(|c| c.id)
+                    .enumerate()
+                    .filter(|&(i, _)| self.carries_broadcasts(i))
+                    .map(|(_, c)| c.id)
                     .collect();
                 for t in targets {
                     self.queue(t, frame.clone());
@@ -1124,6 +1179,7 @@ impl<E> Core<E> {
             if first {
                 return self.remove_conn(conn, reason, true);
             }
+            let mut hold = None;
             if reason == DropReason::LoopContainsSelf {
                 match self.loop_cut(conn, &self.sync_scratch) {
                     LoopCut::This => return self.remove_conn(conn, reason, true),
@@ -1131,12 +1187,14 @@ impl<E> Core<E> {
                         self.remove_conn(other, reason, true);
                         idx = self.index(conn).expect("only the other link was removed");
                     }
-                    LoopCut::Elsewhere => {}
+                    LoopCut::Elsewhere(above) => hold = Some(above),
+                    LoopCut::Stale => {}
                 }
             }
+            self.conns[idx].broadcast_hold = hold;
             return self.ignore_looped_sync(idx, now, ty, reason);
         }
-        self.conns[idx].loop_since = None;
+        self.conns[idx].loop_cleared();
         // Stock nodes omit hasTimeAuthority in replies but send it in requests (spec §4,
         // "fork asymmetry"); keep the flag from their last request instead of flapping.
         if !is_request
@@ -1195,7 +1253,8 @@ impl<E> Core<E> {
     /// the smallest `(min id, max id)` pair. Only that edge's two ends close it, and the rest
     /// of the ring stays up (cutting every link that shows the loop, which is what each node
     /// would do on its own, shreds a ring into single nodes). If the cycle does not close at
-    /// a neighbour of ours (stale trees), the link it came on is cut, as before.
+    /// a neighbour of ours (a stale tree, or a loop we are not on), nothing is cut here
+    /// ([`LoopCut::Stale`]).
     fn loop_cut(&self, conn: ConnId, tree: &FlatTree) -> LoopCut {
         let me = self.cfg.node_id;
         let Some(path) = tree.path_to(me).filter(|p| p.len() >= 3) else {
@@ -1208,7 +1267,7 @@ impl<E> Core<E> {
             .iter()
             .find(|c| c.id != conn && c.synced() && c.node_id == p)
         else {
-            return LoopCut::Elsewhere;
+            return LoopCut::Stale;
         };
         let key = |a: u32, b: u32| (a.min(b), a.max(b));
         let mut cycle = alloc::vec![me];
@@ -1223,13 +1282,13 @@ impl<E> Core<E> {
         } else if cut == key(p, me) {
             LoopCut::Other(other.id)
         } else {
-            LoopCut::Elsewhere
+            LoopCut::Elsewhere(p)
         }
     }
 
     /// A NODE_SYNC carrying exactly the stored tree (see `same_tree_sync`): nothing changed.
     fn node_sync_unchanged(&mut self, idx: usize, now: Instant, ty: i32) {
-        self.conns[idx].loop_since = None;
+        self.conns[idx].loop_cleared();
         self.node_sync_answer(idx, now, ty, false);
     }
 

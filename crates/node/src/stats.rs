@@ -29,6 +29,9 @@ pub struct NodeStats {
     pub topology_changes: u64,
     /// NODE_SYNC trees not taken because they showed a loop cut elsewhere (`Config::loop_grace`).
     pub loop_syncs_ignored: u64,
+    /// BROADCAST frames neither forwarded nor delivered because they came on a link held in
+    /// the loop grace (its tree showed a loop not cut here; see `Config::loop_grace`).
+    pub broadcasts_held: u64,
     /// Time-sync samples rejected by the 85x round-trip rule or giving offset 0.
     pub time_samples_retried: u64,
     /// Time-sync replies ignored by the optional rate discipline (`Config::rate_discipline`)
