@@ -56,7 +56,15 @@ impl Broker {
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n"
             ),
         );
-        let child = Command::new(&mosquitto)
+        let broker = Broker::spawn(&mosquitto, &conf, &[port]);
+        eprintln!("Mosquitto on 127.0.0.1:{port}");
+        broker
+    }
+
+    /// Runs `mosquitto -c conf` and waits until it listens on every one of `ports`; `port` is
+    /// the first of them. Stopped on drop, also when an assertion fails.
+    fn spawn(mosquitto: &str, conf: &Path, ports: &[u16]) -> Broker {
+        let child = Command::new(mosquitto)
             .arg("-c")
             .arg(conf)
             .stdout(Stdio::null())
@@ -64,11 +72,12 @@ impl Broker {
             .spawn()
             .expect("start mosquitto");
         wait_until(Duration::from_secs(10), "mosquitto to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            ports
+                .iter()
+                .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
         });
-        eprintln!("Mosquitto on 127.0.0.1:{port}");
         Broker {
-            port,
+            port: ports[0],
             child: Some(child),
         }
     }
@@ -748,23 +757,7 @@ fn gateway_connects_over_tls() {
             d.display()
         ),
     );
-    // Stopped on drop, also when an assertion fails.
-    let _broker = Broker {
-        port: 0,
-        child: Some(
-            Command::new(&mosquitto)
-                .arg("-c")
-                .arg(conf)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start mosquitto"),
-        ),
-    };
-    wait_until(Duration::from_secs(10), "mosquitto to listen", || {
-        std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_ok()
-            && std::net::TcpStream::connect(("127.0.0.1", plain_port)).is_ok()
-    });
+    let _broker = Broker::spawn(&mosquitto, &conf, &[tls_port, plain_port]);
     let sub = Sub::connect(plain_port, "#");
     let gateway = |id: u32, prefix: &str, ca: &str| {
         start_gateway(
@@ -845,22 +838,7 @@ fn gateway_logs_in_with_user_and_password() {
             pw.display()
         ),
     );
-    // Stopped on drop, also when an assertion fails.
-    let _broker = Broker {
-        port: 0,
-        child: Some(
-            Command::new(&mosquitto)
-                .arg("-c")
-                .arg(conf)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start mosquitto"),
-        ),
-    };
-    wait_until(Duration::from_secs(10), "mosquitto to listen", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let _broker = Broker::spawn(&mosquitto, &conf, &[port]);
     let sub = Sub::connect_as(port, "#", Some(("pmesh", "s3cret")));
     let spec = |id: u32| NodeSpec {
         id,
