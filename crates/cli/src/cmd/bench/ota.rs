@@ -51,6 +51,11 @@ pub struct Args {
     /// Send images uncompressed.
     #[arg(long)]
     uncompressed: bool,
+    /// Bytes per chunk instead of each mode's default: classic 1,024 served bytes; pmesh 4,096
+    /// image bytes, compressed at most 3,072 DEFLATE bytes (chunks then span a variable
+    /// number of image bytes).
+    #[arg(long)]
+    chunk_bytes: Option<u32>,
     /// Link bandwidth per direction, kbit/s (every link).
     #[arg(long, default_value_t = 2000.0)]
     bandwidth_kbit: f64,
@@ -311,6 +316,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         image: image.clone(),
         form_timeout: Dur::parse(&args.form_timeout).map_err(anyhow::Error::msg)?,
         compressed: !args.uncompressed,
+        chunk_bytes: args.chunk_bytes,
         bandwidth_kbit: args.bandwidth_kbit,
         latency_ms: args.latency_ms,
         seed: args.seed,
@@ -416,6 +422,7 @@ struct Setup {
     image: Image,
     form_timeout: Dur,
     compressed: bool,
+    chunk_bytes: Option<u32>,
     bandwidth_kbit: f64,
     latency_ms: f64,
     seed: u64,
@@ -441,6 +448,7 @@ fn scenario(setup: &Setup, job: &Job) -> anyhow::Result<(Scenario, OtaScenario)>
         mode: job.variant.mode,
         receivers: job.variant.receivers,
         compressed: setup.compressed,
+        chunk_bytes: setup.chunk_bytes,
         ..OtaScenario::default()
     };
     Ok((sc, o))
