@@ -435,7 +435,8 @@ pub struct PushOptions {
     /// Version text (pmesh manifests).
     #[serde(default)]
     pub version: String,
-    /// Bytes per chunk; 0: the protocol's default (classic 1,024, pmesh 4,096).
+    /// Bytes per chunk; 0: the protocol's default (classic 1,024; pmesh 4,096 image bytes,
+    /// compressed at most 3,072 DEFLATE bytes per chunk).
     #[serde(default)]
     pub chunk_size: u32,
     /// Give up (and cancel) after this many seconds.

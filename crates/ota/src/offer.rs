@@ -66,8 +66,10 @@ pub struct Offer {
     pub protocol: Protocol,
     /// Version text carried in pmesh manifests and recorded after install.
     pub version: String,
-    /// Bytes per chunk: served bytes for classic (default 1,024), image bytes for pmesh
-    /// (default 4,096). 0 means the default.
+    /// Bytes per chunk: served bytes for classic (default 1,024); for pmesh, image bytes
+    /// (default 4,096) or, compressed, the most DEFLATE bytes a chunk may take (default
+    /// 3,072: chunks then span a variable number of image bytes, so frames are equal).
+    /// 0 means the default.
     pub chunk_size: u32,
     /// pmesh only: when nodes apply.
     pub apply: ApplyPolicy,
@@ -94,6 +96,9 @@ impl fmt::Debug for Offer {
 pub const CLASSIC_CHUNK: u32 = 1024;
 /// Default pmesh chunk: 4,096 image bytes.
 pub const PMESH_CHUNK: u32 = 4096;
+/// Default compressed pmesh chunk: at most 3,072 DEFLATE bytes, spanning as many image
+/// bytes as compress into that (see [`crate::pmesh::spans`]).
+pub const PMESH_COMPRESSED_CHUNK: u32 = 3072;
 /// Largest chunk accepted in a pmesh manifest.
 pub const MAX_PMESH_CHUNK: u32 = 32 * 1024;
 /// Smallest chunk accepted in a pmesh manifest.

@@ -45,6 +45,12 @@ fn installed_at(mesh: &Mesh, i: usize) -> bool {
     mesh.installed(i)
 }
 
+/// Chunks of the rollout node `i` takes part in (compressed images: as the spans cut it).
+fn rollout_chunks(mesh: &mut Mesh, i: usize) -> u64 {
+    let status = mesh.with(i, |ota, _| ota.pmesh().status());
+    u64::from(status.expect("a rollout").total)
+}
+
 #[test]
 fn tree_rollout_each_link_carries_each_chunk_once() {
     let n = 13;
@@ -558,10 +564,21 @@ fn rate_cap_bounds_link_throughput() {
 /// nodes, fan-out 3, 1 MiB. The simulator's bench measures the same on more topologies.
 #[test]
 fn fifty_node_rollout_meets_the_loss_free_targets() {
+    // 1 + 3 + 9 + 27 = 40 < 50 nodes: depth 4.
+    loss_free_targets("fan-out 3", |m| m.tree(3), 4);
+}
+
+/// The same on a 50-node chain, where every hop costs the largest frame in flight: equal-size
+/// compressed chunks keep it near the bound.
+#[test]
+fn fifty_node_chain_meets_the_loss_free_targets() {
+    loss_free_targets("chain", Mesh::chain, 49);
+}
+
+fn loss_free_targets(name: &str, shape: impl FnOnce(&mut Mesh), depth: u32) {
     let n = 50;
-    let mut mesh = mesh_of(n, |m| m.tree(3));
+    let mut mesh = mesh_of(n, shape);
     let image = firmware(1 << 20, 10);
-    let k = 256;
     let start = mesh.now;
     offer(
         &mut mesh,
@@ -569,6 +586,7 @@ fn fifty_node_rollout_meets_the_loss_free_targets() {
             .pmesh()
             .compressed(true),
     );
+    let k = rollout_chunks(&mut mesh, 0);
     // Largest receiver tracking state seen at any step of the run.
     let mut tracking = 0;
     let done = mesh.run_until(mesh.now + 10 * MIN, |m| {
@@ -585,7 +603,6 @@ fn fifty_node_rollout_meets_the_loss_free_targets() {
         .iter()
         .map(|k| mesh.count(k).bytes)
         .sum();
-    let depth = 4; // 1 + 3 + 9 + 27 = 40 < 50 nodes
     let c = chunks.bytes / chunks.frames;
     let bound = pipelined_lower_bound_s(
         c * k,
@@ -595,7 +612,7 @@ fn fifty_node_rollout_meets_the_loss_free_targets() {
         mesh.latency_us as f64 / 1e6,
     );
     println!(
-        "N={n} k={k}: data_link_tx {} (optimum {}), control/data {:.4}, completion {secs:.3} s (lower bound {bound:.3} s, ratio {:.3}), wire/image {:.3}, peak tracking {tracking} B",
+        "{name} N={n} k={k}: data_link_tx {} (optimum {}), control/data {:.4}, completion {secs:.3} s (lower bound {bound:.3} s, ratio {:.3}), wire/image {:.3}, peak tracking {tracking} B",
         chunks.frames,
         optimum_link_tx(n as u64, k),
         control as f64 / chunks.bytes as f64,
@@ -675,12 +692,13 @@ fn thousand_node_rollout_scale() {
             .pmesh()
             .compressed(true),
     );
+    let k = rollout_chunks(&mut mesh, 0);
     assert!(all_installed(&mut mesh, 1..n, 30));
     let chunks = mesh.count("chunk");
     println!(
         "N={n}: data_link_tx {} (optimum {}), virtual completion {:.3} s, wall: mesh setup {setup:.1} s, rollout {:.1} s",
         chunks.frames,
-        optimum_link_tx(n as u64, 256),
+        optimum_link_tx(n as u64, k),
         (mesh.now - start) as f64 / 1e6,
         ota_wall.elapsed().as_secs_f64()
     );
@@ -697,14 +715,16 @@ fn five_percent_of_nodes_crash_and_every_target_completes() {
             .pmesh()
             .compressed(true),
     );
+    let k = rollout_chunks(&mut mesh, 0);
     // Inner nodes (with subtrees) and leaves crash at different points, then come back.
-    for (victim, at) in [(2usize, 60u32), (7, 120), (20, 180)] {
+    for (victim, percent) in [(2usize, 23u64), (7, 47), (20, 70)] {
+        let at = (k * percent / 100) as u32;
         let reached = mesh.run_until(mesh.now + MIN, |m| {
             m.events[victim]
                 .iter()
                 .any(|e| matches!(e, OtaEvent::Progress { done, .. } if *done >= at))
         });
-        assert!(reached, "node {victim} never reached {at}");
+        assert!(reached, "node {victim} never reached {at} of {k} chunks");
         mesh.crash(victim);
         mesh.run_for(1.0);
         mesh.restart(victim);
@@ -733,7 +753,7 @@ fn five_percent_of_nodes_crash_and_every_target_completes() {
     let chunks = mesh.count("chunk").frames;
     println!(
         "crashes: data_link_tx {chunks} (optimum {}), repair {repair} B, from a neighbour {neighbour} B",
-        optimum_link_tx(n as u64, 256)
+        optimum_link_tx(n as u64, k)
     );
     assert!(repair > 0 && neighbour as f64 >= 0.95 * repair as f64);
 }

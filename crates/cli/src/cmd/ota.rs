@@ -74,7 +74,8 @@ pub struct PushArgs {
     /// Version text carried by pmesh manifests and recorded by the nodes.
     #[arg(long, value_name = "TEXT", default_value = "")]
     fw_version: String,
-    /// Bytes per chunk [default: classic 1024, pmesh 4096].
+    /// Bytes per chunk [default: classic 1024; pmesh 4096 image bytes, or with --compressed at
+    /// most 3072 DEFLATE bytes, each chunk spanning as many image bytes as fit].
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     chunk_size: u32,
     /// Give up after this long (the offer is withdrawn).

@@ -41,7 +41,8 @@ use crate::classic::receiver::read_back_hashes;
 use crate::codec::{self, Sha256Hasher};
 use crate::event::{OtaEvent, Phase, Refusal, TransferId};
 use crate::io::{FirmwareSink, FirmwareSource, InstalledImage, OtaStore};
-use crate::offer::{ApplyPolicy, Offer, PMESH_CHUNK};
+use crate::offer::{ApplyPolicy, Offer, PMESH_CHUNK, PMESH_COMPRESSED_CHUNK};
+use crate::pmesh::spans::{PlanError, Spans};
 use crate::pmesh::wire::{self, ChunkMsg, Compression, Manifest, Report, Via, Want};
 
 /// Knobs of the pmesh protocol.
@@ -463,6 +464,7 @@ impl PmeshAgent {
         self.r.as_ref().map_or(0, |r| {
             core::mem::size_of::<Rollout>()
                 + r.have.heap_bytes()
+                + r.m.layout_heap_bytes()
                 + r.m.sha256.capacity()
                 + r.m.version.capacity()
                 + r.m.role.capacity()
@@ -602,10 +604,12 @@ impl PmeshAgent {
         }) {
             return Err(Refusal::Busy);
         }
-        let chunk = if offer.chunk_size == 0 {
-            PMESH_CHUNK
-        } else {
+        let chunk = if offer.chunk_size != 0 {
             offer.chunk_size
+        } else if offer.compressed {
+            PMESH_COMPRESSED_CHUNK
+        } else {
+            PMESH_CHUNK
         };
         if !(crate::offer::MIN_PMESH_CHUNK..=crate::offer::MAX_PMESH_CHUNK).contains(&chunk) {
             return Err(Refusal::BadOffer("chunk size out of range"));
@@ -614,8 +618,22 @@ impl PmeshAgent {
         if size == 0 {
             return Err(Refusal::BadOffer("empty image"));
         }
-        let count = u32::try_from(size.div_ceil(u64::from(chunk)))
-            .map_err(|_| Refusal::BadOffer("too many chunks"))?;
+        // Compressed images are cut into spans that deflate to about `chunk` bytes each
+        // (equal frames, see `spans`); uncompressed ones into `chunk` image bytes each.
+        let (chunk, count, spans) = if offer.compressed {
+            let spans = Spans::plan(offer.image.as_mut(), size, chunk).map_err(|e| match e {
+                PlanError::Io(e) => Refusal::Io(e),
+                PlanError::ShortImage => Refusal::BadOffer("image source ended early"),
+                PlanError::TooManyChunks => Refusal::BadOffer("too many chunks"),
+            })?;
+            (spans.max_len(), spans.count(), Some(spans))
+        } else {
+            let count = u32::try_from(size.div_ceil(u64::from(chunk)))
+                .ok()
+                .filter(|&c| c <= wire::MAX_CHUNKS)
+                .ok_or(Refusal::BadOffer("too many chunks"))?;
+            (chunk, count, None)
+        };
         let mut sha = Sha256Hasher::default();
         let mut buf = vec![0u8; 64 * 1024];
         let mut at = 0;
@@ -639,6 +657,7 @@ impl PmeshAgent {
             size,
             chunk,
             count,
+            spans,
             sha256: sha.finish_hex(),
             version: core::mem::take(&mut offer.version),
             role: core::mem::take(&mut offer.role),
@@ -1097,7 +1116,7 @@ impl PmeshAgent {
                 if r.have.get(i) {
                     self.stats.duplicates += 1;
                 } else {
-                    let len = r.m.chunk_len(i);
+                    let (offset, len) = r.m.chunk_range(i);
                     let bytes = if c.deflated {
                         codec::inflate_chunk(&c.payload, len).ok()
                     } else {
@@ -1106,7 +1125,6 @@ impl PmeshAgent {
                     match bytes.filter(|b| b.len() == len && codec::crc32(b) == c.crc) {
                         None => self.stats.corrupt += 1,
                         Some(bytes) => {
-                            let offset = u64::from(i) * u64::from(r.m.chunk);
                             if let Err(e) = sink
                                 .write_at(offset, &bytes)
                                 .and_then(|_| store.mark_chunk(i))
@@ -1917,8 +1935,7 @@ fn build_chunk(
     i: u32,
     sink: &mut dyn FirmwareSink,
 ) -> Option<Vec<u8>> {
-    let len = r.m.chunk_len(i);
-    let offset = u64::from(i) * u64::from(r.m.chunk);
+    let (offset, len) = r.m.chunk_range(i);
     let mut bytes = vec![0u8; len];
     match &mut r.role {
         Role::Distributor(d) => {

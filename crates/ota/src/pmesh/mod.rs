@@ -3,7 +3,9 @@
 //! nearest holder, resume, progress reports and coordinated apply.
 
 pub mod agent;
+pub mod spans;
 pub mod wire;
 
 pub use agent::{PmeshAgent, PmeshStats, PmeshTuning, RolloutStatus};
+pub use spans::Spans;
 pub use wire::{Compression, FrameKind, Manifest};

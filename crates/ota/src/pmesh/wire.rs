@@ -9,7 +9,7 @@
 //! | type | name | routing | fields after `type,routing,from` |
 //! |---|---|---|---|
 //! | 710 | HELLO | 0 | `v` (protocol version) |
-//! | 711 | MANIFEST | 2 (0 to one neighbour) | `id,size,chunk,count,sha256,version,role,hardware,compression,forced,apply[,at]` |
+//! | 711 | MANIFEST | 2 (0 to one neighbour) | `id,size,chunk,count,sha256,version,role,hardware,compression[,spans],forced,apply[,at]` |
 //! | 712 | WANT | 0 (1 + `dest` to the distributor) | `id,n,have[,re][,stop]` |
 //! | 713 | CHUNK | 0 (1 + `dest`) | `id,i,z,crc,d` |
 //! | 714 | ACK | 0 (1 + `dest`) | `id,n[,p]` |
@@ -26,6 +26,7 @@ use crate::b85;
 use crate::bitmap::ChunkBitmap;
 use crate::event::Refusal;
 use crate::offer::{MAX_PMESH_CHUNK, MIN_PMESH_CHUNK};
+use crate::pmesh::spans::Spans;
 
 /// HELLO: "I speak pmesh OTA" to a new neighbour.
 pub const HELLO: i32 = 710;
@@ -127,10 +128,13 @@ pub struct Manifest {
     pub id: u32,
     /// Image bytes (what ends up in flash).
     pub size: u64,
-    /// Image bytes per chunk (the last chunk may be shorter).
+    /// Image bytes per chunk (the last chunk may be shorter); with `spans`, the largest span.
     pub chunk: u32,
-    /// Chunk count, `ceil(size / chunk)`.
+    /// Chunk count: `ceil(size / chunk)`, or the spans listed.
     pub count: u32,
+    /// Variable chunk spans (compressed images: equal-size frames, see
+    /// [`crate::pmesh::spans`]); `None`: every chunk is `chunk` image bytes.
+    pub spans: Option<Spans>,
     /// Lowercase hex SHA-256 of the image.
     pub sha256: String,
     /// Version text.
@@ -150,10 +154,16 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Image bytes in chunk `i`.
-    pub fn chunk_len(&self, i: u32) -> usize {
-        let start = u64::from(i) * u64::from(self.chunk);
-        self.size.saturating_sub(start).min(u64::from(self.chunk)) as usize
+    /// Image offset and length of chunk `i` (`i` < `count`).
+    pub fn chunk_range(&self, i: u32) -> (u64, usize) {
+        match &self.spans {
+            Some(s) => s.range(i),
+            None => {
+                let start = u64::from(i) * u64::from(self.chunk);
+                let len = self.size.saturating_sub(start).min(u64::from(self.chunk));
+                (start, len as usize)
+            }
+        }
     }
 
     /// Same image, same chunking: a transfer of one can resume as the other.
@@ -162,6 +172,12 @@ impl Manifest {
             && self.chunk == o.chunk
             && self.sha256 == o.sha256
             && self.compression == o.compression
+            && self.spans == o.spans
+    }
+
+    /// Heap bytes of the chunk layout (counted in a node's tracking state).
+    pub fn layout_heap_bytes(&self) -> usize {
+        self.spans.as_ref().map_or(0, Spans::heap_bytes)
     }
 
     /// Serializes with this `routing` (2 to flood, 0 to one neighbour).
@@ -176,6 +192,11 @@ impl Manifest {
         text(&mut o, "role", &self.role);
         text(&mut o, "hardware", &self.hardware);
         text(&mut o, "compression", self.compression.name());
+        if let Some(spans) = &self.spans {
+            o.extend_from_slice(b",\"spans\":\"");
+            b85::encode_into(spans.units(), &mut o);
+            o.push(b'"');
+        }
         o.extend_from_slice(if self.forced {
             b",\"forced\":true"
         } else {
@@ -223,9 +244,27 @@ impl Manifest {
         if count > MAX_CHUNKS {
             return Err(Refusal::BadOffer("too many chunks"));
         }
-        if size == 0 || size.div_ceil(u64::from(chunk)) != u64::from(count) {
-            return Err(Refusal::BadOffer("count does not match size and chunk"));
+        if size == 0 {
+            return Err(Refusal::BadOffer("empty image"));
         }
+        let spans = match env.get("spans") {
+            None => {
+                if size.div_ceil(u64::from(chunk)) != u64::from(count) {
+                    return Err(Refusal::BadOffer("count does not match size and chunk"));
+                }
+                None
+            }
+            Some(Value::String(text)) => {
+                let units = b85::decode(text).map_err(|_| Refusal::BadOffer("spans"))?;
+                let spans =
+                    Spans::from_units(units, size).map_err(|e| Refusal::BadOffer(e.reason()))?;
+                if spans.count() != count || spans.max_len() != chunk {
+                    return Err(Refusal::BadOffer("count or chunk does not match the spans"));
+                }
+                Some(spans)
+            }
+            Some(_) => return Err(Refusal::BadOffer("spans")),
+        };
         let compression = match s("compression")?.as_str() {
             "none" => Compression::None,
             "deflate" => Compression::Deflate,
@@ -237,6 +276,7 @@ impl Manifest {
             size,
             chunk,
             count,
+            spans,
             sha256,
             version: s("version")?,
             role: s("role")?,
@@ -505,6 +545,7 @@ mod tests {
             size: 10_000,
             chunk: 4096,
             count: 3,
+            spans: None,
             sha256: "a".repeat(64),
             version: "1.2.3".into(),
             role: "sensor".into(),
@@ -519,7 +560,7 @@ mod tests {
         assert_eq!(env.ty, MANIFEST);
         assert_eq!(env.routing, pmesh_proto::Routing::Broadcast);
         assert_eq!(Manifest::from_envelope(&env).unwrap(), m);
-        assert_eq!(m.chunk_len(2), 10_000 - 8192);
+        assert_eq!(m.chunk_range(2), (8192, 10_000 - 8192));
         let bad = String::from_utf8(json.clone())
             .unwrap()
             .replace("\"count\":3", "\"count\":4");
@@ -531,6 +572,56 @@ mod tests {
         assert_eq!(
             Manifest::from_envelope(&parse(lz.as_bytes())),
             Err(Refusal::UnknownCompression("lz4".into()))
+        );
+    }
+
+    #[test]
+    fn manifest_with_spans() {
+        // Chunks of 512, 32 KiB and the last 1,000 bytes.
+        let spans = Spans::from_units(alloc::vec![1, 127, 3], 512 + 32_768 + 1000).unwrap();
+        let m = Manifest {
+            from: 7,
+            id: 99,
+            size: 512 + 32_768 + 1000,
+            chunk: 32_768,
+            count: 3,
+            spans: Some(spans),
+            sha256: "b".repeat(64),
+            version: "2".into(),
+            role: "sensor".into(),
+            hardware: "ESP32".into(),
+            compression: Compression::Deflate,
+            forced: false,
+            coordinated: false,
+            apply_at: None,
+        };
+        let json = m.to_json(2);
+        assert_eq!(Manifest::from_envelope(&parse(&json)).unwrap(), m);
+        assert_eq!(m.chunk_range(1), (512, 32_768));
+        assert_eq!(m.chunk_range(2), (512 + 32_768, 1000));
+        let text = String::from_utf8(json).unwrap();
+        let short = text.replace("\"size\":34280", "\"size\":34000");
+        assert_eq!(
+            Manifest::from_envelope(&parse(short.as_bytes())),
+            Err(Refusal::BadOffer("spans do not add up to the image size"))
+        );
+        let count = text.replace("\"count\":3", "\"count\":4");
+        assert_eq!(
+            Manifest::from_envelope(&parse(count.as_bytes())),
+            Err(Refusal::BadOffer("count or chunk does not match the spans"))
+        );
+        let chunk = text.replace("\"chunk\":32768", "\"chunk\":4096");
+        assert_eq!(
+            Manifest::from_envelope(&parse(chunk.as_bytes())),
+            Err(Refusal::BadOffer("count or chunk does not match the spans"))
+        );
+        // Not base85 (a 1-character tail cannot be).
+        let at = text.find("\"spans\":\"").unwrap() + 9;
+        let end = at + text[at..].find('"').unwrap();
+        let junk = alloc::format!("{}a{}", &text[..at], &text[end..]);
+        assert_eq!(
+            Manifest::from_envelope(&parse(junk.as_bytes())),
+            Err(Refusal::BadOffer("spans"))
         );
     }
 

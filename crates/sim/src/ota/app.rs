@@ -19,6 +19,7 @@ use crate::app::{Boot, NodeHandle, SimApp};
 use crate::clock::{SimTime, secs};
 use crate::rng::SimRng;
 use crate::scenario::Scenario;
+use pmesh_ota::pmesh::Spans;
 
 /// Role and hardware of the targets.
 pub const TARGET_ROLE: &str = "sensor";
@@ -333,7 +334,8 @@ pub struct OtaSection {
     pub image_bytes: u64,
     /// Bytes served per image (classic compressed: the gzip; otherwise the image).
     pub served_bytes: u64,
-    /// Bytes per chunk (classic: served bytes; pmesh: image bytes).
+    /// Bytes per chunk (classic: served bytes; pmesh: image bytes; pmesh compressed, whose
+    /// chunks span a variable number of image bytes: the mean).
     pub chunk_bytes: u32,
     /// Chunks per image.
     pub chunks: u32,
@@ -402,6 +404,8 @@ pub struct OtaApp {
     served_bytes: u64,
     chunk_bytes: u32,
     chunks: u32,
+    /// pmesh compressed: the spans the distributor will cut (the same planner).
+    spans: Option<Spans>,
     nodes: Vec<NodeRec>,
     offer: Option<OfferRec>,
     last_progress: SimTime,
@@ -487,13 +491,33 @@ impl OtaApp {
                 ota.chunk_bytes.unwrap_or(pmesh_ota::offer::CLASSIC_CHUNK),
             ),
         };
-        let chunks = pmesh_ota::bounds::chunk_count(served_bytes, u64::from(chunk_bytes)) as u32;
+        let spans = match ota.mode {
+            OtaMode::Pmesh if ota.compressed => {
+                let target = ota
+                    .chunk_bytes
+                    .unwrap_or(pmesh_ota::offer::PMESH_COMPRESSED_CHUNK);
+                let mut src = image.source.clone();
+                Some(
+                    Spans::plan(&mut src, image.len(), target)
+                        .map_err(|e| format!("ota: cannot cut the image into chunks: {e:?}"))?,
+                )
+            }
+            _ => None,
+        };
+        let (chunks, chunk_bytes) = match &spans {
+            Some(s) => (s.count(), image.len().div_ceil(u64::from(s.count())) as u32),
+            None => (
+                pmesh_ota::bounds::chunk_count(served_bytes, u64::from(chunk_bytes)) as u32,
+                chunk_bytes,
+            ),
+        };
         Ok(OtaApp {
             ota,
             image,
             served_bytes,
             chunk_bytes,
             chunks,
+            spans,
             nodes,
             offer: None,
             last_progress: 0,
@@ -746,8 +770,17 @@ impl OtaApp {
     /// The ideal store-and-forward time of the rollout's exact frames over `depth` links.
     fn store_forward_s(&self, from: u32, rollout: u32, depth: u32) -> f64 {
         let image = self.image.source.bytes();
-        let frames: Vec<u64> = image
-            .chunks(self.chunk_bytes as usize)
+        let pieces: Vec<&[u8]> = match &self.spans {
+            Some(spans) => (0..spans.count())
+                .map(|i| {
+                    let (off, len) = spans.range(i);
+                    &image[off as usize..off as usize + len]
+                })
+                .collect(),
+            None => image.chunks(self.chunk_bytes as usize).collect(),
+        };
+        let frames: Vec<u64> = pieces
+            .into_iter()
             .enumerate()
             .map(|(i, data)| {
                 let json = pmesh_ota::pmesh::wire::neighbour_chunk_json(

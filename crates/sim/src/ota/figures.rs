@@ -27,7 +27,8 @@ pub struct OtaFigures {
     pub nodes: u32,
     /// Image bytes.
     pub image_bytes: u64,
-    /// Bytes per chunk (classic: served bytes; pmesh: image bytes).
+    /// Bytes per chunk (classic: served bytes; pmesh: image bytes; pmesh compressed: the
+    /// mean span, chunks spanning a variable number of image bytes).
     pub chunk_bytes: u32,
     /// Chunks per image (k).
     pub chunks: u32,
@@ -230,14 +231,19 @@ pub fn summary(report: &Report) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "OTA {} ({} receivers{}): {} image of {} bytes, {} chunks of {} bytes",
+        "OTA {} ({} receivers{}): {} image of {} bytes, {} chunks of {} bytes{}",
         s.mode,
         s.receivers,
         if s.compressed { ", compressed" } else { "" },
         s.image,
         s.image_bytes,
         s.chunks,
-        s.chunk_bytes
+        s.chunk_bytes,
+        if s.compressed && s.mode == "pmesh" {
+            " on average (equal compressed sizes)"
+        } else {
+            ""
+        }
     );
     if let Some(e) = &s.offer_error {
         let _ = writeln!(o, "  offer refused by the distributor: {e}");
