@@ -57,6 +57,10 @@ pub struct Args {
     /// Announce time authority: neighbours adopt this node's clock.
     #[arg(long)]
     pub time_authority: bool,
+    /// Also discipline the rate of the mesh time this node adopts, not only its offset (not in
+    /// the reference; off by default; nothing changes on the wire).
+    #[arg(long)]
+    pub rate_discipline: bool,
     /// Configuration file (TOML; see docs/user-guide.md). Flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -139,6 +143,7 @@ pub struct NodeSection {
     id_file: Option<PathBuf>,
     root: Option<bool>,
     time_authority: Option<bool>,
+    rate_discipline: Option<bool>,
     listen: Option<String>,
     #[serde(default)]
     connect: Vec<String>,
@@ -461,6 +466,7 @@ impl Settings {
         let mut node = Config::new(id);
         node.root = args.root || n.root.unwrap_or(false);
         node.time_authority = args.time_authority || n.time_authority.unwrap_or(false);
+        node.rate_discipline = args.rate_discipline || n.rate_discipline.unwrap_or(false);
         let t = &file.timers;
         set_duration(
             &mut node.node_sync_interval,
@@ -897,6 +903,7 @@ mod tests {
             connect: vec![],
             root: false,
             time_authority: false,
+            rate_discipline: false,
             config: None,
             control: None,
             log_format: None,
@@ -928,6 +935,25 @@ mod tests {
         assert_eq!(s.node.node_timeout, Duration::from_secs(10));
         assert_eq!(s.net.listen, Some("0.0.0.0:5555".parse().unwrap()));
         assert_eq!(s.net.retry, RetrySchedule::reference());
+        assert!(
+            !s.node.rate_discipline,
+            "the reference's time sync unless asked"
+        );
+    }
+
+    #[test]
+    fn rate_discipline_from_the_file_or_the_flag() {
+        let file: FileConfig = toml::from_str("[node]\nrate_discipline = true\n").unwrap();
+        assert!(
+            Settings::resolve(&args(), file)
+                .unwrap()
+                .node
+                .rate_discipline
+        );
+        let mut a = args();
+        a.rate_discipline = true;
+        let s = Settings::resolve(&a, FileConfig::default()).unwrap();
+        assert!(s.node.rate_discipline);
     }
 
     #[test]
