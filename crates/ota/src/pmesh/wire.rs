@@ -493,23 +493,46 @@ pub(crate) fn ack(from: u32, via: Via, id: u32, n: u32, reports: &[Report]) -> V
     o
 }
 
-/// Parses an ACK: id, n, reports (malformed report entries are skipped).
-pub(crate) fn parse_ack(env: &Envelope, max_reports: usize) -> Option<(u32, u32, Vec<Report>)> {
+/// A parsed ACK.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct AckMsg {
+    pub id: u32,
+    pub n: u32,
+    pub reports: Vec<Report>,
+    /// Report entries skipped as malformed (counted by the caller).
+    pub skipped: usize,
+}
+
+/// Parses an ACK: id, n, at most `max_reports` reports (malformed entries are skipped and
+/// counted, as are entries beyond the limit).
+pub(crate) fn parse_ack(env: &Envelope, max_reports: usize) -> Option<AckMsg> {
     let id = env.get("id")?.as_u32_strict()?;
     let n = env.get("n")?.as_u32_strict()?;
     let mut reports = Vec::new();
+    let mut skipped = 0;
     if let Some(Value::Array(items)) = env.get("p") {
+        skipped = items.len().saturating_sub(max_reports);
         for item in items.iter().take(max_reports) {
             if let Value::Array(f) = item
                 && let [a, b, c] = f.as_slice()
                 && let (Some(a), Some(b), Some(c)) =
                     (a.as_u32_strict(), b.as_u32_strict(), c.as_u32_strict())
+                // No manifest has more chunks; phase numbers are one byte (100 + code).
+                && b <= MAX_CHUNKS
+                && c <= 0xFF
             {
                 reports.push((a, b, c));
+            } else {
+                skipped += 1;
             }
         }
     }
-    Some((id, n, reports))
+    Some(AckMsg {
+        id,
+        n,
+        reports,
+        skipped,
+    })
 }
 
 /// APPLY.
@@ -661,8 +684,27 @@ mod tests {
         let a = ack(4, Via::Neighbour, 5, 12, &[(4, 10, 0), (8, 70, 1)]);
         assert_eq!(
             parse_ack(&parse(&a), 100),
-            Some((5, 12, alloc::vec![(4, 10, 0), (8, 70, 1)]))
+            Some(AckMsg {
+                id: 5,
+                n: 12,
+                reports: alloc::vec![(4, 10, 0), (8, 70, 1)],
+                skipped: 0
+            })
         );
+        // More chunks than a manifest may have, a phase beyond a byte, not a triple.
+        let bad = ack(
+            4,
+            Via::Neighbour,
+            5,
+            12,
+            &[(4, MAX_CHUNKS + 1, 0), (8, 70, 256), (9, 1, 0)],
+        );
+        let text = String::from_utf8(bad).unwrap().replace("[9,1,0]", "[9,1]");
+        let got = parse_ack(&parse(text.as_bytes()), 100).unwrap();
+        assert_eq!((got.reports.len(), got.skipped), (0, 3));
+        let many: Vec<Report> = (0..10).map(|i| (i, 1, 0)).collect();
+        let got = parse_ack(&parse(&ack(4, Via::Neighbour, 5, 12, &many)), 4).unwrap();
+        assert_eq!((got.reports.len(), got.skipped), (4, 6));
         assert_eq!(FrameKind::of_type(713), Some(FrameKind::Chunk));
         assert!(FrameKind::Chunk.is_data() && !FrameKind::Ack.is_data());
     }
