@@ -216,16 +216,11 @@ pub enum PlanError {
     TooManyChunks,
 }
 
+/// Fills `buf` from `at` (a source fills the whole buffer unless the image ends first).
 fn read_exact(source: &mut dyn FirmwareSource, at: u64, buf: &mut [u8]) -> Result<(), PlanError> {
-    let mut done = 0;
-    while done < buf.len() {
-        let n = source
-            .read_at(at + done as u64, &mut buf[done..])
-            .map_err(PlanError::Io)?;
-        if n == 0 {
-            return Err(PlanError::ShortImage);
-        }
-        done += n;
+    let n = source.read_at(at, buf).map_err(PlanError::Io)?;
+    if n != buf.len() {
+        return Err(PlanError::ShortImage);
     }
     Ok(())
 }
@@ -323,6 +318,22 @@ mod tests {
         }
         assert_eq!(at, total);
         assert_eq!(s.range(199).1, 10);
+    }
+
+    #[test]
+    fn a_source_shorter_than_it_claims_is_an_error() {
+        struct Short(MemorySource);
+        impl FirmwareSource for Short {
+            fn len(&self) -> u64 {
+                self.0.len() + 100
+            }
+            fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, IoError> {
+                self.0.read_at(offset, buf)
+            }
+        }
+        let mut src = Short(MemorySource::new(firmware_like(10_000)));
+        let len = src.len();
+        assert_eq!(Spans::plan(&mut src, len, 2048), Err(PlanError::ShortImage));
     }
 
     #[test]
