@@ -40,6 +40,12 @@ pub struct Config {
     /// of one request per change. The reference sends every one; the wave of syncs that
     /// follows many simultaneous changes is then far smaller (see the `mesh_cost` example).
     pub coalesce_syncs: bool,
+    /// When a node comes again on a new link while an old direct link to it is still up (it
+    /// rebooted: a power cut sends no FIN), the new link is refused as by the reference, and
+    /// the old one is asked at once, so a dead old link closes after `node_timeout` and the
+    /// node's next attempt gets in, instead of waiting up to `node_sync_interval` for the
+    /// next periodic sync. `false`: the reference (the old link is only asked on schedule).
+    pub probe_duplicate_links: bool,
     /// How long an established link may keep reporting a loop that this node does not cut
     /// before it is closed anyway. Nodes on a loop agree on one link to cut (the smallest id
     /// pair on the cycle) and ignore looping trees meanwhile, so a ring loses one link instead
@@ -84,6 +90,7 @@ impl Config {
             time_sync_retry: Duration::from_millis(200),
             time_reply_hold: Duration::from_millis(1),
             coalesce_syncs: true,
+            probe_duplicate_links: true,
             loop_grace: Duration::from_secs(2),
             max_queued_events: 65_536,
             rate_discipline: false,

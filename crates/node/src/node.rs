@@ -1162,7 +1162,10 @@ impl<E> Core<E> {
             if tree_id == 0 || tree_id == me {
                 return self.remove_conn(conn, DropReason::InvalidNodeId, true);
             }
-            if self.route(tree_id).is_some_and(|via| via != conn) {
+            if let Some(via) = self.route(tree_id).filter(|&via| via != conn) {
+                if self.cfg.probe_duplicate_links {
+                    self.probe_if_same_neighbour(via, tree_id);
+                }
                 return self.remove_conn(conn, DropReason::AlreadyConnected, true);
             }
         } else if tree_id != self.conns[idx].node_id {
@@ -1225,6 +1228,23 @@ impl<E> Core<E> {
             self.topology_changed(Some(conn));
         }
         self.node_sync_answer(idx, now, ty, changed);
+    }
+
+    /// `node_id` came again on a new link while link `via` already reaches it. When `via` is a
+    /// direct link to that very node, the node has most likely rebooted and `via` is dead (a
+    /// power cut sends no FIN), yet nothing would notice before the next periodic NODE_SYNC,
+    /// up to `node_sync_interval` away. Ask on `via` now, unless a request is already
+    /// unanswered there, so `node_timeout` closes a dead link within seconds and the node's
+    /// next attempt gets in; a live link just answers. (The reference only drops the new
+    /// link, as we still do; see [`Config::probe_duplicate_links`].)
+    fn probe_if_same_neighbour(&mut self, via: ConnId, node_id: u32) {
+        if let Some(idx) = self.index(via) {
+            let c = &mut self.conns[idx];
+            if c.node_id == node_id && c.sync_timeout_at.is_none() {
+                c.node_sync_at = Some(FORCED);
+                self.stats.duplicate_link_probes += 1;
+            }
+        }
     }
 
     /// A NODE_SYNC on an established link whose tree shows a loop that this node does not

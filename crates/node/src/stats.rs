@@ -29,6 +29,9 @@ pub struct NodeStats {
     pub topology_changes: u64,
     /// NODE_SYNC trees not taken because they showed a loop cut elsewhere (`Config::loop_grace`).
     pub loop_syncs_ignored: u64,
+    /// Early NODE_SYNC requests on a link to a node that just came again on a new link (a
+    /// reboot leaves the old link dead; see `Config::probe_duplicate_links`).
+    pub duplicate_link_probes: u64,
     /// BROADCAST frames neither forwarded nor delivered because they came on a link held in
     /// the loop grace (its tree showed a loop not cut here; see `Config::loop_grace`).
     pub broadcasts_held: u64,

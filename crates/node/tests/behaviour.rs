@@ -299,6 +299,67 @@ fn second_path_to_a_known_node_is_closed() {
     assert_eq!(r.closed, vec![(ConnId(2), DropReason::AlreadyConnected)]);
     assert_eq!(r.node.node_list(true), vec![ME, 2000, 3000]);
     assert_eq!(r.node.route(3000), Some(ConnId(1)));
+    assert_eq!(
+        r.node.stats().duplicate_link_probes,
+        0,
+        "3000 is not a direct neighbour: nothing to probe"
+    );
+}
+
+/// A neighbour that rebooted (power cut: its old link sends no FIN) and comes back on a new
+/// link: the new link is refused as by the reference, but the old one is asked at once, so
+/// it closes after `node_timeout` instead of at the next periodic sync up to a minute later.
+#[test]
+fn a_rebooted_neighbour_gets_back_in_after_node_timeout() {
+    let mut r = rig();
+    r.add_neighbour(ConnId(1), Direction::Ap, "{\"nodeId\":2000}");
+    r.advance_to(T0 + secs(20)); // the first periodic request was answered at 10 s
+    assert!(r.closed.is_empty());
+    r.peers.remove(&ConnId(1)); // 2000 lost power: nothing answers on link 1 any more
+    let mark = r.sent.len();
+    r.add_neighbour(ConnId(2), Direction::Ap, "{\"nodeId\":2000}");
+    assert_eq!(r.closed, vec![(ConnId(2), DropReason::AlreadyConnected)]);
+    let asked = requests_on(&r, mark, ConnId(1));
+    assert_eq!(asked.len(), 1, "the old link is asked at once");
+    assert_eq!(asked[0].0, T0 + secs(20));
+    r.advance_to(T0 + secs(30) - Duration::from_micros(1));
+    assert_eq!(r.closed.len(), 1);
+    r.advance_to(T0 + secs(30));
+    assert_eq!(r.closed[1], (ConnId(1), DropReason::SyncTimeout));
+    r.add_neighbour(ConnId(3), Direction::Ap, "{\"nodeId\":2000}");
+    assert_eq!(r.closed.len(), 2, "the next attempt gets in");
+    assert_eq!(r.node.route(2000), Some(ConnId(3)));
+    assert_eq!(r.node.stats().duplicate_link_probes, 1);
+
+    // The reference's behaviour on request: the old link is asked only on schedule (70 s).
+    let mut cfg = Config::new(ME);
+    cfg.probe_duplicate_links = false;
+    let mut r = Rig::new(cfg, T0);
+    r.add_neighbour(ConnId(1), Direction::Ap, "{\"nodeId\":2000}");
+    r.advance_to(T0 + secs(20));
+    r.peers.remove(&ConnId(1));
+    let mark = r.sent.len();
+    r.add_neighbour(ConnId(2), Direction::Ap, "{\"nodeId\":2000}");
+    r.advance_to(T0 + secs(60));
+    assert!(requests_on(&r, mark, ConnId(1)).is_empty());
+    assert_eq!(r.closed, vec![(ConnId(2), DropReason::AlreadyConnected)]);
+    r.advance_to(T0 + secs(80));
+    assert_eq!(r.closed[1], (ConnId(1), DropReason::SyncTimeout));
+}
+
+/// The same on a live link (two links to one neighbour): it answers and stays; a request
+/// already unanswered is not doubled.
+#[test]
+fn a_duplicate_link_to_a_live_neighbour_leaves_the_old_link_up() {
+    let mut r = rig();
+    r.add_neighbour(ConnId(1), Direction::Ap, "{\"nodeId\":2000}");
+    r.advance_to(T0 + secs(20));
+    r.add_neighbour(ConnId(2), Direction::Ap, "{\"nodeId\":2000}");
+    assert_eq!(r.closed, vec![(ConnId(2), DropReason::AlreadyConnected)]);
+    r.advance_to(T0 + secs(120));
+    assert_eq!(r.closed.len(), 1, "the live link answered and stays");
+    assert_eq!(r.node.route(2000), Some(ConnId(1)));
+    assert_eq!(r.node.stats().duplicate_link_probes, 1);
 }
 
 #[test]
