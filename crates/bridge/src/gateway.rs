@@ -21,6 +21,20 @@ impl std::fmt::Display for GatewayError {
 
 impl std::error::Error for GatewayError {}
 
+/// The check every gateway makes before a SINGLE send: `dest` is neither the gateway `me`
+/// itself nor a node missing from `mesh` (the node list the gateway last saw).
+pub fn check_single_dest(me: u32, dest: u32, mesh: &[u32]) -> Result<(), GatewayError> {
+    if dest == me {
+        return Err(GatewayError(format!(
+            "node {dest} is this gateway; send to another node"
+        )));
+    }
+    if !mesh.contains(&dest) {
+        return Err(GatewayError(format!("node {dest} is not in the mesh")));
+    }
+    Ok(())
+}
+
 impl From<&str> for GatewayError {
     fn from(s: &str) -> Self {
         GatewayError(s.to_string())
@@ -204,4 +218,22 @@ pub enum MeshEvent {
     },
     /// OTA campaign progress.
     Ota(OtaProgress),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_sends_go_to_other_nodes_of_the_mesh() {
+        assert!(check_single_dest(1, 2, &[2, 3]).is_ok());
+        assert_eq!(
+            check_single_dest(1, 1, &[1, 2]).unwrap_err().0,
+            "node 1 is this gateway; send to another node"
+        );
+        assert_eq!(
+            check_single_dest(1, 9, &[2, 3]).unwrap_err().0,
+            "node 9 is not in the mesh"
+        );
+    }
 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
 
+use pmesh_bridge::gateway::check_single_dest;
 use pmesh_bridge::{Gateway, GatewayError, OtaStart};
 
 use super::app::{CampaignSpec, GATEWAY, HARDWARE, MAX_IMAGE, ROLE};
@@ -31,20 +32,11 @@ impl DemoGateway {
 
 impl Gateway for DemoGateway {
     fn send_single(&self, dest: u32, msg: Vec<u8>) -> Result<(), GatewayError> {
-        if dest == GATEWAY {
-            return Err(GatewayError(format!(
-                "node {dest} is this gateway; send to another node"
-            )));
-        }
-        let known = self
-            .shared
-            .nodes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&dest);
-        if !known {
-            return Err(GatewayError(format!("node {dest} is not in the mesh")));
-        }
+        check_single_dest(
+            GATEWAY,
+            dest,
+            &self.shared.nodes.lock().unwrap_or_else(|e| e.into_inner()),
+        )?;
         self.queue(Command::Send { dest, msg })
     }
 

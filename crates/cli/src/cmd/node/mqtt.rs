@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use pmesh_bridge::gateway::check_single_dest;
 use pmesh_bridge::{
     AlertThresholds, Bridge, BridgeConfig, BridgeHandle, BrokerConfig, Gateway, GatewayError,
     LinkStats, OtaMode, OtaProgress, OtaStart, Streams, TlsOptions,
@@ -561,20 +562,11 @@ where
     P::Store: 'static,
 {
     fn send_single(&self, dest: u32, msg: Vec<u8>) -> Result<(), GatewayError> {
-        if dest == self.me {
-            return Err(GatewayError(format!(
-                "node {dest} is this gateway; send to another node"
-            )));
-        }
-        let known = self
-            .shared
-            .nodes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&dest);
-        if !known {
-            return Err(GatewayError(format!("node {dest} is not in the mesh")));
-        }
+        check_single_dest(
+            self.me,
+            dest,
+            &self.shared.nodes.lock().unwrap_or_else(|e| e.into_inner()),
+        )?;
         let h = self.h.clone();
         tokio::spawn(async move {
             if let Err(e) = h.send_single(dest, msg).await {
