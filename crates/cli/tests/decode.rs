@@ -47,7 +47,7 @@ fn nul_stream(frames: &[&[u8]]) -> Vec<u8> {
 
 fn wire_vectors() -> Vec<(String, String)> {
     let path = format!(
-        "{}/../../../shared/spec/vectors/wire.json",
+        "{}/../../testdata/vectors/wire.json",
         env!("CARGO_MANIFEST_DIR")
     );
     let v: J = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();

@@ -1,4 +1,4 @@
-//! The node-level sections of `shared/spec/vectors/reference-algorithms.json`, outputs the
+//! The node-level sections of `testdata/vectors/reference-algorithms.json`, outputs the
 //! reference C++ code printed, replayed against a real `Node`: clock_offset (with what
 //! `handleTimeSync` applies), trip_delay, time_sync_exchange, adopt, layout and
 //! node_sync_equality. Every deliberate difference is asserted as pmesh's behaviour and listed

@@ -1,6 +1,6 @@
 //! # pmesh-proto
 //!
-//! The painlessMesh wire protocol as the reference speaks it (`shared/spec/painlessmesh-wire.md`):
+//! The painlessMesh wire protocol as the reference speaks it (`docs/spec/painlessmesh-wire.md`):
 //! NUL framing with a size cap ([`framing`]), a JSON reader that accepts what stock relays emit
 //! ([`json`]), the routing header and typed core messages ([`message`]), NodeTree ([`tree`]),
 //! classic OTA ([`ota`]) and the Alteriom packages ([`packages`]). Big NODE_SYNC frames can be

@@ -1,4 +1,4 @@
-//! The proto-level sections of `shared/spec/vectors/reference-algorithms.json` (outputs of the
+//! The proto-level sections of `testdata/vectors/reference-algorithms.json` (outputs of the
 //! reference C++ code): `parse_edge_cases`, `base64`, `ota_transforms`, `node_sync_equality`.
 //!
 //! Every case must match the reference exactly, except the cases named in the deviation tables

@@ -1,4 +1,4 @@
-//! Every case of `shared/spec/vectors/wire.json`: decoded as its `expect` says, re-serialized
+//! Every case of `testdata/vectors/wire.json`: decoded as its `expect` says, re-serialized
 //! byte for byte from the typed value where it is marked `byte_exact`, equal trees within an
 //! `equal_group`. An `expect` key this file does not check fails the test, so a vector file
 //! that grows cannot be half-tested silently.

@@ -10,10 +10,10 @@ use std::time::Duration;
 use pmesh_node::{Config, ConnId, Direction, DropReason, Event, Instant, Node, Transmit};
 use serde_json::Value;
 
-/// Reads a vector file from the shared spec next to the repository.
+/// Reads a vector file from `<repo>/testdata/vectors/` (a copy of the shared spec's vectors).
 pub fn vectors(name: &str) -> Value {
     let path = format!(
-        "{}/../../../shared/spec/vectors/{name}",
+        "{}/../../testdata/vectors/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));

@@ -1,13 +1,13 @@
-//! Shared helpers for the vector tests: loading `shared/spec/vectors/*.json` and reading fields.
+//! Shared helpers for the vector tests: loading `testdata/vectors/*.json` and reading fields.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
 use serde_json::Value as J;
 
-/// Loads a vector file from `<repo>/../shared/spec/vectors/`.
+/// Loads a vector file from `<repo>/testdata/vectors/` (a copy of the shared spec's vectors).
 pub fn vectors(name: &str) -> J {
     let path = format!(
-        "{}/../../../shared/spec/vectors/{name}",
+        "{}/../../testdata/vectors/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
