@@ -104,3 +104,71 @@ fn bad_input_gets_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("reading scenario"));
 }
+
+/// Every scenario file the repository ships runs through `pmesh sim FILE`, OTA ones included:
+/// the invariants hold, and a rollout's figures are in the report (every target installs, as
+/// the files' comments promise) and in the summary.
+#[test]
+fn every_shipped_scenario_runs_through_the_cli() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scenarios");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 10, "{} scenario files in {dir}", files.len());
+    let mut rollouts = 0;
+    for path in &files {
+        let file = path.to_str().unwrap();
+        let out = pmesh(&["sim", file, "--json"]);
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+        assert_eq!(v["invariants"]["violations_total"], 0, "{file}");
+        let Some(figures) = v["app"]["ota"]["figures"].as_object() else {
+            assert!(
+                !file.contains("/ota-"),
+                "{file}: no OTA figures in the report"
+            );
+            continue;
+        };
+        rollouts += 1;
+        assert!(figures["targets"].as_u64().unwrap() > 0, "{file}");
+        assert_eq!(figures["completed"], figures["targets"], "{file}");
+        let summary = pmesh(&["sim", file]);
+        let text = String::from_utf8_lossy(&summary.stdout);
+        assert!(text.contains("installed "), "{file}: {text}");
+        assert!(text.contains("data link transmissions"), "{file}: {text}");
+    }
+    assert_eq!(rollouts, 4, "the four ota-*.toml files ran their rollouts");
+}
+
+#[test]
+fn ota_flags_run_a_rollout_without_a_file() {
+    let out = pmesh(&[
+        "sim",
+        "-n",
+        "13",
+        "-t",
+        "tree",
+        "--ota",
+        "pmesh",
+        "--ota-image-bytes",
+        "64KiB",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["app"]["ota"]["figures"]["completed"], 12);
+    let out = pmesh(&["sim", "--ota-crash-share", "0.1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ota-* flags need --ota MODE"));
+}

@@ -31,11 +31,11 @@ fn radio_churn_delivers_every_broadcast_once() {
     assert_exactly_once(&r);
 }
 
-/// crates/sim/scenarios/heal-stress.toml, seeds 18 and 24 (238 and 87 duplicates before).
+/// scenarios/heal-stress.toml, seeds 18 and 24 (238 and 87 duplicates before).
 #[test]
 fn heal_stress_delivers_every_broadcast_once() {
     for seed in [18, 24] {
-        let mut sc = load("crates/sim/scenarios/heal-stress.toml");
+        let mut sc = load("scenarios/heal-stress.toml");
         sc.seed = seed;
         let r = Sim::new(sc).unwrap().run();
         assert!(

@@ -1,11 +1,14 @@
 //! `pmesh sim`: runs one simulated mesh (a scenario file and/or flags) and prints a summary, or
-//! the full report with `--json`.
+//! the full report with `--json`. A scenario file with an `[ota]` table (or `--ota MODE`) runs
+//! a firmware rollout on that mesh; its figures join the summary and the report's `app.ota`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
+use pmesh_sim::ota::{self, OtaArgs, OtaScenario};
+use pmesh_sim::report::Report;
 use pmesh_sim::scenario::{Dur, Span};
 use pmesh_sim::{Scenario, Sim, TimedEvent, Topology};
 
@@ -73,18 +76,42 @@ pub struct Args {
     /// Print the scenario as TOML and exit (a starting point for a scenario file).
     #[arg(long)]
     pub print_scenario: bool,
+    /// A firmware rollout on the simulated mesh (`--ota MODE`, `--ota-*`).
+    #[command(flatten)]
+    pub ota: OtaArgs,
 }
 
-/// Builds the scenario from the file and flags.
-pub fn scenario(args: &Args) -> anyhow::Result<Scenario> {
-    let mut sc = match &args.scenario {
+/// What `pmesh sim` runs: the mesh, and the OTA rollout on it if there is one.
+#[derive(Debug)]
+pub struct Run {
+    /// The mesh scenario.
+    pub mesh: Scenario,
+    /// The rollout (`[ota]` table and `--ota*` flags), if any.
+    pub ota: Option<OtaScenario>,
+}
+
+/// Builds the run from the scenario file and the flags (flags win).
+pub fn scenario(args: &Args) -> anyhow::Result<Run> {
+    let (mut sc, file_ota) = match &args.scenario {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading scenario {}", path.display()))?;
-            Scenario::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            ota::split_scenario_toml(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
         }
-        None => Scenario::default(),
+        None => (Scenario::default(), None),
     };
+    mesh_flags(args, &mut sc)?;
+    sc.validate().map_err(anyhow::Error::msg)?;
+    let ota = args.ota.apply(file_ota).map_err(anyhow::Error::msg)?;
+    if let Some(o) = &ota {
+        o.validate(&sc).map_err(anyhow::Error::msg)?;
+    }
+    Ok(Run { mesh: sc, ota })
+}
+
+/// Applies the mesh flags over the file's scenario.
+fn mesh_flags(args: &Args, sc: &mut Scenario) -> anyhow::Result<()> {
     if let Some(n) = args.nodes {
         sc.nodes = n;
     }
@@ -165,8 +192,7 @@ pub fn scenario(args: &Args) -> anyhow::Result<Scenario> {
             .push(TimedEvent::parse(e).map_err(anyhow::Error::msg)?);
     }
     sc.events.sort_by_key(|e| e.at);
-    sc.validate().map_err(anyhow::Error::msg)?;
-    Ok(sc)
+    Ok(())
 }
 
 fn parse_span(s: &str) -> anyhow::Result<Span> {
@@ -184,43 +210,90 @@ fn parse_span(s: &str) -> anyhow::Result<Span> {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let sc = scenario(&args)?;
+    let run = scenario(&args)?;
     if args.print_scenario {
-        print!(
-            "{}",
-            toml::to_string(&sc).context("serializing the scenario")?
-        );
+        print!("{}", scenario_toml(&run)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let mut sim = Sim::new(sc).map_err(anyhow::Error::msg)?;
-    let show_progress = !args.json && std::io::stderr().is_terminal();
-    let report = if show_progress {
-        let end = sim.scenario().duration.micros();
-        let bar = indicatif::ProgressBar::new(end / 1_000_000);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} simulating [{bar:30}] {pos}/{len} s  {msg}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        let r = sim.run_with_progress(|p| {
-            bar.set_position(p.sim_now / 1_000_000);
-            bar.set_message(format!("{} events, {} nodes up", p.events, p.nodes_up));
-        });
-        bar.finish_and_clear();
-        r
-    } else {
-        sim.run()
+    let bar = (!args.json && std::io::stderr().is_terminal()).then(progress_bar);
+    let report = match run.ota {
+        None => run_mesh(run.mesh, bar.as_ref())?,
+        Some(o) => run_rollout(run.mesh, o, bar.as_ref())?,
     };
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.summary());
+        print!("{}", ota::summary(&report));
     }
     Ok(if report.invariants.violations_total > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The scenario as a file would hold it (the `[ota]` table included).
+fn scenario_toml(run: &Run) -> anyhow::Result<String> {
+    let mut table = toml::Table::try_from(&run.mesh).context("serializing the scenario")?;
+    if let Some(o) = &run.ota {
+        table.insert(
+            "ota".into(),
+            toml::Value::try_from(o).context("serializing the [ota] table")?,
+        );
+    }
+    Ok(toml::to_string(&table)?)
+}
+
+fn progress_bar() -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} simulating [{bar:30}] {pos}/{len} s  {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+fn run_mesh(sc: Scenario, bar: Option<&indicatif::ProgressBar>) -> anyhow::Result<Report> {
+    let mut sim = Sim::new(sc).map_err(anyhow::Error::msg)?;
+    let Some(bar) = bar else { return Ok(sim.run()) };
+    bar.set_length(sim.scenario().duration.micros() / 1_000_000);
+    Ok(sim.run_with_progress(|p| {
+        bar.set_position(p.sim_now / 1_000_000);
+        bar.set_message(format!("{} events, {} nodes up", p.events, p.nodes_up));
+    }))
+}
+
+fn run_rollout(
+    sc: Scenario,
+    o: OtaScenario,
+    bar: Option<&indicatif::ProgressBar>,
+) -> anyhow::Result<Report> {
+    if let Some(bar) = bar {
+        bar.set_length(sc.duration.micros() / 1_000_000);
+        bar.set_message("forming the mesh to find the offer time");
+    }
+    let mut sim = ota::build(sc, o).map_err(anyhow::Error::msg)?;
+    Ok(ota::run(&mut sim, |p| {
+        if let Some(bar) = bar {
+            bar.set_position(p.sim_s as u64);
+            let state = if p.offered {
+                format!(
+                    "{}/{} installed, {:.0} % of the image held",
+                    p.installed,
+                    p.targets,
+                    p.fraction * 100.0
+                )
+            } else {
+                "waiting for the offer".into()
+            };
+            bar.set_message(format!("{} events, {state}", p.events));
+        }
+    }))
 }
