@@ -19,7 +19,7 @@ enum Command {
     /// Decode painlessMesh frames from stdin, one JSON object per frame.
     Decode(cmd::decode::Args),
     /// Run a simulated mesh (deterministic, virtual time) and report on it.
-    Sim(cmd::sim::Args),
+    Sim(Box<cmd::sim::Args>),
     /// Benchmarks whose figures go into docs/BENCHMARKS.md.
     #[command(subcommand)]
     Bench(cmd::bench::Command),
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Decode(args) => cmd::decode::run(args),
-        Command::Sim(args) => cmd::sim::run(args),
+        Command::Sim(args) => cmd::sim::run(*args),
         Command::Bench(c) => cmd::bench::run(c),
         Command::Node(args) => cmd::node::run(args),
         Command::Ota(c) => cmd::ota::run(c),
