@@ -1,7 +1,11 @@
 //! The discrete-event engine: one virtual clock, one event queue, the real `pmesh_node::Node`
-//! per simulated node, TCP links, the WiFi station layer, faults, generated traffic and the
-//! invariant checks. Nothing ticks: every event is a delivery, a node deadline, a WiFi step or a
-//! scenario action, so cost grows with what happens, not with nodes × time.
+//! per simulated node, TCP links, faults, generated traffic and the invariant checks. Nothing
+//! ticks: every event is a delivery, a node deadline, a WiFi step or a scenario action, so cost
+//! grows with what happens, not with nodes × time.
+//!
+//! The WiFi station model (scan, rank, associate, dial, retries, blocklist, reconfiguration,
+//! beacon loss) is `station.rs`: the engine delivers its timers, tells it what happened to the
+//! nodes and links, and carries out the link requests it returns.
 
 use std::collections::BTreeMap;
 use std::time::Instant as WallInstant;
@@ -10,12 +14,13 @@ use bytes::Bytes;
 use pmesh_node::{Config, ConnId, Direction, Event, Instant, Node, Plugin, Transmit};
 
 use crate::app::{Boot, CoreOnly, NodeHandle, SimApp};
-use crate::clock::{NodeClock, SEC, SimTime, secs};
+use crate::clock::{NodeClock, SimTime, secs};
 use crate::link::{AP, Link, LinkId, STA};
 use crate::report::{self, Convergence, Report, Violation};
 use crate::rng::SimRng;
 use crate::scenario::{Action, Scenario};
 use crate::sniff;
+use crate::station::{self, LinkRequest, NodeView, Stations, WifiEvent};
 use crate::topology::Layout;
 
 /// Violations kept in the report (all are counted).
@@ -40,14 +45,8 @@ enum Ev {
     Connected { link: LinkId },
     /// FIN or RST reaches `side`.
     PeerClosed { link: LinkId, side: usize },
-    /// A step of a node's WiFi station.
-    Sta {
-        node: usize,
-        epoch_gen: u64,
-        step: StaStep,
-    },
-    /// Check whether a station still hears its AP.
-    BeaconCheck { node: usize, boot: u32, ap: usize },
+    /// A WiFi station timer (`station.rs`).
+    Wifi(WifiEvent),
     /// Scenario event `idx`.
     Scenario { idx: usize },
     /// Generate a broadcast (`single = false`) or a SINGLE.
@@ -62,57 +61,9 @@ enum Ev {
     FormationCheck,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum StaStep {
-    Scan,
-    ScanDone,
-    AssocDone { ap: usize },
-    Dial { ap: usize, attempt: u32 },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Uplink {
-    None,
-    Associating { ap: usize },
-    Dialing { ap: usize },
-    Linked { ap: usize, link: LinkId },
-}
-
-impl Uplink {
-    fn ap(self) -> Option<usize> {
-        match self {
-            Uplink::None => None,
-            Uplink::Associating { ap } | Uplink::Dialing { ap } | Uplink::Linked { ap, .. } => {
-                Some(ap)
-            }
-        }
-    }
-}
-
-/// A node's WiFi station (painlessMesh's `StationScan` plus the radio).
-#[derive(Debug)]
-struct Station {
-    uplink: Uplink,
-    epoch_gen: u64,
-    candidates: Vec<usize>,
-    blocked: Vec<(usize, SimTime)>,
-    /// painlessMesh's `stability` (per node, volatile): +25 per NODE_SYNC that changed nothing
-    /// and per scan that found no unknown AP, halved at every topology change (`syncLayout`).
-    stability: u32,
-    /// The node's `topology_changes` counter when `stability` last took its changes into account.
-    changes_seen: u64,
-}
-
-impl Station {
-    fn new() -> Self {
-        Station {
-            uplink: Uplink::None,
-            epoch_gen: 0,
-            candidates: Vec::new(),
-            blocked: Vec::new(),
-            stability: 0,
-            changes_seen: 0,
-        }
+impl From<WifiEvent> for Ev {
+    fn from(ev: WifiEvent) -> Ev {
+        Ev::Wifi(ev)
     }
 }
 
@@ -124,15 +75,37 @@ struct SimNode<P: Plugin> {
     drift_ppb: i64,
     timer_at: Option<SimTime>,
     links: Vec<LinkId>,
-    sta: Station,
-    wifi_clients: u32,
-    refuse_until: SimTime,
-    group: u32,
 }
 
 impl<P: Plugin> SimNode<P> {
     fn up(&self) -> bool {
         self.node.is_some()
+    }
+}
+
+/// The nodes as the station model sees them.
+impl<P: Plugin> NodeView for Vec<SimNode<P>> {
+    fn up(&self, idx: usize) -> bool {
+        self[idx].up()
+    }
+
+    fn boots(&self, idx: usize) -> u32 {
+        self[idx].boots
+    }
+
+    fn id(&self, idx: usize) -> u32 {
+        self[idx].id
+    }
+
+    fn routes_to(&self, idx: usize, id: u32) -> bool {
+        self[idx]
+            .node
+            .as_ref()
+            .is_some_and(|n| n.route(id).is_some())
+    }
+
+    fn mesh_size(&self, idx: usize) -> usize {
+        self[idx].node.as_ref().map_or(0, |n| n.mesh_size())
     }
 }
 
@@ -188,7 +161,7 @@ pub struct Sim<A: SimApp = CoreOnly> {
     by_type: BTreeMap<i32, crate::report::Traffic>,
     total: crate::report::Traffic,
     drops: BTreeMap<&'static str, u64>,
-    wifi: crate::report::WifiReport,
+    stations: Stations,
     time_adjustments: u64,
     retired_stats: Vec<pmesh_node::NodeStats>,
     max_buffered: u64,
@@ -252,10 +225,6 @@ impl<A: SimApp> Sim<A> {
                 drift_ppb: rng_clock.signed(drift_ppb),
                 timer_at: None,
                 links: Vec::new(),
-                sta: Station::new(),
-                wifi_clients: 0,
-                refuse_until: 0,
-                group: 0,
             })
             .collect();
         let end = sc.duration.micros();
@@ -272,7 +241,7 @@ impl<A: SimApp> Sim<A> {
             by_type: BTreeMap::new(),
             total: Default::default(),
             drops: BTreeMap::new(),
-            wifi: Default::default(),
+            stations: Stations::new(sc.nodes as usize),
             time_adjustments: 0,
             retired_stats: Vec::new(),
             max_buffered: 0,
@@ -503,16 +472,12 @@ impl<A: SimApp> Sim<A> {
             Ev::Accept { link } => self.accept(link),
             Ev::Connected { link } => self.connected(link),
             Ev::PeerClosed { link, side } => self.peer_closed(link, side),
-            Ev::Sta {
-                node,
-                epoch_gen,
-                step,
-            } => {
-                if self.nodes[node].sta.epoch_gen == epoch_gen && self.nodes[node].up() {
-                    self.sta_step(node, step);
+            Ev::Wifi(ev) => {
+                let (stations, mut env) = self.wifi();
+                if let Some(request) = stations.on_event(&mut env, ev) {
+                    self.link_request(ev.node(), request);
                 }
             }
-            Ev::BeaconCheck { node, boot, ap } => self.beacon_check(node, boot, ap),
             Ev::Scenario { idx } => self.scenario_event(idx),
             Ev::Traffic { single } => self.traffic(single),
             Ev::CycleCheck { idx } => self.cycle_check(idx),
@@ -557,11 +522,11 @@ impl<A: SimApp> Sim<A> {
         let n = &mut self.nodes[idx];
         n.node = Some(Node::new(cfg, plugin));
         n.timer_at = None;
-        n.sta = Station::new();
-        n.wifi_clients = 0;
+        self.stations.boot(idx);
         self.last_change = self.now;
         self.drain(idx);
-        self.sta_schedule(idx, 0, StaStep::Scan);
+        let (stations, mut env) = self.wifi();
+        stations.start(&mut env, idx);
     }
 
     fn crash(&mut self, idx: usize) {
@@ -583,31 +548,10 @@ impl<A: SimApp> Sim<A> {
             }
             self.edge_removed(l);
         }
-        // Stations associated with this AP lose its beacon.
-        // Its association frees the AP's station slot (held from association to disconnect).
-        if let Uplink::Dialing { ap } | Uplink::Linked { ap, .. } = self.nodes[idx].sta.uplink {
-            self.nodes[ap].wifi_clients = self.nodes[ap].wifi_clients.saturating_sub(1);
-        }
-        for s in 0..self.nodes.len() {
-            if self.nodes[s].up() && self.nodes[s].sta.uplink.ap() == Some(idx) {
-                let boot = self.nodes[s].boots;
-                self.queue.push(
-                    self.now + self.sc.wifi.beacon_timeout.micros(),
-                    Ev::BeaconCheck {
-                        node: s,
-                        boot,
-                        ap: idx,
-                    },
-                );
-            }
-        }
-        let n = &mut self.nodes[idx];
-        n.sta = Station {
-            epoch_gen: n.sta.epoch_gen + 1,
-            ..Station::new()
-        };
-        n.wifi_clients = 0;
-        n.timer_at = None;
+        // Its AP slot upstream is freed; stations associated with its AP lose its beacon.
+        let (stations, mut env) = self.wifi();
+        stations.crashed(&mut env, idx);
+        self.nodes[idx].timer_at = None;
         self.last_change = self.now;
         self.prune_broadcast_expectations();
     }
@@ -627,16 +571,8 @@ impl<A: SimApp> Sim<A> {
         let mut events = Vec::new();
         let n = &mut self.nodes[idx];
         if let Some(node) = n.node.as_mut() {
-            // `layout::syncLayout` halves `stability` at every topology change this node sees:
-            // a NODE_SYNC that changed a neighbour's tree, or a synced connection dropped.
-            let changes = node.stats().topology_changes;
-            let halvings = changes - n.sta.changes_seen;
-            n.sta.changes_seen = changes;
-            n.sta.stability = n
-                .sta
-                .stability
-                .checked_shr(halvings.min(32) as u32)
-                .unwrap_or(0);
+            self.stations
+                .topology_changes(idx, node.stats().topology_changes);
             while let Some(e) = node.poll_event() {
                 events.push(e);
             }
@@ -800,10 +736,10 @@ impl<A: SimApp> Sim<A> {
             for c in chunks.drain(..) {
                 node.handle_bytes(ConnId(l as u64), local, &c);
             }
-            // painlessMesh's stability grows by 25 per NODE_SYNC that changed nothing.
+            // The station's stability counts the NODE_SYNCs that changed nothing.
             let changed = node.stats().topology_changes - changes_before;
             let unchanged = u64::from(syncs).saturating_sub(changed) as u32;
-            n.sta.stability = (n.sta.stability + 25 * unchanged).min(1000);
+            self.stations.unchanged_syncs(to, unchanged);
             self.max_buffered = self.max_buffered.max(node.buffered_bytes() as u64);
             self.drain(to);
         }
@@ -838,7 +774,8 @@ impl<A: SimApp> Sim<A> {
         self.nodes[idx].links.retain(|&x| x != l);
         self.edge_removed(l);
         if side == STA {
-            self.station_lost_link(idx, l);
+            let (stations, mut env) = self.wifi();
+            stations.link_lost(&mut env, idx, l);
         }
     }
 
@@ -864,7 +801,8 @@ impl<A: SimApp> Sim<A> {
             self.drain(idx);
         }
         if side == STA {
-            self.station_lost_link(idx, l);
+            let (stations, mut env) = self.wifi();
+            stations.link_lost(&mut env, idx, l);
         }
     }
 
@@ -898,15 +836,14 @@ impl<A: SimApp> Sim<A> {
         if link.boots[STA] != self.nodes[sta].boots || !self.nodes[sta].up() {
             return;
         }
-        if self.nodes[sta].sta.uplink != (Uplink::Linked { ap, link: l }) {
+        if !self.stations.is_linked(sta, ap, l) {
             return;
         }
         if link.dead || !link.open[AP] {
             // The SYN went unanswered: a failed attempt.
             self.links[l].dead = true;
-            self.wifi.tcp_failures += 1;
-            self.nodes[sta].sta.uplink = Uplink::Dialing { ap };
-            self.dial_failed(sta, ap, 0);
+            let (stations, mut env) = self.wifi();
+            stations.handshake_failed(&mut env, sta, ap);
             return;
         }
         let link = &mut self.links[l];
@@ -950,243 +887,38 @@ impl<A: SimApp> Sim<A> {
         })
     }
 
-    // --- WiFi station ----------------------------------------------------------------------
+    // --- WiFi stations ---------------------------------------------------------------------
 
-    fn sta_schedule(&mut self, idx: usize, delay: SimTime, step: StaStep) {
-        let sta = &mut self.nodes[idx].sta;
-        sta.epoch_gen += 1;
-        let epoch_gen = sta.epoch_gen;
-        self.queue.push(
-            self.now + delay,
-            Ev::Sta {
-                node: idx,
-                epoch_gen,
-                step,
-            },
-        );
+    /// The station model and what it may use of the engine, for one call.
+    fn wifi(&mut self) -> (&mut Stations, station::Env<'_, Ev>) {
+        let env = station::Env {
+            now: self.now,
+            sc: &self.sc,
+            layout: &self.layout,
+            rng: &mut self.rng,
+            queue: &mut self.queue,
+            nodes: &self.nodes,
+        };
+        (&mut self.stations, env)
     }
 
-    fn visible(&self, idx: usize, ap: usize) -> bool {
-        self.nodes[ap].up() && self.nodes[ap].group == self.nodes[idx].group
-    }
-
-    fn sta_step(&mut self, idx: usize, step: StaStep) {
-        let w = self.sc.wifi.clone();
-        match step {
-            StaStep::Scan => self.sta_schedule(idx, w.scan_time.micros(), StaStep::ScanDone),
-            StaStep::ScanDone => {
-                self.wifi.scans += 1;
-                let now = self.now;
-                self.nodes[idx]
-                    .sta
-                    .blocked
-                    .retain(|&(_, until)| until > now);
-                let node = self.nodes[idx].node.as_ref().expect("up");
-                let mut aps = Vec::new();
-                for &ap in &self.layout.visible[idx] {
-                    let ap = ap as usize;
-                    if !self.visible(idx, ap) {
-                        continue;
-                    }
-                    if node.route(self.nodes[ap].id).is_some() {
-                        continue; // already in my tree
-                    }
-                    if self.nodes[idx].sta.blocked.iter().any(|&(b, _)| b == ap) {
-                        continue;
-                    }
-                    aps.push(ap);
-                }
-                if let Some(pos) = &self.layout.positions
-                    && aps.len() > 1
-                {
-                    // Rank by a noisy RSSI, strongest first (painlessMesh sorts its scan by RSSI).
-                    let me = pos[idx];
-                    let sigma = w.rssi_noise_db;
-                    let mut ranked: Vec<(f64, usize)> = aps
-                        .iter()
-                        .map(|&ap| {
-                            let d = (me.0 - pos[ap].0).hypot(me.1 - pos[ap].1).max(1.0);
-                            (-40.0 - 27.0 * d.log10() + sigma * self.rng.normal(), ap)
-                        })
-                        .collect();
-                    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-                    aps = ranked.into_iter().map(|(_, ap)| ap).collect();
-                }
-                let connected = matches!(self.nodes[idx].sta.uplink, Uplink::Linked { .. });
-                // `isRooted(tree)`: some node in my tree announces root. The scenario says which
-                // nodes do, so a route lookup answers it without cloning the tree.
-                let me = self.nodes[idx].id;
-                let rooted = connected
-                    && self
-                        .sc
-                        .roots
-                        .iter()
-                        .any(|&r| r == me || node.route(r).is_some());
-                let contains_root = w.contains_root.unwrap_or(!self.sc.roots.is_empty());
-                // Connected: slow rescans, unless a root is expected and not in sight (spec §4).
-                let connected_next = if contains_root && !rooted {
-                    w.scan_interval.micros() / 2
-                } else {
-                    w.connected_scan_interval.micros()
-                };
-                // `connectToAP` works from this list until the next scan: a station that loses
-                // its link later (reconfiguration, a closed connection, a lost beacon) goes
-                // straight to the next AP on it, unknown at the time of the scan (the
-                // reference's STA_DISCONNECTED handler calls `connectToAP()`, not a new scan).
-                let mesh_size = node.mesh_size() as u64;
-                self.nodes[idx].sta.candidates = aps;
-                if self.nodes[idx].sta.candidates.is_empty() {
-                    let sta = &mut self.nodes[idx].sta;
-                    sta.stability = (sta.stability + 25).min(1000);
-                    let next = if connected {
-                        connected_next
-                    } else {
-                        w.scan_interval.micros()
-                    };
-                    self.sta_schedule(idx, next, StaStep::Scan);
-                } else if connected {
-                    let stability = u64::from(self.nodes[idx].sta.stability);
-                    // With `setContainsRoot` the chance is stability/1000; without it the
-                    // reference divides by 2 × (1 + mesh size): "slower when part of a bigger
-                    // network" (integer division, as in `connectToAP`).
-                    let prob = if contains_root {
-                        stability
-                    } else {
-                        stability / (2 * (1 + mesh_size))
-                    };
-                    if w.reconfigure && !rooted && self.rng.below(1000) < prob {
-                        // Drop the uplink to join the unknown nodes (painlessMesh's reconfigure).
-                        self.wifi.reconfigurations += 1;
-                        self.nodes[idx].sta.stability = 0;
-                        if let Uplink::Linked { link, .. } = self.nodes[idx].sta.uplink {
-                            let local = self.nodes[idx].clock.local(self.now);
-                            if let Some(n) = self.nodes[idx].node.as_mut() {
-                                n.close(ConnId(link as u64), local);
-                            }
-                            self.drain(idx);
-                        }
-                    } else {
-                        self.sta_schedule(idx, connected_next, StaStep::Scan);
-                    }
-                } else {
-                    self.try_next_candidate(idx);
-                }
+    /// Carries out what node `idx`'s station asked of the links.
+    fn link_request(&mut self, idx: usize, request: LinkRequest) {
+        match request {
+            LinkRequest::Open { ap } => {
+                let l = self.open_link(idx, ap);
+                let (stations, mut env) = self.wifi();
+                stations.linked(&mut env, idx, ap, l);
             }
-            StaStep::AssocDone { ap } => {
-                if self.nodes[idx].sta.uplink != (Uplink::Associating { ap }) {
-                    return;
+            LinkRequest::Close { link } => {
+                // The reconfiguration rule: the node drops its uplink to join unknown nodes.
+                let local = self.nodes[idx].clock.local(self.now);
+                if let Some(n) = self.nodes[idx].node.as_mut() {
+                    n.close(ConnId(link as u64), local);
                 }
-                if !self.visible(idx, ap) || self.nodes[ap].wifi_clients >= self.layout.max_stations
-                {
-                    self.wifi.association_failures += 1;
-                    self.nodes[idx].sta.uplink = Uplink::None;
-                    self.try_next_candidate(idx);
-                    return;
-                }
-                self.wifi.associations += 1;
-                self.nodes[ap].wifi_clients += 1;
-                self.nodes[idx].sta.uplink = Uplink::Dialing { ap };
-                self.sta_step(idx, StaStep::Dial { ap, attempt: 0 });
+                self.drain(idx);
             }
-            StaStep::Dial { ap, attempt } => {
-                if self.nodes[idx].sta.uplink != (Uplink::Dialing { ap }) {
-                    return;
-                }
-                let refused = !self.visible(idx, ap)
-                    || self.nodes[ap].refuse_until > self.now
-                    || (self.sc.link.connect_fail > 0.0
-                        && self.rng.unit() < self.sc.link.connect_fail);
-                if refused {
-                    self.wifi.tcp_failures += 1;
-                    self.dial_failed(idx, ap, attempt);
-                } else {
-                    let l = self.open_link(idx, ap);
-                    self.nodes[idx].sta.uplink = Uplink::Linked { ap, link: l };
-                    self.nodes[idx].sta.epoch_gen += 1; // no station timer while linked, until the next scan
-                    self.sta_schedule(idx, w.connected_scan_interval.micros(), StaStep::Scan);
-                    // Keep the dial attempt counter for a failed handshake.
-                    let _ = attempt;
-                }
-            }
-        }
-    }
-
-    fn try_next_candidate(&mut self, idx: usize) {
-        let w = &self.sc.wifi;
-        let (scan_interval, assoc) = (w.scan_interval.micros(), w.assoc_time.micros());
-        let sta = &mut self.nodes[idx].sta;
-        if sta.candidates.is_empty() {
-            // Every candidate of the last scan failed: look again soon.
-            self.sta_schedule(idx, SEC.min(scan_interval), StaStep::Scan);
-            return;
-        }
-        let ap = sta.candidates.remove(0);
-        sta.uplink = Uplink::Associating { ap };
-        self.sta_schedule(idx, assoc, StaStep::AssocDone { ap });
-    }
-
-    fn dial_failed(&mut self, idx: usize, ap: usize, attempt: u32) {
-        let retries = &self.sc.wifi.tcp_retry;
-        if let Some(d) = retries.get(attempt as usize) {
-            let d = d.micros();
-            self.sta_schedule(
-                idx,
-                d,
-                StaStep::Dial {
-                    ap,
-                    attempt: attempt + 1,
-                },
-            );
-        } else {
-            // Retries exhausted: blocklist the AP's node, reconnect WiFi later.
-            self.wifi.blocklisted += 1;
-            let until = self.now + self.sc.wifi.blocklist.micros();
-            let n = &mut self.nodes[idx];
-            n.sta.blocked.push((ap, until));
-            n.sta.uplink = Uplink::None;
-            self.nodes[ap].wifi_clients = self.nodes[ap].wifi_clients.saturating_sub(1);
-            let d = self.sc.wifi.wifi_reconnect.micros();
-            self.sta_schedule(idx, d, StaStep::Scan);
-        }
-    }
-
-    /// The station's TCP link to its AP ended: painlessMesh drops WiFi too, and its
-    /// STA_DISCONNECTED handler calls `connectToAP()`, which takes the next AP of the last scan
-    /// (or, with none left, scans again).
-    fn station_lost_link(&mut self, idx: usize, l: LinkId) {
-        if let Uplink::Linked { ap, link } = self.nodes[idx].sta.uplink
-            && link == l
-        {
-            self.nodes[idx].sta.uplink = Uplink::None;
-            self.nodes[ap].wifi_clients = self.nodes[ap].wifi_clients.saturating_sub(1);
-            if self.nodes[idx].up() {
-                self.reconnect(idx);
-            }
-        }
-    }
-
-    /// `connectToAP()` outside a scan: the next AP left on the last scan's list, else a scan.
-    fn reconnect(&mut self, idx: usize) {
-        if self.nodes[idx].sta.candidates.is_empty() {
-            self.sta_schedule(idx, 0, StaStep::Scan);
-        } else {
-            self.try_next_candidate(idx);
-        }
-    }
-
-    fn beacon_check(&mut self, idx: usize, boot: u32, ap: usize) {
-        if !self.nodes[idx].up()
-            || self.nodes[idx].boots != boot
-            || self.nodes[idx].sta.uplink.ap() != Some(ap)
-        {
-            return;
-        }
-        if self.visible(idx, ap) {
-            return;
-        }
-        self.wifi.beacon_losses += 1;
-        match self.nodes[idx].sta.uplink {
-            Uplink::Linked { link, .. } => {
+            LinkRequest::WifiLost { link } => {
                 // The station's TCP dies with its WiFi; the AP side (if alive) finds out by timeout.
                 let lk = &mut self.links[link];
                 if lk.open[STA] {
@@ -1204,14 +936,8 @@ impl<A: SimApp> Sim<A> {
                     }
                     self.drain(idx);
                 }
-                self.station_lost_link(idx, link);
-            }
-            uplink => {
-                if matches!(uplink, Uplink::Dialing { .. }) {
-                    self.nodes[ap].wifi_clients = self.nodes[ap].wifi_clients.saturating_sub(1);
-                }
-                self.nodes[idx].sta.uplink = Uplink::None;
-                self.reconnect(idx);
+                let (stations, mut env) = self.wifi();
+                stations.link_lost(&mut env, idx, link);
             }
         }
     }
@@ -1253,27 +979,22 @@ impl<A: SimApp> Sim<A> {
                 }
             }
             Action::Partition { nodes } => {
-                let g = self.nodes.iter().map(|n| n.group).max().unwrap_or(0) + 1;
-                for id in nodes {
-                    self.nodes[ix(id)].group = g;
-                }
+                let idxs: Vec<usize> = nodes.into_iter().map(ix).collect();
+                self.stations.partition(&idxs);
                 for l in 0..self.links.len() {
                     let k = &self.links[l];
-                    if !k.dead && self.nodes[k.ends[0]].group != self.nodes[k.ends[1]].group {
+                    if !k.dead && !self.stations.same_group(k.ends[0], k.ends[1]) {
                         self.links[l].blackhole = true;
                         self.links[l].purge();
                         self.edge_removed(l);
                     }
                 }
-                self.schedule_beacon_checks();
+                let (stations, mut env) = self.wifi();
+                stations.check_beacons(&mut env);
             }
-            Action::Heal => {
-                for n in &mut self.nodes {
-                    n.group = 0;
-                }
-            }
+            Action::Heal => self.stations.heal(),
             Action::Refuse { node, duration } => {
-                self.nodes[ix(node)].refuse_until = self.now + duration.micros();
+                self.stations.refuse(ix(node), self.now + duration.micros());
             }
             Action::App { node, data } => {
                 let i = ix(node);
@@ -1294,18 +1015,6 @@ impl<A: SimApp> Sim<A> {
             }
         }
         self.prune_broadcast_expectations();
-    }
-
-    fn schedule_beacon_checks(&mut self) {
-        let at = self.now + self.sc.wifi.beacon_timeout.micros();
-        for s in 0..self.nodes.len() {
-            if let Some(ap) = self.nodes[s].sta.uplink.ap()
-                && self.nodes[s].group != self.nodes[ap].group
-            {
-                let boot = self.nodes[s].boots;
-                self.queue.push(at, Ev::BeaconCheck { node: s, boot, ap });
-            }
-        }
     }
 
     // --- generated traffic -----------------------------------------------------------------
@@ -1805,7 +1514,7 @@ impl<A: SimApp> Sim<A> {
                     0.0
                 },
             },
-            wifi: self.wifi.clone(),
+            wifi: self.stations.report().clone(),
             invariants: crate::report::InvariantReport {
                 cycles_formed: self.cycles.len() as u64,
                 longest_cycle_s: secs(self.longest_cycle),

@@ -11,8 +11,11 @@
 //!   send queue; faults: cut, reset, partition/heal, crash/restart, refused connects.
 //! - **Clocks** ([`clock`]): per-node drift (ppm) and random initial offsets.
 //! - **Topologies** ([`topology`]): chain, star, balanced tree, random tree, and a radio model
-//!   where stations join APs in range as painlessMesh's `StationScan` does (skip APs already in
-//!   the tree, at most 10 stations per AP, TCP retries 1, 2, 4, 8, 8 s, 60 s blocklist).
+//!   (nodes placed in an area, who hears whom).
+//! - **WiFi stations** (`station.rs`): every node's station joins APs it can see as
+//!   painlessMesh's `StationScan` does (rank by RSSI, skip APs already in the tree, at most 10
+//!   stations per AP, TCP retries 1, 2, 4, 8, 8 s, 60 s blocklist, the reconfiguration rule);
+//!   the engine runs its timers and carries out the link changes it asks for.
 //! - **Invariants**, checked during every run: the connection graph keeps no cycle, no frame
 //!   is forwarded in a loop, broadcasts reach every node that stayed reachable exactly once,
 //!   node lists converge to the reachable sets.
@@ -39,6 +42,7 @@ pub mod report;
 pub mod rng;
 pub mod scenario;
 pub mod sniff;
+mod station;
 pub mod topology;
 
 pub use app::{Boot, CoreOnly, NodeHandle, SimApp};
