@@ -12,7 +12,11 @@
 
 use alloc::rc::Rc;
 use alloc::string::String;
+// `alloc::sync` needs atomic compare-and-swap; targets without it take portable-atomic's `Arc`.
+#[cfg(not(feature = "portable-atomic"))]
 use alloc::sync::Arc;
+#[cfg(feature = "portable-atomic")]
+use portable_atomic_util::Arc;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 use core::fmt;
