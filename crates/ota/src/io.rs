@@ -89,8 +89,9 @@ pub trait FirmwareSource {
 ///   (the receiver then starts over with `begin`).
 /// - `write_at` may come in any order (chunks arrive out of order); each byte range is written
 ///   at most once per `begin`, except after a failed verification.
-/// - `read_at` returns what was written (the receiver hashes the image by reading it back);
-///   bytes never written read as zero.
+/// - `read_at` returns what was written (the receiver hashes the image by reading it back).
+///   Bytes not written since `begin` hold whatever the device has there (erased flash reads
+///   `0xFF`, a sparse file zero): receivers read back only ranges they wrote.
 /// - `verify(len)` comes once the receiver's own hash check passed: the image is exactly `len`
 ///   bytes; the platform may run its own checks (image header, signature) and refuse.
 /// - `commit` makes the image the one to boot next; after it succeeds the receiver records the
@@ -273,8 +274,13 @@ pub struct SinkStats {
     pub aborts: u32,
 }
 
+/// What a byte of the in-memory flash holds until it is written: erased NOR flash reads `0xFF`,
+/// so a receiver that relied on unwritten bytes reading as zero fails its tests.
+const ERASED: u8 = 0xFF;
+
 /// An in-memory flash: a handle whose clones share storage, so it survives a simulated reboot.
-/// Memory grows with the bytes written, not with the capacity.
+/// Memory grows with the bytes written, not with the capacity; bytes not written since `begin`
+/// read as `0xFF`, as erased flash does.
 #[derive(Clone, Debug)]
 pub struct MemorySink {
     flash: Rc<RefCell<MemoryFlash>>,
@@ -375,7 +381,7 @@ impl FirmwareSink for MemorySink {
             .as_mut()
             .ok_or(IoError::BadState("no image begun"))?;
         if p.len() < end as usize {
-            p.resize(end as usize, 0);
+            p.resize(end as usize, ERASED);
         }
         p[offset as usize..end as usize].copy_from_slice(data);
         f.stats.bytes_written += data.len() as u64;
@@ -399,11 +405,11 @@ impl FirmwareSink for MemorySink {
             .pending
             .as_ref()
             .ok_or(IoError::BadState("no image begun"))?;
-        // Written bytes are copied; bytes past what was written read as zero.
+        // Written bytes are copied; bytes past what was written read as erased flash.
         let start = (offset as usize).min(p.len());
         let avail = (p.len() - start).min(buf.len());
         buf[..avail].copy_from_slice(&p[start..start + avail]);
-        buf[avail..].fill(0);
+        buf[avail..].fill(ERASED);
         Ok(())
     }
 
@@ -421,7 +427,7 @@ impl FirmwareSink for MemorySink {
             .pending
             .as_mut()
             .ok_or(IoError::BadState("no image begun"))?;
-        p.resize(len as usize, 0);
+        p.resize(len as usize, ERASED);
         Ok(())
     }
 
@@ -460,7 +466,7 @@ impl FirmwareSink for MemorySink {
         }
         let end = end as usize;
         if f.staged.len() < end {
-            f.staged.resize(end, 0);
+            f.staged.resize(end, ERASED);
         }
         f.staged[offset as usize..end].copy_from_slice(data);
         f.stats.bytes_staged += data.len() as u64;
