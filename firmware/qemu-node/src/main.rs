@@ -37,11 +37,9 @@ const ROLE: &str = "qemu";
 const HARDWARE: &str = "QEMU-RV32IMC";
 /// UART0 plus up to this many `pci-serial` links.
 const MAX_PCI_LINKS: usize = 3;
-/// After the node closes a link (a UART cannot close), it is taken up again this much later.
-const RELINK_AFTER_US: u64 = 1_000_000;
-/// Longest sleep while idle: a UART has no interrupt here, so this bounds how late the first
-/// byte of a burst is noticed (later bytes are read while the burst lasts).
-const IDLE_POLL_US: u64 = 500;
+/// After the node closes its station link (a UART cannot close), it starts it again this much
+/// later, as a station re-dials.
+const REDIAL_AFTER_US: u64 = 1_000_000;
 
 type OtaPlugin = Ota<FlashSink<EmulatedFlash>, MemoryStore>;
 
@@ -49,9 +47,20 @@ type OtaPlugin = Ota<FlashSink<EmulatedFlash>, MemoryStore>;
 struct Link {
     uart: Uart,
     direction: Direction,
-    conn: ConnId,
-    /// Closed by the node; taken up again (as a new connection) at this time.
-    relink_at: Option<u64>,
+    state: LinkState,
+}
+
+/// Where a link stands. A UART never learns that the host's TCP socket connected or closed:
+/// a station link starts at once (QEMU connected before the CPU started), an accepting link
+/// starts with the peer's first bytes (a station speaks first: its NODE_SYNC request).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LinkState {
+    /// The node runs this connection.
+    Up(ConnId),
+    /// Waiting for the peer's first bytes.
+    Listening,
+    /// The node closed the link; a station link starts again at this time (µs).
+    Closed { redial_at: u64 },
 }
 
 #[riscv_rt::entry]
@@ -66,31 +75,25 @@ fn main() -> ! {
     let region =
         unsafe { core::slice::from_raw_parts_mut(board::FLASH_BASE as *mut u8, board::FLASH_SIZE) };
     let sink = FlashSink::new(EmulatedFlash::new(region));
-    let ota = Ota::new(OtaConfig::new(ROLE, HARDWARE), sink, MemoryStore::new());
+    let ota = Ota::new(ota_config(), sink, MemoryStore::new());
     let mut node = Node::new(node_config(id), ota);
 
     let mut links = Vec::new();
     links.push(Link {
         uart: Uart::uart0(),
         direction: Direction::Station,
-        conn: ConnId(1),
-        relink_at: None,
+        state: LinkState::Closed { redial_at: 0 },
     });
     let mut pci: [Option<Uart>; MAX_PCI_LINKS] = Default::default();
     board::pci_uarts(&mut pci);
     for uart in pci.into_iter().flatten() {
-        let conn = ConnId(links.len() as u64 + 1);
         links.push(Link {
             uart,
             direction: Direction::Ap,
-            conn,
-            relink_at: None,
+            state: LinkState::Listening,
         });
     }
-    let now = Instant::from_micros(board::now_us());
-    for l in &links {
-        node.handle_connect(l.conn, now, l.direction);
-    }
+    board::init_wakeups();
     println!(
         "pmesh-qemu: node {id} up: {} links, heap {} KiB, flash {} KiB, role {ROLE:?} hardware {HARDWARE:?}",
         links.len(),
@@ -111,56 +114,95 @@ fn node_config(id: u32) -> Config {
     cfg
 }
 
+fn ota_config() -> OtaConfig {
+    let mut cfg = OtaConfig::new(ROLE, HARDWARE);
+    // Chunk frames kept to forward to slower neighbours: 4 (about 22 KB at 4 KiB chunks)
+    // instead of the host's 16, which alone would take the 64 KiB heap budget.
+    cfg.pmesh.cache_frames = 4;
+    cfg
+}
+
 /// The node's loop: read links, run timers, write what the node sends, report events, sleep.
 fn run(node: &mut Node<OtaPlugin>, links: &mut [Link]) -> ! {
     let mut rx = [0u8; 512];
-    let mut next_conn = links.len() as u64 + 1;
+    let mut next_conn = 1;
+    let mut new_conn = || {
+        next_conn += 1;
+        ConnId(next_conn - 1)
+    };
     loop {
         let now_us = board::now_us();
         let now = Instant::from_micros(now_us);
         let mut busy = false;
         for l in links.iter_mut() {
+            if let LinkState::Closed { redial_at } = l.state
+                && redial_at <= now_us
+            {
+                l.state = LinkState::Up(new_conn());
+                node.handle_connect(l.conn_id(), now, l.direction);
+            }
             let n = l.uart.read(&mut rx);
             if n == 0 {
                 continue;
             }
             busy = true;
-            if l.relink_at.is_none() {
-                node.handle_bytes(l.conn, now, &rx[..n]);
+            if l.state == LinkState::Listening {
+                l.state = LinkState::Up(new_conn());
+                node.handle_connect(l.conn_id(), now, l.direction);
             }
-        }
-        for l in links.iter_mut() {
-            if l.relink_at.is_some_and(|t| t <= now_us) {
-                l.relink_at = None;
-                l.conn = ConnId(next_conn);
-                next_conn += 1;
-                node.handle_connect(l.conn, now, l.direction);
+            if let LinkState::Up(conn) = l.state {
+                node.handle_bytes(conn, now, &rx[..n]);
             }
         }
         if node.poll_timeout().is_some_and(|t| t <= now) {
             node.handle_timeout(now);
         }
         while let Some(t) = node.poll_transmit() {
-            match t {
-                Transmit::Send { conn, data } => {
-                    if let Some(l) = links.iter().find(|l| l.conn == conn && l.relink_at.is_none()) {
-                        l.uart.write_all(&data);
-                    }
-                }
-                Transmit::Close { conn, reason } => {
-                    if let Some(l) = links.iter_mut().find(|l| l.conn == conn) {
-                        println!("link {}: closed ({reason:?}), taken up again in 1 s", conn.0);
-                        l.relink_at = Some(now_us + RELINK_AFTER_US);
-                    }
-                }
-            }
+            transmit(links, t, now_us);
         }
         while let Some(ev) = node.poll_event() {
             report(node, now, ev);
         }
         if !busy {
             let deadline = node.poll_timeout().map_or(u64::MAX, Instant::as_micros);
-            board::sleep_until(deadline.min(now_us + IDLE_POLL_US));
+            let redial = links.iter().filter_map(|l| match l.state {
+                LinkState::Closed { redial_at } => Some(redial_at),
+                _ => None,
+            });
+            board::sleep_until(redial.fold(deadline, u64::min));
+        }
+    }
+}
+
+impl Link {
+    fn conn_id(&self) -> ConnId {
+        match self.state {
+            LinkState::Up(c) => c,
+            _ => ConnId(0),
+        }
+    }
+}
+
+/// Writes to the link a transmit names, or marks it closed.
+fn transmit(links: &mut [Link], t: Transmit, now_us: u64) {
+    match t {
+        Transmit::Send { conn, data } => {
+            if let Some(l) = links.iter().find(|l| l.state == LinkState::Up(conn)) {
+                l.uart.write_all(&data);
+            }
+        }
+        Transmit::Close { conn, reason } => {
+            if let Some(l) = links.iter_mut().find(|l| l.state == LinkState::Up(conn)) {
+                // The host side stays connected: a station link starts over after a pause,
+                // an accepting one with the next bytes its peer sends.
+                l.state = match l.direction {
+                    Direction::Station => LinkState::Closed {
+                        redial_at: now_us + REDIAL_AFTER_US,
+                    },
+                    Direction::Ap => LinkState::Listening,
+                };
+                println!("link {}: closed ({reason:?})", conn.0);
+            }
         }
     }
 }
