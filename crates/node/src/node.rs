@@ -655,7 +655,7 @@ impl<P: Plugin> Node<P> {
             types::TIME_DELAY
             | types::TIME_SYNC
             | types::NODE_SYNC_REQUEST
-            | types::NODE_SYNC_REPLY => match env.decode() {
+            | types::NODE_SYNC_REPLY => match env.decode_core() {
                 Message::NodeSyncRequest(sync) | Message::NodeSyncReply(sync) => {
                     self.core.sync_scratch = FlatTree::from_tree(&sync.tree);
                     self.core.handle_node_sync(conn, now, sync.ty);
@@ -681,7 +681,7 @@ impl<P: Plugin> Node<P> {
                     &incoming,
                 );
                 if ty == types::SINGLE || ty == types::BROADCAST {
-                    if let Message::Single(m) | Message::Broadcast(m) = env.decode() {
+                    if let Message::Single(m) | Message::Broadcast(m) = env.decode_core() {
                         self.core.push_event(Event::Received {
                             from: m.from,
                             msg: m.msg,

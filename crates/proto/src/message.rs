@@ -167,6 +167,11 @@ impl Envelope {
         Message::decode(self)
     }
 
+    /// Decodes the frame if it is one of the protocol's own types ([`Message::decode_core`]).
+    pub fn decode_core(&self) -> Message {
+        Message::decode_core(self)
+    }
+
     /// Re-serializes the body (only for frames pmesh builds; relays forward the original bytes).
     pub fn to_json(&self) -> Vec<u8> {
         Value::Object(self.body.clone()).to_vec()
@@ -404,6 +409,19 @@ pub enum Message {
 impl Message {
     /// Typed decode, lenient like the reference's (missing fields default; it cannot fail).
     pub fn decode(env: &Envelope) -> Message {
+        match Message::decode_core(env) {
+            Message::Unknown => match Package::decode(env) {
+                Some(p) => Message::Package(p),
+                None => Message::Unknown,
+            },
+            core => core,
+        }
+    }
+
+    /// [`Message::decode`] for the protocol's own types only (time, node sync, user messages,
+    /// classic OTA); everything else is `Unknown`. A node uses this: it leaves the package
+    /// decoder (and its float parsing) out of a firmware that does not read packages.
+    pub fn decode_core(env: &Envelope) -> Message {
         match env.ty {
             types::TIME_DELAY => Message::TimeDelay(TimeMessage::from_envelope(env)),
             types::TIME_SYNC => Message::TimeSync(TimeMessage::from_envelope(env)),
@@ -442,10 +460,7 @@ impl Message {
                 Message::OtaDataRequest(ota::DataRequest::from_envelope(env))
             }
             types::OTA_DATA => Message::OtaData(ota::Data::from_envelope(env)),
-            _ => match Package::decode(env) {
-                Some(p) => Message::Package(p),
-                None => Message::Unknown,
-            },
+            _ => Message::Unknown,
         }
     }
 }
