@@ -17,7 +17,6 @@ static HEAP: LlffHeap = LlffHeap::empty();
 /// Where the probe "receives" from: an address the compiler cannot see through.
 const INPUT: usize = 0x8100_0000;
 
-#[cfg_attr(not(feature = "distributor"), allow(dead_code))]
 fn input() -> &'static [u8] {
     // SAFETY: never run; only the code size matters.
     unsafe { core::slice::from_raw_parts(INPUT as *const u8, read_volatile(INPUT as *const usize)) }
