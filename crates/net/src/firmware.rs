@@ -1132,7 +1132,10 @@ mod tests {
         sink.verify(100).unwrap();
         let mut b = [1u8; 20];
         sink.read_at(40, &mut b).unwrap();
-        assert_eq!(b, [9; 20], "written bytes read back after the truncation to 100");
+        assert_eq!(
+            b, [9; 20],
+            "written bytes read back after the truncation to 100"
+        );
         sink.abort();
         assert!(!t.0.join("incoming/partial.bin").exists());
         assert!(sink.write_at(0, &[1]).is_err(), "nothing begun after abort");

@@ -15,11 +15,11 @@ use alloc::string::String;
 // `alloc::sync` needs atomic compare-and-swap; targets without it take portable-atomic's `Arc`.
 #[cfg(not(feature = "portable-atomic"))]
 use alloc::sync::Arc;
-#[cfg(feature = "portable-atomic")]
-use portable_atomic_util::Arc;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 use core::fmt;
+#[cfg(feature = "portable-atomic")]
+use portable_atomic_util::Arc;
 
 use crate::bitmap::ChunkBitmap;
 
