@@ -14,19 +14,18 @@
 extern crate alloc;
 
 mod board;
-mod flash;
 mod heap;
 
 use alloc::vec::Vec;
 use core::time::Duration;
 
+use pmesh_flash::{EmulatedFlash, FlashSink};
 use pmesh_node::{Config, ConnId, Direction, Event, Instant, Node, Transmit};
 use pmesh_ota::{MemoryStore, Ota, OtaConfig, OtaEvent};
 use semihosting::println;
 use sha2::{Digest, Sha256};
 
 use crate::board::Uart;
-use crate::flash::{EmulatedFlash, FlashSink};
 use crate::heap::TrackedHeap;
 
 #[global_allocator]
@@ -41,7 +40,7 @@ const MAX_PCI_LINKS: usize = 3;
 /// later, as a station re-dials.
 const REDIAL_AFTER_US: u64 = 1_000_000;
 
-type OtaPlugin = Ota<FlashSink<EmulatedFlash>, MemoryStore>;
+type OtaPlugin = Ota<FlashSink<EmulatedFlash<&'static mut [u8]>>, MemoryStore>;
 
 /// One mesh link: a UART and the connection the node knows it as.
 struct Link {

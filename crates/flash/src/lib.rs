@@ -1,13 +1,22 @@
-//! An emulated NOR flash and a [`FirmwareSink`] over any NOR flash.
+//! # pmesh-flash
 //!
-//! [`EmulatedFlash`] keeps real flash rules in RAM: erase works on whole 4 KiB sectors and
-//! sets every bit (reads `0xFF`), programming works on aligned 4-byte words and can only clear
-//! bits; a write that would need a cleared bit set is refused, so a sink that writes twice
-//! without an erase fails here as it would corrupt a real chip.
+//! pmesh OTA on NOR flash, for firmware (`no_std`, no allocation beyond error texts):
 //!
-//! [`FlashSink`] is the part a real port reuses (with `esp-storage` or any other
-//! `embedded-storage` driver): two image slots, the new image goes into the slot not running,
-//! `begin` erases the slot, `commit` flips which slot boots.
+//! - [`FlashSink`]: a [`pmesh_ota::FirmwareSink`] with two image slots over any
+//!   [`embedded_storage`] NOR flash (`esp-storage` on an ESP32, or a region of it). The new
+//!   image goes into the slot not running; `begin` erases it; unaligned writes are merged
+//!   into whole words; `commit` makes it the running slot.
+//! - [`EmulatedFlash`]: NOR flash rules over memory, for tests and emulators (the QEMU node):
+//!   erase sets whole sectors to `0xFF`, programming only clears bits and refuses a write that
+//!   would need a cleared bit set.
+//!
+//! What stays with the platform: switching the boot slot for real at `commit` (ESP-IDF's
+//! `otadata`, see `firmware/esp32c3`) and a flash-backed [`pmesh_ota::OtaStore`].
+
+#![no_std]
+#![warn(missing_docs)]
+
+extern crate alloc;
 
 use embedded_storage::nor_flash::{
     ErrorType, MultiwriteNorFlash, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
@@ -47,26 +56,26 @@ pub struct FlashStats {
     pub bytes_programmed: u64,
 }
 
-/// NOR flash rules over a RAM region.
+/// NOR flash rules over memory (`M`: a `Vec<u8>`, an array, a `&'static mut [u8]` region).
 #[derive(Debug)]
-pub struct EmulatedFlash {
-    mem: &'static mut [u8],
+pub struct EmulatedFlash<M> {
+    mem: M,
     stats: FlashStats,
 }
 
-impl EmulatedFlash {
+impl<M: AsRef<[u8]> + AsMut<[u8]>> EmulatedFlash<M> {
     /// A factory-fresh device over `mem`: every byte erased.
-    pub fn new(mem: &'static mut [u8]) -> Self {
-        mem.fill(0xff);
+    pub fn new(mut mem: M) -> Self {
+        mem.as_mut().fill(0xff);
         EmulatedFlash {
             mem,
             stats: FlashStats::default(),
         }
     }
 
-    /// Everything the device holds (RAM here, so it can be looked at without a read call).
+    /// Everything the device holds (memory, so it can be looked at without a read call).
     pub fn contents(&self) -> &[u8] {
-        self.mem
+        self.mem.as_ref()
     }
 
     /// Counters.
@@ -77,53 +86,61 @@ impl EmulatedFlash {
     fn range(&self, offset: u32, len: usize) -> Result<core::ops::Range<usize>, FlashError> {
         let start = offset as usize;
         let end = start.checked_add(len).ok_or(FlashError::OutOfBounds)?;
-        if end > self.mem.len() {
+        if end > self.mem.as_ref().len() {
             return Err(FlashError::OutOfBounds);
         }
         Ok(start..end)
     }
 }
 
-impl ErrorType for EmulatedFlash {
+impl<M> ErrorType for EmulatedFlash<M> {
     type Error = FlashError;
 }
 
-impl ReadNorFlash for EmulatedFlash {
+impl<M: AsRef<[u8]> + AsMut<[u8]>> ReadNorFlash for EmulatedFlash<M> {
     const READ_SIZE: usize = 1;
 
     fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), FlashError> {
         let r = self.range(offset, bytes.len())?;
-        bytes.copy_from_slice(&self.mem[r]);
+        bytes.copy_from_slice(&self.mem.as_ref()[r]);
         Ok(())
     }
 
     fn capacity(&self) -> usize {
-        self.mem.len()
+        self.mem.as_ref().len()
     }
 }
 
-impl NorFlash for EmulatedFlash {
+impl<M: AsRef<[u8]> + AsMut<[u8]>> NorFlash for EmulatedFlash<M> {
     const WRITE_SIZE: usize = 4;
     const ERASE_SIZE: usize = 4096;
 
     fn erase(&mut self, from: u32, to: u32) -> Result<(), FlashError> {
-        if from > to || from as usize % Self::ERASE_SIZE != 0 || to as usize % Self::ERASE_SIZE != 0
+        if from > to
+            || !(from as usize).is_multiple_of(Self::ERASE_SIZE)
+            || !(to as usize).is_multiple_of(Self::ERASE_SIZE)
         {
             return Err(FlashError::NotAligned);
         }
         let r = self.range(from, (to - from) as usize)?;
         self.stats.sectors_erased += (r.len() / Self::ERASE_SIZE) as u32;
-        self.mem[r].fill(0xff);
+        self.mem.as_mut()[r].fill(0xff);
         Ok(())
     }
 
     fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), FlashError> {
-        if offset as usize % Self::WRITE_SIZE != 0 || bytes.len() % Self::WRITE_SIZE != 0 {
+        if !(offset as usize).is_multiple_of(Self::WRITE_SIZE)
+            || !bytes.len().is_multiple_of(Self::WRITE_SIZE)
+        {
             return Err(FlashError::NotAligned);
         }
         let r = self.range(offset, bytes.len())?;
-        let cells = &mut self.mem[r];
-        if let Some(i) = cells.iter().zip(bytes).position(|(&old, &new)| new & !old != 0) {
+        let cells = &mut self.mem.as_mut()[r];
+        if let Some(i) = cells
+            .iter()
+            .zip(bytes)
+            .position(|(&old, &new)| new & !old != 0)
+        {
             return Err(FlashError::NotErased {
                 offset: offset + i as u32,
             });
@@ -137,7 +154,16 @@ impl NorFlash for EmulatedFlash {
 }
 
 /// Programming a word again may clear more bits (what [`FlashSink`]'s unaligned writes need).
-impl MultiwriteNorFlash for EmulatedFlash {}
+impl<M: AsRef<[u8]> + AsMut<[u8]>> MultiwriteNorFlash for EmulatedFlash<M> {}
+
+/// An image being received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Pending {
+    /// Its size if known (`None`: classic OTA, at most a slot).
+    len: Option<u64>,
+    /// Its size once `verify` passed.
+    verified: Option<u64>,
+}
 
 /// Two image slots on a NOR flash; a [`FirmwareSink`] for pmesh-ota.
 ///
@@ -145,8 +171,9 @@ impl MultiwriteNorFlash for EmulatedFlash {}
 /// whole words by reading the neighbouring bytes back: re-programming what a word already holds
 /// clears no extra bit, which is why the flash must be [`MultiwriteNorFlash`].
 ///
-/// What a reboot would need and this QEMU node does not do: the booted slot and the partial
-/// image's size are kept in RAM; a device keeps them in a flash record (ESP-IDF's `otadata`).
+/// What a reboot needs from the platform: the booted slot and the partial image's size are
+/// kept in RAM here ([`FlashSink::with_running_slot`] says which slot booted); a device keeps
+/// them in a flash record (ESP-IDF's `otadata`) and switches the boot slot after `commit`.
 #[derive(Debug)]
 pub struct FlashSink<F> {
     flash: F,
@@ -154,19 +181,29 @@ pub struct FlashSink<F> {
     /// The slot the node runs (0 or 1) and the size of the image in it (None: the factory
     /// image, which this sink cannot read).
     running: (u32, Option<u64>),
-    /// The image being received: its size if known (`None`: classic, at most a slot).
-    pending: Option<Option<u64>>,
+    /// The image being received.
+    pending: Option<Pending>,
 }
 
 impl<F: MultiwriteNorFlash> FlashSink<F> {
     /// Slot 0 runs; slot 1 takes the first update. Each slot is half the device.
     pub fn new(flash: F) -> Self {
-        assert!(F::WRITE_SIZE <= 16, "write_at merges words in a 16-byte buffer");
+        Self::with_running_slot(flash, 0)
+    }
+
+    /// Slot `running` (0 or 1) holds the image the device booted (its size unknown, so it is
+    /// not served to neighbours); the other slot takes the next update.
+    pub fn with_running_slot(flash: F, running: u32) -> Self {
+        assert!(
+            F::WRITE_SIZE <= 16,
+            "write_at merges words in a 16-byte buffer"
+        );
+        assert!(running < 2, "two slots");
         let half = flash.capacity() as u32 / 2;
         FlashSink {
             slot_size: half - half % F::ERASE_SIZE as u32,
             flash,
-            running: (0, None),
+            running: (running, None),
             pending: None,
         }
     }
@@ -174,6 +211,16 @@ impl<F: MultiwriteNorFlash> FlashSink<F> {
     /// The flash.
     pub fn flash(&self) -> &F {
         &self.flash
+    }
+
+    /// The flash, to switch the boot slot after a commit.
+    pub fn flash_mut(&mut self) -> &mut F {
+        &mut self.flash
+    }
+
+    /// The slot the next image goes to.
+    pub fn target_slot(&self) -> u32 {
+        1 - self.running.0
     }
 
     /// Where the image the node runs starts on the flash and its size (None: factory image).
@@ -186,14 +233,10 @@ impl<F: MultiwriteNorFlash> FlashSink<F> {
         slot * self.slot_size
     }
 
-    fn target_slot(&self) -> u32 {
-        1 - self.running.0
-    }
-
     /// The highest offset of the pending image plus one.
     fn limit(&self) -> Result<u64, IoError> {
         match self.pending {
-            Some(len) => Ok(len.unwrap_or(u64::from(self.slot_size))),
+            Some(p) => Ok(p.len.unwrap_or(u64::from(self.slot_size))),
             None => Err(IoError::BadState("no image begun")),
         }
     }
@@ -237,13 +280,16 @@ impl<F: MultiwriteNorFlash> FirmwareSink for FlashSink<F> {
         self.flash
             .erase(base, base + span as u32)
             .map_err(Self::device)?;
-        self.pending = Some(len);
+        self.pending = Some(Pending {
+            len,
+            verified: None,
+        });
         Ok(())
     }
 
     fn resume(&mut self, len: Option<u64>) -> Result<(), IoError> {
         match self.pending {
-            Some(l) if l == len => Ok(()),
+            Some(p) if p.len == len => Ok(()),
             Some(_) => Err(IoError::BadState("partial image has another size")),
             None => Err(IoError::BadState("no partial image")),
         }
@@ -288,12 +334,18 @@ impl<F: MultiwriteNorFlash> FirmwareSink for FlashSink<F> {
     fn verify(&mut self, len: u64) -> Result<(), IoError> {
         let limit = self.limit()?;
         self.check(0, len as usize, limit)?;
-        self.pending = Some(Some(len));
+        if let Some(p) = self.pending.as_mut() {
+            p.verified = Some(len);
+        }
         Ok(())
     }
 
     fn commit(&mut self) -> Result<(), IoError> {
-        let Some(Some(len)) = self.pending else {
+        let Some(Pending {
+            verified: Some(len),
+            ..
+        }) = self.pending
+        else {
             return Err(IoError::BadState("commit before verify"));
         };
         self.running = (self.target_slot(), Some(len));
@@ -311,5 +363,118 @@ impl<F: MultiwriteNorFlash> FirmwareSink for FlashSink<F> {
         };
         let at = self.check(offset, buf.len(), len)? + self.slot_base(slot);
         self.flash.read(at, buf).map_err(Self::device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    use super::*;
+
+    fn image(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    fn sink() -> FlashSink<EmulatedFlash<Vec<u8>>> {
+        FlashSink::new(EmulatedFlash::new(vec![0u8; 64 * 1024]))
+    }
+
+    #[test]
+    fn emulated_flash_keeps_nor_rules() {
+        let mut f = EmulatedFlash::new(vec![0u8; 8192]);
+        assert!(
+            f.contents().iter().all(|&b| b == 0xff),
+            "factory-fresh is erased"
+        );
+        assert_eq!(f.write(2, &[0; 4]), Err(FlashError::NotAligned));
+        assert_eq!(f.erase(0, 100), Err(FlashError::NotAligned));
+        assert_eq!(f.write(8192, &[0; 4]), Err(FlashError::OutOfBounds));
+        f.write(0, &[0xf0, 0x0f, 0xff, 0x00]).unwrap();
+        // Clearing more bits of a programmed word is fine; setting one is not.
+        f.write(0, &[0x00, 0x0f, 0xff, 0x00]).unwrap();
+        assert_eq!(
+            f.write(0, &[0xff, 0x0f, 0xff, 0x00]),
+            Err(FlashError::NotErased { offset: 0 })
+        );
+        f.erase(0, 4096).unwrap();
+        f.write(0, &[1, 2, 3, 4]).unwrap();
+        let mut b = [0u8; 4];
+        f.read(0, &mut b).unwrap();
+        assert_eq!(b, [1, 2, 3, 4]);
+        assert_eq!(f.stats().sectors_erased, 1);
+    }
+
+    #[test]
+    fn unaligned_out_of_order_writes_read_back_and_commit_switches_slots() {
+        let mut s = sink();
+        assert_eq!(s.capacity(), 32 * 1024);
+        let img = image(10_001);
+        s.begin(Some(img.len() as u64)).unwrap();
+        // Pieces of odd sizes at odd offsets, last first.
+        let cuts = [0, 3, 1000, 1001, 4097, 7777, 10_001];
+        for w in cuts.windows(2).rev() {
+            s.write_at(w[0] as u64, &img[w[0]..w[1]]).unwrap();
+        }
+        let mut back = vec![0u8; img.len()];
+        s.read_at(0, &mut back).unwrap();
+        assert_eq!(back, img);
+        assert_eq!(
+            s.read_current(0, &mut [0; 4]),
+            Err(IoError::Unsupported),
+            "factory image"
+        );
+        s.verify(img.len() as u64).unwrap();
+        s.commit().unwrap();
+        assert_eq!(s.running_image(), Some((32 * 1024, img.len() as u64)));
+        let mut cur = vec![0u8; 100];
+        s.read_current(9_901, &mut cur).unwrap();
+        assert_eq!(cur, img[9_901..]);
+        assert!(s.read_current(9_902, &mut cur).is_err(), "past the image");
+        // The next image goes to slot 0, which `begin` erases.
+        s.begin(Some(16)).unwrap();
+        assert_eq!(s.target_slot(), 0);
+        s.write_at(0, &[9; 16]).unwrap();
+        let mut b = [0u8; 16];
+        s.read_at(0, &mut b).unwrap();
+        assert_eq!(b, [9; 16]);
+    }
+
+    #[test]
+    fn a_rewrite_needs_an_erase_but_a_replayed_chunk_is_fine() {
+        let mut s = sink();
+        s.begin(None).unwrap();
+        s.write_at(5, &[0x55; 10]).unwrap();
+        // A chunk written again after a power cut carries the same bytes: allowed.
+        s.write_at(5, &[0x55; 10]).unwrap();
+        assert!(
+            matches!(s.write_at(5, &[0xaa; 10]), Err(IoError::Device(_))),
+            "different bytes over programmed ones"
+        );
+        s.abort();
+        assert!(s.write_at(0, &[1]).is_err(), "nothing begun");
+        s.begin(None).unwrap();
+        s.write_at(5, &[0xaa; 10]).unwrap();
+    }
+
+    #[test]
+    fn ranges_are_checked() {
+        let mut s = sink();
+        assert!(matches!(
+            s.begin(Some(32 * 1024 + 1)),
+            Err(IoError::OutOfRange { .. })
+        ));
+        s.begin(Some(100)).unwrap();
+        assert!(matches!(
+            s.write_at(99, &[0, 0]),
+            Err(IoError::OutOfRange { .. })
+        ));
+        assert!(s.write_at(u64::MAX, &[0]).is_err(), "no overflow");
+        assert!(s.read_at(100, &mut [0]).is_err());
+        assert!(s.verify(101).is_err());
+        assert!(s.resume(Some(99)).is_err(), "another size");
+        s.resume(Some(100)).unwrap();
+        assert!(s.commit().is_err(), "commit before verify");
     }
 }
