@@ -165,7 +165,8 @@ struct Pending {
     verified: Option<u64>,
 }
 
-/// Two image slots on a NOR flash; a [`FirmwareSink`] for pmesh-ota.
+/// Two image slots on a NOR flash; a [`FirmwareSink`] for pmesh-ota. The flash must read at
+/// any offset (`READ_SIZE` 1) and program words of at most 16 bytes.
 ///
 /// Unaligned writes (classic OTA's inflated pieces, pmesh chunks of any size) are widened to
 /// whole words by reading the neighbouring bytes back: re-programming what a word already holds
@@ -199,6 +200,10 @@ impl<F: MultiwriteNorFlash> FlashSink<F> {
             "write_at merges words in a 16-byte buffer"
         );
         assert!(running < 2, "two slots");
+        assert!(
+            F::READ_SIZE == 1,
+            "reads come at any offset (esp-storage: `bytewise-read`)"
+        );
         let half = flash.capacity() as u32 / 2;
         FlashSink {
             slot_size: half - half % F::ERASE_SIZE as u32,
