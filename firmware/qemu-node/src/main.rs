@@ -67,7 +67,9 @@ fn main() -> ! {
     HEAP.init();
     let id = board::node_id();
     if id == 0 {
-        println!("pmesh-qemu: no node id (QEMU: -device loader,addr=0x80f00000,data=ID,data-len=4)");
+        println!(
+            "pmesh-qemu: no node id (QEMU: -device loader,addr=0x80f00000,data=ID,data-len=4)"
+        );
         semihosting::process::exit(2);
     }
     // SAFETY: the emulated flash's RAM, outside every linker region, handed out once here.
@@ -233,7 +235,11 @@ fn report(node: &mut Node<OtaPlugin>, now: Instant, ev: Event<OtaEvent>) {
             );
             // A SINGLE "ping" is answered, so a test sees this node send as well as relay.
             if !broadcast && msg == b"ping" {
-                let reply = alloc::format!("pong from {} at mesh time {}", node.id(), node.mesh_time(now));
+                let reply = alloc::format!(
+                    "pong from {} at mesh time {}",
+                    node.id(),
+                    node.mesh_time(now)
+                );
                 let _ = node.send_single(now, from, reply);
             }
         }
