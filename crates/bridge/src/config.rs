@@ -5,6 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use pmesh_fwdir::FirmwareDir;
+
+use crate::http::HttpLimits;
+
 /// Everything the bridge needs to know; [`BridgeConfig::default`] gives the documented defaults.
 #[derive(Clone, Debug)]
 pub struct BridgeConfig {
@@ -31,6 +35,11 @@ pub struct BridgeConfig {
     pub outbox_fsync: bool,
     /// Where to serve Prometheus `/metrics` (None = not served).
     pub metrics_addr: Option<SocketAddr>,
+    /// Connection cap and timeouts of the `/metrics` server.
+    pub metrics_http: HttpLimits,
+    /// Where `ota/start`'s `image_path` names are read from; `None` refuses `image_path`
+    /// (images then come inline, `image_base64`).
+    pub firmware_dir: Option<FirmwareDir>,
     /// Where timestamps come from.
     pub clock: ClockSource,
     /// Capacity of the gateway → bridge message queue (excess mesh messages are dropped, counted).
@@ -51,6 +60,8 @@ impl Default for BridgeConfig {
             outbox_capacity: 10_000,
             outbox_fsync: false,
             metrics_addr: None,
+            metrics_http: HttpLimits::default(),
+            firmware_dir: None,
             clock: ClockSource::System,
             input_queue: 16_384,
         }

@@ -56,7 +56,8 @@ pub trait Gateway: Send + Sync + 'static {
 }
 
 /// How firmware travels (spec §6 and design/ota.md).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OtaMode {
     /// Classic painlessMesh: each node pulls every chunk (stock nodes).
     Unicast,

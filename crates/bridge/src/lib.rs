@@ -30,10 +30,12 @@ mod conn;
 pub mod embedded;
 pub mod gateway;
 pub mod ha;
+pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod outbox;
 pub mod payload;
+pub mod request;
 mod runtime;
 pub mod status;
 pub mod tls;
@@ -46,8 +48,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use config::{AlertThresholds, BridgeConfig, BrokerConfig, ClockSource, Streams, TlsOptions};
 pub use gateway::{Gateway, GatewayError, LinkStats, MeshEvent, OtaMode, OtaProgress, OtaStart};
+pub use http::HttpLimits;
 pub use metrics::Metrics;
-pub use runtime::{BridgeStatus, MAX_IMAGE_BYTES, rss_bytes};
+pub use pmesh_fwdir::{FirmwareDir, FirmwareError};
+pub use request::{MAX_IMAGE_BYTES, RequestError, parse_request};
+pub use runtime::{BridgeStatus, rss_bytes};
 
 use runtime::{Control, Inputs, Runtime};
 

@@ -15,6 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::http::HttpLimits;
 use crate::model::Model;
 
 type Labels = Vec<(String, String)>;
@@ -77,6 +78,11 @@ pub struct Metrics {
     pub invalid_input: Family<Labels, Counter>,
     /// Bridge: gateway inputs dropped because the queue was full.
     pub input_dropped: Counter,
+    /// Bridge: MQTT requests, commands and legacy messages refused, by reason
+    /// ([`crate::RequestError::reason`]).
+    pub requests_rejected: Family<Labels, Counter>,
+    /// The HTTP server's connections.
+    pub http: crate::http::HttpCounters,
     state: Arc<std::sync::Mutex<Seen>>,
 }
 
@@ -276,6 +282,23 @@ impl Metrics {
                 "Gateway inputs dropped because the bridge queue was full",
                 Counter::default()
             ),
+            requests_rejected: reg!(
+                "bridge_requests_rejected",
+                "MQTT requests, commands and legacy messages refused, by reason (too_large, retained, invalid_json, image_path, ...)",
+                Family::default()
+            ),
+            http: crate::http::HttpCounters {
+                connections: reg!(
+                    "bridge_http_connections",
+                    "HTTP (/metrics) connections by how they ended (closed, refused over the cap, timed_out, failed)",
+                    Family::default()
+                ),
+                open: reg!(
+                    "bridge_http_connections_open",
+                    "HTTP (/metrics) connections open now",
+                    Gauge::default()
+                ),
+            },
             registry: Arc::new(Registry::default()),
             state: Arc::default(),
         };
@@ -485,12 +508,22 @@ impl Metrics {
         to_prometheus_text(&self.render())
     }
 
-    /// Serves `GET /metrics` on `addr` until the task is dropped; returns the bound address.
-    /// OpenMetrics when the scraper's `Accept` names it (Prometheus does), otherwise the
-    /// classic text format.
+    /// Serves `GET /metrics` on `addr` with the default [`HttpLimits`] until the task is
+    /// dropped; returns the bound address.
     pub async fn serve(
         &self,
         addr: SocketAddr,
+    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        self.serve_with(addr, HttpLimits::default()).await
+    }
+
+    /// Serves `GET /metrics` on `addr` within `limits` (connection cap, timeouts: see
+    /// [`crate::http`]) until the task is dropped; returns the bound address. OpenMetrics when
+    /// the scraper's `Accept` names it (Prometheus does), otherwise the classic text format.
+    pub async fn serve_with(
+        &self,
+        addr: SocketAddr,
+        limits: HttpLimits,
     ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
         use axum::http::HeaderMap;
         use axum::http::header::{ACCEPT, CONTENT_TYPE};
@@ -523,11 +556,7 @@ impl Metrics {
                 }
             }),
         );
-        let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::warn!("metrics server stopped: {e}");
-            }
-        });
+        let task = tokio::spawn(crate::http::serve(listener, app, limits, self.http.clone()));
         Ok((local, task))
     }
 }

@@ -14,30 +14,27 @@
 //! A stale will (from an older session whose connection the broker declared dead late)
 //! arriving on `bridge/state` while online is answered at once by re-publishing online.
 
-use std::collections::{BTreeSet, HashMap};
+mod input;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use md5::{Digest, Md5};
 use pmesh_proto::NodeTree;
-use rumqttc::{LastWill, MqttOptions, Publish, QoS, Subscribe, SubscribeFilter, Transport};
+use rumqttc::{LastWill, Publish, QoS, Subscribe, SubscribeFilter};
 use serde_json::{Map, Value as J, json};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::BridgeConfig;
-use crate::conn::{ConnEvent, Connection, Out, Tag};
-use crate::gateway::{Gateway, MeshEvent, OtaMode, OtaStart};
+use crate::conn::{ConnEvent, Connection, Endpoint, Out, Tag};
+use crate::gateway::{Gateway, MeshEvent};
 use crate::ha;
 use crate::metrics::Metrics;
-use crate::model::{Alert, Campaign, Change, Model};
+use crate::model::{Alert, Change, Model};
 use crate::outbox::Outbox;
 use crate::payload::{Topics, packet_size, page, stamp};
 use crate::status::StatusReport;
-
-/// Largest firmware image `ota/start` reads from a path on the gateway.
-pub const MAX_IMAGE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Control messages from the handle.
 #[derive(Debug)]
@@ -141,6 +138,12 @@ pub(crate) struct Runtime {
     session_file: Option<PathBuf>,
     /// `bridge_publishes` by kind, looked up once (a publish is counted per call).
     publish_counters: HashMap<&'static str, prometheus_client::metrics::counter::Counter>,
+    /// MQTT input refused, by reason (also on `/metrics`; shown in `bridge/health`).
+    rejected: BTreeMap<&'static str, u64>,
+    /// Retained requests already answered (each is answered once per process).
+    retained_answered: input::SeenSet,
+    /// Warnings about refused input, rate-limited.
+    reject_log: input::LogLimit,
 }
 
 fn q1() -> QoS {
@@ -206,6 +209,9 @@ impl Runtime {
             ota_marker,
             session_file,
             publish_counters: HashMap::new(),
+            rejected: BTreeMap::new(),
+            retained_answered: input::SeenSet::default(),
+            reject_log: input::LogLimit::default(),
         };
         rt.recover_interrupted_campaign();
         Ok(rt)
@@ -292,7 +298,7 @@ impl Runtime {
 
     pub(crate) async fn run(mut self, mut inp: Inputs) {
         if let Some(addr) = self.cfg.metrics_addr {
-            match self.metrics.serve(addr).await {
+            match self.metrics.serve_with(addr, self.cfg.metrics_http).await {
                 Ok((a, _task)) => tracing::info!("Prometheus metrics on http://{a}/metrics"),
                 Err(e) => tracing::error!("cannot serve metrics on {addr}: {e}"),
             }
@@ -361,34 +367,34 @@ impl Runtime {
             let _ = std::fs::write(p, self.session.to_string());
         }
         let b = &self.cfg.broker;
-        let mut opts = MqttOptions::new(b.client_id.clone(), b.host.clone(), b.port);
-        opts.set_keep_alive(b.keep_alive.max(Duration::from_secs(5)));
-        opts.set_clean_session(true);
-        opts.set_max_packet_size(b.max_packet_size, b.max_packet_size);
-        // Flow control: QoS 1 publishes in flight. A 1,000-node snapshot is ~2,000 publishes;
-        // a window that holds it whole costs one round trip instead of several.
-        opts.set_inflight(4096);
+        let mut connect = rumqttc::Connect::new(b.client_id.clone());
+        connect.keep_alive = b.keep_alive.max(Duration::from_secs(5)).as_secs() as u16;
+        connect.clean_session = true;
         if let Some(u) = &b.username {
-            opts.set_credentials(u.clone(), b.password.clone().unwrap_or_default());
-        }
-        if let Some(tls) = &b.tls {
-            match crate::tls::client_config(tls) {
-                Ok(c) => {
-                    opts.set_transport(Transport::tls_with_config(
-                        rumqttc::TlsConfiguration::Rustls(Arc::new(c)),
-                    ));
-                }
-                Err(e) => {
-                    tracing::error!("TLS configuration: {e}");
-                    self.schedule_reconnect();
-                    return;
-                }
-            }
+            connect.set_login(u.clone(), b.password.clone().unwrap_or_default());
         }
         let will = json!({"state": "offline", "session": self.session}).to_string();
-        opts.set_last_will(LastWill::new(self.topics.state(), will, q1(), true));
+        connect.last_will = Some(LastWill::new(self.topics.state(), will, q1(), true));
+        let tls = match b.tls.as_ref().map(crate::tls::client_config).transpose() {
+            Ok(t) => t.map(Arc::new),
+            Err(e) => {
+                tracing::error!("TLS configuration: {e}");
+                self.schedule_reconnect();
+                return;
+            }
+        };
+        let endpoint = Endpoint {
+            host: b.host.clone(),
+            port: b.port,
+            tls,
+            connect,
+            // Flow control: QoS 1 publishes in flight. A 1,000-node snapshot is ~2,000
+            // publishes; a window that holds it whole costs one round trip instead of several.
+            inflight: 4096,
+            max_packet_size: b.max_packet_size,
+        };
         self.conn = Some(Conn {
-            link: Connection::start(opts, 256),
+            link: Connection::start(endpoint, 256),
             batch: Vec::new(),
             subscribed: false,
             online: false,
@@ -470,7 +476,8 @@ impl Runtime {
                     self.on_ack(tag);
                 }
             }
-            ConnEvent::Message(p) => self.on_publish(&p.topic, &p.payload).await,
+            ConnEvent::Message(p) => self.on_publish(p).await,
+            ConnEvent::Oversize(o) => self.on_oversize(o).await,
         }
     }
 
@@ -684,6 +691,7 @@ impl Runtime {
                 "connections": self.connections,
                 "outboxDepth": self.outbox.len(),
                 "outboxDropped": self.outbox.dropped,
+                "requestsRejected": self.rejected,
             },
             "mesh": {
                 "nodeCount": self.model.node_count(),
@@ -1213,401 +1221,6 @@ impl Runtime {
                 self.apply(ch);
             }
         }
-    }
-
-    // ----- MQTT input -----------------------------------------------------------------------
-
-    async fn on_publish(&mut self, topic: &str, payload: &[u8]) {
-        let prefix = format!("{}/", self.cfg.prefix);
-        let legacy = format!("{}/to/", self.topics.legacy);
-        if topic == self.topics.state() {
-            self.on_state_echo(payload).await;
-        } else if let Some(verb) = topic.strip_prefix(&format!("{prefix}bridge/request/")) {
-            let (reply, ok) = self.handle_request(verb, payload).await;
-            self.respond(format!("{prefix}bridge/response/{verb}"), reply, ok)
-                .await;
-        } else if let Some(verb) = topic.strip_prefix(&format!("{prefix}command/")) {
-            let (reply, ok) = self.handle_command(verb, payload).await;
-            self.respond(format!("{prefix}response/{verb}"), reply, ok)
-                .await;
-        } else if let Some(dest) = topic.strip_prefix(&legacy) {
-            self.handle_legacy(dest, payload).await;
-        } else if topic == format!("{}/status", self.topics.ha)
-            && payload.eq_ignore_ascii_case(b"online")
-        {
-            // Home Assistant restarted: announce every device again.
-            let ids: Vec<u32> = self.model.nodes.keys().copied().collect();
-            self.announce_ha(self.model.gateway, true).await;
-            for id in ids {
-                if id != self.model.gateway {
-                    self.announce_ha(id, true).await;
-                }
-            }
-        }
-    }
-
-    /// A message on our own `bridge/state`: if it says offline for any session while we are
-    /// online, it is a stale will (or a stray publish); restore the truth at once.
-    async fn on_state_echo(&mut self, payload: &[u8]) {
-        if self.stopping || !self.online() {
-            return;
-        }
-        let v: J = serde_json::from_slice(payload).unwrap_or(J::Null);
-        let ours = v["state"] == "online" && v["session"].as_u64() == Some(self.session);
-        if !ours {
-            tracing::warn!(
-                "bridge/state overwritten by {:?}; restoring online (session {})",
-                String::from_utf8_lossy(payload),
-                self.session
-            );
-            let state = json!({"state": "online", "session": self.session}).to_string();
-            self.raw_publish(
-                self.topics.state(),
-                state.into_bytes(),
-                true,
-                Tag::Plain,
-                "state",
-            )
-            .await;
-        }
-    }
-
-    async fn respond(&mut self, topic: String, reply: J, ok: bool) {
-        let result = if ok { "ok" } else { "error" };
-        self.metrics
-            .requests
-            .get_or_create(&vec![("result".into(), result.into())])
-            .inc();
-        if !self.online() {
-            return;
-        }
-        let text = reply.to_string();
-        if packet_size(&topic, text.len()) > self.cfg.broker.max_packet_size {
-            let mut small = json!({"status": "error", "data": {}, "error": "response larger than the broker packet limit; read the retained status topics instead"});
-            if let Some(t) = reply.get("transaction") {
-                small["transaction"] = t.clone();
-            }
-            self.raw_publish(
-                topic,
-                small.to_string().into_bytes(),
-                false,
-                Tag::Plain,
-                "response",
-            )
-            .await;
-        } else {
-            self.raw_publish(topic, text.into_bytes(), false, Tag::Plain, "response")
-                .await;
-        }
-    }
-
-    /// `bridge/request/<verb>` → (response, ok). Every request gets an answer.
-    async fn handle_request(&mut self, verb: &str, payload: &[u8]) -> (J, bool) {
-        let (req, transaction) = match parse_request(payload) {
-            Ok(r) => r,
-            Err(e) => {
-                self.metrics
-                    .invalid_input
-                    .get_or_create(&vec![("source".into(), "mqtt".into())])
-                    .inc();
-                return (response(Err(e), None), false);
-            }
-        };
-        let result = self.dispatch(verb, &req).await;
-        let ok = result.is_ok();
-        (response(result, transaction), ok)
-    }
-
-    async fn dispatch(&mut self, verb: &str, req: &Map<String, J>) -> Result<J, String> {
-        match verb {
-            "info" => Ok(self.info_json()),
-            "health" => Ok(self.health_json()),
-            "nodes" => {
-                let nodes: Vec<J> = self
-                    .model
-                    .nodes
-                    .iter()
-                    .map(|(id, r)| json!({"nodeId": id, "online": r.online, "parent": r.parent, "hops": r.hops, "lastSeen": r.last_seen}))
-                    .collect();
-                Ok(json!({"nodes": nodes, "count": self.model.node_count()}))
-            }
-            "topology" => Ok(self.topology_json()),
-            "alerts" => Ok(self.alerts_json()),
-            "publish_now" => {
-                let n = self.publish_status_topics(Tag::Plain).await;
-                Ok(json!({"published": n}))
-            }
-            "resync" => {
-                let n = self.publish_all_retained(None).await;
-                Ok(json!({"published": n}))
-            }
-            "send" => {
-                let to = req
-                    .get("to")
-                    .and_then(J::as_u64)
-                    .and_then(|v| u32::try_from(v).ok())
-                    .filter(|v| *v != 0);
-                let to = to.ok_or("`to` must be a node id (1..4294967295)")?;
-                let msg = message_bytes(req)?;
-                self.gateway.send_single(to, msg).map_err(|e| e.0)?;
-                self.model.counters.tx_single += 1;
-                Ok(json!({"to": to}))
-            }
-            "broadcast" => {
-                let msg = message_bytes(req)?;
-                self.gateway.send_broadcast(msg).map_err(|e| e.0)?;
-                self.model.counters.tx_broadcast += 1;
-                Ok(json!({}))
-            }
-            "ota/start" => self.ota_start(req),
-            "ota/status" => Ok(match &self.model.campaign {
-                Some(c) => c.to_json(&self.model.nodes),
-                None => json!({"campaign": null, "state": "none"}),
-            }),
-            "ota/abort" => {
-                let c = self
-                    .model
-                    .campaign
-                    .as_ref()
-                    .filter(|c| c.state == "running")
-                    .map(|c| c.id);
-                let c = c.ok_or("no campaign is running")?;
-                if let Some(want) = req.get("campaign").and_then(J::as_u64)
-                    && want != c
-                {
-                    return Err(format!("campaign {want} is not running (running: {c})"));
-                }
-                self.gateway.ota_abort(c).map_err(|e| e.0)?;
-                let ch = self.model.ota_end(c, "aborted");
-                self.apply(ch);
-                Ok(json!({"campaign": c, "state": "aborted"}))
-            }
-            other => Err(format!(
-                "unknown request {other:?}; known: info, health, nodes, topology, alerts, publish_now, resync, send, broadcast, ota/start, ota/status, ota/abort"
-            )),
-        }
-    }
-
-    fn ota_start(&mut self, req: &Map<String, J>) -> Result<J, String> {
-        if self.model.ota_running() {
-            let id = self.model.campaign.as_ref().map(|c| c.id).unwrap_or(0);
-            return Err(format!("campaign {id} is still running; abort it first"));
-        }
-        let image = match (
-            req.get("image_path").and_then(J::as_str),
-            req.get("image_base64").and_then(J::as_str),
-        ) {
-            (Some(p), None) => {
-                let meta = std::fs::metadata(p).map_err(|e| format!("image_path {p:?}: {e}"))?;
-                if meta.len() > MAX_IMAGE_BYTES {
-                    return Err(format!(
-                        "image {p:?} is {} bytes, over the {MAX_IMAGE_BYTES}-byte limit",
-                        meta.len()
-                    ));
-                }
-                std::fs::read(p).map_err(|e| format!("image_path {p:?}: {e}"))?
-            }
-            (None, Some(b)) => base64::engine::general_purpose::STANDARD
-                .decode(b)
-                .map_err(|e| format!("image_base64: {e}"))?,
-            _ => {
-                return Err(
-                    "give exactly one of image_path (a file on the gateway) or image_base64".into(),
-                );
-            }
-        };
-        if image.is_empty() {
-            return Err("the image is empty".into());
-        }
-        let role = req
-            .get("role")
-            .and_then(J::as_str)
-            .ok_or("`role` (string) is required")?
-            .to_string();
-        let hardware = req
-            .get("hardware")
-            .and_then(J::as_str)
-            .unwrap_or("ESP32")
-            .to_string();
-        if hardware != "ESP32" && hardware != "ESP8266" {
-            return Err(format!("hardware {hardware:?}: expected ESP32 or ESP8266"));
-        }
-        let mode = match req.get("mode").and_then(J::as_str) {
-            None => OtaMode::Broadcast,
-            Some(m) => OtaMode::parse(m)
-                .ok_or(format!("mode {m:?}: expected unicast, broadcast or pmesh"))?,
-        };
-        let compressed = match req.get("compressed") {
-            None => false,
-            Some(J::Bool(b)) => *b,
-            Some(_) => return Err("`compressed` must be true or false".into()),
-        };
-        let md5 = Md5::digest(&image)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>();
-        let id = self.next_campaign.max(self.now_ms().unwrap_or(0));
-        self.next_campaign = id + 1;
-        let size = image.len() as u64;
-        self.gateway
-            .ota_start(OtaStart {
-                campaign: id,
-                image,
-                md5: md5.clone(),
-                role: role.clone(),
-                hardware: hardware.clone(),
-                mode,
-                compressed,
-            })
-            .map_err(|e| e.0)?;
-        let c = Campaign {
-            id,
-            state: "running",
-            role,
-            hardware,
-            mode,
-            compressed,
-            size,
-            md5,
-            started_at: self.now_ms(),
-            done: 0,
-            failed: 0,
-        };
-        let v = c.to_json(&self.model.nodes);
-        self.model.ota_begin(c);
-        self.save_ota_marker();
-        self.emit_event("ota_requested", v.clone());
-        Ok(v)
-    }
-
-    /// `<prefix>/command/<verb>` (the promised command API) → `<prefix>/response/<verb>`.
-    async fn handle_command(&mut self, verb: &str, payload: &[u8]) -> (J, bool) {
-        let mapped = match verb {
-            "getNodes" => {
-                let (ids, extra) = self.nodes_json();
-                let mut v = J::Object(extra);
-                v["nodes"] = J::Array(ids);
-                Some(Ok(reorder_nodes(v)))
-            }
-            "getTopology" => Some(Ok(self.topology_json())),
-            "publishNow" => {
-                let n = self.publish_status_topics(Tag::Plain).await;
-                Some(Ok(json!({"published": n})))
-            }
-            _ => None,
-        };
-        if let Some(result) = mapped {
-            let tx = parse_request(payload).ok().and_then(|(_, t)| t);
-            let ok = result.is_ok();
-            return (response(result, tx), ok);
-        }
-        match verb {
-            // A plain-text payload is the message itself; a JSON object uses `message`.
-            "broadcast" => match parse_request(payload) {
-                Ok((req, tx)) if !req.is_empty() => {
-                    let r = self.dispatch("broadcast", &req).await;
-                    let ok = r.is_ok();
-                    (response(r, tx), ok)
-                }
-                _ if !payload.is_empty() && serde_json::from_slice::<J>(payload).is_err() => {
-                    let r = self
-                        .gateway
-                        .send_broadcast(payload.to_vec())
-                        .map_err(|e| e.0)
-                        .map(|_| json!({}));
-                    if r.is_ok() {
-                        self.model.counters.tx_broadcast += 1;
-                    }
-                    let ok = r.is_ok();
-                    (response(r, None), ok)
-                }
-                Ok((_, tx)) => (response(Err("broadcast needs a message".into()), tx), false),
-                Err(e) => (response(Err(e), None), false),
-            },
-            other => {
-                self.metrics
-                    .invalid_input
-                    .get_or_create(&vec![("source".into(), "mqtt".into())])
-                    .inc();
-                (
-                    response(
-                        Err(format!(
-                            "unknown command {other:?}; known: getNodes, getTopology, publishNow, broadcast"
-                        )),
-                        None,
-                    ),
-                    false,
-                )
-            }
-        }
-    }
-
-    /// `painlessMesh/to/<id|broadcast|gateway>`: the older gateway convention.
-    async fn handle_legacy(&mut self, dest: &str, payload: &[u8]) {
-        let result = match dest {
-            "broadcast" => self
-                .gateway
-                .send_broadcast(payload.to_vec())
-                .map(|_| self.model.counters.tx_broadcast += 1),
-            "gateway" => {
-                if payload.trim_ascii() == b"getNodes" {
-                    let ids = J::from(self.model.tree.node_list(false)).to_string();
-                    let t = format!("{}/from/gateway", self.topics.legacy);
-                    self.raw_publish(t, ids.into_bytes(), false, Tag::Plain, "response")
-                        .await;
-                }
-                Ok(())
-            }
-            id => match id.parse::<u32>() {
-                Ok(id) if id != 0 => self
-                    .gateway
-                    .send_single(id, payload.to_vec())
-                    .map(|_| self.model.counters.tx_single += 1),
-                _ => Err(format!("not a node id: {id:?}").as_str().into()),
-            },
-        };
-        if let Err(e) = result {
-            tracing::warn!("{}/to/{dest}: {e}", self.topics.legacy);
-            self.metrics
-                .invalid_input
-                .get_or_create(&vec![("source".into(), "mqtt".into())])
-                .inc();
-        }
-    }
-}
-
-/// Reads a request payload: empty → `{}`; otherwise a JSON object. Returns it with its
-/// `transaction` (echoed in the response).
-fn parse_request(payload: &[u8]) -> Result<(Map<String, J>, Option<J>), String> {
-    if payload.trim_ascii().is_empty() {
-        return Ok((Map::new(), None));
-    }
-    match serde_json::from_slice::<J>(payload) {
-        Ok(J::Object(mut m)) => {
-            let t = m.remove("transaction");
-            Ok((m, t))
-        }
-        Ok(_) => Err("request payload must be a JSON object".into()),
-        Err(e) => Err(format!("invalid JSON: {e}")),
-    }
-}
-
-fn response(result: Result<J, String>, transaction: Option<J>) -> J {
-    let mut v = match result {
-        Ok(data) => json!({"status": "ok", "data": data}),
-        Err(e) => json!({"status": "error", "data": {}, "error": e}),
-    };
-    if let Some(t) = transaction {
-        v["transaction"] = t;
-    }
-    v
-}
-
-fn message_bytes(req: &Map<String, J>) -> Result<Vec<u8>, String> {
-    match req.get("message") {
-        Some(J::String(s)) => Ok(s.clone().into_bytes()),
-        Some(v @ (J::Object(_) | J::Array(_))) => Ok(v.to_string().into_bytes()),
-        _ => Err("`message` (string or JSON) is required".into()),
     }
 }
 

@@ -199,6 +199,9 @@ async fn ota_over_mqtt_and_restart_mid_campaign_leaves_nobody_updating() {
     let dir = tmpdir("ota");
     let mut cfg = config(broker.port, "ota");
     cfg.state_dir = Some(dir.clone());
+    let firmware = dir.join("firmware");
+    std::fs::create_dir_all(&firmware).unwrap();
+    cfg.firmware_dir = Some(pmesh_bridge::FirmwareDir::open(&firmware).unwrap());
     let a = Bridge::spawn(cfg.clone(), 1, gw.clone()).unwrap();
     assert!(a.wait_online(Duration::from_secs(10)).await);
     a.topology(common::star(1, [2, 3, 4]));
@@ -263,12 +266,11 @@ async fn ota_over_mqtt_and_restart_mid_campaign_leaves_nobody_updating() {
     );
     assert_eq!(start.md5.len(), 32);
 
-    // Also from a path on the gateway; refused while one runs.
-    let path = dir.join("fw.bin");
-    std::fs::write(&path, &image).unwrap();
+    // Also from the gateway's firmware directory; refused while one runs.
+    std::fs::write(firmware.join("fw.bin"), &image).unwrap();
     sub.publish(
         "mesh/bridge/request/ota/start",
-        json!({"image_path": path, "role": "sensor", "transaction": 4}).to_string(),
+        json!({"image_path": "fw.bin", "role": "sensor", "transaction": 4}).to_string(),
     )
     .await;
     let r = sub

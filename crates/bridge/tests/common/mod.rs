@@ -46,6 +46,8 @@ fn mosquitto_available() -> bool {
 pub struct Broker {
     pub port: u16,
     max_packet: Option<usize>,
+    /// Mosquitto keeps retained messages across a `terminate` + `up` (its persistence file).
+    persistent: bool,
     dir: PathBuf,
     child: Option<std::process::Child>,
     embedded: bool,
@@ -55,6 +57,21 @@ pub struct Broker {
 
 impl Broker {
     pub async fn start(max_packet: Option<usize>) -> Broker {
+        Self::start_with(max_packet, false).await
+    }
+
+    /// A broker whose retained messages survive a restart (`terminate` then `up`): Mosquitto
+    /// with persistence. The embedded fallback has none; tests check [`Broker::is_persistent`].
+    pub async fn start_persistent() -> Broker {
+        Self::start_with(None, true).await
+    }
+
+    /// Retained messages survive a restart.
+    pub fn is_persistent(&self) -> bool {
+        self.persistent && !self.embedded
+    }
+
+    async fn start_with(max_packet: Option<usize>, persistent: bool) -> Broker {
         let embedded = !mosquitto_available();
         if embedded {
             eprintln!(
@@ -64,6 +81,7 @@ impl Broker {
         let mut b = Broker {
             port: free_port(),
             max_packet,
+            persistent,
             dir: tmpdir("broker"),
             child: None,
             embedded,
@@ -109,6 +127,15 @@ impl Broker {
             );
             if let Some(m) = self.max_packet {
                 text.push_str(&format!("max_packet_size {m}\n"));
+            }
+            if self.persistent {
+                // Saved on SIGTERM (`terminate`), read back by the next `up`. Run as root, it
+                // stays root so it can write the test's directory.
+                text = text.replace("persistence false\n", "");
+                text.push_str(&format!(
+                    "persistence true\npersistence_location {}/\nuser root\n",
+                    self.dir.display()
+                ));
             }
             std::fs::write(&conf, text).unwrap();
             let child = std::process::Command::new(MOSQUITTO)
@@ -375,6 +402,14 @@ impl Sub {
             .await
             .unwrap();
     }
+
+    /// Publishes with the retain flag (an empty payload clears the topic's retained message).
+    pub async fn publish_retained(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, true, payload.into())
+            .await
+            .unwrap();
+    }
 }
 
 impl Drop for Sub {
@@ -432,6 +467,17 @@ pub fn star(gw: u32, kids: impl IntoIterator<Item = u32>) -> pmesh_proto::NodeTr
         subs: kids.into_iter().map(pmesh_proto::NodeTree::leaf).collect(),
         ..Default::default()
     }
+}
+
+/// The value of one series in a Prometheus text exposition (`name{labels}` exactly as rendered).
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 pub async fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
