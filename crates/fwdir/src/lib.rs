@@ -235,7 +235,9 @@ impl FirmwareDir {
             .map_err(io_error)?;
         let meta = file.metadata().map_err(FirmwareError::Io)?;
         if !meta.file_type().is_file() {
-            return Err(FirmwareError::NotRegularFile(FileKind::of(meta.file_type())));
+            return Err(FirmwareError::NotRegularFile(FileKind::of(
+                meta.file_type(),
+            )));
         }
         self.check_opened(&file)?;
         Ok((file, meta.len()))
@@ -309,7 +311,10 @@ mod tests {
     #[test]
     fn names_are_relative_without_parent_components() {
         assert!(matches!(check_name(""), Err(FirmwareError::EmptyName)));
-        assert!(matches!(check_name("/dev/zero"), Err(FirmwareError::Absolute)));
+        assert!(matches!(
+            check_name("/dev/zero"),
+            Err(FirmwareError::Absolute)
+        ));
         for bad in ["../../etc/shadow", "a/../b", "..", "sub/.."] {
             assert!(
                 matches!(check_name(bad), Err(FirmwareError::ParentComponent)),
@@ -329,7 +334,11 @@ mod tests {
         assert_eq!(d.read("image.bin", 100).unwrap(), b"firmware");
         assert_eq!(d.read("./sub/nested.bin", 100).unwrap(), b"nested");
         symlink("image.bin", s.0.join("fw/current")).unwrap();
-        assert_eq!(d.read("current", 100).unwrap(), b"firmware", "a link inside");
+        assert_eq!(
+            d.read("current", 100).unwrap(),
+            b"firmware",
+            "a link inside"
+        );
         assert_eq!(d.path(), std::fs::canonicalize(s.0.join("fw")).unwrap());
     }
 
@@ -384,7 +393,11 @@ mod tests {
             matches!(e, FirmwareError::TooLarge { size: Some(s), limit } if s == 1 << 30 && limit == 16 << 20),
             "{e}"
         );
-        assert_eq!(d.read("image.bin", 8).unwrap(), b"firmware", "exactly the limit");
+        assert_eq!(
+            d.read("image.bin", 8).unwrap(),
+            b"firmware",
+            "exactly the limit"
+        );
         assert!(matches!(
             d.read("image.bin", 7).unwrap_err(),
             FirmwareError::TooLarge { .. }
