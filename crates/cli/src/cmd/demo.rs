@@ -425,11 +425,24 @@ async fn run_async(s: Settings) -> anyhow::Result<ExitCode> {
     let shared = Arc::new(Shared::default());
     let (cmd_tx, cmd_rx) = std::sync::mpsc::channel();
     let gw = Arc::new(gateway::DemoGateway::new(cmd_tx, shared.clone()));
+    // The image the rollout request names, in a firmware directory of its own (the bridge
+    // reads `image_path` names only from there, as an operator's gateway would).
+    let firmware_dir = std::env::temp_dir().join(format!("pmesh-demo-{}", std::process::id()));
+    let image_name = "demo-firmware.bin";
+    if let Some(o) = &s.ota {
+        std::fs::create_dir_all(&firmware_dir)
+            .and_then(|()| std::fs::write(firmware_dir.join(image_name), &o.image))
+            .with_context(|| format!("writing the demo image in {}", firmware_dir.display()))?;
+    }
     let cfg = BridgeConfig {
         broker: broker.clone(),
         prefix: s.prefix.clone(),
         publish_interval: Duration::from_secs(10),
         state_dir: None,
+        firmware_dir: match &s.ota {
+            Some(_) => Some(pmesh_bridge::FirmwareDir::open(&firmware_dir)?),
+            None => None,
+        },
         ..BridgeConfig::default()
     };
     let bridge = Bridge::spawn(cfg, GATEWAY, gw)?;
@@ -450,22 +463,15 @@ async fn run_async(s: Settings) -> anyhow::Result<ExitCode> {
         },
     };
 
-    // The image the rollout request names (the bridge reads it as an operator's file).
-    let image_file = std::env::temp_dir().join(format!("pmesh-demo-{}.bin", std::process::id()));
-    let request = match &s.ota {
-        Some(o) => {
-            std::fs::write(&image_file, &o.image)
-                .with_context(|| format!("writing {}", image_file.display()))?;
-            Some(json!({
-                "image_path": image_file.to_string_lossy(),
-                "role": ROLE,
-                "mode": o.mode,
-                "compressed": true,
-                "transaction": "pmesh-demo",
-            }))
-        }
-        None => None,
-    };
+    let request = s.ota.as_ref().map(|o| {
+        json!({
+            "image_path": image_name,
+            "role": ROLE,
+            "mode": o.mode,
+            "compressed": true,
+            "transaction": "pmesh-demo",
+        })
+    });
 
     // Banner.
     let host = &broker.host;
@@ -603,7 +609,7 @@ async fn run_async(s: Settings) -> anyhow::Result<ExitCode> {
     d.ui.finish();
     let published = publishes(&bridge);
     let _ = tokio::time::timeout(Duration::from_secs(3), bridge.shutdown()).await;
-    let _ = std::fs::remove_file(&image_file);
+    let _ = std::fs::remove_dir_all(&firmware_dir);
     let (ui, rollout) = (d.ui, d.rollout);
     let last = match sim_result {
         Ok(t) => Some(t),

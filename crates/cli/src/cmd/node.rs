@@ -14,6 +14,7 @@
 //! With `--mqtt URL` (or `[mqtt]`) the node is also the mesh's MQTT gateway: the bridge runs in
 //! this process ([`mqtt`]).
 
+pub mod fds;
 pub mod mqtt;
 
 use std::collections::BTreeMap;
@@ -93,6 +94,11 @@ pub struct Args {
     /// Largest image accepted, in bytes [default: 67108864].
     #[arg(long, value_name = "BYTES")]
     pub ota_max_size: Option<u64>,
+    /// The firmware directory: the only place a remote request (MQTT `ota/start` with
+    /// `image_path`) may read firmware from, by a name inside it [default: none, and
+    /// `image_path` is refused].
+    #[arg(long, value_name = "DIR")]
+    pub firmware_dir: Option<PathBuf>,
     /// Broadcast an Alteriom EnhancedStatusPackage (604) this often, e.g. `30s`, so bridges
     /// monitor this node like the ESP nodes [default: off].
     #[arg(long, value_name = "DURATION")]
@@ -193,6 +199,8 @@ pub struct OtaSection {
     dir: Option<PathBuf>,
     exec: Option<PathBuf>,
     max_image_bytes: Option<u64>,
+    /// The firmware directory (`--firmware-dir`).
+    firmware_dir: Option<PathBuf>,
     /// pmesh OTA bytes per second per link (0 or absent: no cap).
     rate_limit: Option<u32>,
     classic_request_interval: Option<String>,
@@ -295,6 +303,8 @@ pub struct OtaSettings {
     pub exec: Option<PathBuf>,
     /// Largest image accepted.
     pub max_image_bytes: u64,
+    /// Where remote requests may read firmware from, by name.
+    pub firmware_dir: Option<pmesh_bridge::FirmwareDir>,
 }
 
 impl OtaSettings {
@@ -362,12 +372,20 @@ impl OtaSettings {
         if max_image_bytes == 0 {
             bail!("--ota-max-size must be at least 1 byte");
         }
+        let firmware_dir =
+            match args.firmware_dir.as_ref().or(s.firmware_dir.as_ref()) {
+                Some(d) => Some(pmesh_bridge::FirmwareDir::open(d).with_context(|| {
+                    format!("--firmware-dir / [ota] firmware_dir {}", d.display())
+                })?),
+                None => None,
+            };
         Ok(OtaSettings {
             config,
             receive,
             dir,
             exec: args.ota_exec.clone().or_else(|| s.exec.clone()),
             max_image_bytes,
+            firmware_dir,
         })
     }
 }
@@ -581,7 +599,7 @@ impl Settings {
         };
         let ota = OtaSettings::resolve(args, &file.ota)?;
         let status = file.status.resolve(args.status_every.as_deref())?;
-        let mqtt = mqtt::resolve(
+        let mut mqtt = mqtt::resolve(
             &args.mqtt,
             &file.mqtt,
             id,
@@ -589,6 +607,11 @@ impl Settings {
                 .ok()
                 .filter(|p| !p.is_empty()),
         )?;
+        if let Some(m) = mqtt.as_mut() {
+            m.firmware_dir = ota.firmware_dir.clone();
+            m.metrics_http.max_connections =
+                fds::metrics_connections(fds::soft_limit(), net.max_connections);
+        }
         Ok(Settings {
             node,
             id_source,
@@ -634,7 +657,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.log_format.as_deref().or(file.log.format.as_deref()),
         args.log.as_deref().or(file.log.filter.as_deref()),
     )?;
+    let fd = fds::raise_soft_limit();
     let settings = Settings::resolve(&args, file)?;
+    let soft = fd.soft.unwrap_or(u64::MAX);
+    info!(soft = ?fd.soft, hard = ?fd.hard, raised_from = ?fd.raised_from,
+        metrics_connections = fds::metrics_connections(soft, settings.net.max_connections),
+        "file descriptors");
+    if soft < fds::reserved(settings.net.max_connections) + fds::METRICS_MAX as u64 {
+        warn!(
+            soft,
+            reserved = fds::reserved(settings.net.max_connections),
+            "the file descriptor limit is low for a gateway; raise it (ulimit -n, LimitNOFILE=)"
+        );
+    }
+    if let Some(d) = &settings.ota.firmware_dir {
+        info!(dir = %d.path().display(), used = settings.mqtt.is_some(),
+            "firmware directory (MQTT ota/start image_path names)");
+    }
     for section in settings.file.other.keys() {
         warn!(
             section,
@@ -913,6 +952,7 @@ mod tests {
             ota_dir: None,
             ota_exec: None,
             ota_max_size: None,
+            firmware_dir: None,
             status_every: None,
             mqtt: Box::default(),
         }
@@ -1037,6 +1077,27 @@ mod tests {
         let mut a = args();
         a.ota_max_size = Some(0);
         assert!(Settings::resolve(&a, FileConfig::default()).is_err());
+    }
+
+    #[test]
+    fn firmware_dir_from_the_file_or_the_flag_goes_to_the_bridge() {
+        let s = Settings::resolve(&args(), FileConfig::default()).unwrap();
+        assert!(s.ota.firmware_dir.is_none(), "none unless configured");
+        let tmp = std::env::temp_dir();
+        let file: FileConfig = toml::from_str(&format!(
+            "[ota]\nfirmware_dir = {tmp:?}\n[mqtt]\nurl = \"mqtt://localhost\"\n"
+        ))
+        .unwrap();
+        let s = Settings::resolve(&args(), file).unwrap();
+        let dir = s.ota.firmware_dir.clone().unwrap();
+        assert_eq!(dir.path(), std::fs::canonicalize(&tmp).unwrap());
+        let bridge = s.mqtt.unwrap();
+        assert_eq!(bridge.firmware_dir, Some(dir));
+        assert!((1..=fds::METRICS_MAX).contains(&bridge.metrics_http.max_connections));
+        let mut a = args();
+        a.firmware_dir = Some("/nonexistent/firmware".into());
+        let e = Settings::resolve(&a, FileConfig::default()).unwrap_err();
+        assert!(format!("{e:#}").contains("--firmware-dir"), "{e:#}");
     }
 
     #[test]
