@@ -86,6 +86,25 @@ pub struct HttpCounters {
 }
 
 impl HttpCounters {
+    /// Connections open now and ended so far, by outcome (for `bridge/health`).
+    pub fn summary(&self) -> std::collections::BTreeMap<&'static str, i64> {
+        let mut m = std::collections::BTreeMap::new();
+        m.insert("open", self.open.get());
+        for o in [
+            Outcome::Closed,
+            Outcome::Refused,
+            Outcome::TimedOut,
+            Outcome::Failed,
+        ] {
+            let n = self
+                .connections
+                .get_or_create(&vec![("outcome".into(), o.label().into())])
+                .get();
+            m.insert(o.label(), n as i64);
+        }
+        m
+    }
+
     fn ended(&self, o: Outcome) {
         self.connections
             .get_or_create(&vec![("outcome".into(), o.label().into())])

@@ -700,6 +700,9 @@ impl Runtime {
             },
             "process": {"rssBytes": rss_bytes()},
         });
+        if self.cfg.metrics_addr.is_some() {
+            v["metricsHttp"] = json!(self.metrics.http.summary());
+        }
         stamp(&mut v, self.now_ms());
         v
     }

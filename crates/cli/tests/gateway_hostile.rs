@@ -203,7 +203,7 @@ fn idle_metrics_sockets_leave_the_mesh_and_the_control_endpoint_working() {
     const IDLE: usize = 365;
     let dir = TempDir::new("gw-metrics-fds");
     let broker = Broker::start(&dir);
-    let sub = Sub::connect(broker.port, "mesh/bridge/state");
+    let sub = Sub::connect(broker.port, "mesh/bridge/#");
     let fast = dir.file("fast.toml", FAST_TIMERS);
     let metrics = format!("127.0.0.1:{}", free_port());
     let spec = gateway_spec(901, Some(fast.clone()));
@@ -308,4 +308,12 @@ fn idle_metrics_sockets_leave_the_mesh_and_the_control_endpoint_working() {
         "{text}"
     );
     assert!(open_fds(gw.pid()) < attacked_fds);
+    // The bridge's own health says it too.
+    sub.publish("mesh/bridge/request/health", r#"{"transaction":"h"}"#);
+    let h = sub.wait("mesh/bridge/response/health", 10, |m| {
+        m.json()["transaction"] == "h"
+    });
+    let http = &h.json()["data"]["metricsHttp"];
+    assert!(http["refused"].as_f64() >= Some(refused), "{http}");
+    assert!(http["timed_out"].as_i64() >= Some(16), "{http}");
 }
