@@ -7,6 +7,10 @@
 //! life cycle, a durable outbox so no event or alert is lost, remote OTA over MQTT, and a
 //! Prometheus `/metrics` endpoint. Topic reference: `docs/bridge/topics.md`.
 //!
+//! MQTT input is parsed by pure functions ([`request`], [`parse_request`]); what they refuse,
+//! messages over the packet limit and retained requests are answered, never executed, and
+//! counted. `ota/start` reads images only from a [`FirmwareDir`].
+//!
 //! ## Using it from a gateway
 //!
 //! ```no_run
