@@ -84,6 +84,9 @@ pub struct Host {
     /// host does not rebuild; a commit under one is checked against the Installed record.
     compressed_md5s: BTreeSet<String>,
     committed: Option<Vec<u8>>,
+    /// Everything sent, kept when [`Host::capture`] was called (the seed generator plays the
+    /// other side with it).
+    sent: Option<Vec<(ConnId, Bytes)>>,
 }
 
 impl Host {
@@ -134,6 +137,7 @@ impl Host {
             offered_here: false,
             compressed_md5s: BTreeSet::new(),
             committed: None,
+            sent: None,
         }
     }
 
@@ -297,6 +301,9 @@ impl Host {
                     assert!(!closed.contains(&conn), "send to {conn:?} after closing it");
                     assert!(open.contains(&conn), "send to unknown {conn:?}");
                     self.check_sent(&data);
+                    if let Some(sent) = &mut self.sent {
+                        sent.push((conn, data));
+                    }
                 }
                 Transmit::Close { conn, .. } => {
                     closed.insert(conn);
@@ -420,6 +427,21 @@ impl Host {
             self.offered_hashes.contains(md5) || self.offered_hashes.contains(sha256),
             "installed md5 {md5} sha256 {sha256}: no offer named either"
         );
+    }
+
+    /// An image was committed to the sink.
+    pub fn committed(&self) -> bool {
+        self.committed.is_some()
+    }
+
+    /// Keeps what the node sends from now on, for [`Host::take_sent`].
+    pub fn capture(&mut self) {
+        self.sent.get_or_insert_with(Vec::new);
+    }
+
+    /// What the node sent since the last call (with [`Host::capture`] on).
+    pub fn take_sent(&mut self) -> Vec<(ConnId, Bytes)> {
+        self.sent.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Marks `image`'s hashes as offered by this node itself (its own offers).

@@ -1,0 +1,383 @@
+//! Writes the seed inputs of every fuzz target into `fuzz/seeds/<target>/` (committed; run
+//! again after changing a target's input layout):
+//!
+//! ```text
+//! cargo run --manifest-path fuzz/Cargo.toml --example seeds
+//! ```
+//!
+//! Sources: the wire vectors and reference-algorithm cases in `testdata/vectors/` (real
+//! frames), hand-written node scripts, OTA rollouts recorded from a real distributor node
+//! (pmesh and classic, each mode), the scenario configs and the example configuration in the
+//! docs.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use pmesh_fuzz::host::{HARDWARE, Host, Knobs, ROLE};
+use pmesh_fuzz::input::{Input, Writer};
+use pmesh_fuzz::records::{self, DOWN, UP};
+use pmesh_fuzz::script::{self, Op};
+use pmesh_node::{Config, Direction, Node, Transmit};
+use pmesh_ota::bitmap::ChunkBitmap;
+use pmesh_ota::{MemorySink, MemorySource, MemoryStore, Offer, Ota, OtaConfig, b85};
+use pmesh_proto::{DEFAULT_MAX_DEPTH, Envelope};
+use serde_json::Value as J;
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let repo = root.parent().expect("fuzz/ sits in the repository");
+    let frames = vector_frames(repo);
+    let out = root.join("seeds");
+    write_all(&out.join("frame_json"), frame_json_seeds(&frames));
+    write_all(&out.join("envelope_sync"), envelope_seeds(&frames));
+    write_all(&out.join("node_script"), node_script_seeds(&frames));
+    write_all(&out.join("ota_frames"), ota_seeds());
+    println!("seeds written to {}", out.display());
+}
+
+/// Replaces `dir`'s contents with `seeds`.
+fn write_all(dir: &PathBuf, seeds: Vec<(String, Vec<u8>)>) {
+    let _ = fs::remove_dir_all(dir);
+    fs::create_dir_all(dir).expect("create the seed directory");
+    for (name, bytes) in &seeds {
+        fs::write(dir.join(name), bytes).expect("write a seed");
+    }
+    println!("{}: {} seeds", dir.display(), seeds.len());
+}
+
+/// Every frame in the vectors: wire cases, parse edge cases (hex ones decoded), NODE_SYNC
+/// equality pairs, OTA transforms and time-sync exchanges.
+fn vector_frames(repo: &Path) -> Vec<(String, Vec<u8>)> {
+    let read = |name: &str| -> J {
+        let path = repo.join("testdata/vectors").join(name);
+        serde_json::from_slice(&fs::read(&path).expect("testdata/vectors"))
+            .expect("vectors are JSON")
+    };
+    let mut frames = Vec::new();
+    let wire = read("wire.json");
+    for case in wire["cases"].as_array().expect("cases") {
+        if let Some(f) = frame_of(case) {
+            frames.push((
+                format!("wire-{}", case["name"].as_str().unwrap_or("case")),
+                f,
+            ));
+        }
+    }
+    let reference = read("reference-algorithms.json");
+    for (section, keys) in [
+        ("parse_edge_cases", &["frame"][..]),
+        ("node_sync_equality", &["a", "b"][..]),
+        (
+            "ota_transforms",
+            &["announce_frame", "request_frame", "data_frame"][..],
+        ),
+        ("time_sync_exchange", &["frame"][..]),
+    ] {
+        for (i, case) in reference[section]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            for key in keys {
+                let f = case[*key]
+                    .as_str()
+                    .map(|s| s.as_bytes().to_vec())
+                    .or_else(|| case[format!("{key}_hex")].as_str().and_then(unhex));
+                if let Some(f) = f {
+                    frames.push((format!("ref-{section}-{i}-{key}"), f));
+                }
+            }
+        }
+    }
+    frames
+}
+
+fn frame_of(case: &J) -> Option<Vec<u8>> {
+    case["frame"]
+        .as_str()
+        .map(|s| s.as_bytes().to_vec())
+        .or_else(|| case["frame_hex"].as_str().and_then(unhex))
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// `[cap 256 KiB][depth 255][split seed]` + one frame + NUL; all frames in one stream; the
+/// same with newline delimiters and a small cap.
+fn frame_json_seeds(frames: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
+    let mut seeds: Vec<(String, Vec<u8>)> = frames
+        .iter()
+        .map(|(name, f)| {
+            let mut s = vec![7, 6, 0x12, 0x34];
+            s.extend_from_slice(f);
+            s.push(0);
+            (name.clone(), s)
+        })
+        .collect();
+    let mut all = vec![7, 6, 0x56, 0x78];
+    let mut lines = vec![7 | 8, 6, 0x9a, 0xbc];
+    for (_, f) in frames.iter().take(24) {
+        all.extend_from_slice(f);
+        all.push(0);
+        lines.extend_from_slice(f);
+        lines.push(b'\n');
+    }
+    seeds.push(("stream-all".into(), all));
+    seeds.push(("stream-lines".into(), lines));
+    seeds
+}
+
+/// `[depth 255]` + frame, plus frames pmesh writes (NODE_SYNC of a chain, a status report).
+fn envelope_seeds(frames: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
+    let mut seeds: Vec<(String, Vec<u8>)> = frames
+        .iter()
+        .map(|(name, f)| (name.clone(), [&[7u8][..], f].concat()))
+        .collect();
+    seeds.push((
+        "pmesh-sync-chain".into(),
+        [&[7u8][..], &script::sync_json(2, 8 | 2, &[3, 4, 5])].concat(),
+    ));
+    seeds.push((
+        "pmesh-sync-list".into(),
+        [&[7u8][..], &script::sync_json(2, 1 | 4, &[3, 4, 5, 6])].concat(),
+    ));
+    seeds
+}
+
+/// Hand-written scripts: a node between two neighbours relaying user traffic, time sync and
+/// delay measurement; a loop through us; stock frames from the vectors as raw bytes; offers.
+fn node_script_seeds(frames: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
+    let mut seeds = Vec::new();
+    // IDS indices: 0 → 2, 1 → 3, 2 → 4, 3 → 5, 4 → 6, 5 → ME.
+    let mut w = Writer::default();
+    w.u8(0)
+        .op(Op::Connect, 0)
+        .op(Op::Connect, 1 | 4)
+        .sync(0, 0, 0, &[1])
+        .sync(1, 2, 1, &[3])
+        .advance(4)
+        .op(Op::User, 0)
+        .u8(0)
+        .u8(1)
+        .u8(0)
+        .chunk(b"broadcast from 3")
+        .op(Op::User, 1)
+        .u8(1)
+        .u8(0)
+        .u8(3)
+        .chunk(b"single from 2 to 5")
+        .op(Op::Time, 0)
+        .u8(0)
+        .u8(0)
+        .u8(5)
+        .u8(1)
+        .u32(123_456)
+        .op(Op::App, 0)
+        .u8(3)
+        .chunk(b"app single to 5")
+        .op(Op::App, 3)
+        .u8(1)
+        .chunk(b"")
+        .advance(8)
+        .advance(11);
+    seeds.push(("relay-two-links".into(), w.out));
+
+    let mut w = Writer::default();
+    w.u8(32)
+        .op(Op::Connect, 0)
+        .op(Op::Connect, 1)
+        .op(Op::Connect, 2 | 4)
+        .sync(0, 0, 0, &[1, 2])
+        .sync(1, 3, 8, &[4, 0])
+        .advance(4)
+        .sync(2, 4, 8, &[5, 1, 0])
+        .advance(5)
+        .sync(1, 3, 8, &[4, 5, 0])
+        .advance(7)
+        .op(Op::Disconnect, 0)
+        .advance(8);
+    seeds.push(("loop-through-us".into(), w.out));
+
+    let mut w = Writer::default();
+    w.u8(1).op(Op::Connect, 0).op(Op::Connect, 1 | 4);
+    for (_, f) in frames.iter().take(40) {
+        let mut framed = f.clone();
+        framed.push(0);
+        w.raw(0, &framed).advance(2);
+    }
+    w.advance(8);
+    seeds.push(("stock-frames-raw".into(), w.out));
+
+    for (name, flags) in [
+        ("offer-pmesh", 1u8),
+        ("offer-pmesh-compressed", 3),
+        ("offer-classic-broadcast", 4 | 2),
+    ] {
+        let mut w = Writer::default();
+        w.u8(2)
+            .op(Op::Connect, 0)
+            .sync(0, 0, 0, &[])
+            .advance(4)
+            .op(Op::Offer, flags)
+            .u16(1500)
+            .u8(9)
+            .advance(4)
+            .advance(8);
+        seeds.push((name.into(), w.out));
+    }
+    seeds
+}
+
+/// Rollouts recorded from a real distributor (node 2 upstream) to the fuzzed node.
+fn ota_seeds() -> Vec<(String, Vec<u8>)> {
+    let image = script::image(1500, 42);
+    let offer = |compressed: bool, broadcast: bool, pmesh: bool| {
+        let mut o = Offer::new(ROLE, HARDWARE, MemorySource::new(image.clone()))
+            .compressed(compressed)
+            .broadcast(broadcast)
+            .chunk_size(256);
+        if pmesh {
+            o = o.pmesh();
+        }
+        o
+    };
+    vec![
+        ("pmesh".into(), record_rollout(0, offer(false, false, true))),
+        (
+            "pmesh-deflate".into(),
+            record_rollout(0, offer(true, false, true)),
+        ),
+        (
+            "classic-unicast".into(),
+            record_rollout(0, offer(false, false, false)),
+        ),
+        (
+            "classic-broadcast".into(),
+            record_rollout(0, offer(false, true, false)),
+        ),
+        (
+            "classic-gzip".into(),
+            record_rollout(0, offer(true, false, false)),
+        ),
+        (
+            "classic-stock-receiver".into(),
+            record_rollout(0x80, offer(false, false, false)),
+        ),
+    ]
+}
+
+/// Runs a distributor (node 2) against the fuzz host over [`UP`], in 50 ms steps, and returns
+/// the records that replay the distributor's side: the fuzzed node given these records does
+/// exactly what it did here. A downstream neighbour (node 4) syncs, says HELLO and
+/// subscribes to the rollout.
+fn record_rollout(knobs: u8, offer: Offer) -> Vec<u8> {
+    const STEP: u8 = 2; // script::STEPS[2] = 50 ms
+    let step = script::STEPS[usize::from(STEP)];
+    let mut w = Writer::default();
+    w.u8(knobs);
+    let mut host = Host::new(Knobs(knobs));
+    host.capture();
+    records::start(&mut host);
+    let mut dist = Node::new(
+        Config::new(2),
+        Ota::new(
+            OtaConfig::new("gateway", "linux"),
+            MemorySink::new(1 << 20),
+            MemoryStore::new(),
+        ),
+    );
+    let mut now = host.now;
+    dist.handle_connect(UP, now, Direction::Ap);
+    let mut offer = Some(offer);
+    let mut subscribed = false;
+    let mut done_at = None;
+    let downstream = |w: &mut Writer, host: &mut Host, json: &[u8]| {
+        let f = script::frame(json);
+        w.record(1, 15, &f);
+        host.bytes(DOWN, &f);
+    };
+    downstream(&mut w, &mut host, &script::sync_json(4, 0, &[]));
+    downstream(
+        &mut w,
+        &mut host,
+        br#"{"type":710,"routing":0,"from":4,"v":1}"#,
+    );
+    for i in 0..400 {
+        for (conn, data) in host.take_sent() {
+            if conn == UP {
+                dist.handle_bytes(UP, now, &data);
+            }
+        }
+        now = now + step;
+        while dist.poll_timeout().is_some_and(|t| t <= now) {
+            dist.handle_timeout(now);
+        }
+        if i == 20 {
+            let o = offer.take().expect("offered once");
+            dist.with_plugin(now, |ota, ctx| ota.offer(ctx, o))
+                .expect("offer accepted");
+        }
+        let mut data = Vec::new();
+        while let Some(t) = dist.poll_transmit() {
+            if let Transmit::Send { conn, data: d } = t
+                && conn == UP
+            {
+                data.extend_from_slice(&d);
+            }
+        }
+        while dist.poll_event().is_some() {}
+        w.record(0, STEP, &data);
+        host.advance(step, 64);
+        host.bytes(UP, &data);
+        if !subscribed && let Some((id, count)) = manifest_in(&data) {
+            subscribed = true;
+            let have = b85::encode(&ChunkBitmap::new(count).to_bytes());
+            let want = format!(
+                r#"{{"type":712,"routing":0,"from":4,"id":{id},"n":0,"have":"{}"}}"#,
+                String::from_utf8(have).expect("base85 is ASCII")
+            );
+            downstream(&mut w, &mut host, want.as_bytes());
+        }
+        if host.committed() && done_at.is_none() {
+            done_at = Some(i);
+        }
+        if done_at.is_some_and(|d| i >= d + 40) {
+            break;
+        }
+    }
+    let complete = done_at.is_some();
+    assert!(
+        complete || knobs & 0x80 != 0,
+        "the recorded rollout did not complete"
+    );
+    // The seed replays: the fuzz target's node, given these records, commits the image too.
+    let mut replay = Host::new(Knobs(knobs));
+    let mut input = Input::new(&w.out[1..]);
+    records::start(&mut replay);
+    records::run(&mut replay, &mut input);
+    assert_eq!(
+        replay.committed(),
+        complete,
+        "the recorded rollout does not replay"
+    );
+    w.out
+}
+
+/// The id and chunk count of a MANIFEST among `data`'s frames.
+fn manifest_in(data: &[u8]) -> Option<(u32, u32)> {
+    data.split(|&b| b == 0).find_map(|json| {
+        let env = Envelope::parse(json, DEFAULT_MAX_DEPTH).ok()?;
+        if env.ty != 711 {
+            return None;
+        }
+        Some((
+            env.get("id")?.as_u32_strict()?,
+            env.get("count")?.as_u32_strict()?,
+        ))
+    })
+}
