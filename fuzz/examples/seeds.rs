@@ -21,6 +21,8 @@ use pmesh_node::{Config, Direction, Node, Transmit};
 use pmesh_ota::bitmap::ChunkBitmap;
 use pmesh_ota::{MemorySink, MemorySource, MemoryStore, Offer, Ota, OtaConfig, b85};
 use pmesh_proto::{DEFAULT_MAX_DEPTH, Envelope};
+use pmesh_sim::Topology;
+use pmesh_sim::ota::split_scenario_toml;
 use serde_json::Value as J;
 
 fn main() {
@@ -32,6 +34,7 @@ fn main() {
     write_all(&out.join("envelope_sync"), envelope_seeds(&frames));
     write_all(&out.join("node_script"), node_script_seeds(&frames));
     write_all(&out.join("ota_frames"), ota_seeds());
+    write_all(&out.join("toml_config"), toml_seeds(repo));
     println!("seeds written to {}", out.display());
 }
 
@@ -229,6 +232,57 @@ fn node_script_seeds(frames: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
             .advance(4)
             .advance(8);
         seeds.push((name.into(), w.out));
+    }
+    seeds
+}
+
+/// The scenario files the repository ships, and a 6-node variant of each (small enough for
+/// the target to simulate): events naming other nodes dropped, a radio plan's positions cut.
+fn toml_seeds(repo: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut seeds = Vec::new();
+    let mut paths: Vec<PathBuf> = fs::read_dir(repo.join("scenarios"))
+        .expect("scenarios/")
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let name = path
+            .file_stem()
+            .expect("a file name")
+            .to_string_lossy()
+            .into_owned();
+        let text = fs::read_to_string(&path).expect("a scenario file");
+        let (mut sc, mut ota) = split_scenario_toml(&text).expect("shipped scenarios read");
+        seeds.push((name.clone(), text.into_bytes()));
+        const N: u32 = 6;
+        sc.nodes = N;
+        sc.events
+            .retain(|e| e.action.nodes().iter().all(|&n| n <= N));
+        sc.roots.retain(|&n| n <= N);
+        sc.time_authority.retain(|&n| n <= N);
+        if let Topology::Radio {
+            positions: Some(p), ..
+        } = &mut sc.topology
+        {
+            p.truncate(N as usize);
+        }
+        if let Some(o) = &mut ota {
+            o.distributor = 1;
+            o.stock_nodes.retain(|&n| n <= N);
+            o.relay_nodes.retain(|&n| n <= N);
+        }
+        let mut table = toml::Table::try_from(&sc).expect("a scenario serializes");
+        if let Some(o) = &ota {
+            table.insert(
+                "ota".into(),
+                toml::Value::try_from(o).expect("[ota] serializes"),
+            );
+        }
+        let small = toml::to_string(&table).expect("a table prints");
+        if split_scenario_toml(&small).is_ok() {
+            seeds.push((format!("small-{name}"), small.into_bytes()));
+        }
     }
     seeds
 }
