@@ -27,6 +27,7 @@ printf 'fuzz build: %d s\n' "$((SECONDS - build_start))"
 failed=()
 for target in $(cargo fuzz list); do
   work=$(mktemp -d)
+  mkdir "$work/corpus"
   log=$work/log
   opts=("${common[@]}" -max_total_time="$secs")
   case $target in
