@@ -164,7 +164,10 @@ fn check_time(t: &TimeMessage) {
     }
 }
 
-/// Packages: the writer's output decodes to a package that writes the same bytes again.
+/// Packages: the writer's output decodes to a package that writes the same bytes again. One
+/// exception, shared with the reference (ArduinoJson writes non-finite floats as `null` too): a
+/// float that read as infinite (`1e999`) is written `null`, which reads back as 0; from the
+/// second write on, the bytes are fixed.
 fn check_package(p: &Package) {
     let written = p.to_json();
     let back = match decode(&written) {
@@ -172,11 +175,23 @@ fn check_package(p: &Package) {
         other => panic!("package {} read back as {other:?}", p.name()),
     };
     assert_eq!(back.header(), p.header(), "package header round trip");
-    assert_eq!(
-        back.to_json(),
-        written,
-        "package writer is not a fixed point"
-    );
+    let again = back.to_json();
+    if again != written {
+        assert!(
+            written.windows(4).any(|w| w == b"null"),
+            "package writer is not a fixed point: {} -> {}",
+            lossy(&written),
+            lossy(&again)
+        );
+        let third = match decode(&again) {
+            Message::Package(p) => p.to_json(),
+            other => panic!("package read back as {other:?}"),
+        };
+        assert_eq!(
+            third, again,
+            "package writer is not a fixed point after two writes"
+        );
+    }
 }
 
 /// The envelope's own writer (used for frames pmesh builds): same header after a round trip,
