@@ -218,10 +218,14 @@ impl<S: FirmwareSink, T: OtaStore> Ota<S, T> {
         }
     }
 
+    /// The pmesh agent holds the sink: receiving an image, or holding a verified one staged
+    /// until its apply time. Classic offers are refused meanwhile: a classic transfer would
+    /// reopen the shared sink, and the apply would then commit its bytes as the verified image.
     fn pmesh_busy(&self) -> bool {
+        use crate::event::Phase;
         self.pmesh
             .status()
-            .is_some_and(|s| s.target && s.phase == crate::event::Phase::Distribute)
+            .is_some_and(|s| s.target && matches!(s.phase, Phase::Distribute | Phase::Verified))
     }
 
     fn ensure_booted(&mut self, ctx: &mut Context<'_, OtaEvent>) {

@@ -757,3 +757,69 @@ fn five_percent_of_nodes_crash_and_every_target_completes() {
     );
     assert!(repair > 0 && neighbour as f64 >= 0.95 * repair as f64);
 }
+
+/// Found by fuzzing (fuzz target ota_frames): a classic broadcast Announce that came while a
+/// pmesh image was verified and staged, waiting for its apply time, was accepted; the classic
+/// receiver reopened the shared sink (dropping the staged image), and the apply then committed
+/// the classic receiver's partial image, recorded as the verified pmesh one. A staged pmesh
+/// image keeps the node busy for classic offers until it is applied.
+#[test]
+fn a_classic_offer_cannot_replace_a_staged_pmesh_image() {
+    let mut mesh = mesh_of(2, |m| {
+        m.link(1, 0);
+    });
+    let image = firmware(6_000, 21);
+    offer(
+        &mut mesh,
+        Offer::new("sensor", "ESP32", MemorySource::new(image.clone()))
+            .pmesh()
+            .apply(ApplyPolicy::Manual),
+    );
+    let until = mesh.now + 2 * MIN;
+    assert!(
+        mesh.run_until(until, |m| m.events[1]
+            .iter()
+            .any(|e| matches!(e, OtaEvent::Verified { .. }))),
+        "node 1 verifies the pmesh image: {:?}",
+        mesh.events[1]
+    );
+    // Another image, offered the classic way in broadcast mode, while node 1 waits to apply.
+    let other = firmware(6_000, 22);
+    mesh.with(0, |ota, ctx| {
+        ota.offer(
+            ctx,
+            Offer::new("sensor", "ESP32", MemorySource::new(other)).broadcast(true),
+        )
+    })
+    .expect("classic offer made");
+    mesh.run_for(1.0);
+    assert!(
+        mesh.events[1].iter().any(|e| matches!(
+            e,
+            OtaEvent::Refused {
+                reason: Refusal::Busy,
+                ..
+            }
+        )),
+        "the classic offer is refused as busy: {:?}",
+        mesh.events[1]
+    );
+    assert!(
+        !mesh.events[1].iter().any(|e| matches!(
+            e,
+            OtaEvent::Accepted { id, .. } if id.mode != pmesh_ota::Mode::Pmesh
+        )),
+        "no classic transfer starts: {:?}",
+        mesh.events[1]
+    );
+    mesh.with(0, |ota, ctx| {
+        let at = ctx.mesh_time().wrapping_add(2_000_000);
+        assert!(ota.apply_at(ctx, at), "the distributor sets the apply time");
+    });
+    assert!(all_installed(&mut mesh, [1], 2), "{:?}", mesh.events[1]);
+    assert_eq!(
+        mesh.sinks[1].booted().as_deref(),
+        Some(&image[..]),
+        "the committed image is the verified pmesh image"
+    );
+}
