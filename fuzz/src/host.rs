@@ -84,6 +84,9 @@ pub struct Host {
     /// host does not rebuild; a commit under one is checked against the Installed record.
     compressed_md5s: BTreeSet<String>,
     committed: Option<Vec<u8>>,
+    /// `PMESH_FUZZ_TRACE` is set: every input, frame sent and event is printed (to replay a
+    /// crash and see what led to it).
+    trace: bool,
     /// Everything sent, kept when [`Host::capture`] was called (the seed generator plays the
     /// other side with it).
     sent: Option<Vec<(ConnId, Bytes)>>,
@@ -137,6 +140,7 @@ impl Host {
             offered_here: false,
             compressed_md5s: BTreeSet::new(),
             committed: None,
+            trace: std::env::var_os("PMESH_FUZZ_TRACE").is_some(),
             sent: None,
         }
     }
@@ -184,6 +188,9 @@ impl Host {
                 self.note_received(&frame);
                 self.received.insert(frame);
             }
+        }
+        if self.trace {
+            eprintln!("{:>12} in  {conn:?} {}", self.now.as_micros(), lossy(data));
         }
         self.node.handle_bytes(conn, self.now, data);
         self.settle();
@@ -298,6 +305,9 @@ impl Host {
         while let Some(t) = self.node.poll_transmit() {
             match t {
                 Transmit::Send { conn, data } => {
+                    if self.trace {
+                        eprintln!("{:>12} out {conn:?} {}", self.now.as_micros(), lossy(&data));
+                    }
                     assert!(!closed.contains(&conn), "send to {conn:?} after closing it");
                     assert!(open.contains(&conn), "send to unknown {conn:?}");
                     self.check_sent(&data);
@@ -311,6 +321,9 @@ impl Host {
             }
         }
         while let Some(ev) = self.node.poll_event() {
+            if self.trace {
+                eprintln!("{:>12} event {ev:?}", self.now.as_micros());
+            }
             if let Event::Plugin(OtaEvent::Installed { image, .. }) = ev {
                 self.check_installed(&image.md5, &image.sha256);
             }
