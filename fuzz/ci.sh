@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds every fuzz target once, then runs each for a bounded time from the committed corpus
-# and seeds (new inputs go to a temporary directory, the committed corpus is left as it is).
+# Builds every fuzz target once, then runs each for a bounded time from the committed corpus,
+# seeds and regression inputs (new inputs go to a temporary directory, the committed corpus is left as it is).
 # A target that finds a crash fails the run and prints the input (base64) to reproduce it.
 #
 #   fuzz/ci.sh [SECONDS_PER_TARGET]     (default 20; .ci/run calls it)
@@ -36,7 +36,7 @@ for target in $(cargo fuzz list); do
     *) opts+=(-dict=fuzz/dicts/frames.dict) ;;
   esac
   dirs=("$work/corpus")
-  for d in "fuzz/corpus/$target" "fuzz/seeds/$target"; do
+  for d in "fuzz/corpus/$target" "fuzz/seeds/$target" "fuzz/regressions/$target"; do
     [ -d "$d" ] && dirs+=("$d")
   done
   if cargo fuzz run --sanitizer none --debug-assertions "$target" "${dirs[@]}" -- \
