@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds every fuzz target once, then runs each for a bounded time from the committed corpus,
-# seeds and regression inputs (new inputs go to a temporary directory, the committed corpus is left as it is).
-# A target that finds a crash fails the run and prints the input (base64) to reproduce it.
+# seeds and regression inputs (new inputs go to a temporary directory; the committed corpus is
+# left as it is). A target that finds a crash fails the run and prints the input (base64).
 #
 #   fuzz/ci.sh [SECONDS_PER_TARGET]     (default 20; .ci/run calls it)
 #
