@@ -35,6 +35,7 @@ fn main() {
     write_all(&out.join("node_script"), node_script_seeds(&frames));
     write_all(&out.join("ota_frames"), ota_seeds());
     write_all(&out.join("toml_config"), toml_seeds(repo));
+    write_all(&out.join("bridge_request"), bridge_seeds(&frames));
     println!("seeds written to {}", out.display());
 }
 
@@ -244,6 +245,26 @@ fn node_script_seeds(frames: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
         seeds.push((name.into(), w.out));
     }
     seeds
+}
+
+/// The vector frames as mesh reports (first byte 0), one input with all of them and one per
+/// status package.
+fn bridge_seeds(frames: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
+    let mut seeds = Vec::new();
+    let mut reports = vec![0u8];
+    for (name, f) in frames.iter().filter(|(n, _)| n.starts_with("wire-")) {
+        reports.extend_from_slice(f);
+        reports.push(0);
+        if memmem(f, b"\"type\":604") || memmem(f, b"\"type\":203") {
+            seeds.push((format!("mesh-{name}"), [&[0u8][..], f].concat()));
+        }
+    }
+    seeds.push(("mesh-reports".into(), reports));
+    seeds
+}
+
+fn memmem(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The scenario files the repository ships, and a 6-node variant of each (small enough for

@@ -1,13 +1,14 @@
-//! What the MQTT bridge (`pmesh-bridge`) takes from outside, without a broker: the mesh's
-//! reports as the gateway feeds them into the bridge's model (`model.rs`, `status.rs`):
-//! topology from NODE_SYNC trees, status packages (203/604/204, native or inside a user
-//! message), user messages.
+//! What the MQTT bridge (`pmesh-bridge`) takes from outside, without a broker. Input:
+//! `[mode][...]`.
 //!
-//! Input: frames separated by NUL.
-//!
-//! Invariants: no panic; every node's payload (`node_payload`, what goes to
-//! `<prefix>/node/<id>`) is valid JSON; the model's heap stays within a fixed multiple of the
-//! input.
+//! - Mode even: the mesh's reports (frames separated by NUL) as the gateway feeds them into
+//!   the bridge's model (`model.rs`, `status.rs`): topology from NODE_SYNC trees, status
+//!   packages (203/604/204, native or inside a user message), user messages. Every node's
+//!   payload (what goes to `<prefix>/node/<id>`) is valid JSON; the model's heap stays within
+//!   a fixed multiple of the input.
+//! - Mode odd: MQTT requests. The bridge's typed request parser is being added on the
+//!   bridge-hardening branch; until it is merged these inputs are skipped (the target's
+//!   request half waits on that branch, see fuzz/README.md).
 
 #![no_main]
 
@@ -25,6 +26,12 @@ const GATEWAY: u32 = 1000;
 const HEAP_PER_BYTE: usize = 256;
 
 fuzz_target!(|data: &[u8]| {
+    let Some((&mode, data)) = data.split_first() else {
+        return;
+    };
+    if mode & 1 == 1 {
+        return;
+    }
     let (_, peak) = heap::peak_during(|| feed_model(data));
     let bound = HEAP_PER_BYTE * data.len() + (1 << 20);
     assert!(
