@@ -247,10 +247,69 @@ fn node_script_seeds(frames: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
     seeds
 }
 
-/// The vector frames as mesh reports (first byte 0), one input with all of them and one per
-/// status package.
+/// MQTT requests (first byte 1): every verb with a typical payload, commands, legacy
+/// destinations, firmware names; and the vector frames as mesh reports (first byte 0), all in
+/// one input and each status package alone.
 fn bridge_seeds(frames: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
-    let mut seeds = Vec::new();
+    let request = |api: u8, verb: &str, payload: &[u8]| {
+        let list: &[&str] = match api {
+            0 => &pmesh_fuzz::request_check::VERBS,
+            _ => &pmesh_fuzz::request_check::COMMANDS,
+        };
+        let index = list.iter().position(|v| *v == verb).unwrap_or(255) as u8;
+        let mut w = Writer::default();
+        w.u8(1).u8(api).u8(index);
+        w.chunk(if index == 255 { verb.as_bytes() } else { b"" });
+        w.bytes(payload);
+        w.out
+    };
+    let mut seeds = vec![
+        ("req-info".into(), request(0, "info", b"")),
+        ("req-nodes-tx".into(), request(0, "nodes", br#"{"transaction":"t-1"}"#)),
+        (
+            "req-send".into(),
+            request(0, "send", br#"{"to":2428398258,"message":"hello","transaction":7}"#),
+        ),
+        (
+            "req-send-json".into(),
+            request(0, "send", br#"{"to":5,"message":{"cmd":"on","v":[1,2]}}"#),
+        ),
+        ("req-broadcast".into(), request(0, "broadcast", br#"{"message":"all"}"#)),
+        (
+            "req-ota-inline".into(),
+            request(
+                0,
+                "ota/start",
+                br#"{"role":"sensor","hardware":"ESP8266","mode":"pmesh","compressed":true,"image_base64":"AAECAwQFBgc="}"#,
+            ),
+        ),
+        (
+            "req-ota-path".into(),
+            request(0, "ota/start", br#"{"role":"sensor","image_path":"sensor/v2.bin"}"#),
+        ),
+        (
+            "req-ota-traversal".into(),
+            request(0, "ota/start", br#"{"role":"sensor","image_path":"../../etc/shadow"}"#),
+        ),
+        ("req-ota-abort".into(), request(0, "ota/abort", br#"{"campaign":17}"#)),
+        ("req-unknown".into(), request(0, "reboot", b"{}")),
+        ("cmd-getnodes".into(), request(1, "getNodes", br#"{"transaction":1}"#)),
+        ("cmd-broadcast-text".into(), request(1, "broadcast", b"plain text")),
+        ("cmd-broadcast-json".into(), request(1, "broadcast", br#"{"message":"x"}"#)),
+    ];
+    for (name, api, text) in [
+        ("legacy-id", 2u8, "2428398258"),
+        ("legacy-gateway", 2, "gateway"),
+        ("legacy-zero", 2, "0"),
+        ("name-plain", 3, "fw.bin"),
+        ("name-dir", 3, "a/b/fw.bin"),
+        ("name-dotdot", 3, "a/../../x"),
+        ("name-abs", 3, "/etc/passwd"),
+    ] {
+        let mut w = Writer::default();
+        w.u8(1).u8(api).u8(0).chunk(b"").bytes(text.as_bytes());
+        seeds.push((name.into(), w.out));
+    }
     let mut reports = vec![0u8];
     for (name, f) in frames.iter().filter(|(n, _)| n.starts_with("wire-")) {
         reports.extend_from_slice(f);

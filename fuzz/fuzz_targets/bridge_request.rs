@@ -1,14 +1,15 @@
-//! What the MQTT bridge (`pmesh-bridge`) takes from outside, without a broker. Input:
-//! `[mode][...]`.
-//!
-//! - Mode even: the mesh's reports (frames separated by NUL) as the gateway feeds them into
-//!   the bridge's model (`model.rs`, `status.rs`): topology from NODE_SYNC trees, status
-//!   packages (203/604/204, native or inside a user message), user messages. Every node's
-//!   payload (what goes to `<prefix>/node/<id>`) is valid JSON; the model's heap stays within
-//!   a fixed multiple of the input.
-//! - Mode odd: MQTT requests. The bridge's typed request parser is being added on the
-//!   bridge-hardening branch; until it is merged these inputs are skipped (the target's
-//!   request half waits on that branch, see fuzz/README.md).
+//! What the MQTT bridge (`pmesh-bridge`) takes from outside, without a broker:
+//! - MQTT requests (input's first byte odd): `bridge/request/<verb>`, `command/<verb>` and
+//!   `painlessMesh/to/<dest>` through the bridge's pure parsers (`request.rs`), and the
+//!   firmware-directory names `ota/start` accepts (`pmesh_fwdir::check_name`); invariants in
+//!   `pmesh_fuzz::request_check` (pure, a blank payload never acts, `transaction` echoed,
+//!   accepted image names cannot leave the directory, inline images within the limit, every
+//!   refusal with a message and a valid counter label, heap linear in the payload);
+//! - the mesh's reports (first byte even; then frames separated by NUL) as the gateway feeds
+//!   them into the bridge's model (`model.rs`, `status.rs`): topology from NODE_SYNC trees,
+//!   status packages (203/604/204, native or inside a user message), user messages. Every
+//!   node's payload (what goes to `<prefix>/node/<id>`) is valid JSON; the model's heap stays
+//!   within a fixed multiple of the input.
 
 #![no_main]
 
@@ -16,7 +17,7 @@ use libfuzzer_sys::fuzz_target;
 use pmesh_bridge::AlertThresholds;
 use pmesh_bridge::model::Model;
 use pmesh_bridge::status::StatusReport;
-use pmesh_fuzz::heap;
+use pmesh_fuzz::{heap, request_check};
 use pmesh_proto::message::Message;
 use pmesh_proto::{DEFAULT_MAX_DEPTH, Envelope, NodeTree};
 
@@ -30,6 +31,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if mode & 1 == 1 {
+        request_check::check(data);
         return;
     }
     let (_, peak) = heap::peak_during(|| feed_model(data));
