@@ -100,6 +100,17 @@ fn bad_input_gets_a_clear_error() {
     let out = pmesh(&["sim", "-e", "at=\"1m\", action=\"crash\", node=99"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("node 99 does not exist"));
+    let out = pmesh(&[
+        "sim",
+        "-n",
+        "5",
+        "--ota",
+        "pmesh",
+        "--ota-image",
+        "/dev/zero",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is larger than 67108864 bytes"));
     let out = pmesh(&["sim", "/nonexistent/scenario.toml"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("reading scenario"));

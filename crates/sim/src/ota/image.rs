@@ -8,6 +8,10 @@ use pmesh_ota::MemorySource;
 
 use super::scenario::{DEFAULT_IMAGE_BYTES, OtaScenario};
 
+/// Most bytes an image file may give a simulation (64 MiB: 64 times painlessMesh's largest
+/// images; the simulator keeps every node's copy in memory).
+pub const MAX_FILE_IMAGE_BYTES: u64 = 64 << 20;
+
 /// An image ready to offer.
 #[derive(Clone, Debug)]
 pub struct Image {
@@ -48,7 +52,8 @@ impl Image {
         }
     }
 
-    /// The first `limit` bytes of a file (all of it without a limit).
+    /// The first `limit` bytes of a file (all of it without a limit), at most
+    /// [`MAX_FILE_IMAGE_BYTES`]: a device such as `/dev/zero` is refused, not read forever.
     pub fn from_file(path: &Path, limit: Option<u64>) -> Result<Image, String> {
         let file = std::fs::File::open(path)
             .map_err(|e| format!("opening image {}: {e}", path.display()))?;
@@ -57,9 +62,17 @@ impl Image {
             .map_err(|e| format!("reading image {}: {e}", path.display()))?
             .len();
         let mut bytes = Vec::new();
-        file.take(limit.unwrap_or(u64::MAX))
+        // One byte past the cap tells a file that is too large from one that fits exactly.
+        let want = limit.unwrap_or(u64::MAX).min(MAX_FILE_IMAGE_BYTES + 1);
+        file.take(want)
             .read_to_end(&mut bytes)
             .map_err(|e| format!("reading image {}: {e}", path.display()))?;
+        if bytes.len() as u64 > MAX_FILE_IMAGE_BYTES {
+            return Err(format!(
+                "image {} is larger than {MAX_FILE_IMAGE_BYTES} bytes: give ota.image_bytes (--ota-image-bytes) to use its first bytes",
+                path.display()
+            ));
+        }
         if bytes.is_empty() {
             return Err(format!("image {} is empty", path.display()));
         }
