@@ -42,6 +42,7 @@ pub struct Metrics {
     messages_rx: Family<Labels, Counter>,
     messages_tx: Family<Labels, Counter>,
     status_reports: Counter,
+    node_records_dropped: Family<Labels, Counter>,
     node_up: Family<Labels, Gauge>,
     node_hops: Family<Labels, Gauge>,
     node_parent: Family<Labels, Gauge>,
@@ -97,6 +98,7 @@ struct Seen {
     dropped: [u64; 5],
     links: std::collections::BTreeMap<u32, (u64, u64)>,
     rx: [u64; 2],
+    records: [u64; 2],
     tx: [u64; 2],
     topo: u64,
     reports: u64,
@@ -150,6 +152,11 @@ impl Metrics {
                 "mesh_status_reports",
                 "Status packages (203/604/204) received",
                 Counter::default()
+            ),
+            node_records_dropped: reg!(
+                "mesh_node_records_dropped",
+                "Node records the bridge dropped at its cap (4096): `evicted` (the offline node seen longest ago made room) or `refused` (every record online)",
+                Family::default()
             ),
             node_up: reg!(
                 "node_up",
@@ -319,6 +326,20 @@ impl Metrics {
         let c = &m.counters;
         bump(&self.topology_changes, &mut s.topo, c.topology_changes);
         bump(&self.status_reports, &mut s.reports, c.status_reports);
+        bump(
+            &self
+                .node_records_dropped
+                .get_or_create(&l("reason", "evicted")),
+            &mut s.records[0],
+            c.nodes_evicted,
+        );
+        bump(
+            &self
+                .node_records_dropped
+                .get_or_create(&l("reason", "refused")),
+            &mut s.records[1],
+            c.nodes_refused,
+        );
         bump(
             &self.messages_rx.get_or_create(&l("kind", "single")),
             &mut s.rx[0],

@@ -28,7 +28,17 @@ pub enum Change {
     AlertCleared(Alert),
     /// The tree changed.
     Topology,
+    /// A node's record was dropped to keep the model within [`MAX_NODE_RECORDS`] (the offline
+    /// node seen longest ago): its retained topics are cleared.
+    Removed(u32),
 }
+
+/// Most node records the model keeps. Ids come from the mesh (tree claims, status packages'
+/// `from`), so without a bound any peer could grow the gateway's memory and its retained MQTT
+/// topics by cycling ids. Far above any real painlessMesh (the 1,000-node simulations use a
+/// quarter of it); when full, the offline node seen longest ago makes room, and a status from
+/// an unknown id is dropped (counted) if every record is online.
+pub const MAX_NODE_RECORDS: usize = 4096;
 
 /// Alert kinds (the names are the documented `type` strings).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -231,7 +241,14 @@ pub struct Counters {
     pub ota_nodes_failed: u64,
     /// OTA data bytes the gateway sent.
     pub ota_bytes: u64,
+    /// Offline node records dropped to make room ([`MAX_NODE_RECORDS`]).
+    pub nodes_evicted: u64,
+    /// Status packages and tree entries not recorded because every record was online.
+    pub nodes_refused: u64,
 }
+
+/// Where a tree places a node: parent, hops from the gateway, root flag.
+type Placed = (Option<u32>, u32, bool);
 
 /// The mesh model.
 #[derive(Debug)]
@@ -309,13 +326,8 @@ impl Model {
             return out;
         }
         let before = self.node_count();
-        let mut placed: BTreeMap<u32, (Option<u32>, u32, bool)> = BTreeMap::new();
-        fn walk(
-            t: &NodeTree,
-            parent: Option<u32>,
-            hops: u32,
-            out: &mut BTreeMap<u32, (Option<u32>, u32, bool)>,
-        ) {
+        let mut placed: BTreeMap<u32, Placed> = BTreeMap::new();
+        fn walk(t: &NodeTree, parent: Option<u32>, hops: u32, out: &mut BTreeMap<u32, Placed>) {
             // A node listed twice (a transient loop in a stock mesh) keeps its first place.
             if t.node_id == 0 || out.contains_key(&t.node_id) {
                 return;
@@ -331,6 +343,9 @@ impl Model {
         for (&id, &(parent, hops, root)) in &placed {
             match self.nodes.get_mut(&id) {
                 None => {
+                    if !self.make_room(Some(&placed), &mut out) {
+                        continue;
+                    }
                     self.nodes
                         .insert(id, NodeRecord::new(parent, hops, root, now_ms));
                     out.push(Change::Event(
@@ -448,7 +463,11 @@ impl Model {
         if id == 0 {
             return Vec::new();
         }
-        let mut out = vec![Change::NodeState(id)];
+        let mut out = Vec::new();
+        if !self.nodes.contains_key(&id) && !self.make_room(None, &mut out) {
+            return out;
+        }
+        out.push(Change::NodeState(id));
         let rec = self
             .nodes
             .entry(id)
@@ -499,6 +518,43 @@ impl Model {
             }
         }
         out
+    }
+
+    /// Makes room for one more node record: below the cap, nothing to do; at the cap, drops
+    /// a record: an offline one seen longest ago, or, while a tree is applied (`tree` = the
+    /// nodes it places), any record the tree does not place (it is leaving anyway). Never the
+    /// gateway. False, and counted, when there is none to drop.
+    fn make_room(&mut self, tree: Option<&BTreeMap<u32, Placed>>, out: &mut Vec<Change>) -> bool {
+        if self.nodes.len() < MAX_NODE_RECORDS {
+            return true;
+        }
+        let candidate = |id: u32, r: &NodeRecord| match tree {
+            None => !r.online,
+            Some(placed) => !placed.contains_key(&id),
+        };
+        let oldest = self
+            .nodes
+            .iter()
+            .filter(|(id, r)| **id != self.gateway && candidate(**id, r))
+            .min_by_key(|(id, r)| (r.online, r.last_seen, **id))
+            .map(|(id, _)| *id);
+        let Some(id) = oldest else {
+            self.counters.nodes_refused += 1;
+            return false;
+        };
+        self.nodes.remove(&id);
+        let kinds: Vec<AlertKind> = self
+            .alerts
+            .keys()
+            .filter(|k| k.1 == id)
+            .map(|k| k.0)
+            .collect();
+        for kind in kinds {
+            out.extend(self.clear(kind, id));
+        }
+        self.counters.nodes_evicted += 1;
+        out.push(Change::Removed(id));
+        true
     }
 
     /// Records a new campaign (before the gateway reports progress).
@@ -878,6 +934,51 @@ mod tests {
         );
         assert!(cleared.contains(&AlertKind::Partition));
         assert!(m.alerts.is_empty());
+    }
+
+    /// Spoofed ids (status packages from any `from`, tree entries that come and go) never
+    /// grow the model past its cap: the offline nodes seen longest ago make room, and their
+    /// retained topics are cleared; while every record is online, new ids are refused.
+    #[test]
+    fn node_records_stay_within_the_cap() {
+        let mut m = Model::new(1, AlertThresholds::default());
+        m.apply_tree(tree(1, &[2]), Some(0));
+        let status = |from: u32| {
+            StatusReport::Enhanced(EnhancedStatus {
+                from,
+                ty: 604,
+                mem_kb: Some(1),
+                ..Default::default()
+            })
+        };
+        let spoofed = MAX_NODE_RECORDS as u32 + 50;
+        for id in 1000..1000 + spoofed {
+            m.on_status(status(id), Some(u64::from(id)));
+        }
+        assert_eq!(m.nodes.len(), MAX_NODE_RECORDS);
+        assert_eq!(
+            m.counters.nodes_refused, 52,
+            "1 gateway + node 2 + 4094 spoofed kept"
+        );
+        assert_eq!(m.counters.nodes_evicted, 0, "every record was online");
+        // A real node of the next tree takes the place of the oldest record the tree does not
+        // place; the tree marks the other spoofed records offline, and a new id then evicts
+        // the oldest of those.
+        let ch = m.apply_tree(tree(1, &[2, 3]), Some(10_000));
+        assert!(ch.contains(&Change::Removed(1000)), "{ch:?}");
+        let ch = m.on_status(status(900_000), Some(20_000));
+        assert!(ch.contains(&Change::Removed(1001)), "{ch:?}");
+        assert!(!m.nodes.contains_key(&1000) && !m.nodes.contains_key(&1001));
+        assert!(m.nodes.contains_key(&2) && m.nodes.contains_key(&3));
+        assert_eq!(m.nodes.len(), MAX_NODE_RECORDS);
+        assert_eq!(
+            m.counters.nodes_evicted, 2,
+            "for node 3 of the tree and node 900000"
+        );
+        assert!(
+            !m.alerts.keys().any(|k| k.1 == 1000 || k.1 == 1001),
+            "the evicted node's alerts are cleared"
+        );
     }
 
     #[test]

@@ -129,6 +129,8 @@ pub(crate) struct Runtime {
     /// Pages currently retained per paged topic (so stale pages are cleared).
     pages: HashMap<String, usize>,
     dirty_nodes: BTreeSet<u32>,
+    /// Nodes the model dropped whose retained topics are still to be cleared.
+    removed_nodes: BTreeSet<u32>,
     dirty_status: bool,
     flush_at: Option<Instant>,
     waiters: HashMap<u64, (usize, usize, oneshot::Sender<usize>)>,
@@ -202,6 +204,7 @@ impl Runtime {
             snapshot_no: 0,
             pages: HashMap::new(),
             dirty_nodes: BTreeSet::new(),
+            removed_nodes: BTreeSet::new(),
             dirty_status: false,
             flush_at: None,
             waiters: HashMap::new(),
@@ -743,6 +746,7 @@ impl Runtime {
                 "packages": c.packages, "statusReports": c.status_reports,
             },
             "topologyChanges": c.topology_changes,
+            "nodeRecordsDropped": {"evicted": c.nodes_evicted, "refused": c.nodes_refused},
             "ota": {
                 "campaigns": c.ota_campaigns, "running": self.model.ota_running(),
                 "nodesUpdated": c.ota_nodes_done, "nodesFailed": c.ota_nodes_failed, "bytesSent": c.ota_bytes,
@@ -1036,10 +1040,32 @@ impl Runtime {
             self.dirty_status = false;
             self.publish_status_topics(Tag::Plain).await;
         }
+        for id in std::mem::take(&mut self.removed_nodes) {
+            if !self.model.nodes.contains_key(&id) {
+                self.clear_node_topics(id).await;
+            }
+        }
         let ids = std::mem::take(&mut self.dirty_nodes);
         for id in ids {
-            self.publish_node(id, Tag::Plain).await;
-            self.announce_ha(id, false).await;
+            if self.model.nodes.contains_key(&id) {
+                self.publish_node(id, Tag::Plain).await;
+                self.announce_ha(id, false).await;
+            }
+        }
+    }
+
+    /// Clears a dropped node's retained topics (state, availability, HA discovery).
+    async fn clear_node_topics(&mut self, id: u32) {
+        let mut topics = vec![self.topics.node(id), self.topics.availability(id)];
+        if self.cfg.streams.ha_discovery {
+            topics.push(self.topics.ha_device(&ha::node_unique(id)));
+        }
+        for topic in topics {
+            self.raw_publish(topic, Vec::new(), true, Tag::Plain, "state")
+                .await;
+        }
+        if let Some(c) = self.conn.as_mut() {
+            c.ha_announced.remove(&id);
         }
     }
 
@@ -1065,6 +1091,11 @@ impl Runtime {
                 }
                 Change::Topology => {
                     self.dirty_status = true;
+                    self.mark_dirty();
+                }
+                Change::Removed(id) => {
+                    self.dirty_nodes.remove(&id);
+                    self.removed_nodes.insert(id);
                     self.mark_dirty();
                 }
                 Change::AlertRaised(key) => {

@@ -352,3 +352,66 @@ async fn metrics_http_caps_connections_and_times_out_idle_ones() {
         "{resp}"
     );
 }
+
+/// A mesh peer that sends status packages from ever new `from` ids (found by the bridge_request
+/// fuzz target): the model keeps at most 4,096 node records, the offline ones seen longest ago
+/// make room, and their retained topics are cleared on the broker, so neither the gateway's
+/// memory nor the broker's retained set grows without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_node_ids_stay_within_the_model_cap() {
+    const CAP: u32 = pmesh_bridge::model::MAX_NODE_RECORDS as u32;
+    let broker = Broker::start(None).await;
+    let sub = Sub::connect(broker.port, "mesh/status/node/1000/#").await;
+    let gw = Arc::new(FakeGateway::default());
+    let bridge = Bridge::spawn(config(broker.port, "spoof"), 1, gw).unwrap();
+    assert!(bridge.wait_online(Duration::from_secs(10)).await);
+    bridge.topology(star(1, [2]));
+    let status = |from: u32| {
+        let frame = format!(r#"{{"from":{from},"routing":2,"type":604,"mem":50,"fw":"x"}}"#);
+        pmesh_proto::Envelope::parse(frame.as_bytes(), 32).unwrap()
+    };
+    let dropped = |reason: &str| {
+        let series = format!("pmesh_mesh_node_records_dropped_total{{reason=\"{reason}\"}}");
+        metric(&bridge.metrics().render(), &series).unwrap_or(0.0)
+    };
+    for from in 1000..1000 + CAP + 50 {
+        bridge.package(status(from));
+    }
+    eventually(30, "the spoofed ids beyond the cap are refused", || {
+        dropped("refused") == 52.0
+    })
+    .await;
+    sub.wait("mesh/status/node/1000", 10, |m| !m.payload.is_empty())
+        .await;
+    // The next tree puts the spoofed records offline and a real node takes the place of the
+    // oldest: node 1000's retained state and availability are cleared.
+    bridge.topology(star(1, [2, 3]));
+    for topic in [
+        "mesh/status/node/1000",
+        "mesh/status/node/1000/availability",
+    ] {
+        sub.wait(topic, 10, |m| m.retain || m.payload.is_empty())
+            .await;
+        eventually(10, "the retained topic is cleared", || {
+            sub.last(topic).is_some_and(|m| m.payload.is_empty())
+        })
+        .await;
+    }
+    assert_eq!(dropped("evicted"), 1.0);
+    // A new subscriber gets the retained messages of its filter right after its SUBACK, before
+    // anything published later: a live message after the subscription is the barrier.
+    let late = Sub::connect(broker.port, "mesh/status/node/1000/#").await;
+    late.publish("mesh/status/node/1000/barrier", "x").await;
+    late.wait("mesh/status/node/1000/barrier", 10, |_| true)
+        .await;
+    let retained: Vec<String> = late
+        .all()
+        .iter()
+        .filter(|m| m.retain)
+        .map(|m| m.topic.clone())
+        .collect();
+    assert!(
+        retained.is_empty(),
+        "nothing retained for node 1000: {retained:?}"
+    );
+}
