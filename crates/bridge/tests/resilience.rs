@@ -431,11 +431,26 @@ async fn events_acknowledged_before_a_connection_ends_are_not_sent_again() {
     cfg.outbox_capacity = 50_000;
     cfg.streams.ha_discovery = false;
     cfg.streams.node_state = false;
-    // Offline from the start: 30,000 joins wait in the outbox, more than the bridge can hand
-    // to its connection task at once, so it is still handing them over when the connection ends.
+    cfg.streams.alerts = false;
+    // Offline from the start: 32,000 joins and departures wait in the outbox, more than the
+    // bridge can hand to its connection task at once, so it is still handing them over when the
+    // connection ends. The model keeps at most 4,096 node records, so 4,000 nodes join and leave
+    // four times (each a node_joined and a node_left event).
     let bridge = Bridge::spawn(cfg, 1, Arc::new(FakeGateway::default())).unwrap();
-    bridge.topology(star(1, 2..=30_001));
-    eventually(20, "events queued", || bridge.status().outbox >= 30_000).await;
+    for round in 1..=4 {
+        bridge.topology(star(1, 2..=4_001));
+        eventually(20, "joins queued", || {
+            bridge.status().outbox >= round * 8_000 - 4_000
+        })
+        .await;
+        bridge.topology(star(1, []));
+        eventually(20, "departures queued", || {
+            bridge.status().outbox >= round * 8_000
+        })
+        .await;
+    }
+    let queued = bridge.status().outbox;
+    assert_eq!(queued, 32_000, "one event per join and per departure");
 
     let seq_of = |payload: &[u8]| -> u64 {
         serde_json::from_slice::<serde_json::Value>(payload).unwrap()["seq"]
@@ -466,7 +481,7 @@ async fn events_acknowledged_before_a_connection_ends_are_not_sent_again() {
                 resent.push(seq);
             }
         }
-        (true, seen < 29_000)
+        (true, seen < 31_000)
     })
     .await;
     eprintln!(
@@ -480,6 +495,6 @@ async fn events_acknowledged_before_a_connection_ends_are_not_sent_again() {
         resent.is_empty(),
         "acknowledged events sent again: {resent:?}"
     );
-    assert_eq!(seen, 29_000, "the rest was replayed");
+    assert_eq!(seen, 31_000, "the rest was replayed");
     bridge.kill();
 }
