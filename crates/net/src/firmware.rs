@@ -68,6 +68,13 @@ impl FileSource {
     /// Opens `path` for serving.
     pub fn open(path: impl AsRef<Path>) -> io::Result<FileSource> {
         let path = path.as_ref().to_path_buf();
+        // Checked before opening too: opening a FIFO blocks until a writer appears.
+        if !std::fs::metadata(&path)?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file", path.display()),
+            ));
+        }
         let file = File::open(&path)?;
         let meta = file.metadata()?;
         if !meta.is_file() {

@@ -699,6 +699,32 @@ fn view_of_report(node: u32, done: u32, total: u32, phase: Phase) -> NodeView {
     }
 }
 
+/// The SHA-256 (hex) of an image file, read in blocks: never more than one block in memory,
+/// and refused when empty or larger than a node takes ([`crate::firmware::DEFAULT_CAPACITY`]).
+fn hash_image(source: &mut FileSource) -> Result<String, String> {
+    let len = pmesh_ota::FirmwareSource::len(source);
+    let name = source.path().display().to_string();
+    if len == 0 {
+        return Err(format!("{name} is empty"));
+    }
+    let limit = crate::firmware::DEFAULT_CAPACITY;
+    if len > limit {
+        return Err(format!(
+            "{name} is {len} bytes, more than the {limit} bytes a node takes"
+        ));
+    }
+    let mut hasher = pmesh_ota::codec::Sha256Hasher::default();
+    let mut block = vec![0u8; 64 * 1024];
+    let mut offset = 0;
+    while offset < len {
+        let n = pmesh_ota::FirmwareSource::read_at(source, offset, &mut block)
+            .map_err(|e| e.to_string())?;
+        hasher.update(&block[..n]);
+        offset += n as u64;
+    }
+    Ok(hasher.finish_hex())
+}
+
 /// Offers `opts.file` from the node behind `h` and follows the rollout, sending progress items
 /// to `out` until it is done, times out, `cancel` completes, or `out` is closed. Unless
 /// `opts.keep`, the offer is withdrawn at the end (pmesh: CANCEL, which makes unfinished
@@ -719,14 +745,10 @@ where
     // Hash and open the file off the async threads (images can be large).
     let path = opts.file.clone();
     let (source, sha256) = tokio::task::spawn_blocking(move || {
-        let source =
+        let mut source =
             FileSource::open(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let bytes =
-            std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        if bytes.is_empty() {
-            return Err(format!("{} is empty", path.display()));
-        }
-        Ok((source, pmesh_ota::codec::sha256_hex(&bytes)))
+        let sha256 = hash_image(&mut source)?;
+        Ok((source, sha256))
     })
     .await
     .map_err(|e| PushError::File(e.to_string()))?
@@ -1139,6 +1161,45 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn push_images_are_hashed_in_blocks_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("fw.bin");
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i * 7) as u8).collect();
+        std::fs::write(&image, &bytes).unwrap();
+        let mut source = FileSource::open(&image).unwrap();
+        assert_eq!(
+            hash_image(&mut source).unwrap(),
+            pmesh_ota::codec::sha256_hex(&bytes)
+        );
+        // A sparse file one byte over the limit: refused without reading it.
+        let big = dir.path().join("big.bin");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(crate::firmware::DEFAULT_CAPACITY + 1).unwrap();
+        let err = hash_image(&mut FileSource::open(&big).unwrap()).unwrap_err();
+        assert!(err.contains("more than the 67108864 bytes"), "{err}");
+        let empty = dir.path().join("empty.bin");
+        std::fs::write(&empty, b"").unwrap();
+        let err = hash_image(&mut FileSource::open(&empty).unwrap()).unwrap_err();
+        assert!(err.ends_with("is empty"), "{err}");
+    }
+
+    #[test]
+    fn a_fifo_or_a_device_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // Opening a FIFO for reading would block until a writer appears.
+        let err = FileSource::open(&fifo).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let err = FileSource::open("/dev/zero").unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
 
     #[test]
     fn options_parse_with_defaults_and_reject_typos() {
