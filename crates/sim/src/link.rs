@@ -108,7 +108,9 @@ impl Link {
         lane.busy_until = start + tx;
         let wait = start - now;
         self.max_queue_delay = self.max_queue_delay.max(wait);
-        let backlog = (lane.busy_until - now) * self.bytes_per_sec / SEC;
+        let backlog =
+            u128::from(lane.busy_until - now) * u128::from(self.bytes_per_sec) / u128::from(SEC);
+        let backlog = u64::try_from(backlog).unwrap_or(u64::MAX);
         self.max_queue_bytes = self.max_queue_bytes.max(backlog);
         let arrive = lane.busy_until + self.latency;
         // Ordered: never before the previous chunk.

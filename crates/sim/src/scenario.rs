@@ -94,6 +94,11 @@ impl Serialize for Dur {
     }
 }
 
+/// Largest link bandwidth a scenario may set, in kbit/s (10 Gbit/s).
+pub const MAX_BANDWIDTH_KBIT: f64 = 10_000_000.0;
+/// Largest one-way link latency a scenario may set, in milliseconds.
+pub const MAX_LATENCY_MS: f64 = 60_000.0;
+
 /// A value or a `[min, max]` range drawn uniformly per link or node.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Span {
@@ -642,6 +647,17 @@ impl Scenario {
         if self.link.bandwidth_kbit.min <= 0.0 {
             return Err("link bandwidth must be positive".into());
         }
+        // Upper bounds keep the link model's integer time and byte arithmetic in range.
+        if self.link.bandwidth_kbit.max > MAX_BANDWIDTH_KBIT {
+            return Err(format!(
+                "link.bandwidth_kbit is at most {MAX_BANDWIDTH_KBIT} (10 Gbit/s)"
+            ));
+        }
+        if self.link.latency_ms.max > MAX_LATENCY_MS {
+            return Err(format!(
+                "link.latency_ms is at most {MAX_LATENCY_MS} (a minute)"
+            ));
+        }
         Ok(())
     }
 
@@ -667,6 +683,24 @@ impl Scenario {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_figures_beyond_their_bounds_are_refused() {
+        // Found by the toml_config fuzz target: a bandwidth of ~2e111 kbit/s overflowed the
+        // link model's backlog arithmetic.
+        let mut s = Scenario::default();
+        s.link.bandwidth_kbit = Span::fixed(2e111);
+        let err = s.validate().unwrap_err();
+        assert!(err.contains("bandwidth_kbit is at most"), "{err}");
+        s.link.bandwidth_kbit = Span::fixed(MAX_BANDWIDTH_KBIT);
+        s.validate().unwrap();
+        s.link.latency_ms = Span {
+            min: 1.0,
+            max: 1e12,
+        };
+        let err = s.validate().unwrap_err();
+        assert!(err.contains("latency_ms is at most"), "{err}");
+    }
 
     #[test]
     fn durations() {
