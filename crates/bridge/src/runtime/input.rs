@@ -23,7 +23,8 @@ use md5::{Digest, Md5};
 use rumqttc::Publish;
 use serde_json::{Value as J, json};
 
-use super::{Runtime, reorder_nodes};
+use super::Runtime;
+use super::publish::reorder_nodes;
 use crate::conn::{Oversize, Tag};
 use crate::gateway::OtaStart;
 use crate::model::Campaign;
