@@ -647,6 +647,26 @@ impl Scenario {
         if self.link.bandwidth_kbit.min <= 0.0 {
             return Err("link bandwidth must be positive".into());
         }
+        // A zero period would schedule its event again at the same instant, forever.
+        let periods = [
+            ("traffic.broadcast_every", self.traffic.broadcast_every),
+            ("traffic.single_every", self.traffic.single_every),
+            (
+                "invariants.time_sample_every",
+                Some(self.invariants.time_sample_every),
+            ),
+            ("wifi.scan_interval", Some(self.wifi.scan_interval)),
+            (
+                "wifi.connected_scan_interval",
+                Some(self.wifi.connected_scan_interval),
+            ),
+        ];
+        if let Some((name, _)) = periods
+            .iter()
+            .find(|(_, p)| p.is_some_and(|d| d.micros() == 0))
+        {
+            return Err(format!("{name} is a period: it must be longer than 0"));
+        }
         // Upper bounds keep the link model's integer time and byte arithmetic in range.
         if self.link.bandwidth_kbit.max > MAX_BANDWIDTH_KBIT {
             return Err(format!(
@@ -683,6 +703,20 @@ impl Scenario {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_periods_are_refused() {
+        // Found by the toml_config fuzz target: broadcast_every = "0s" generated broadcasts at
+        // one instant forever (912 MB in 12 s).
+        let mut s = Scenario::default();
+        s.traffic.broadcast_every = Some(Dur::secs(0));
+        let err = s.validate().unwrap_err();
+        assert!(err.contains("traffic.broadcast_every is a period"), "{err}");
+        let mut s = Scenario::default();
+        s.wifi.connected_scan_interval = Dur::secs(0);
+        let err = s.validate().unwrap_err();
+        assert!(err.contains("wifi.connected_scan_interval"), "{err}");
+    }
 
     #[test]
     fn link_figures_beyond_their_bounds_are_refused() {
