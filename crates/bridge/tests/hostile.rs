@@ -27,15 +27,13 @@ fn padded_request(bytes: usize, transaction: &str) -> Vec<u8> {
     v
 }
 
-/// Asserts that the bridge keeps exactly `connections` connections and stays online for `secs`.
-async fn stays_connected(bridge: &BridgeHandle, connections: u64, secs: u64) {
-    let until = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < until {
-        let s = bridge.status();
-        assert!(s.online, "went offline: {s:?}");
-        assert_eq!(s.connections, connections, "reconnected: {s:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Asserts that the bridge is online on its `connections`-th connection. Called after a later
+/// request was answered: had a request before it dropped the connection, the bridge would have
+/// reconnected before it could answer (or not answered at all).
+fn still_connected(bridge: &BridgeHandle, connections: u64) {
+    let s = bridge.status();
+    assert!(s.online, "went offline: {s:?}");
+    assert_eq!(s.connections, connections, "reconnected: {s:?}");
 }
 
 fn rejected(bridge: &BridgeHandle, reason: &str) -> f64 {
@@ -69,6 +67,8 @@ async fn oversize_requests_are_answered_and_the_connection_stays_up() {
         padded_request(300 * 1024, "big-r"),
     )
     .await;
+    // The broker has taken it (its publishes are handled in order) before the bridge comes.
+    sub.barrier().await;
     let bridge = Bridge::spawn(
         config(broker.port, "oversize"),
         1,
@@ -103,9 +103,8 @@ async fn oversize_requests_are_answered_and_the_connection_stays_up() {
     let err = r["error"].as_str().unwrap();
     assert!(err.contains("307200 bytes"), "the size: {r}");
     assert!(err.contains(&format!("{LIMIT}-byte")), "the limit: {r}");
-    stays_connected(&bridge, 1, 3).await;
 
-    // Still serving.
+    // Still serving, on the same connection.
     sub.publish("mesh/bridge/request/info", r#"{"transaction":"after"}"#)
         .await;
     let r = sub
@@ -115,6 +114,7 @@ async fn oversize_requests_are_answered_and_the_connection_stays_up() {
         .await
         .json();
     assert_eq!(r["status"], "ok", "{r}");
+    still_connected(&bridge, 1);
 
     // After a broker restart the retained one arrives again: counted, not answered again, and
     // the connection stays up.
@@ -133,7 +133,14 @@ async fn oversize_requests_are_answered_and_the_connection_stays_up() {
         rejected(&bridge, "retained") >= 2.0
     })
     .await;
-    stays_connected(&bridge, 2, 3).await;
+    // The barrier: a live request sent after the retained one came back is answered after it.
+    sub.publish("mesh/bridge/request/health", r#"{"transaction":"h"}"#)
+        .await;
+    let h = sub
+        .wait("mesh/bridge/response/health", 10, |_| true)
+        .await
+        .json();
+    still_connected(&bridge, 2);
     let retained_answers = sub
         .on("mesh/bridge/response/info")
         .iter()
@@ -148,12 +155,6 @@ async fn oversize_requests_are_answered_and_the_connection_stays_up() {
         Some(2.0),
         "{text}"
     );
-    sub.publish("mesh/bridge/request/health", r#"{"transaction":"h"}"#)
-        .await;
-    let h = sub
-        .wait("mesh/bridge/response/health", 10, |_| true)
-        .await
-        .json();
     assert_eq!(h["status"], "ok");
     assert_eq!(
         h["data"]["mqtt"]["requestsRejected"],
@@ -185,6 +186,9 @@ async fn retained_requests_are_answered_once_and_never_executed() {
     for (topic, payload) in &retained {
         sub.publish_retained(topic, payload.clone()).await;
     }
+    // The broker has taken all four (they are retained) before the bridge subscribes: had the
+    // bridge come first, it would get them as live requests.
+    sub.barrier().await;
     let gw = Arc::new(FakeGateway::default());
     let bridge = Bridge::spawn(config(broker.port, "retained"), 1, gw.clone()).unwrap();
     assert!(bridge.wait_online(Duration::from_secs(10)).await);
@@ -228,7 +232,14 @@ async fn retained_requests_are_answered_once_and_never_executed() {
         rejected(&bridge, "retained") >= 8.0
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The barrier: a live request that runs nothing, handled after the four (one connection,
+    // in order), so had one of them been executed or answered again, that happened before.
+    sub.publish("mesh/bridge/request/info", r#"{"transaction":"barrier"}"#)
+        .await;
+    sub.wait("mesh/bridge/response/info", 10, |m| {
+        m.json()["transaction"] == "barrier"
+    })
+    .await;
     assert!(
         gw.calls.lock().unwrap().is_empty(),
         "executed: {:?}",
@@ -331,6 +342,7 @@ async fn metrics_http_caps_connections_and_times_out_idle_ones() {
             if slow.write_all(&[*b]).await.is_err() {
                 return;
             }
+            // The scenario: one byte every 100 ms, slower than any real client.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };

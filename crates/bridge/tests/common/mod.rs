@@ -302,33 +302,58 @@ impl Msg {
     }
 }
 
+/// Topics under this prefix carry [`Sub::barrier`] markers; no subscriber records them.
+const BARRIER_PREFIX: &str = "pmesh-test/barrier/";
+
 /// A subscriber that records everything on `filter`, reconnecting and re-subscribing itself.
 pub struct Sub {
     pub client: AsyncClient,
     pub msgs: Arc<Mutex<Vec<Msg>>>,
     pub subscribed: watch::Receiver<u64>,
+    /// This subscriber's own marker topic (see [`Sub::barrier`]).
+    barrier_topic: String,
+    /// The last marker number seen on `barrier_topic`.
+    barrier_seen: watch::Receiver<u64>,
+    barrier_sent: std::sync::atomic::AtomicU64,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Sub {
     pub async fn connect(port: u16, filter: &str) -> Sub {
-        let mut o = MqttOptions::new(format!("test-sub-{}", free_port()), "127.0.0.1", port);
+        let id = format!("test-sub-{}", free_port());
+        let mut o = MqttOptions::new(id.clone(), "127.0.0.1", port);
         o.set_max_packet_size(1 << 24, 1 << 24);
         o.set_keep_alive(Duration::from_secs(5));
         let (client, mut el) = AsyncClient::new(o, 1000);
         let msgs: Arc<Mutex<Vec<Msg>>> = Arc::default();
         let (sub_tx, subscribed) = watch::channel(0u64);
+        let barrier_topic = format!("{BARRIER_PREFIX}{id}");
+        let (barrier_tx, barrier_seen) = watch::channel(0u64);
         let m2 = msgs.clone();
         let c2 = client.clone();
-        let filter = filter.to_string();
+        // One SUBSCRIBE for both, so one SUBACK counts one (re)subscription.
+        let filters = [filter.to_string(), barrier_topic.clone()]
+            .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce));
+        let own = barrier_topic.clone();
         let task = tokio::spawn(async move {
             loop {
                 match el.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = c2.subscribe(filter.clone(), QoS::AtLeastOnce).await;
+                        let _ = c2.subscribe_many(filters.clone()).await;
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         sub_tx.send_modify(|n| *n += 1);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p)))
+                        if p.topic.starts_with(BARRIER_PREFIX) =>
+                    {
+                        if p.topic == own
+                            && let Some(n) = std::str::from_utf8(&p.payload)
+                                .ok()
+                                .and_then(|s| s.parse::<u64>().ok())
+                        {
+                            barrier_tx.send_modify(|seen| *seen = n.max(*seen));
+                        }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => m2.lock().unwrap().push(Msg {
                         topic: p.topic.clone(),
@@ -337,6 +362,7 @@ impl Sub {
                         at: Instant::now(),
                     }),
                     Ok(_) => {}
+                    // Reconnect pacing: rumqttc reconnects on the next poll.
                     Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
                 }
             }
@@ -345,6 +371,9 @@ impl Sub {
             client,
             msgs,
             subscribed,
+            barrier_topic,
+            barrier_seen,
+            barrier_sent: Default::default(),
             task,
         };
         s.wait_subscribed(0).await;
@@ -360,6 +389,25 @@ impl Sub {
         .await
         .expect("subscriber (re)subscribed")
         .unwrap();
+    }
+
+    /// Publishes a marker to this subscriber's own topic and waits until it comes back. The
+    /// broker delivers to one subscriber in order, so afterwards everything it had queued for
+    /// this subscriber before the marker is recorded: the retained messages sent right after
+    /// the SUBACK, and whatever other clients published that the broker had already taken.
+    /// Markers are never recorded.
+    pub async fn barrier(&self) {
+        use std::sync::atomic::Ordering;
+        let n = self.barrier_sent.fetch_add(1, Ordering::Relaxed) + 1;
+        self.client
+            .publish(&self.barrier_topic, QoS::AtLeastOnce, false, n.to_string())
+            .await
+            .unwrap();
+        let mut seen = self.barrier_seen.clone();
+        tokio::time::timeout(Duration::from_secs(20), seen.wait_for(|s| *s >= n))
+            .await
+            .expect("barrier marker came back")
+            .unwrap();
     }
 
     pub fn all(&self) -> Vec<Msg> {
