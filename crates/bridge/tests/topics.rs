@@ -297,7 +297,7 @@ async fn every_topic_checked_by_a_real_subscriber() {
 
     // Retained flags as a late subscriber sees them.
     let late = Sub::connect(broker.port, "#").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    late.barrier().await; // every retained message is recorded
     let retained: std::collections::BTreeSet<String> = late
         .all()
         .into_iter()
@@ -336,7 +336,9 @@ async fn every_topic_checked_by_a_real_subscriber() {
     .await;
     // The bridge hears its own offline state echoed back while it stops: that is not a stale
     // will to correct, so what stays retained, and the last word the subscriber saw, is offline.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Shutdown returns once the broker acknowledged all the bridge published (a correction
+    // included), so the subscriber's barrier comes after any of it.
+    sub.barrier().await;
     let late = Sub::connect(broker.port, "mesh/bridge/state").await;
     let kept = late.wait("mesh/bridge/state", 5, |m| m.retain).await.json();
     assert_eq!(kept, json!({"state": "offline", "session": session}));
