@@ -196,8 +196,11 @@ impl BridgeHandle {
     }
 
     /// Stops the task at once, as if the gateway process were killed (no offline message, no
-    /// flush). Durable state is whatever was already written. For tests and crash drills.
-    pub fn kill(self) {
+    /// flush). Durable state is whatever was already written. For tests and crash drills:
+    /// resolves once the task has stopped, so a new bridge on the same state directory never
+    /// overlaps the killed one.
+    pub async fn kill(self) {
         self.task.abort();
+        let _ = self.task.await;
     }
 }

@@ -40,15 +40,15 @@ async fn oversized_snapshots_are_paged_under_the_broker_limit() {
         .json();
     let pages = idx["pages"].as_u64().unwrap();
     assert!(pages >= 2);
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut ids = Vec::new();
     for p in 0..pages {
         let m = sub
-            .last(&format!("mesh/status/nodes/page/{p}"))
-            .expect("page published");
+            .wait(&format!("mesh/status/nodes/page/{p}"), 10, |m| {
+                m.json()["snapshot"] == idx["snapshot"]
+            })
+            .await;
         assert!(m.payload.len() < LIMIT);
         let v = m.json();
-        assert_eq!(v["snapshot"], idx["snapshot"]);
         ids.extend(
             v["nodes"]
                 .as_array()
@@ -66,8 +66,10 @@ async fn oversized_snapshots_are_paged_under_the_broker_limit() {
     let mut edges = Vec::new();
     for p in 0..tidx["pages"].as_u64().unwrap() {
         let v = sub
-            .last(&format!("mesh/status/topology/page/{p}"))
-            .unwrap()
+            .wait(&format!("mesh/status/topology/page/{p}"), 10, |m| {
+                m.json()["snapshot"] == tidx["snapshot"]
+            })
+            .await
             .json();
         edges.extend(v["nodes"].as_array().unwrap().iter().cloned());
     }
@@ -86,14 +88,11 @@ async fn oversized_snapshots_are_paged_under_the_broker_limit() {
         m.json()["nodes"] == json!([1, 2, 3])
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
+    eventually(10, "stale page cleared", || {
         sub.last("mesh/status/nodes/page/1")
-            .unwrap()
-            .payload
-            .is_empty(),
-        "stale page cleared"
-    );
+            .is_some_and(|m| m.payload.is_empty())
+    })
+    .await;
     bridge.shutdown().await;
 }
 
@@ -166,10 +165,19 @@ async fn fuzzed_requests_are_all_answered() {
         sub.publish(&format!("mesh/bridge/request/{verb}"), payload)
             .await;
     }
-    eventually(30, "every request answered", || sub.all().len() >= n).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The barrier: a last request, handled after all the others (one connection, in order),
+    // so once it is answered any second answer to an earlier request has been published too.
+    sub.publish("mesh/bridge/request/info", r#"{"transaction":"barrier"}"#)
+        .await;
+    *per_topic
+        .entry("mesh/bridge/response/info".into())
+        .or_default() += 1;
+    sub.wait("mesh/bridge/response/info", 30, |m| {
+        m.json()["transaction"] == "barrier"
+    })
+    .await;
     let all = sub.all();
-    assert_eq!(all.len(), n, "exactly one answer per request");
+    assert_eq!(all.len(), n + 1, "exactly one answer per request");
     for (topic, want) in per_topic {
         assert_eq!(
             all.iter().filter(|m| m.topic == topic).count(),
@@ -320,9 +328,8 @@ async fn ota_over_mqtt_and_restart_mid_campaign_leaves_nobody_updating() {
         (json!("running"), json!(1))
     );
 
-    // The gateway dies mid-campaign and comes back.
-    a.kill();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The gateway dies mid-campaign and comes back (after its task has stopped).
+    a.kill().await;
     let b = Bridge::spawn(cfg.clone(), 1, gw.clone()).unwrap();
     assert!(b.wait_online(Duration::from_secs(10)).await);
     let ev = sub
@@ -338,10 +345,18 @@ async fn ota_over_mqtt_and_restart_mid_campaign_leaves_nobody_updating() {
         })
         .await;
     }
+    let tree_at = std::time::Instant::now();
     b.topology(common::star(1, [2, 3, 4]));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // B applied the tree (its node list is out); then a snapshot the broker acknowledged: every
+    // node state B holds, and everything B published before it, is retained on the broker.
+    sub.wait("mesh/status/nodes", 5, |m| {
+        m.at > tree_at && m.json()["nodes"] == json!([1, 2, 3, 4])
+    })
+    .await;
+    assert!(b.publish_snapshot().await > 0);
     let late = Sub::connect(broker.port, "mesh/status/node/+").await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    late.barrier().await; // every retained node state is recorded
+    assert!(!late.all().is_empty());
     for m in late.all() {
         assert_ne!(
             m.json()["update"]["state"],

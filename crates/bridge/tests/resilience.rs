@@ -32,20 +32,25 @@ async fn broker_restart_with_retained_wiped_gets_everything_back_within_5s() {
     bridge.topology(star(1, 2..=1000));
     let before = {
         let s = Sub::connect(broker.port, "#").await;
-        eventually(10, "the retained state is complete", || {
+        eventually(10, "the tree published", || {
             retained_or_live(&s).len() >= 3000
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The rest of that publishing round, then a snapshot the broker acknowledged: all of it
+        // is retained now.
+        assert!(bridge.publish_snapshot().await > 0);
         let s = Sub::connect(broker.port, "#").await;
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        s.barrier().await; // every retained message is recorded
         retained_topics(&s)
     };
     assert!(before.len() > 3000, "retained before: {}", before.len());
 
     // SIGKILL: no goodbye, nothing flushed; restarted without persistence, so empty.
     broker.kill().await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    eventually(10, "the bridge saw the broker go", || {
+        !bridge.status().online
+    })
+    .await;
     broker.up().await; // persistence false: nothing retained any more
     let up_at = Instant::now();
     let probe = Sub::connect(broker.port, "#").await;
@@ -68,7 +73,7 @@ async fn broker_restart_with_retained_wiped_gets_everything_back_within_5s() {
     );
     // And the broker really holds them as retained now.
     let late = Sub::connect(broker.port, "#").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    late.barrier().await; // every retained message is recorded
     assert!(before.is_subset(&retained_topics(&late)));
     assert_eq!(
         late.last("mesh/bridge/state").unwrap().json()["state"],
@@ -133,6 +138,7 @@ async fn twenty_outages_with_events_flowing_lose_nothing_duplicate_nothing() {
                 let missing = 2 + i % 8;
                 b.topology(star(1, (2..=9).filter(|n| *n != missing)));
                 i += 1;
+                // The scenario: a change every 25 ms (the event rate the outages are sized for).
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
         })
@@ -143,6 +149,7 @@ async fn twenty_outages_with_events_flowing_lose_nothing_duplicate_nothing() {
     let started = Instant::now();
     let mut longest_drain = Duration::ZERO;
     for (n, outage) in plan.iter().enumerate() {
+        // The scenario: 150–350 ms online between outages, events flowing.
         tokio::time::sleep(Duration::from_millis(150 + (n as u64 * 37) % 200)).await;
         // The backlog of the previous outage is replayed (events still flowing) before the
         // next one starts: back-to-back outages with no time to drain would only measure the
@@ -157,6 +164,7 @@ async fn twenty_outages_with_events_flowing_lose_nothing_duplicate_nothing() {
         // Graceful stop (SIGTERM), as a broker restart or upgrade does.
         broker.terminate().await;
         gate.set_open(false);
+        // The scenario: the outage lasts `outage` (sampling the queue meanwhile).
         let down = Instant::now();
         while down.elapsed() < *outage {
             most_queued = most_queued.max(bridge.status().outbox);
@@ -174,6 +182,7 @@ async fn twenty_outages_with_events_flowing_lose_nothing_duplicate_nothing() {
         })
         .await;
     }
+    // The scenario: events keep flowing a little after the last outage.
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     feeder.await.unwrap();
@@ -189,7 +198,20 @@ async fn twenty_outages_with_events_flowing_lose_nothing_duplicate_nothing() {
     })
     .await
     .expect("outbox drained");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The broker acknowledged the last event, so it is on its way to the subscriber, after
+    // every earlier one (one topic, in order). If it never comes, the asserts below say what
+    // is missing.
+    let received_last = || {
+        let msgs = sub.msgs.lock().unwrap();
+        msgs.iter()
+            .rev()
+            .take(100)
+            .any(|m| m.json()["seq"].as_u64() == Some(last))
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    while !received_last() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling
+    }
     let mut count: BTreeMap<u64, usize> = BTreeMap::new();
     let mut prev_ts = 0u64;
     for m in sub.all() {
@@ -239,9 +261,14 @@ async fn gateway_killed_mid_outage_delivers_queued_alerts_after_restart() {
     let a = Bridge::spawn(cfg.clone(), 1, Arc::new(FakeGateway::default())).unwrap();
     assert!(a.wait_online(Duration::from_secs(10)).await);
     a.topology(star(1, 2..=9));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The joins are created and acknowledged by the broker before the outage.
+    eventually(5, "the joins delivered", || {
+        let s = a.status();
+        s.last_seq > 0 && s.outbox == 0
+    })
+    .await;
     broker.kill().await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually(5, "the bridge saw the broker go", || !a.status().online).await;
     // During the outage half the mesh drops: node_left, NODE_OFFLINE and PARTITION are queued.
     a.topology(star(1, 2..=4));
     eventually(5, "events queued", || a.status().outbox >= 11).await;
@@ -250,8 +277,7 @@ async fn gateway_killed_mid_outage_delivers_queued_alerts_after_restart() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    a.kill();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.kill().await;
 
     broker.up().await;
     let sub = Sub::connect(broker.port, "mesh/bridge/event").await;
@@ -262,7 +288,12 @@ async fn gateway_killed_mid_outage_delivers_queued_alerts_after_restart() {
     })
     .await;
     eventually(10, "all queued delivered", || b.status().outbox == 0).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The broker acknowledged B's last event; it reaches the subscriber after every earlier one.
+    let last = b.status().last_seq;
+    sub.wait("mesh/bridge/event", 10, |m| {
+        m.json()["seq"].as_u64() == Some(last)
+    })
+    .await;
     let replayed: Vec<serde_json::Value> = sub
         .all()
         .iter()
@@ -307,18 +338,32 @@ async fn stale_last_will_never_leaves_the_bridge_offline() {
         true,
     ));
     let (_c, mut el) = rumqttc::AsyncClient::new(o, 10);
+    let (connected_tx, connected) = tokio::sync::oneshot::channel();
     let old = tokio::spawn(async move {
+        let mut connected_tx = Some(connected_tx);
         loop {
-            if el.poll().await.is_err() {
-                break;
+            match el.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    if let Some(tx) = connected_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => break,
             }
         }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sub = Sub::connect(broker.port, "mesh/bridge/state").await;
+    // The old connection is up (its will registered), then dies.
+    tokio::time::timeout(Duration::from_secs(5), connected)
+        .await
+        .expect("the old session connected")
+        .unwrap();
     old.abort(); // socket closed without DISCONNECT: the broker publishes the will
     let _ = old.await;
-    let sub = Sub::connect(broker.port, "mesh/bridge/state").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The will is out, and the bridge corrects it after.
+    let stale = json!({"state": "offline", "session": session - 1});
+    corrected_after(&sub, &stale, session).await;
     let check = Sub::connect(broker.port, "mesh/bridge/state").await;
     let m = check.wait("mesh/bridge/state", 5, |m| m.retain).await;
     assert_eq!(
@@ -326,7 +371,6 @@ async fn stale_last_will_never_leaves_the_bridge_offline() {
         json!({"state": "online", "session": session}),
         "retained state after a stale will"
     );
-    drop(sub);
     // A retained "offline" published by anyone else is corrected too.
     check
         .client
@@ -338,11 +382,30 @@ async fn stale_last_will_never_leaves_the_bridge_offline() {
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    corrected_after(&sub, &json!({"state": "offline", "session": 1}), session).await;
+    drop(sub);
     let again = Sub::connect(broker.port, "mesh/bridge/state").await;
     let m = again.wait("mesh/bridge/state", 5, |m| m.retain).await;
     assert_eq!(m.json()["state"], "online");
     bridge.shutdown().await;
+}
+
+/// Waits until `sub` (on `mesh/bridge/state`) has seen `stale`, then the bridge's own online
+/// state (`session`) after it.
+async fn corrected_after(sub: &Sub, stale: &serde_json::Value, session: u64) {
+    let online = json!({"state": "online", "session": session});
+    eventually(10, "the stale state corrected", || {
+        let states: Vec<serde_json::Value> = sub
+            .on("mesh/bridge/state")
+            .iter()
+            .map(|m| m.json())
+            .collect();
+        states
+            .iter()
+            .position(|v| v == stale)
+            .is_some_and(|i| states[i + 1..].contains(&online))
+    })
+    .await;
 }
 
 mod scripted {
@@ -496,5 +559,5 @@ async fn events_acknowledged_before_a_connection_ends_are_not_sent_again() {
         "acknowledged events sent again: {resent:?}"
     );
     assert_eq!(seen, 31_000, "the rest was replayed");
-    bridge.kill();
+    bridge.kill().await;
 }
