@@ -5,6 +5,7 @@
 use alloc::string::String;
 
 use pmesh_node::{ConnectionChange, Context, Handled, Incoming, Instant, Plugin};
+use pmesh_proto::Envelope;
 use pmesh_proto::message::types;
 use pmesh_proto::ota::{Announce, Data, DataRequest};
 
@@ -94,6 +95,8 @@ pub struct Ota<S: FirmwareSink, T: OtaStore> {
     booted: bool,
     /// A stock node speaks no pmesh protocol at all (it neither relays nor answers HELLO).
     speaks_pmesh: bool,
+    /// Classic frames (10, 11, 12) refused for an out-of-range field (see [`classic_fields_valid`]).
+    classic_rejected: u64,
 }
 
 impl<S: FirmwareSink, T: OtaStore> Ota<S, T> {
@@ -127,6 +130,7 @@ impl<S: FirmwareSink, T: OtaStore> Ota<S, T> {
             store,
             booted: false,
             speaks_pmesh,
+            classic_rejected: 0,
         }
     }
 
@@ -164,6 +168,13 @@ impl<S: FirmwareSink, T: OtaStore> Ota<S, T> {
             ClassicRx::Reference(r) => Some(r),
             _ => None,
         }
+    }
+
+    /// Classic OTA frames (Announce, DataRequest, Data) dropped because a numeric field was
+    /// missing, not a number, outside u32 (negative, or 2^32 and above, which the reference's
+    /// lenient read would take as 0), or `partNo` was not below `noPart`.
+    pub fn classic_frames_rejected(&self) -> u64 {
+        self.classic_rejected
     }
 
     /// The pmesh-protocol agent.
@@ -250,6 +261,14 @@ impl<S: FirmwareSink, T: OtaStore> Plugin for Ota<S, T> {
     fn on_frame(&mut self, ctx: &mut Context<'_, OtaEvent>, frame: &Incoming<'_>) -> Handled {
         self.ensure_booted(ctx);
         let env = frame.envelope;
+        if matches!(
+            env.ty,
+            types::OTA_ANNOUNCE | types::OTA_DATA_REQUEST | types::OTA_DATA
+        ) && !classic_fields_valid(env)
+        {
+            self.classic_rejected += 1;
+            return Handled::Yes;
+        }
         match env.ty {
             types::OTA_ANNOUNCE => {
                 let a = Announce::from_envelope(env);
@@ -351,4 +370,24 @@ impl<S: FirmwareSink, T: OtaStore> Plugin for Ota<S, T> {
         .flatten()
         .min()
     }
+}
+
+/// A numeric field of a classic OTA frame, if it holds an integer in u32 range. The typed
+/// decoders read like the reference (`as<size_t>()`), where a value out of range reads 0; a
+/// `partNo` of 2^32 would then be taken as part 0 and fix the chunk size of a real transfer.
+fn u32_field(env: &Envelope, key: &str) -> Option<u32> {
+    let v = env.get(key)?.to_i64_lenient()?;
+    u32::try_from(v).ok()
+}
+
+/// Whether a classic OTA frame's numbers are in range: `noPart` in every kind, and in a
+/// DataRequest or Data a `partNo` below `noPart`. Stock nodes always send both as integers.
+fn classic_fields_valid(env: &Envelope) -> bool {
+    let Some(no_part) = u32_field(env, "noPart") else {
+        return false;
+    };
+    if env.ty == types::OTA_ANNOUNCE {
+        return true;
+    }
+    u32_field(env, "partNo").is_some_and(|p| p < no_part)
 }
