@@ -109,6 +109,7 @@ pub struct NodeCounters {
     pub closed_by_node: u64,
     pub topology_changes: u64,
     pub time_samples_retried: u64,
+    pub time_frames_over_budget: u64,
 }
 
 impl From<NodeStats> for NodeCounters {
@@ -127,6 +128,7 @@ impl From<NodeStats> for NodeCounters {
             closed_by_node: s.closed_by_node,
             topology_changes: s.topology_changes,
             time_samples_retried: s.time_samples_retried,
+            time_frames_over_budget: s.time_frames_over_budget,
         }
     }
 }

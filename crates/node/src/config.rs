@@ -62,6 +62,22 @@ pub struct Config {
     /// time at that rate. The wire protocol, message timing and the offset steps are unchanged,
     /// so stock nodes see an ordinary (better) clock.
     pub rate_discipline: bool,
+    /// Per-link budget for TIME_SYNC and TIME_DELAY frames handled by this node (not those
+    /// it forwards): a token bucket refilled at `per_second`, holding at most `burst`. A frame
+    /// beyond it is dropped and counted (`NodeStats::time_frames_over_budget`). Honest peers
+    /// send a few a minute, or 5 a second while a sample is retried every 200 ms; the default
+    /// (20 a second, burst 40) is four times that, and keeps a flooding peer from making this
+    /// node build and send a reply for every frame (issue 11, item 8).
+    pub time_frame_budget: FrameBudget,
+}
+
+/// A token bucket's parameters: sustained frames per second and the burst allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameBudget {
+    /// Frames per second refilled.
+    pub per_second: u32,
+    /// Most frames accepted at once after a quiet period.
+    pub burst: u32,
 }
 
 /// Shortest local time between the two TIME_SYNC samples a rate estimate is taken from
@@ -94,6 +110,10 @@ impl Config {
             loop_grace: Duration::from_secs(2),
             max_queued_events: 65_536,
             rate_discipline: false,
+            time_frame_budget: FrameBudget {
+                per_second: 20,
+                burst: 40,
+            },
         }
     }
 }

@@ -45,7 +45,7 @@ pub mod status;
 pub mod testing;
 pub mod time;
 
-pub use config::Config;
+pub use config::{Config, FrameBudget};
 pub use event::{ConnId, Direction, DropReason, Event, Transmit};
 pub use node::{Node, SendError};
 pub use plugin::{ConnectionChange, Context, Handled, Incoming, Neighbour, Plugin};

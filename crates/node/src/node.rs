@@ -17,7 +17,7 @@ use pmesh_proto::{
     UserMessage, encode_frame,
 };
 
-use crate::config::{Config, MAX_RATE_PPB, RATE_BASELINE};
+use crate::config::{Config, FrameBudget, MAX_RATE_PPB, RATE_BASELINE};
 use crate::event::{ConnId, Direction, DropReason, Event, Transmit};
 use crate::ntp;
 use crate::plugin::{ConnectionChange, Context, Handled, Incoming, Neighbour, Plugin};
@@ -95,6 +95,42 @@ pub(crate) struct Conn {
     /// The last TIME_SYNC request sent on this link: its `t0` and [`Core::time_steps`] then
     /// (the rate discipline uses only replies to it, taken within one time base).
     time_request: Option<(u32, u32)>,
+    /// What is left of this link's [`Config::time_frame_budget`].
+    time_budget: TokenBucket,
+}
+
+/// A token bucket in millionths of a frame, refilled from the time of the last take.
+#[derive(Debug)]
+struct TokenBucket {
+    micro_tokens: u64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    const ONE: u64 = 1_000_000;
+
+    fn full(budget: FrameBudget, now: Instant) -> Self {
+        TokenBucket {
+            micro_tokens: u64::from(budget.burst) * Self::ONE,
+            at: now,
+        }
+    }
+
+    /// Takes one frame's token at `now`; false when the budget is spent.
+    fn take(&mut self, budget: FrameBudget, now: Instant) -> bool {
+        let elapsed_us = now.saturating_since(self.at).as_micros() as u64;
+        let cap = u64::from(budget.burst) * Self::ONE;
+        // µs × frames/s = millionths of a frame.
+        let refill = elapsed_us.saturating_mul(u64::from(budget.per_second));
+        self.micro_tokens = self.micro_tokens.saturating_add(refill).min(cap);
+        self.at = self.at.max(now);
+        if self.micro_tokens >= Self::ONE {
+            self.micro_tokens -= Self::ONE;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Conn {
@@ -273,6 +309,7 @@ impl<P: Plugin> Node<P> {
             broadcast_hold: None,
             resync_after_reply: false,
             time_request: None,
+            time_budget: TokenBucket::full(self.core.cfg.time_frame_budget, now),
         });
         self.core.invalidate_routes();
         self.after_input(now);
@@ -651,6 +688,12 @@ impl<P: Plugin> Node<P> {
     }
 
     fn process_locally(&mut self, conn: ConnId, now: Instant, env: Envelope, raw: Bytes) {
+        if matches!(env.ty, types::TIME_DELAY | types::TIME_SYNC)
+            && !self.core.time_budget(conn, now)
+        {
+            self.core.stats.time_frames_over_budget += 1;
+            return;
+        }
         match env.ty {
             types::TIME_DELAY
             | types::TIME_SYNC
@@ -884,6 +927,15 @@ impl<E> Core<E> {
                 && o.broadcast_hold.is_none()
                 && o.tree.contains(c.node_id)
         })
+    }
+
+    /// Takes one TIME_SYNC/TIME_DELAY frame from `conn`'s budget; false when it is spent.
+    fn time_budget(&mut self, conn: ConnId, now: Instant) -> bool {
+        let budget = self.cfg.time_frame_budget;
+        match self.index(conn) {
+            Some(i) => self.conns[i].time_budget.take(budget, now),
+            None => true,
+        }
     }
 
     fn index(&self, conn: ConnId) -> Option<usize> {

@@ -40,4 +40,7 @@ pub struct NodeStats {
     /// Time-sync replies ignored by the optional rate discipline (`Config::rate_discipline`)
     /// because their request went out before a later one on the link or before a time step.
     pub time_samples_stale: u64,
+    /// TIME_SYNC and TIME_DELAY frames dropped because their link exceeded
+    /// `Config::time_frame_budget`.
+    pub time_frames_over_budget: u64,
 }

@@ -836,3 +836,68 @@ fn time_delay_is_forwarded_and_answered_by_its_target() {
         )]
     );
 }
+
+// --- budgets (issue 11) --------------------------------------------------------------------
+
+/// A peer flooding TIME_SYNC and TIME_DELAY requests gets at most the link's budget answered
+/// (40 at once, then 20 a second); the rest is dropped and counted. An honest peer retrying
+/// every 200 ms stays far inside it, and the flood does not touch another link's budget.
+#[test]
+fn time_frames_beyond_the_link_budget_are_dropped_and_counted() {
+    let mut r = rig();
+    r.add_neighbour(ConnId(1), Direction::Station, "{\"nodeId\":2000}");
+    r.add_neighbour(ConnId(2), Direction::Station, "{\"nodeId\":3000}");
+    let sync = |from: u32| {
+        format!("{{\"type\":4,\"dest\":{ME},\"from\":{from},\"msg\":{{\"type\":1,\"t0\":5}}}}")
+    };
+    let delay =
+        format!("{{\"type\":3,\"dest\":{ME},\"from\":2000,\"msg\":{{\"type\":1,\"t0\":5}}}}");
+    let replies_on = |r: &Rig, mark: usize, conn: ConnId| {
+        r.sent_since(mark)
+            .iter()
+            .filter(|s| s.conn == conn && matches!(s.ty(), 3 | 4) && s.msg_type() == Some(2))
+            .count()
+    };
+    r.advance(secs(5));
+    // Honest cadence on link 2: one request every 200 ms for a minute, never dropped.
+    let mark = r.sent.len();
+    for _ in 0..300 {
+        r.deliver(ConnId(2), &sync(3000));
+        r.advance(Duration::from_millis(200));
+    }
+    assert_eq!(replies_on(&r, mark, ConnId(2)), 300);
+    assert_eq!(r.node.stats().time_frames_over_budget, 0);
+    // Flood on link 1: 10,000 frames in one second (one every 100 µs), both kinds.
+    let mark = r.sent.len();
+    for i in 0..10_000u32 {
+        let f = if i % 2 == 0 {
+            sync(2000)
+        } else {
+            delay.clone()
+        };
+        r.deliver(ConnId(1), &f);
+        // Link 2's honest requests keep being answered meanwhile.
+        if i % 2_000 == 0 {
+            r.deliver(ConnId(2), &sync(3000));
+        }
+        r.advance(Duration::from_micros(100));
+    }
+    r.advance(Duration::from_millis(10));
+    let answered = replies_on(&r, mark, ConnId(1)) as u64;
+    // 40 at once plus 20 a second over the flood's second (held replies are capped at 16 at
+    // a time, so fewer may leave: never more).
+    assert!(answered <= 40 + 20 + 1, "{answered} replies");
+    let dropped = r.node.stats().time_frames_over_budget;
+    assert!(dropped >= 10_000 - 61, "{dropped} dropped");
+    assert_eq!(
+        replies_on(&r, mark, ConnId(2)),
+        5,
+        "the other link is not affected"
+    );
+    // The budget refills: after a quiet second the peer is answered again.
+    r.advance(secs(1));
+    let mark = r.sent.len();
+    r.deliver(ConnId(1), &sync(2000));
+    r.advance(Duration::from_millis(2));
+    assert_eq!(replies_on(&r, mark, ConnId(1)), 1);
+}
