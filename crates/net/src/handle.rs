@@ -110,6 +110,7 @@ pub struct NodeCounters {
     pub topology_changes: u64,
     pub time_samples_retried: u64,
     pub time_frames_over_budget: u64,
+    pub self_claims_pruned: u64,
 }
 
 impl From<NodeStats> for NodeCounters {
@@ -129,6 +130,7 @@ impl From<NodeStats> for NodeCounters {
             topology_changes: s.topology_changes,
             time_samples_retried: s.time_samples_retried,
             time_frames_over_budget: s.time_frames_over_budget,
+            self_claims_pruned: s.self_claims_pruned,
         }
     }
 }

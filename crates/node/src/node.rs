@@ -190,6 +190,13 @@ impl RouteIndex {
         // By id, then connection order; keeping the first of each id is `findRoute`'s answer.
         self.entries.sort_unstable();
         self.entries.dedup_by_key(|e| e.0);
+        // A direct neighbour's id routes to its own link (the first one), whatever another
+        // link's tree claims (issue 11: a claim must not steal a direct neighbour's traffic).
+        for (k, c) in conns.iter().enumerate().rev().filter(|(_, c)| c.synced()) {
+            if let Ok(at) = self.entries.binary_search_by_key(&c.node_id, |e| e.0) {
+                self.entries[at].1 = k as u32;
+            }
+        }
         self.valid = true;
     }
 }
@@ -807,9 +814,11 @@ enum LoopCut {
     /// and closes at this neighbour of ours (the node above us in the tree), so the link may
     /// be held for broadcasts meanwhile.
     Elsewhere(u32),
-    /// The tree puts us below a node that is not our neighbour: a stale tree, or a loop we
-    /// are not on. Not taken, but broadcasts still cross the link.
-    Stale,
+    /// The tree puts us below a node that is not our neighbour (a stale tree or a lie: a
+    /// node above us is linked to us), or below a neighbour whose own tree does not confirm
+    /// the cycle: no link of ours is cut, and the tree is taken without the branches that
+    /// place us (see `Core::prune_self_claims`).
+    Claim,
 }
 
 /// Memory a lent-out [`NodeTree`] takes (each node inline plus its `subs` vector's spare room).
@@ -1235,6 +1244,7 @@ impl<E> Core<E> {
                 return self.remove_conn(conn, reason, true);
             }
             let mut hold = None;
+            let mut claim = false;
             if reason == DropReason::LoopContainsSelf {
                 match self.loop_cut(conn, &self.sync_scratch) {
                     LoopCut::This => return self.remove_conn(conn, reason, true),
@@ -1243,11 +1253,16 @@ impl<E> Core<E> {
                         idx = self.index(conn).expect("only the other link was removed");
                     }
                     LoopCut::Elsewhere(above) => hold = Some(above),
-                    LoopCut::Stale => {}
+                    LoopCut::Claim => claim = !self.cfg.loop_grace.is_zero(),
                 }
             }
-            self.conns[idx].broadcast_hold = hold;
-            return self.ignore_looped_sync(idx, now, ty, reason);
+            if claim {
+                // A claim, not a loop we can see: take the tree without our own branch.
+                self.prune_self_claims();
+            } else {
+                self.conns[idx].broadcast_hold = hold;
+                return self.ignore_looped_sync(idx, now, ty, reason);
+            }
         }
         self.conns[idx].loop_cleared();
         // Stock nodes omit hasTimeAuthority in replies but send it in requests (spec §4,
@@ -1299,6 +1314,23 @@ impl<E> Core<E> {
         }
     }
 
+    /// Drops from the tree in `sync_scratch` every branch rooted at our own id (a claim that
+    /// some other node is above us; see [`LoopCut::Claim`]), and counts them.
+    fn prune_self_claims(&mut self) {
+        fn prune(t: &mut NodeTree, me: u32) -> u64 {
+            let before = t.subs.len();
+            t.subs.retain(|s| s.node_id != me);
+            let mut n = (before - t.subs.len()) as u64;
+            for s in &mut t.subs {
+                n += prune(s, me);
+            }
+            n
+        }
+        let mut tree = self.sync_scratch.to_tree();
+        self.stats.self_claims_pruned += prune(&mut tree, self.cfg.node_id);
+        self.sync_scratch = FlatTree::from_tree(&tree);
+    }
+
     /// A NODE_SYNC on an established link whose tree shows a loop that this node does not
     /// cut: its tree is not taken (so the loop does not travel on through us) and the link
     /// stays, for [`Config::loop_grace`]; we ask again when the grace is over, and a tree that
@@ -1325,8 +1357,8 @@ impl<E> Core<E> {
     /// the smallest `(min id, max id)` pair. Only that edge's two ends close it, and the rest
     /// of the ring stays up (cutting every link that shows the loop, which is what each node
     /// would do on its own, shreds a ring into single nodes). If the cycle does not close at
-    /// a neighbour of ours (a stale tree, or a loop we are not on), nothing is cut here
-    /// ([`LoopCut::Stale`]).
+    /// a neighbour of ours, or at one whose own tree does not confirm it, nothing is cut here
+    /// ([`LoopCut::Claim`]).
     fn loop_cut(&self, conn: ConnId, tree: &FlatTree) -> LoopCut {
         let me = self.cfg.node_id;
         let Some(path) = tree.path_to(me).filter(|p| p.len() >= 3) else {
@@ -1339,7 +1371,7 @@ impl<E> Core<E> {
             .iter()
             .find(|c| c.id != conn && c.synced() && c.node_id == p)
         else {
-            return LoopCut::Stale;
+            return LoopCut::Claim;
         };
         let key = |a: u32, b: u32| (a.min(b), a.max(b));
         let mut cycle = alloc::vec![me];
@@ -1352,7 +1384,13 @@ impl<E> Core<E> {
         if cut == key(me, tree.node_id()) {
             LoopCut::This
         } else if cut == key(p, me) {
-            LoopCut::Other(other.id)
+            // Our direct link to p closes only if p's own tree confirms the cycle (it reaches
+            // the claimant the other way round); otherwise the cycle is only a claim.
+            if other.tree.contains(tree.node_id()) {
+                LoopCut::Other(other.id)
+            } else {
+                LoopCut::Claim
+            }
         } else {
             LoopCut::Elsewhere(p)
         }

@@ -43,4 +43,7 @@ pub struct NodeStats {
     /// TIME_SYNC and TIME_DELAY frames dropped because their link exceeded
     /// `Config::time_frame_budget`.
     pub time_frames_over_budget: u64,
+    /// Branches of neighbours' trees that placed this node below another node (claims no link
+    /// of ours confirms), removed before the tree was taken (issue 11; docs/compatibility/node.md).
+    pub self_claims_pruned: u64,
 }

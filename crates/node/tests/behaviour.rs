@@ -403,11 +403,6 @@ fn a_loop_reported_on_an_established_link_is_ignored_for_the_grace_then_closed()
             "{\"nodeId\":2000,\"subs\":[{\"nodeId\":5,\"subs\":[{\"nodeId\":2000}]}]}",
             DropReason::LoopNeighbourInSubs,
         ),
-        // us below a node that is not our neighbour: a stale tree, or a loop elsewhere
-        (
-            "{\"nodeId\":2000,\"subs\":[{\"nodeId\":5,\"subs\":[{\"nodeId\":1000}]}]}",
-            DropReason::LoopContainsSelf,
-        ),
     ];
     for (tree, reason) in looped {
         for still_looped in [true, false] {
@@ -452,6 +447,80 @@ fn a_loop_reported_on_an_established_link_is_ignored_for_the_grace_then_closed()
     }
 }
 
+/// Issue 11, item 6, seen from a node whose neighbour relays a claim: a tree placing us below
+/// a node that is not our neighbour (a stale tree or a lie) is taken without that branch,
+/// counted, and the link stays up however long the claim is repeated. With no grace, the
+/// reference's behaviour: the link closes at once.
+#[test]
+fn a_tree_placing_us_below_a_stranger_is_pruned_and_the_link_stays() {
+    // The rogue 9999 behind our neighbour 2000 claims us and 3000 below itself.
+    let claim = "{\"nodeId\":2000,\"subs\":[{\"nodeId\":3000},{\"nodeId\":9999,\"subs\":[{\"nodeId\":1000,\"subs\":[{\"nodeId\":4000}]},{\"nodeId\":3000}]}]}";
+    let mut r = rig();
+    r.add_neighbour(
+        ConnId(1),
+        Direction::Ap,
+        "{\"nodeId\":2000,\"subs\":[{\"nodeId\":3000}]}",
+    );
+    r.advance_to(T0 + secs(1));
+    r.peers.get_mut(&ConnId(1)).unwrap().1 = claim.into();
+    for s in 0..120 {
+        r.deliver(ConnId(1), &sync_frame(claim, 5, ME, 2000));
+        r.advance_to(T0 + secs(2 + s));
+    }
+    assert!(r.closed.is_empty(), "{:?}", r.closed);
+    assert_eq!(r.node.node_list(true), vec![ME, 2000, 3000, 9999, 3000]);
+    assert_eq!(r.node.route(3000), Some(ConnId(1)));
+    assert!(r.node.stats().self_claims_pruned >= 120);
+    assert_eq!(r.node.stats().loop_syncs_ignored, 0);
+    // What we relay does not carry the claim on either.
+    r.add_neighbour(ConnId(2), Direction::Station, "{\"nodeId\":5000}");
+    let to_5000 = r
+        .sent
+        .iter()
+        .rev()
+        .find(|s| s.conn == ConnId(2) && s.ty() == 6);
+    let text = &to_5000.unwrap().text;
+    assert_eq!(text.matches("\"nodeId\":1000").count(), 1, "{text}");
+    assert!(!text.contains("4000"), "{text}");
+
+    let mut cfg = Config::new(ME);
+    cfg.loop_grace = Duration::ZERO;
+    let mut r = Rig::new(cfg, T0);
+    r.add_neighbour(ConnId(1), Direction::Ap, "{\"nodeId\":2000}");
+    r.deliver(ConnId(1), &sync_frame(claim, 6, ME, 2000));
+    assert_eq!(r.closed, vec![(ConnId(1), DropReason::LoopContainsSelf)]);
+}
+
+/// Issue 11, item 6, at the node the rogue is connected to: a NODE_SYNC whose subtree claims
+/// our direct neighbours (and us below one of them) neither steals their routes nor closes
+/// their links, even when the rogue's link comes first in connection order.
+#[test]
+fn claims_of_our_direct_neighbours_never_tear_down_their_links() {
+    let mut r = rig();
+    r.add_neighbour(ConnId(1), Direction::Ap, "{\"nodeId\":9999}");
+    r.add_neighbour(ConnId(2), Direction::Ap, "{\"nodeId\":2000}");
+    r.add_neighbour(ConnId(3), Direction::Station, "{\"nodeId\":3000}");
+    // The cycle 1000-9999-2000-1000 it claims has (1000, 2000) as its agreed cut: our direct
+    // link to 2000, whose own tree does not confirm it.
+    let claim = "{\"nodeId\":9999,\"subs\":[{\"nodeId\":2000,\"subs\":[{\"nodeId\":1000}]},{\"nodeId\":3000}]}";
+    r.peers.get_mut(&ConnId(1)).unwrap().1 = claim.into();
+    for s in 0..60 {
+        r.deliver(ConnId(1), &sync_frame(claim, 5, ME, 9999));
+        r.advance_to(T0 + secs(1 + s));
+        assert_eq!(r.node.route(2000), Some(ConnId(2)));
+        assert_eq!(r.node.route(3000), Some(ConnId(3)));
+    }
+    assert!(r.closed.is_empty(), "{:?}", r.closed);
+    assert!(r.node.stats().self_claims_pruned >= 60);
+    // Traffic for them takes the direct links.
+    let mark = r.sent.len();
+    r.node.send_single(r.now, 2000, "to a").unwrap();
+    r.node.send_single(r.now, 3000, "to c").unwrap();
+    r.pump();
+    let conns: Vec<_> = r.sent_since(mark).iter().map(|s| s.conn).collect();
+    assert_eq!(conns, vec![ConnId(2), ConnId(3)]);
+}
+
 /// A loop through this node and two of its neighbours: the smallest id pair on the cycle is
 /// the link every node on it agrees to cut.
 #[test]
@@ -465,10 +534,15 @@ fn a_loop_through_us_is_cut_on_the_agreed_link() {
     assert_eq!(r.closed, vec![(ConnId(1), DropReason::LoopContainsSelf)]);
     assert_eq!(r.node.node_list(true), vec![ME, 3000]);
 
-    // The same cycle seen from the other side: the agreed link is our other one.
+    // The same cycle seen from the other side: the agreed link is our other one (its own
+    // tree confirms the cycle: 2000 reaches 3000 the other way round).
     let mut r = rig();
     r.add_neighbour(ConnId(1), Direction::Ap, "{\"nodeId\":3000}");
-    r.add_neighbour(ConnId(2), Direction::Ap, "{\"nodeId\":2000}");
+    r.add_neighbour(
+        ConnId(2),
+        Direction::Ap,
+        "{\"nodeId\":2000,\"subs\":[{\"nodeId\":4000,\"subs\":[{\"nodeId\":3000}]}]}",
+    );
     let looped = "{\"nodeId\":3000,\"subs\":[{\"nodeId\":4000,\"subs\":[{\"nodeId\":2000,\"subs\":[{\"nodeId\":1000}]}]}]}";
     r.deliver(ConnId(1), &sync_frame(looped, 6, ME, 3000));
     assert_eq!(r.closed, vec![(ConnId(2), DropReason::LoopContainsSelf)]);
