@@ -111,6 +111,7 @@ pub struct NodeCounters {
     pub time_samples_retried: u64,
     pub time_frames_over_budget: u64,
     pub self_claims_pruned: u64,
+    pub handshake_timeouts: u64,
 }
 
 impl From<NodeStats> for NodeCounters {
@@ -131,6 +132,7 @@ impl From<NodeStats> for NodeCounters {
             time_samples_retried: s.time_samples_retried,
             time_frames_over_budget: s.time_frames_over_budget,
             self_claims_pruned: s.self_claims_pruned,
+            handshake_timeouts: s.handshake_timeouts,
         }
     }
 }

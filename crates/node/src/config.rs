@@ -23,6 +23,15 @@ pub struct Config {
     pub node_timeout: Duration,
     /// Delay before the accepting (AP) side sends its first NODE_SYNC request and time sync.
     pub ap_first_sync_delay: Duration,
+    /// A connection the peer opened (AP side) whose first NODE_SYNC has not arrived within this
+    /// is closed (`DropReason::HandshakeTimeout`, counted in `NodeStats::handshake_timeouts`).
+    /// The dialling side of every stock and pmesh node sends its NODE_SYNC_REQUEST at once
+    /// (spec §4), so an honest peer needs one round trip; without it a silent socket held a
+    /// slot for 20 s (our first request after `ap_first_sync_delay`, then `node_timeout`).
+    /// Links we dialled are not affected: our request goes at once and an AP-side peer
+    /// answers it at once, however long it waits before asking itself; `node_timeout` bounds
+    /// them. Zero disables it (the reference).
+    pub handshake_timeout: Duration,
     /// How long a completed sync, or a TIME_REQUEST we answered, postpones the next time sync
     /// with that neighbour (`TIME_SYNC_INTERVAL`, 60 s).
     pub time_sync_interval: Duration,
@@ -101,6 +110,7 @@ impl Config {
             node_sync_interval: Duration::from_secs(60),
             node_timeout: Duration::from_secs(10),
             ap_first_sync_delay: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
             time_sync_interval: Duration::from_secs(60),
             time_sync_unsynced_interval: Duration::from_secs(10),
             time_sync_retry: Duration::from_millis(200),

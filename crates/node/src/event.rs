@@ -55,6 +55,9 @@ pub enum DropReason {
     InvalidNodeId,
     /// The application closed it.
     Closed,
+    /// A connection the peer opened sent no valid first NODE_SYNC within
+    /// `Config::handshake_timeout`.
+    HandshakeTimeout,
 }
 
 impl DropReason {
@@ -69,6 +72,7 @@ impl DropReason {
             DropReason::NodeIdChanged => "node_id_changed",
             DropReason::InvalidNodeId => "invalid_node_id",
             DropReason::Closed => "closed",
+            DropReason::HandshakeTimeout => "handshake_timeout",
         }
     }
 }

@@ -80,6 +80,9 @@ pub(crate) struct Conn {
     framer: FrameDecoder,
     node_sync_at: Option<Instant>,
     sync_timeout_at: Option<Instant>,
+    /// Until when a link the peer opened may stay without its first NODE_SYNC
+    /// ([`Config::handshake_timeout`]); cleared by that NODE_SYNC.
+    handshake_by: Option<Instant>,
     /// A forced sync came while a request was unanswered: send it when the reply arrives.
     resync_after_reply: bool,
     /// Since when this link has sent only trees showing a loop (see `ignore_looped_sync`).
@@ -147,7 +150,7 @@ impl Conn {
     fn next_deadline(&self) -> Option<Instant> {
         earliest(
             earliest(self.node_sync_at, self.sync_timeout_at),
-            self.time_sync_at,
+            earliest(self.time_sync_at, self.handshake_by),
         )
     }
 
@@ -311,6 +314,9 @@ impl<P: Plugin> Node<P> {
             framer: FrameDecoder::new(self.core.cfg.max_frame),
             node_sync_at: Some(first_sync),
             sync_timeout_at: None,
+            handshake_by: (direction == Direction::Ap
+                && !self.core.cfg.handshake_timeout.is_zero())
+            .then(|| now + self.core.cfg.handshake_timeout),
             time_sync_at: None,
             loop_since: None,
             broadcast_hold: None,
@@ -1166,6 +1172,11 @@ impl<E> Core<E> {
                 self.remove_conn(id, DropReason::SyncTimeout, true);
                 continue; // index i now holds the next connection
             }
+            if c.handshake_by.is_some_and(|t| t <= now) {
+                self.stats.handshake_timeouts += 1;
+                self.remove_conn(id, DropReason::HandshakeTimeout, true);
+                continue;
+            }
             if self.cfg.coalesce_syncs
                 && c.node_sync_at == Some(FORCED)
                 && c.sync_timeout_at.is_some()
@@ -1277,6 +1288,7 @@ impl<E> Core<E> {
         let changed = c.tree != self.sync_scratch;
         if first {
             c.node_id = tree_id;
+            c.handshake_by = None;
             c.time_sync_at = Some(match c.direction {
                 Direction::Station => now,
                 Direction::Ap => now + self.cfg.ap_first_sync_delay,

@@ -46,4 +46,7 @@ pub struct NodeStats {
     /// Branches of neighbours' trees that placed this node below another node (claims no link
     /// of ours confirms), removed before the tree was taken (issue 11; docs/compatibility/node.md).
     pub self_claims_pruned: u64,
+    /// Connections the peer opened that were closed for sending no first NODE_SYNC within
+    /// `Config::handshake_timeout`.
+    pub handshake_timeouts: u64,
 }

@@ -19,6 +19,13 @@ fn rig() -> Rig {
     Rig::new(Config::new(ME), T0)
 }
 
+/// A node without pmesh's handshake deadline, for the reference's timers on unsynced links.
+fn reference_rig() -> Rig {
+    let mut cfg = Config::new(ME);
+    cfg.handshake_timeout = Duration::ZERO;
+    Rig::new(cfg, T0)
+}
+
 fn requests_on(rig: &Rig, mark: usize, conn: ConnId) -> Vec<(Instant, String)> {
     rig.sent_since(mark)
         .iter()
@@ -31,7 +38,7 @@ fn requests_on(rig: &Rig, mark: usize, conn: ConnId) -> Vec<(Instant, String)> {
 
 #[test]
 fn station_syncs_at_once_ap_after_ten_seconds() {
-    let mut r = rig();
+    let mut r = reference_rig();
     r.connect(ConnId(1), Direction::Station);
     r.connect(ConnId(2), Direction::Ap);
     // The station's first request goes out on connect, to dest 0 (peer unknown).
@@ -51,7 +58,7 @@ fn station_syncs_at_once_ap_after_ten_seconds() {
 
 #[test]
 fn unanswered_request_closes_after_ten_seconds() {
-    let mut r = rig();
+    let mut r = reference_rig();
     r.connect(ConnId(1), Direction::Station);
     r.connect(ConnId(2), Direction::Ap);
     r.advance_to(T0 + secs(10) - Duration::from_micros(1));
@@ -88,6 +95,27 @@ fn unanswered_request_closes_after_ten_seconds() {
             .iter()
             .any(|(_, e)| matches!(e, Event::ChangedConnections))
     );
+}
+
+/// Issue 11, item 7: a connection the peer opened that sends no first NODE_SYNC is closed
+/// after `handshake_timeout` (5 s), not 20 s; one that syncs in time stays; links we dialled
+/// keep the reference's timeout (our request is out at once and is answered at once).
+#[test]
+fn a_silent_peer_that_dialled_us_is_closed_after_the_handshake_timeout() {
+    let mut r = rig();
+    r.connect(ConnId(1), Direction::Ap);
+    r.connect(ConnId(2), Direction::Station);
+    r.advance_to(T0 + secs(4));
+    r.add_neighbour(ConnId(3), Direction::Ap, "{\"nodeId\":2000}");
+    r.advance_to(T0 + secs(5) - Duration::from_micros(1));
+    assert!(r.closed.is_empty());
+    r.advance_to(T0 + secs(5));
+    assert_eq!(r.closed, vec![(ConnId(1), DropReason::HandshakeTimeout)]);
+    r.advance_to(T0 + secs(10));
+    assert_eq!(r.closed[1], (ConnId(2), DropReason::SyncTimeout));
+    r.advance_to(T0 + secs(60));
+    assert_eq!(r.closed.len(), 2, "the synced link stays");
+    assert_eq!(r.node.stats().handshake_timeouts, 1);
 }
 
 #[test]
@@ -164,7 +192,7 @@ fn a_changed_reply_does_not_postpone_the_next_request() {
 
 #[test]
 fn topology_change_forces_sync_on_other_synced_links_only() {
-    let mut r = rig();
+    let mut r = reference_rig();
     r.add_neighbour(ConnId(1), Direction::Ap, "{\"nodeId\":2000}");
     r.add_neighbour(ConnId(2), Direction::Ap, "{\"nodeId\":3000}");
     r.connect(ConnId(3), Direction::Ap); // not synced yet

@@ -468,6 +468,25 @@ fn a_peer_that_never_answers_is_dropped_after_ten_or_twenty_seconds() {
     h.connect(a, mute, ms(2)); // a is the station: asks at once
     h.connect(mute, a, ms(2)); // a is the AP: asks after 10 s
     h.run_for(secs(30));
+    // The AP side's handshake deadline (pmesh, 5 s) closes the link it accepted first.
+    assert_eq!(
+        drops(&h, a),
+        vec![
+            (6_000_000, 0, DropReason::HandshakeTimeout),
+            (11_000_000, 0, DropReason::SyncTimeout)
+        ]
+    );
+    // Without it, the reference's 10 and 20 s.
+    let mut h = Harness::new();
+    let mut cfg = Config::new(1);
+    cfg.handshake_timeout = Duration::ZERO;
+    let a = h.add_node(Node::without_plugins(cfg), Clock::offset(1_000));
+    let mute = h.add_node(Node::without_plugins(Config::new(2)), Clock::offset(0));
+    h.crash(mute);
+    h.run_for(secs(1));
+    h.connect(a, mute, ms(2));
+    h.connect(mute, a, ms(2));
+    h.run_for(secs(30));
     assert_eq!(
         drops(&h, a),
         vec![

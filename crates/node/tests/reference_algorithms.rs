@@ -14,6 +14,14 @@ use pmesh_node::proto::NodeTree;
 use pmesh_node::{Config, ConnId, Direction, DropReason, Event, Instant, ntp};
 use serde_json::Value;
 
+/// The node configured as the reference: no handshake deadline (a pmesh addition, issue 11),
+/// so links may stay unsynced as long as the vectors need.
+fn reference_config(id: u32) -> Config {
+    let mut cfg = Config::new(id);
+    cfg.handshake_timeout = Duration::ZERO;
+    cfg
+}
+
 fn u32_of(v: &Value) -> u32 {
     v.as_u64().unwrap_or_else(|| panic!("not a u32: {v}")) as u32
 }
@@ -59,7 +67,7 @@ fn clock_offset_applied_by_the_node() {
         let before = u32_of(&applied["time_offset_before"]);
         // Local time X such that mesh time (low 32 bits + offset) is t3 on arrival.
         let x = instant_with_low_bits(t3.wrapping_sub(before));
-        let mut rig = Rig::new(Config::new(1), x - Duration::from_millis(100));
+        let mut rig = Rig::new(reference_config(1), x - Duration::from_millis(100));
         rig.node.set_time_offset(before);
         for (conn, id) in [(c100, 100), (c200, 200), (c300, 300)] {
             rig.add_neighbour(conn, Direction::Station, &format!("{{\"nodeId\":{id}}}"));
@@ -139,7 +147,7 @@ fn trip_delay_reported_by_the_node() {
         assert_eq!(ntp::trip_delay(t0, t1, t2, t3), expected, "{note}");
 
         let x = instant_with_low_bits(t3);
-        let mut rig = Rig::new(Config::new(1), x - Duration::from_millis(100));
+        let mut rig = Rig::new(reference_config(1), x - Duration::from_millis(100));
         rig.add_neighbour(ConnId(7), Direction::Station, "{\"nodeId\":777}");
         let mark = rig.sent.len();
         rig.node.start_delay_meas(rig.now, 777).unwrap();
@@ -195,7 +203,7 @@ fn time_sync_exchange_replies() {
         let x = instant_with_low_bits(deliver_mesh);
         let start = x - Duration::from_millis(100);
 
-        let mut cfg = Config::new(1);
+        let mut cfg = reference_config(1);
         if is_time_request {
             cfg.time_reply_hold = hold;
         }
@@ -273,7 +281,7 @@ fn time_sync_exchange_replies() {
 
 #[test]
 fn default_reply_hold_is_one_millisecond() {
-    let cfg = Config::new(1);
+    let cfg = reference_config(1);
     assert_eq!(cfg.time_reply_hold, Duration::from_millis(1));
     // 5000 -> 6000 in the vectors is exactly the default hold.
     let c = &cases("time_sync_exchange")[1];
@@ -345,7 +353,7 @@ fn adopt_frame_sent_by_the_node() {
         ran += 1;
         let target = 123_456_789u64;
         let t0 = Instant::from_micros(target - 10_000_000);
-        let mut cfg = Config::new(u32_of(&mine["nodeId"]));
+        let mut cfg = reference_config(u32_of(&mine["nodeId"]));
         cfg.root = mine["root"] == true;
         cfg.time_authority = mine["hasTimeAuthority"] == true;
         let mut rig = Rig::new(cfg, t0);
@@ -399,7 +407,7 @@ fn layout_views() {
         let name = c["name"].as_str().unwrap();
         let me = &c["self"];
         let my_id = u32_of(&me["nodeId"]);
-        let mut cfg = Config::new(my_id);
+        let mut cfg = reference_config(my_id);
         cfg.root = me["root"].as_bool().unwrap();
         cfg.time_authority = me["hasTimeAuthority"].as_bool().unwrap();
         let t0 = Instant::from_micros(1_000_000_000);
@@ -549,7 +557,7 @@ fn cfg_time_authority(c: &Value) -> bool {
 #[test]
 fn node_sync_equality_decides_topology_changes() {
     let stored = |frame: &str| {
-        let mut rig = Rig::new(Config::new(1), Instant::from_micros(1_000_000));
+        let mut rig = Rig::new(reference_config(1), Instant::from_micros(1_000_000));
         rig.connect(ConnId(1), Direction::Ap);
         rig.deliver(ConnId(1), frame);
         assert!(rig.closed.is_empty(), "{frame}");
@@ -573,7 +581,7 @@ fn node_sync_equality_decides_topology_changes() {
         );
         assert_eq!(a_tree == b_tree, c["equal"], "{note}");
 
-        let mut rig = Rig::new(Config::new(1), Instant::from_micros(1_000_000));
+        let mut rig = Rig::new(reference_config(1), Instant::from_micros(1_000_000));
         rig.connect(ConnId(1), Direction::Ap);
         rig.deliver(ConnId(1), a);
         let mark = rig.events.len();
