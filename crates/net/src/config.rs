@@ -62,6 +62,11 @@ pub struct NetConfig {
     pub connect_timeout: Duration,
     /// Accepted connections beyond this are closed at once (counted).
     pub max_connections: usize,
+    /// Accepted connections from one IP address that have not yet sent their first NODE_SYNC:
+    /// one more is closed at once (counted in `NetStats::rejected_unsynced_per_address`), so
+    /// silent sockets from one address cannot take every slot (the node closes each after
+    /// `pmesh_node::Config::handshake_timeout`). Honest joiners sync within a round trip.
+    pub max_unsynced_per_address: usize,
     /// A reader whose bytes were forwarded into a send queue above this many bytes pauses until
     /// it drains to half of it.
     pub send_queue_high_water: usize,
@@ -90,6 +95,7 @@ impl Default for NetConfig {
             retry: RetrySchedule::reference(),
             connect_timeout: Duration::from_secs(10),
             max_connections: 64,
+            max_unsynced_per_address: 16,
             send_queue_high_water: 512 * 1024,
             send_queue_limit: 8 * 1024 * 1024,
             write_stall_timeout: Duration::from_secs(10),

@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use crate::clock::Clock;
 use crate::config::NetConfig;
 use crate::handle::{Job, LinkInfo, MeshEvent, MeshHandle, Query, Snapshot};
-use crate::stats::{CloseReason, NetStats};
+use crate::stats::{CloseReason, LogLimit, NetStats, suppressed_note};
 
 /// Most buffers handed to one vectored write.
 const MAX_IOV: usize = 256;
@@ -277,6 +277,16 @@ struct State<P: Plugin> {
     armed: Option<Instant>,
     known_nodes: BTreeSet<u32>,
     local_addr: Option<SocketAddr>,
+    logs: LogLimits,
+}
+
+/// Rate limits of the warnings a peer can trigger at will (one per connection).
+#[derive(Debug, Default)]
+struct LogLimits {
+    max_connections: LogLimit,
+    unsynced_per_address: LogLimit,
+    /// Faults on links that never synced (handshake timeouts, refused duplicates, ...).
+    unsynced_drops: LogLimit,
 }
 
 type Shared<P> = Rc<RefCell<State<P>>>;
@@ -375,9 +385,20 @@ where
         self.stats.count_close(reason);
         let age_s = l.opened.elapsed().as_secs_f64();
         if reason.is_fault() {
-            warn!(conn = conn.0, peer = %l.peer, node_id = l.node_id, direction = direction_str(l.direction),
-                reason = %reason, queued_bytes = l.queued, age_s, bytes_in = l.bytes_in, bytes_out = l.bytes_out,
-                frames_invalid = l.frames_invalid, frames_oversized = l.frames_oversized, "link dropped");
+            // A peer can open and abandon unsynced links at will: those warnings are rate-limited.
+            let print = match l.node_id {
+                0 => self.logs.unsynced_drops.allow(
+                    std::time::Instant::now(),
+                    &mut self.stats.log_lines_suppressed,
+                ),
+                _ => Some(0),
+            };
+            if let Some(n) = print {
+                warn!(conn = conn.0, peer = %l.peer, node_id = l.node_id, direction = direction_str(l.direction),
+                    reason = %reason, queued_bytes = l.queued, age_s, bytes_in = l.bytes_in, bytes_out = l.bytes_out,
+                    frames_invalid = l.frames_invalid, frames_oversized = l.frames_oversized,
+                    "link dropped{}", suppressed_note(n));
+            }
         } else {
             info!(conn = conn.0, peer = %l.peer, node_id = l.node_id, direction = direction_str(l.direction),
                 reason = %reason, age_s, bytes_in = l.bytes_in, bytes_out = l.bytes_out, "link closed");
@@ -391,6 +412,38 @@ where
         if tell_node {
             self.node.handle_disconnect(conn, now);
         }
+    }
+
+    /// Counts an accepted connection and decides whether to close it at once: the node is at
+    /// `max_connections`, or `peer`'s address already has `max_unsynced_per_address` links
+    /// without a first NODE_SYNC. Refusals are counted; their warnings are rate-limited.
+    fn refuse_accept(&mut self, peer: SocketAddr) -> bool {
+        self.stats.accepted += 1;
+        let now = std::time::Instant::now();
+        let suppressed = &mut self.stats.log_lines_suppressed;
+        if self.links.len() >= self.cfg.max_connections {
+            self.stats.rejected_max_connections += 1;
+            if let Some(n) = self.logs.max_connections.allow(now, suppressed) {
+                warn!(peer = %peer, max = self.cfg.max_connections,
+                    "connection refused: too many connections{}", suppressed_note(n));
+            }
+            return true;
+        }
+        let unsynced = self
+            .links
+            .values()
+            .filter(|l| l.node_id == 0 && l.direction == Direction::Ap && l.peer.ip() == peer.ip())
+            .count();
+        if unsynced >= self.cfg.max_unsynced_per_address {
+            self.stats.rejected_unsynced_per_address += 1;
+            if let Some(n) = self.logs.unsynced_per_address.allow(now, suppressed) {
+                warn!(peer = %peer, max = self.cfg.max_unsynced_per_address,
+                    "connection refused: too many connections without a NODE_SYNC from this address{}",
+                    suppressed_note(n));
+            }
+            return true;
+        }
+        false
     }
 
     fn on_bytes(&mut self, conn: ConnId, now: Instant, data: &[u8]) -> Vec<ConnId> {
@@ -606,6 +659,7 @@ async fn run<P>(
         armed: None,
         known_nodes: BTreeSet::new(),
         local_addr,
+        logs: LogLimits::default(),
     }));
     info!(node_id, listen = ?local_addr, uplinks = ?cfg.connect, "mesh node started");
 
@@ -719,17 +773,8 @@ where
     loop {
         match listener.accept().await {
             Ok((sock, peer)) => {
-                let full = {
-                    let mut st = shared.borrow_mut();
-                    st.stats.accepted += 1;
-                    let full = st.links.len() >= st.cfg.max_connections;
-                    if full {
-                        st.stats.rejected_max_connections += 1;
-                        warn!(peer = %peer, max = st.cfg.max_connections, "connection refused: too many connections");
-                    }
-                    full
-                };
-                if !full {
+                let refused = shared.borrow_mut().refuse_accept(peer);
+                if !refused {
                     add_link(&shared, sock, peer, Direction::Ap);
                 }
             }

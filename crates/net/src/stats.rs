@@ -59,6 +59,44 @@ impl fmt::Display for CloseReason {
     }
 }
 
+/// Shortest interval between two lines of one repeated warning.
+pub const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Rate limit of one repeated warning: at most one line per [`LOG_EVERY`]; the next printed
+/// line says how many were suppressed in between.
+#[derive(Debug, Default)]
+pub(crate) struct LogLimit {
+    next_at: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    /// `Some(n)` when a line may be printed now (`n` lines suppressed since the last one);
+    /// `None` (and counted in `suppressed_total`) when not.
+    pub(crate) fn allow(
+        &mut self,
+        now: std::time::Instant,
+        suppressed_total: &mut u64,
+    ) -> Option<u64> {
+        if self.next_at.is_some_and(|t| now < t) {
+            self.suppressed += 1;
+            *suppressed_total += 1;
+            return None;
+        }
+        self.next_at = Some(now + LOG_EVERY);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// `" (N more suppressed)"`, or nothing for 0.
+pub(crate) fn suppressed_note(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" ({n} more suppressed)")
+    }
+}
+
 /// Counters kept by the runtime (the node's protocol counters are [`pmesh_node::NodeStats`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct NetStats {
@@ -66,6 +104,12 @@ pub struct NetStats {
     pub accepted: u64,
     /// Accepted connections closed at once because `max_connections` was reached.
     pub rejected_max_connections: u64,
+    /// Accepted connections closed at once because their address already had
+    /// `max_unsynced_per_address` connections without a first NODE_SYNC.
+    pub rejected_unsynced_per_address: u64,
+    /// Warning lines not printed because the same warning was printed less than
+    /// [`LOG_EVERY`] before (each printed line says how many it stands for).
+    pub log_lines_suppressed: u64,
     /// Uplink connections established.
     pub dialled: u64,
     /// Uplink connect attempts that failed.
@@ -106,5 +150,25 @@ impl NetStats {
             CloseReason::Node(_) => self.closed_by_node += 1,
             CloseReason::Shutdown => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_warnings_print_once_per_interval_with_the_count() {
+        let mut l = LogLimit::default();
+        let mut total = 0;
+        let t0 = std::time::Instant::now();
+        assert_eq!(l.allow(t0, &mut total), Some(0));
+        for i in 1..=5 {
+            assert_eq!(l.allow(t0 + LOG_EVERY / 10 * i, &mut total), None);
+        }
+        assert_eq!(total, 5);
+        assert_eq!(l.allow(t0 + LOG_EVERY, &mut total), Some(5));
+        assert_eq!(suppressed_note(5), " (5 more suppressed)");
+        assert_eq!(suppressed_note(0), "");
     }
 }

@@ -135,3 +135,87 @@ async fn non_send_plugins_run_on_the_mesh_thread() {
     }
     assert_eq!(h.call(|n, _| n.plugin().0.get()).await.unwrap(), 1);
 }
+
+/// Issue 11, item 7: silent sockets from one address hold at most `max_unsynced_per_address`
+/// slots (one more is closed at once and counted), other addresses still get in, the node
+/// closes the silent ones after its handshake deadline, and their warnings are rate-limited.
+#[tokio::test]
+async fn silent_sockets_from_one_address_are_capped_and_timed_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpSocket, TcpStream};
+
+    let mut node = Config::new(3001);
+    node.handshake_timeout = Duration::from_secs(1);
+    let net = NetConfig {
+        max_unsynced_per_address: 3,
+        ..cfg(true, vec![])
+    };
+    let a = MeshBuilder::new(Node::without_plugins(node), net)
+        .spawn()
+        .unwrap();
+    let addr = a.local_addr().unwrap();
+    let h = a.handle();
+    let from = |ip: &str| {
+        let ip = ip.parse().unwrap();
+        async move {
+            let s = TcpSocket::new_v4().unwrap();
+            s.bind(std::net::SocketAddr::new(ip, 0)).unwrap();
+            s.connect(addr).await.unwrap()
+        }
+    };
+    let links = || async { h.snapshot().await.unwrap().links.len() };
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(addr).await.unwrap());
+    }
+    wait_until_async(|| async { links().await == 3 }, "three silent links").await;
+    // A fourth from the same address is closed at once.
+    let mut fourth = from("127.0.0.1").await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_millis(500), fourth.read(&mut buf)).await;
+    assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "{n:?}");
+    // Another address is not affected: it joins.
+    let mut other = from("127.0.0.2").await;
+    other
+        .write_all(b"{\"nodeId\":77,\"type\":5,\"dest\":0,\"from\":77}\0")
+        .await
+        .unwrap();
+    wait_until_async(
+        || async { h.snapshot().await.unwrap().nodes == [77] },
+        "node 77 to join",
+    )
+    .await;
+    // The silent ones close after the 1 s handshake deadline; the address may join again.
+    wait_until_async(|| async { links().await == 1 }, "silent links closed").await;
+    let mut again = from("127.0.0.1").await;
+    again
+        .write_all(b"{\"nodeId\":78,\"type\":5,\"dest\":0,\"from\":78}\0")
+        .await
+        .unwrap();
+    wait_until_async(
+        || async { h.snapshot().await.unwrap().nodes.contains(&78) },
+        "node 78 to join",
+    )
+    .await;
+    let s = h.snapshot().await.unwrap();
+    assert_eq!(s.net_stats.rejected_unsynced_per_address, 1);
+    assert_eq!(s.node_stats.handshake_timeouts, 3);
+    // Three "link dropped" warnings within 10 s: one printed, two suppressed.
+    assert_eq!(s.net_stats.log_lines_suppressed, 2);
+    drop(silent);
+}
+
+async fn wait_until_async<F, Fut>(mut cond: F, what: &str)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !cond().await {
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
