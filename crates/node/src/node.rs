@@ -1267,15 +1267,24 @@ impl<E> Core<E> {
                     LoopCut::Claim => claim = !self.cfg.loop_grace.is_zero(),
                 }
             }
-            if claim {
-                // A claim, not a loop we can see: take the tree without our own branch.
-                self.prune_self_claims();
-            } else {
+            if !claim {
                 self.conns[idx].broadcast_hold = hold;
                 return self.ignore_looped_sync(idx, now, ty, reason);
             }
+            // A claim, not a loop we can see. Within the grace it is ignored like a loop (a
+            // stale tree after a cut usually clears by then); a claim that outlasts it is
+            // pruned: the tree is taken without the branches rooted at our id, and the link
+            // stays (the reference, and pmesh before, closed it).
+            let c = &mut self.conns[idx];
+            c.broadcast_hold = None;
+            let since = *c.loop_since.get_or_insert(now);
+            if now.saturating_since(since) < self.cfg.loop_grace {
+                return self.ignore_looped_sync(idx, now, ty, reason);
+            }
+            self.prune_self_claims();
+        } else {
+            self.conns[idx].loop_cleared();
         }
-        self.conns[idx].loop_cleared();
         // Stock nodes omit hasTimeAuthority in replies but send it in requests (spec §4,
         // "fork asymmetry"); keep the flag from their last request instead of flapping.
         if !is_request

@@ -476,8 +476,8 @@ fn a_loop_reported_on_an_established_link_is_ignored_for_the_grace_then_closed()
 }
 
 /// Issue 11, item 6, seen from a node whose neighbour relays a claim: a tree placing us below
-/// a node that is not our neighbour (a stale tree or a lie) is taken without that branch,
-/// counted, and the link stays up however long the claim is repeated. With no grace, the
+/// a node that is not our neighbour (a stale tree or a lie) is ignored for the loop grace, then
+/// taken without that branch (counted), and the link stays up however long the claim lasts. With no grace, the
 /// reference's behaviour: the link closes at once.
 #[test]
 fn a_tree_placing_us_below_a_stranger_is_pruned_and_the_link_stays() {
@@ -498,8 +498,9 @@ fn a_tree_placing_us_below_a_stranger_is_pruned_and_the_link_stays() {
     assert!(r.closed.is_empty(), "{:?}", r.closed);
     assert_eq!(r.node.node_list(true), vec![ME, 2000, 3000, 9999, 3000]);
     assert_eq!(r.node.route(3000), Some(ConnId(1)));
-    assert!(r.node.stats().self_claims_pruned >= 120);
-    assert_eq!(r.node.stats().loop_syncs_ignored, 0);
+    // Ignored within the 2 s grace (a stale tree clears by then), pruned after it.
+    assert!(r.node.stats().self_claims_pruned >= 115);
+    assert!(r.node.stats().loop_syncs_ignored >= 1);
     // What we relay does not carry the claim on either.
     r.add_neighbour(ConnId(2), Direction::Station, "{\"nodeId\":5000}");
     let to_5000 = r
@@ -539,7 +540,7 @@ fn claims_of_our_direct_neighbours_never_tear_down_their_links() {
         assert_eq!(r.node.route(3000), Some(ConnId(3)));
     }
     assert!(r.closed.is_empty(), "{:?}", r.closed);
-    assert!(r.node.stats().self_claims_pruned >= 60);
+    assert!(r.node.stats().self_claims_pruned >= 55);
     // Traffic for them takes the direct links.
     let mark = r.sent.len();
     r.node.send_single(r.now, 2000, "to a").unwrap();
