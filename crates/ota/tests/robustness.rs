@@ -98,7 +98,7 @@ fn out_of_range_classic_fields_are_rejected_not_read_as_part_zero() {
     );
     let mut node = Node::new(Config::new(1), ota);
     let mut now = Instant::from_micros(1_000_000);
-    let mut send = |node: &mut Node<_>, now: Instant, text: &str| {
+    let send = |node: &mut Node<_>, now: Instant, text: &str| {
         let mut bytes = text.as_bytes().to_vec();
         bytes.push(0);
         node.handle_bytes(ConnId(1), now, &bytes);
