@@ -59,118 +59,11 @@ fn f(v: &Value, path: &[&str]) -> Value {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut rows = Vec::new();
     for &n in &args.sizes {
-        let extra: Vec<String> = [
-            "--nodes",
-            &n.to_string(),
-            "--topology",
-            "radio",
-            "--duration",
-            &args.duration,
-            "--seed",
-            &args.seed.to_string(),
-            "--no-traffic",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if !args.json {
-            eprintln!(
-                "pmesh bench sim: {n} nodes, radio model, {} simulated ...",
-                args.duration
-            );
-        }
-        let r = run_sim(&extra)?;
-        rows.push(json!({
-            "run": "speed",
-            "nodes": n,
-            "topology": f(&r, &["topology"]),
-            "simulated_s": f(&r, &["simulated_s"]),
-            "events": f(&r, &["events"]),
-            "wall_s": f(&r, &["wall", "seconds"]),
-            "events_per_s": f(&r, &["wall", "events_per_s"]),
-            "sim_s_per_wall_s": f(&r, &["wall", "sim_s_per_wall_s"]),
-            "peak_rss_bytes": f(&r, &["wall", "peak_rss_bytes"]),
-            "frames": f(&r, &["traffic", "frames"]),
-            "bytes": f(&r, &["traffic", "bytes"]),
-            "node_sync_bytes": r["by_type"]["NODE_SYNC_REQUEST"]["bytes"].as_u64().unwrap_or(0) + r["by_type"]["NODE_SYNC_REPLY"]["bytes"].as_u64().unwrap_or(0),
-            "formed_at_s": f(&r, &["formed_at_s"]),
-            "radio_graph_components": f(&r, &["radio", "graph_components"]),
-            "components_at_end": r["convergence"].as_array().and_then(|c| c.last()).map(|c| c["components"].clone()).unwrap_or(Value::Null),
-            "time_sync_spread_ms": r["time_sync"]["spread_us"].as_u64().map(|u| u as f64 / 1000.0),
-            "violations": f(&r, &["invariants", "violations_total"]),
-        }));
+        rows.push(speed_row(&args, n)?);
     }
     if !args.no_time_sync {
         for rate_discipline in [false, true] {
-            let mut extra: Vec<String> = [
-                "--nodes",
-                "50",
-                "--topology",
-                "tree",
-                "--fanout",
-                "3",
-                "--latency-ms",
-                "1,20",
-                "--drift-ppm",
-                "100",
-                "--duration",
-                &args.duration,
-                "--seed",
-                &args.seed.to_string(),
-                "--no-traffic",
-                "--time-sample-every",
-                "1s",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            if rate_discipline {
-                extra.push("--rate-discipline".into());
-            }
-            let algorithm = if rate_discipline {
-                "rate discipline (optional, off by default)"
-            } else {
-                "reference"
-            };
-            if !args.json {
-                eprintln!(
-                    "pmesh bench sim: time sync ({algorithm}), 50-node tree, 1-20 ms links, ±100 ppm, {} ...",
-                    args.duration
-                );
-            }
-            let r = run_sim(&extra)?;
-            let samples: Vec<(f64, u64)> = r["time_sync"]["samples"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|s| Some((s[0].as_f64()?, s[1].as_u64()?)))
-                .collect();
-            let simulated = r["simulated_s"].as_f64().unwrap_or(0.0);
-            // The second half of the run: formation and the first syncs are over.
-            let mut late: Vec<u64> = samples
-                .iter()
-                .filter(|(t, _)| *t >= simulated / 2.0)
-                .map(|&(_, s)| s)
-                .collect();
-            late.sort_unstable();
-            let ms = |u: Option<&u64>| u.map(|&u| u as f64 / 1000.0);
-            rows.push(json!({
-                "run": "time_sync",
-                "algorithm": algorithm,
-                "rate_discipline": rate_discipline,
-                "nodes": 50,
-                "topology": f(&r, &["topology"]),
-                "simulated_s": simulated,
-                "spread_ms": r["time_sync"]["spread_us"].as_u64().map(|u| u as f64 / 1000.0),
-                "target_ms": r["time_sync"]["target_us"].as_u64().map(|u| u as f64 / 1000.0),
-                "second_half_min_ms": ms(late.first()),
-                "second_half_median_ms": ms(late.get(late.len() / 2)),
-                "second_half_max_ms": ms(late.last()),
-                "spread_ms_per_minute": samples.iter().filter(|(t, _)| *t > 0.0 && (*t as u64).is_multiple_of(60)).map(|&(_, s)| s as f64 / 1000.0).collect::<Vec<_>>(),
-                "adjustments": f(&r, &["time_sync", "adjustments"]),
-                "wall_s": f(&r, &["wall", "seconds"]),
-                "violations": f(&r, &["invariants", "violations_total"]),
-            }));
+            rows.push(time_sync_row(&args, rate_discipline)?);
         }
     }
     if args.json {
@@ -179,6 +72,130 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    print_speed(&args, &rows);
+    print_time_sync(&rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One speed run: `n` nodes on the radio model for `args.duration`, no traffic.
+fn speed_row(args: &Args, n: u32) -> anyhow::Result<Value> {
+    let extra: Vec<String> = [
+        "--nodes",
+        &n.to_string(),
+        "--topology",
+        "radio",
+        "--duration",
+        &args.duration,
+        "--seed",
+        &args.seed.to_string(),
+        "--no-traffic",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if !args.json {
+        eprintln!(
+            "pmesh bench sim: {n} nodes, radio model, {} simulated ...",
+            args.duration
+        );
+    }
+    let r = run_sim(&extra)?;
+    Ok(json!({
+        "run": "speed",
+        "nodes": n,
+        "topology": f(&r, &["topology"]),
+        "simulated_s": f(&r, &["simulated_s"]),
+        "events": f(&r, &["events"]),
+        "wall_s": f(&r, &["wall", "seconds"]),
+        "events_per_s": f(&r, &["wall", "events_per_s"]),
+        "sim_s_per_wall_s": f(&r, &["wall", "sim_s_per_wall_s"]),
+        "peak_rss_bytes": f(&r, &["wall", "peak_rss_bytes"]),
+        "frames": f(&r, &["traffic", "frames"]),
+        "bytes": f(&r, &["traffic", "bytes"]),
+        "node_sync_bytes": r["by_type"]["NODE_SYNC_REQUEST"]["bytes"].as_u64().unwrap_or(0) + r["by_type"]["NODE_SYNC_REPLY"]["bytes"].as_u64().unwrap_or(0),
+        "formed_at_s": f(&r, &["formed_at_s"]),
+        "radio_graph_components": f(&r, &["radio", "graph_components"]),
+        "components_at_end": r["convergence"].as_array().and_then(|c| c.last()).map(|c| c["components"].clone()).unwrap_or(Value::Null),
+        "time_sync_spread_ms": r["time_sync"]["spread_us"].as_u64().map(|u| u as f64 / 1000.0),
+        "violations": f(&r, &["invariants", "violations_total"]),
+    }))
+}
+
+/// One time-sync run on the 50-node tree, with or without the rate discipline.
+fn time_sync_row(args: &Args, rate_discipline: bool) -> anyhow::Result<Value> {
+    let mut extra: Vec<String> = [
+        "--nodes",
+        "50",
+        "--topology",
+        "tree",
+        "--fanout",
+        "3",
+        "--latency-ms",
+        "1,20",
+        "--drift-ppm",
+        "100",
+        "--duration",
+        &args.duration,
+        "--seed",
+        &args.seed.to_string(),
+        "--no-traffic",
+        "--time-sample-every",
+        "1s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if rate_discipline {
+        extra.push("--rate-discipline".into());
+    }
+    let algorithm = if rate_discipline {
+        "rate discipline (optional, off by default)"
+    } else {
+        "reference"
+    };
+    if !args.json {
+        eprintln!(
+            "pmesh bench sim: time sync ({algorithm}), 50-node tree, 1-20 ms links, ±100 ppm, {} ...",
+            args.duration
+        );
+    }
+    let r = run_sim(&extra)?;
+    let samples: Vec<(f64, u64)> = r["time_sync"]["samples"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| Some((s[0].as_f64()?, s[1].as_u64()?)))
+        .collect();
+    let simulated = r["simulated_s"].as_f64().unwrap_or(0.0);
+    // The second half of the run: formation and the first syncs are over.
+    let mut late: Vec<u64> = samples
+        .iter()
+        .filter(|(t, _)| *t >= simulated / 2.0)
+        .map(|&(_, s)| s)
+        .collect();
+    late.sort_unstable();
+    let ms = |u: Option<&u64>| u.map(|&u| u as f64 / 1000.0);
+    Ok(json!({
+        "run": "time_sync",
+        "algorithm": algorithm,
+        "rate_discipline": rate_discipline,
+        "nodes": 50,
+        "topology": f(&r, &["topology"]),
+        "simulated_s": simulated,
+        "spread_ms": r["time_sync"]["spread_us"].as_u64().map(|u| u as f64 / 1000.0),
+        "target_ms": r["time_sync"]["target_us"].as_u64().map(|u| u as f64 / 1000.0),
+        "second_half_min_ms": ms(late.first()),
+        "second_half_median_ms": ms(late.get(late.len() / 2)),
+        "second_half_max_ms": ms(late.last()),
+        "spread_ms_per_minute": samples.iter().filter(|(t, _)| *t > 0.0 && (*t as u64).is_multiple_of(60)).map(|&(_, s)| s as f64 / 1000.0).collect::<Vec<_>>(),
+        "adjustments": f(&r, &["time_sync", "adjustments"]),
+        "wall_s": f(&r, &["wall", "seconds"]),
+        "violations": f(&r, &["invariants", "violations_total"]),
+    }))
+}
+
+/// The speed runs' table and the 1,000-node verdict.
+fn print_speed(args: &Args, rows: &[Value]) {
     println!(
         "| nodes | simulated | events | wall | events/s | sim-s per wall-s | peak RSS | NODE_SYNC bytes | radio graph components | formed | components at end | mesh-time spread |"
     );
@@ -219,6 +236,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             verdict(rss <= 1024.0),
         );
     }
+}
+
+/// The time-sync runs' table and their spread per minute.
+fn print_time_sync(rows: &[Value]) {
     let syncs: Vec<&Value> = rows.iter().filter(|r| r["run"] == "time_sync").collect();
     if let Some(t) = syncs.first() {
         println!();
@@ -260,5 +281,4 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
 }
