@@ -324,6 +324,23 @@ struct Live {
 }
 
 impl Live {
+    /// Nothing seen yet; the rollout waits for the mesh unless `--no-ota`.
+    fn new(s: &Settings) -> Live {
+        Live {
+            ui: Ui::new(std::io::stdout().is_terminal(), s.nodes),
+            rollout: if s.ota.is_some() {
+                Rollout::Waiting
+            } else {
+                Rollout::Off
+            },
+            formed: false,
+            last: None,
+            ended_at: None,
+            noted_end: None,
+            exit_after_rollout: s.exit_after_rollout,
+        }
+    }
+
     /// Hands one report of the simulation to the bridge and the display.
     fn apply(&mut self, u: Update, bridge: &BridgeHandle, nodes: u32) {
         match u {
@@ -404,7 +421,77 @@ impl Live {
 }
 
 async fn run_async(s: Settings) -> anyhow::Result<ExitCode> {
-    // The broker.
+    let (broker, embedded) = start_broker(&s)?;
+    // The bridge, fed from the simulation thread.
+    let shared = Arc::new(Shared::default());
+    let (cmd_tx, cmd_rx) = std::sync::mpsc::channel();
+    let gw = Arc::new(gateway::DemoGateway::new(cmd_tx, shared.clone()));
+    let demo_bridge = start_bridge(&s, &broker, gw).await?;
+    let request = rollout_request(&s);
+    print_banner(
+        &s,
+        &broker,
+        embedded,
+        demo_bridge.metrics_addr,
+        request.as_ref(),
+    );
+
+    // The simulation.
+    let (up_tx, mut up_rx) = tokio::sync::mpsc::channel::<Update>(1024);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sim = {
+        let sc = scenario(&s);
+        let (nodes, status_every, rate) = (s.nodes, s.status_every, s.rate_limit);
+        let (speed, shared, stop) = (s.speed, shared.clone(), stop.clone());
+        // The simulator's state is single-threaded: it is built on its own thread.
+        std::thread::Builder::new()
+            .name("pmesh-demo-sim".into())
+            .spawn(move || {
+                let app = DemoApp::new(nodes, status_every, rate);
+                runner::run(sc, app, speed, cmd_rx, up_tx, shared, stop)
+            })?
+    };
+    let mut d = Live::new(&s);
+    let DemoBridge {
+        bridge,
+        firmware_dir,
+        ..
+    } = demo_bridge;
+    let why = drive(&s, &broker, &bridge, request, &mut d, &mut up_rx).await?;
+
+    // Shut down: stop the simulation (its last reports still reach the bridge), then the
+    // bridge.
+    stop.store(true, Ordering::Relaxed);
+    while let Some(u) = up_rx.recv().await {
+        d.apply(u, &bridge, s.nodes);
+    }
+    let sim_result = sim
+        .join()
+        .map_err(|_| anyhow::anyhow!("the simulation thread panicked"))?;
+    d.ui.finish();
+    let published = publishes(&bridge);
+    let _ = tokio::time::timeout(Duration::from_secs(3), bridge.shutdown()).await;
+    let _ = std::fs::remove_dir_all(&firmware_dir);
+    let last = match sim_result {
+        Ok(t) => Some(t),
+        Err(e) if d.last.is_none() => bail!("the simulation failed: {e}"),
+        Err(e) => {
+            eprintln!("pmesh demo: the simulation stopped: {e}");
+            d.last.take()
+        }
+    };
+    print_summary(&broker, embedded, why, &d, last.as_ref(), published);
+    let ok = !s.exit_after_rollout || d.rollout == Rollout::Ended(true);
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The broker the bridge publishes to: `--mqtt`, or an embedded one on `--broker-port`.
+/// Returns it and whether it is the embedded one.
+fn start_broker(s: &Settings) -> anyhow::Result<(BrokerConfig, bool)> {
     let (broker, embedded) = match s.mqtt.clone() {
         Some(b) => (b, false),
         None => {
@@ -421,17 +508,32 @@ async fn run_async(s: Settings) -> anyhow::Result<ExitCode> {
     let mut broker = broker;
     broker.client_id = format!("pmesh-demo-{}", std::process::id());
 
-    // The bridge, fed from the simulation thread.
-    let shared = Arc::new(Shared::default());
-    let (cmd_tx, cmd_rx) = std::sync::mpsc::channel();
-    let gw = Arc::new(gateway::DemoGateway::new(cmd_tx, shared.clone()));
+    Ok((broker, embedded))
+}
+
+/// The demo image's name in its firmware directory (the name the rollout request gives).
+const IMAGE_NAME: &str = "demo-firmware.bin";
+
+/// The running bridge, where its `/metrics` is served, and the demo's firmware directory.
+struct DemoBridge {
+    bridge: BridgeHandle,
+    metrics_addr: Option<SocketAddr>,
+    firmware_dir: PathBuf,
+}
+
+/// Starts the bridge with the demo's image in a firmware directory of its own, and serves
+/// `/metrics` (on a free port when the default one is taken).
+async fn start_bridge(
+    s: &Settings,
+    broker: &BrokerConfig,
+    gw: Arc<gateway::DemoGateway>,
+) -> anyhow::Result<DemoBridge> {
     // The image the rollout request names, in a firmware directory of its own (the bridge
     // reads `image_path` names only from there, as an operator's gateway would).
     let firmware_dir = std::env::temp_dir().join(format!("pmesh-demo-{}", std::process::id()));
-    let image_name = "demo-firmware.bin";
     if let Some(o) = &s.ota {
         std::fs::create_dir_all(&firmware_dir)
-            .and_then(|()| std::fs::write(firmware_dir.join(image_name), &o.image))
+            .and_then(|()| std::fs::write(firmware_dir.join(IMAGE_NAME), &o.image))
             .with_context(|| format!("writing the demo image in {}", firmware_dir.display()))?;
     }
     let cfg = BridgeConfig {
@@ -463,17 +565,34 @@ async fn run_async(s: Settings) -> anyhow::Result<ExitCode> {
         },
     };
 
-    let request = s.ota.as_ref().map(|o| {
+    Ok(DemoBridge {
+        bridge,
+        metrics_addr,
+        firmware_dir,
+    })
+}
+
+/// The `ota/start` request the demo publishes once the mesh has formed (none with `--no-ota`).
+fn rollout_request(s: &Settings) -> Option<serde_json::Value> {
+    s.ota.as_ref().map(|o| {
         json!({
-            "image_path": image_name,
+            "image_path": IMAGE_NAME,
             "role": ROLE,
             "mode": o.mode,
             "compressed": true,
             "transaction": "pmesh-demo",
         })
-    });
+    })
+}
 
-    // Banner.
+/// What the demo runs and how to watch it.
+fn print_banner(
+    s: &Settings,
+    broker: &BrokerConfig,
+    embedded: bool,
+    metrics_addr: Option<SocketAddr>,
+    request: Option<&serde_json::Value>,
+) {
     let host = &broker.host;
     let port = broker.port;
     println!(
@@ -499,7 +618,7 @@ async fn run_async(s: Settings) -> anyhow::Result<ExitCode> {
         Some(a) => println!("  /metrics: http://{a}/metrics"),
         None => println!("  /metrics: off"),
     }
-    if let (Some(o), Some(req)) = (&s.ota, &request) {
+    if let (Some(o), Some(req)) = (&s.ota, request) {
         println!(
             "  OTA:      once the mesh has formed, a {} rollout of {} ({} KiB) to every node, requested over MQTT:",
             o.mode,
@@ -520,36 +639,18 @@ async fn run_async(s: Settings) -> anyhow::Result<ExitCode> {
         }
     }
     println!("  Stop with Ctrl-C.");
+}
 
-    // The simulation.
-    let (up_tx, mut up_rx) = tokio::sync::mpsc::channel::<Update>(1024);
-    let stop = Arc::new(AtomicBool::new(false));
-    let sim = {
-        let sc = scenario(&s);
-        let (nodes, status_every, rate) = (s.nodes, s.status_every, s.rate_limit);
-        let (speed, shared, stop) = (s.speed, shared.clone(), stop.clone());
-        // The simulator's state is single-threaded: it is built on its own thread.
-        std::thread::Builder::new()
-            .name("pmesh-demo-sim".into())
-            .spawn(move || {
-                let app = DemoApp::new(nodes, status_every, rate);
-                runner::run(sc, app, speed, cmd_rx, up_tx, shared, stop)
-            })?
-    };
-
-    let mut d = Live {
-        ui: Ui::new(std::io::stdout().is_terminal(), s.nodes),
-        rollout: if s.ota.is_some() {
-            Rollout::Waiting
-        } else {
-            Rollout::Off
-        },
-        formed: false,
-        last: None,
-        ended_at: None,
-        noted_end: None,
-        exit_after_rollout: s.exit_after_rollout,
-    };
+/// Follows the simulation's updates, requests the rollout once the mesh has formed and the
+/// bridge is online, and returns why the demo ends.
+async fn drive(
+    s: &Settings,
+    broker: &BrokerConfig,
+    bridge: &BridgeHandle,
+    request: Option<serde_json::Value>,
+    d: &mut Live,
+    up_rx: &mut tokio::sync::mpsc::Receiver<Update>,
+) -> anyhow::Result<&'static str> {
     let (resp_tx, mut resp_rx) = tokio::sync::mpsc::unbounded_channel::<Result<u64, String>>();
     let deadline = s.duration.map(|d| tokio::time::Instant::now() + d);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -592,38 +693,26 @@ async fn run_async(s: Settings) -> anyhow::Result<ExitCode> {
             },
             u = up_rx.recv() => match u {
                 None => break "the simulation stopped",
-                Some(u) => d.apply(u, &bridge, s.nodes),
+                Some(u) => d.apply(u, bridge, s.nodes),
             },
         }
     };
+    Ok(why)
+}
 
-    // Shut down: stop the simulation (its last reports still reach the bridge), then the
-    // bridge.
-    stop.store(true, Ordering::Relaxed);
-    while let Some(u) = up_rx.recv().await {
-        d.apply(u, &bridge, s.nodes);
-    }
-    let sim_result = sim
-        .join()
-        .map_err(|_| anyhow::anyhow!("the simulation thread panicked"))?;
-    d.ui.finish();
-    let published = publishes(&bridge);
-    let _ = tokio::time::timeout(Duration::from_secs(3), bridge.shutdown()).await;
-    let _ = std::fs::remove_dir_all(&firmware_dir);
-    let (ui, rollout) = (d.ui, d.rollout);
-    let last = match sim_result {
-        Ok(t) => Some(t),
-        Err(e) if d.last.is_none() => bail!("the simulation failed: {e}"),
-        Err(e) => {
-            eprintln!("pmesh demo: the simulation stopped: {e}");
-            d.last
-        }
-    };
-
-    // Summary.
-    let wall = ui.elapsed();
+/// The summary printed when the demo stops.
+fn print_summary(
+    broker: &BrokerConfig,
+    embedded: bool,
+    why: &str,
+    d: &Live,
+    last: Option<&Tick>,
+    published: u64,
+) {
+    let (host, port) = (&broker.host, broker.port);
+    let wall = d.ui.elapsed();
     println!("pmesh demo stopped ({why}) after {wall:.1} s");
-    if let Some(t) = &last {
+    if let Some(t) = last {
         println!(
             "  mesh:     {}/{} nodes in the gateway's mesh, {}; {:.1} s simulated",
             t.known,
@@ -634,7 +723,7 @@ async fn run_async(s: Settings) -> anyhow::Result<ExitCode> {
             },
             t.sim_s
         );
-        match (&rollout, &t.campaign) {
+        match (&d.rollout, &t.campaign) {
             (_, Some(c)) => println!(
                 "  rollout:  {}: {}/{} nodes updated, {} failed, {:.1} s (simulated), {} mode, {} KiB",
                 match c.ended {
@@ -664,12 +753,6 @@ async fn run_async(s: Settings) -> anyhow::Result<ExitCode> {
         "  MQTT:     {published} messages published to {host}:{port}{}",
         if embedded { " (embedded broker)" } else { "" }
     );
-    let ok = !s.exit_after_rollout || rollout == Rollout::Ended(true);
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
