@@ -52,7 +52,12 @@ impl Dur {
                 "invalid duration {s:?}: must be a non-negative number"
             ));
         }
-        Ok(Dur((v * mult).round() as u64))
+        // A year at most: time sums in the engine stay far from u64's limit.
+        let us = v * mult;
+        if us > MAX_DURATION.0 as f64 {
+            return Err(format!("invalid duration {s:?}: at most a year"));
+        }
+        Ok(Dur(us.round() as u64))
     }
 }
 
@@ -93,6 +98,13 @@ impl Serialize for Dur {
         s.serialize_str(&self.to_string())
     }
 }
+
+/// Longest duration a scenario may give (a year).
+pub const MAX_DURATION: Dur = Dur(365 * 24 * 3600 * SEC);
+/// Largest clock drift a scenario may set, in ppm (10 %; real crystals stay within ±100).
+pub const MAX_DRIFT_PPM: f64 = 100_000.0;
+/// Largest generated message payload, in bytes (well under a frame's 256 KiB).
+pub const MAX_PAYLOAD_BYTES: usize = 128 * 1024;
 
 /// Largest link bandwidth a scenario may set, in kbit/s (10 Gbit/s).
 pub const MAX_BANDWIDTH_KBIT: f64 = 10_000_000.0;
@@ -612,9 +624,12 @@ impl Scenario {
             area_m,
             ..
         } = &self.topology
-            && (*range_m <= 0.0 || *neighbours <= 0.0 || area_m.is_some_and(|a| a <= 0.0))
+            && ![Some(*range_m), Some(*neighbours), *area_m]
+                .into_iter()
+                .flatten()
+                .all(|x| x > 0.0 && x.is_finite())
         {
-            return Err("radio range, neighbours and area must be positive".into());
+            return Err("radio range, neighbours and area must be positive and finite".into());
         }
         if let Topology::Radio {
             positions: Some(pos),
@@ -646,6 +661,17 @@ impl Scenario {
         }
         if self.link.bandwidth_kbit.min <= 0.0 {
             return Err("link bandwidth must be positive".into());
+        }
+        if !(0.0..=MAX_DRIFT_PPM).contains(&self.clock.drift_ppm) {
+            return Err(format!("clock.drift_ppm is in [0, {MAX_DRIFT_PPM}]"));
+        }
+        if !(0.0..=100.0).contains(&self.wifi.rssi_noise_db) {
+            return Err("wifi.rssi_noise_db is in [0, 100]".into());
+        }
+        if self.traffic.payload_bytes > MAX_PAYLOAD_BYTES {
+            return Err(format!(
+                "traffic.payload_bytes is at most {MAX_PAYLOAD_BYTES}"
+            ));
         }
         // A zero period would schedule its event again at the same instant, forever.
         let periods = [
@@ -703,6 +729,26 @@ impl Scenario {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clock_radio_payload_and_duration_bounds() {
+        // Found by the toml_config fuzz target: drift_ppm = 1e22 overflowed the clock's random
+        // drift draw.
+        let mut s = Scenario::default();
+        s.clock.drift_ppm = 1e22;
+        assert!(s.validate().unwrap_err().contains("clock.drift_ppm"));
+        s.clock.drift_ppm = f64::NAN;
+        assert!(s.validate().is_err());
+        let mut s = Scenario::default();
+        s.traffic.payload_bytes = usize::MAX;
+        assert!(s.validate().unwrap_err().contains("payload_bytes"));
+        let mut s = Scenario::default();
+        s.wifi.rssi_noise_db = f64::INFINITY;
+        assert!(s.validate().is_err());
+        assert!(Dur::parse("366d").is_err());
+        assert!(Dur::parse("1e300h").unwrap_err().contains("at most a year"));
+        assert_eq!(Dur::parse("8760h").unwrap(), MAX_DURATION);
+    }
 
     #[test]
     fn zero_periods_are_refused() {
