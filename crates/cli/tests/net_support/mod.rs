@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod hostile;
+
 pub const PMESH: &str = env!("CARGO_BIN_EXE_pmesh");
 
 /// Short protocol timers, so tests of timeouts take seconds.
@@ -277,9 +279,11 @@ impl ControlConn {
 
 /// The `events` stream of one node, read on a thread.
 pub struct EventStream {
-    rx: mpsc::Receiver<Value>,
+    rx: mpsc::Receiver<(Value, Instant)>,
     _conn: UnixStream,
     pub seen: Vec<Value>,
+    /// When each event of `seen` was read from the stream.
+    pub seen_at: Vec<Instant>,
 }
 
 impl EventStream {
@@ -294,12 +298,12 @@ impl EventStream {
                 let Ok(v) = serde_json::from_str::<Value>(&line) else {
                     break;
                 };
-                if tx.send(v["item"].clone()).is_err() {
+                if tx.send((v["item"].clone(), Instant::now())).is_err() {
                     break;
                 }
             }
         });
-        let first = rx
+        let (first, _) = rx
             .recv_timeout(Duration::from_secs(10))
             .expect("events stream opens");
         assert_eq!(first["kind"], "subscribed");
@@ -307,6 +311,7 @@ impl EventStream {
             rx,
             _conn: s,
             seen: Vec::new(),
+            seen_at: Vec::new(),
         }
     }
 
@@ -315,7 +320,10 @@ impl EventStream {
         let until = Instant::now() + d;
         while let Some(left) = until.checked_duration_since(Instant::now()) {
             match self.rx.recv_timeout(left) {
-                Ok(v) => self.seen.push(v),
+                Ok((v, at)) => {
+                    self.seen.push(v);
+                    self.seen_at.push(at);
+                }
                 Err(_) => break,
             }
         }
@@ -337,5 +345,13 @@ impl EventStream {
 
     pub fn count_received(&self, msg: &str) -> usize {
         self.received(msg).len()
+    }
+
+    /// When the first arrival of a message with this text was read, if it arrived.
+    pub fn arrival(&self, msg: &str) -> Option<Instant> {
+        self.seen
+            .iter()
+            .position(|e| e["kind"] == "received" && e["msg"] == msg)
+            .map(|i| self.seen_at[i])
     }
 }
