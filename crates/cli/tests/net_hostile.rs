@@ -18,8 +18,9 @@ use net_support::*;
 use serde_json::Value;
 
 /// B's peak resident memory may exceed its resident memory before the first attack by at most
-/// this much, kB (the largest buffer an attack can make B hold is one send queue: 8 MiB).
-const RSS_CAP_KB: u64 = 48 * 1024;
+/// this much, kB (the largest buffer an attack can make B hold is one send queue, 8 MiB; the
+/// whole suite measured 12.5 MiB at most).
+const RSS_CAP_KB: u64 = 32 * 1024;
 
 /// Each attack's window of good traffic lasts at least this long (30 messages).
 const MIN_WINDOW: Duration = Duration::from_secs(3);
@@ -202,7 +203,8 @@ fn deep_sync(ch: &Chain) {
 }
 
 /// Invalid UTF-8 in a payload (relayed as bytes) and numbers outside u32 in routing fields:
-/// no id or type wraps around into a valid one.
+/// no id or type wraps around into a valid one. (In-range values in another form, `503.5` or
+/// `"9"`, are read leniently as the reference's ArduinoJson reads them, so they are not here.)
 fn bad_values(ch: &Chain) {
     let mut c_events = ch.c.events();
     let before = ch.b_stats();
@@ -222,14 +224,12 @@ fn bad_values(ch: &Chain) {
         ),
         format!(r#"{{"type":9,"dest":-{C},"from":993,"msg":"oor dest negative"}}"#),
         format!(r#"{{"type":9,"dest":{C}e400,"from":993,"msg":"oor dest huge"}}"#),
-        format!(r#"{{"type":9,"dest":{C}.5,"from":993,"msg":"oor dest fraction"}}"#),
         format!(
             r#"{{"type":{},"dest":{C},"from":993,"msg":"oor type+2^32"}}"#,
             wrap + 9
         ),
         format!(r#"{{"type":-9,"dest":{C},"from":993,"msg":"oor type negative"}}"#),
         format!(r#"{{"type":9e999,"dest":{C},"from":993,"msg":"oor type huge"}}"#),
-        format!(r#"{{"type":"9","dest":{C},"from":993,"msg":"oor type string"}}"#),
         format!(r#"{{"type":9,"dest":{C},"from":993,"msg":{wrap}}}"#),
     ];
     for f in &bad {
@@ -266,12 +266,12 @@ fn bad_values(ch: &Chain) {
         wrapped.is_empty(),
         "out-of-range values reached C: {wrapped:?}"
     );
+    // The three out-of-range destinations route nowhere (counted); the renamed link is closed.
     let after = ch.b_stats();
-    let dropped = grew(&before, &after, "dropped_invalid")
-        + grew(&before, &after, "dropped_no_route")
-        + grew(&before, &after, "dropped_unhandled");
-    eprintln!("bad values: B dropped {dropped} frames; stats {after}");
-    assert!(dropped >= bad.len() as u64 - 1, "{after}");
+    assert!(grew(&before, &after, "dropped_no_route") >= 3, "{after}");
+    wait_until(Duration::from_secs(5), "the renamed link to close", || {
+        !ch.b.nodes().contains(&994)
+    });
 }
 
 /// 200 peers each join as a new node: B holds at most 64 links, refuses the rest and counts
@@ -303,14 +303,24 @@ fn sybils(ch: &Chain) {
     });
 }
 
-/// Writes `count` frames made by `f` in batches of about 64 KiB; returns the bytes written
-/// (fewer if B closed the connection).
-fn write_frames(s: &mut std::net::TcpStream, count: u32, f: impl Fn(u32) -> String) -> usize {
+/// Writes `count` frames made by `f` in batches of about 64 KiB, at most `per_s` frames a
+/// second if given; returns the bytes written (fewer if B closed the connection).
+fn write_frames(
+    s: &mut std::net::TcpStream,
+    count: u32,
+    per_s: Option<u32>,
+    f: impl Fn(u32) -> String,
+) -> usize {
+    let start = Instant::now();
     let mut batch = Vec::new();
     let mut sent = 0;
     for i in 0..count {
         batch.extend_from_slice(f(i).as_bytes());
         batch.push(0);
+        if let Some(rate) = per_s {
+            let due = start + Duration::from_secs_f64(f64::from(i) / f64::from(rate));
+            thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
         if batch.len() > 60_000 || i + 1 == count {
             if s.write_all(&batch).is_err() {
                 return sent;
@@ -327,7 +337,7 @@ fn singles_to_nobody(ch: &Chain) {
     let before = ch.b_stats();
     let mut s = join_as(ch.port(), 995);
     let _d = drain(&s);
-    write_frames(&mut s, 100_000, |i| {
+    write_frames(&mut s, 100_000, None, |i| {
         format!(
             r#"{{"type":9,"dest":12345,"from":995,"msg":"to nobody {i:06} {}"}}"#,
             "n".repeat(64)
@@ -346,7 +356,9 @@ fn broadcasts_and_staller(ch: &Chain) {
     });
     let mut s = join_as(ch.port(), 997);
     let _d = drain(&s);
-    let sent = write_frames(&mut s, 100_000, |i| {
+    // Paced at 20,000 a second: every node delivers each broadcast locally too, and C's event
+    // stream, where the good traffic is counted, holds 1,024 events.
+    let sent = write_frames(&mut s, 100_000, Some(20_000), |i| {
         format!(
             r#"{{"type":8,"dest":0,"from":997,"msg":"flood {i:06} {}"}}"#,
             "f".repeat(180)

@@ -175,7 +175,8 @@ pub struct Delivery {
     pub duplicated: usize,
     /// Send-to-arrival times of the delivered messages, sorted.
     pub latencies: Vec<Duration>,
-    /// Whether C's event stream reported lost events (then arrivals may be missing).
+    /// Whether C's event stream reported lost events: arrivals may then be missing from what
+    /// the test saw, so `delivered` is a lower bound.
     pub lagged: bool,
 }
 
@@ -197,21 +198,26 @@ impl Delivery {
         self.latencies[i]
     }
 
-    /// Asserts at least 99 % delivered, none twice, and enough sent to mean something.
+    /// Asserts at least 99 % delivered, none twice, and enough sent to mean something. (A lagged
+    /// event stream only makes the delivered count lower than the truth.)
     pub fn assert_good(&self, what: &str, min_sent: usize) {
         assert!(
             self.sent >= min_sent,
             "{what}: only {} good messages sent",
             self.sent
         );
-        assert!(!self.lagged, "{what}: C's event stream lagged: {self:?}");
         assert_eq!(self.duplicated, 0, "{what}: duplicates");
         assert!(
             self.delivered * 100 >= self.sent * 99,
-            "{what}: good traffic {}/{} delivered ({:.1} %)",
+            "{what}: good traffic {}/{} delivered ({:.1} %){}",
             self.delivered,
             self.sent,
-            self.percent()
+            self.percent(),
+            if self.lagged {
+                " (C's event stream lagged: some arrivals may not have been seen)"
+            } else {
+                ""
+            }
         );
     }
 }
