@@ -274,13 +274,14 @@ fn bad_values(ch: &Chain) {
     });
 }
 
-/// 200 peers each join as a new node: B holds at most 64 links, refuses the rest and counts
+/// 200 peers, each from its own address (127.0.1.1 to 127.0.1.200, so no per-address rule
+/// bites first), each join as a new node: B holds at most 64 links, refuses the rest and counts
 /// them, and frees the slots when they leave.
 fn sybils(ch: &Chain) {
     let before = ch.b_stats();
-    let peers: Vec<_> = (0..200u32)
+    let peers: Vec<_> = (1..=200u32)
         .filter_map(|i| {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", ch.port())).ok()?;
+            let mut s = connect_from([127, 0, 1, i as u8], ch.port()).ok()?;
             let _ = s.write_all(&sync_frame(20_000 + i, ""));
             Some(s)
         })

@@ -129,14 +129,14 @@ fn silent_sockets_do_not_lock_joiners_out() {
             config: Some(dcfg),
         },
     );
-    let joined = Instant::now();
+    let started = Instant::now();
     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         wait_until(Duration::from_secs(15), "D to join B", || {
             ch.b.nodes().contains(&504)
         })
     }));
     // Keep the attack up 16 s in all, so the handshake deadline shows.
-    thread::sleep(Duration::from_secs(14).saturating_sub(joined.elapsed()));
+    thread::sleep(Duration::from_secs(14).saturating_sub(started.elapsed()));
     stop.store(true, Ordering::Relaxed);
     let attacked_for = attacker.join().unwrap();
     let delivery = good.stop();
@@ -157,10 +157,8 @@ fn silent_sockets_do_not_lock_joiners_out() {
         new_lines.len(),
         ch.b_stats()
     );
-    if let Err(e) = res {
-        std::panic::resume_unwind(e);
-    }
-    eprintln!("D joined {:?} after it started", joined.elapsed());
+    let joined_after = res.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    eprintln!("D joined {joined_after:?} after it started");
     drop(d);
     delivery.assert_good("silent", 150);
     assert!(opened >= 200, "the attacker opened {opened} connections");
