@@ -213,9 +213,6 @@ fn bad_values(ch: &Chain) {
     wait_until(Duration::from_secs(5), "993 to join", || {
         ch.b.nodes().contains(&993)
     });
-    let mut utf8 = format!(r#"{{"type":9,"dest":{C},"from":993,"msg":"utf8 "#).into_bytes();
-    utf8.extend_from_slice(b"\xff\xfe\xc0\x80\xed\xa0\x80 end\"}\0");
-    s.write_all(&utf8).unwrap();
     let wrap = 1u64 << 32;
     let bad = [
         format!(
@@ -235,6 +232,10 @@ fn bad_values(ch: &Chain) {
     for f in &bad {
         s.write_all(&frame(f)).unwrap();
     }
+    // Sent last on the same link, so its arrival at C is the barrier for the frames above.
+    let mut utf8 = format!(r#"{{"type":9,"dest":{C},"from":993,"msg":"utf8 "#).into_bytes();
+    utf8.extend_from_slice(b"\xff\xfe\xc0\x80\xed\xa0\x80 end\"}\0");
+    s.write_all(&utf8).unwrap();
     // A link whose node id changes to one outside u32 is not re-identified as another node.
     let mut t = join_as(ch.port(), 994);
     let _t = drain(&t);
@@ -254,7 +255,6 @@ fn bad_values(ch: &Chain) {
             })
         },
     );
-    c_events.collect_for(Duration::from_millis(500));
     let wrapped: Vec<&Value> = c_events
         .seen
         .iter()
