@@ -38,6 +38,8 @@ pub mod io;
 pub mod offer;
 pub mod plugin;
 pub mod pmesh;
+#[cfg(feature = "signature")]
+pub mod signed;
 
 pub use bitmap::ChunkBitmap;
 pub use event::{Mode, OtaEvent, Phase, Refusal, TransferId};

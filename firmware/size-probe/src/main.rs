@@ -52,6 +52,8 @@ fn main() -> ! {
         let offer = if id & 2 == 2 { offer.pmesh() } else { offer };
         let _ = ota.offer(ctx, offer);
     });
+    #[cfg(feature = "signature")]
+    verify_signed(input());
     loop {
         node.handle_bytes(ConnId(1), now(), input());
         node.handle_timeout(now());
@@ -63,6 +65,23 @@ fn main() -> ! {
         }
         let _ = node.send_single(now(), id, input());
         let _ = node.send_broadcast(now(), input(), false);
+    }
+}
+
+/// What a node does with a signed manifest, a digest page and a chunk (the agent's calls).
+#[cfg(feature = "signature")]
+fn verify_signed(bytes: &[u8]) {
+    use pmesh_ota::signed::{DigestPage, Policy, SignedManifest, TrustedKey, verify_signature};
+    let Ok(key) = <[u8; 32]>::try_from(&bytes[..32.min(bytes.len())]) else { return };
+    let keys = [TrustedKey::from_bytes(key)];
+    let Ok((m, used)) = SignedManifest::decode(bytes) else { return };
+    let policy = Policy { role: "r", hardware: "h", confirmed: Some(1), now_unix: None };
+    if verify_signature(&m, &keys).is_err() || policy.check(&m.body).is_err() {
+        return;
+    }
+    let page = &bytes[used..used + 1024];
+    if let Ok(p) = DigestPage::verify(&m.body, 0, page, &[]) {
+        core::hint::black_box(p.check_chunk(0, &bytes[..4096]).is_ok());
     }
 }
 
