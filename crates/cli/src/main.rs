@@ -28,6 +28,9 @@ enum Command {
     /// Firmware distribution (OTA).
     #[command(subcommand)]
     Ota(cmd::ota::Command),
+    /// Firmware signing keys (ed25519), kept offline.
+    #[command(subcommand)]
+    Key(cmd::sign::KeyCommand),
     /// Send a message through a running node.
     Send(cmd::control::SendArgs),
     /// List the nodes a running node knows.
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Command::Bench(c) => cmd::bench::run(c),
         Command::Node(args) => cmd::node::run(args),
         Command::Ota(c) => cmd::ota::run(c),
+        Command::Key(c) => cmd::sign::run_key(c),
         Command::Send(args) => cmd::control::send(args),
         Command::Nodes(args) => cmd::control::nodes(args),
         Command::Topology(args) => cmd::control::topology(args),

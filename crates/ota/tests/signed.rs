@@ -3,7 +3,9 @@
 //! flips in a large one.
 
 use pmesh_ota::signed::bundle::BundleSpec;
-use pmesh_ota::signed::{Bundle, DigestPage, Policy, SignedManifest, SigningKey, TrustError, TrustedKey};
+use pmesh_ota::signed::{
+    Bundle, DigestPage, Policy, SignedManifest, SigningKey, TrustError, TrustedKey,
+};
 
 fn key(n: u8) -> SigningKey {
     SigningKey::from_seed([n; 32])
@@ -22,11 +24,23 @@ fn image(len: usize, seed: u32) -> Vec<u8> {
 }
 
 fn spec(sequence: u64, chunk_size: u32) -> BundleSpec<'static> {
-    BundleSpec { role: "sensor", hardware: "ESP32", version: "1.2.3", sequence, chunk_size, expires: Some(2_000_000_000) }
+    BundleSpec {
+        role: "sensor",
+        hardware: "ESP32",
+        version: "1.2.3",
+        sequence,
+        chunk_size,
+        expires: Some(2_000_000_000),
+    }
 }
 
 fn policy(confirmed: Option<u64>) -> Policy<'static> {
-    Policy { role: "sensor", hardware: "ESP32", confirmed, now_unix: Some(1_800_000_000) }
+    Policy {
+        role: "sensor",
+        hardware: "ESP32",
+        confirmed,
+        now_unix: Some(1_800_000_000),
+    }
 }
 
 #[test]
@@ -37,9 +51,15 @@ fn a_bundle_round_trips_and_verifies() {
     let b = Bundle::parse(&bytes).unwrap();
     assert_eq!(b.image(), &img[..]);
     let m = &b.manifest.body;
-    assert_eq!((m.sequence, m.size, m.chunk_count, m.chunk_size), (7, 10_000, 10, 1024));
+    assert_eq!(
+        (m.sequence, m.size, m.chunk_count, m.chunk_size),
+        (7, 10_000, 10, 1024)
+    );
     assert_eq!(m.page_count(), 1);
-    assert_eq!(b.verify(&[k.public()], Some(1_800_000_000)).unwrap(), &k.public());
+    assert_eq!(
+        b.verify(&[k.public()], Some(1_800_000_000)).unwrap(),
+        &k.public()
+    );
     policy(Some(7)).check(m).unwrap();
     // The manifest re-decodes to the same bytes (canonical).
     let (again, used) = SignedManifest::decode(&bytes).unwrap();
@@ -61,17 +81,43 @@ fn every_refusal_reason_is_typed() {
     let mut forged = bytes.clone();
     let sig_at = b.manifest.bytes.len() - 1;
     forged[sig_at] ^= 1;
-    assert_eq!(Bundle::parse(&forged).unwrap().verify(&[k.public()], None), Err(TrustError::BadSignature));
+    assert_eq!(
+        Bundle::parse(&forged).unwrap().verify(&[k.public()], None),
+        Err(TrustError::BadSignature)
+    );
     assert_eq!(
         policy(Some(6)).check(m),
-        Err(TrustError::Rollback { offered: 5, confirmed: 6 })
+        Err(TrustError::Rollback {
+            offered: 5,
+            confirmed: 6
+        })
     );
-    let late = Policy { now_unix: Some(2_000_000_001), ..policy(None) };
-    assert_eq!(late.check(m), Err(TrustError::Expired { expires: 2_000_000_000, now: 2_000_000_001 }));
-    assert_eq!(b.verify(&[k.public()], Some(2_000_000_001)).unwrap_err().code(), "expired");
-    let other = Policy { role: "relay", ..policy(None) };
+    let late = Policy {
+        now_unix: Some(2_000_000_001),
+        ..policy(None)
+    };
+    assert_eq!(
+        late.check(m),
+        Err(TrustError::Expired {
+            expires: 2_000_000_000,
+            now: 2_000_000_001
+        })
+    );
+    assert_eq!(
+        b.verify(&[k.public()], Some(2_000_000_001))
+            .unwrap_err()
+            .code(),
+        "expired"
+    );
+    let other = Policy {
+        role: "relay",
+        ..policy(None)
+    };
     assert_eq!(other.check(m).unwrap_err().code(), "wrong_class");
-    let hw = Policy { hardware: "ESP8266", ..policy(None) };
+    let hw = Policy {
+        hardware: "ESP8266",
+        ..policy(None)
+    };
     assert_eq!(hw.check(m).unwrap_err().code(), "wrong_class");
 }
 
@@ -91,14 +137,20 @@ fn digest_pages_verify_against_the_root_and_check_chunks() {
             page.check_chunk(i, b.chunk(i)).unwrap();
             let mut bad = b.chunk(i).to_vec();
             bad[0] ^= 0x80;
-            assert_eq!(page.check_chunk(i, &bad), Err(TrustError::BadChunk { index: i }));
+            assert_eq!(
+                page.check_chunk(i, &bad),
+                Err(TrustError::BadChunk { index: i })
+            );
         }
         // Not this page's chunk, even with the right bytes.
         let outside = (page.first + 32) % 100;
         assert!(page.check_chunk(outside, b.chunk(outside)).is_err());
         // A page at another position, a wrong proof, a truncated page: refused.
         let other = (p + 1) % 4;
-        assert_eq!(DigestPage::verify(m, other, b.page(p), &b.page_proof(p)), Err(TrustError::BadPage { page: other }));
+        assert_eq!(
+            DigestPage::verify(m, other, b.page(p), &b.page_proof(p)),
+            Err(TrustError::BadPage { page: other })
+        );
         assert!(DigestPage::verify(m, p, b.page(p), &b.page_proof(other)).is_err() || p == other);
         assert!(DigestPage::verify(m, p, &b.page(p)[32..], &b.page_proof(p)).is_err());
     }
@@ -112,7 +164,10 @@ fn keys_round_trip_through_text() {
     assert_eq!(again.public(), k.public());
     let line = k.public().to_text();
     assert!(line.starts_with("pmesh-ed25519-pub ") && !line.contains('\n'));
-    assert_eq!(TrustedKey::from_text(&format!("  {line}\n")).unwrap(), k.public());
+    assert_eq!(
+        TrustedKey::from_text(&format!("  {line}\n")).unwrap(),
+        k.public()
+    );
     assert!(TrustedKey::from_text("pmesh-ed25519-pub 00").is_err());
     assert!(TrustedKey::from_text(&k.to_text()).is_err());
 }
@@ -123,7 +178,10 @@ fn malformed_manifests_are_refused_without_panicking() {
     let bytes = Bundle::build(&k, &image(3000, 4), &spec(1, 1024)).unwrap();
     let mlen = Bundle::parse(&bytes).unwrap().manifest.bytes.len();
     for cut in 0..mlen {
-        assert!(SignedManifest::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        assert!(
+            SignedManifest::decode(&bytes[..cut]).is_err(),
+            "cut at {cut}"
+        );
     }
     // The bundle must be exactly manifest + digests + image.
     assert!(Bundle::parse(&bytes[..bytes.len() - 1]).is_err());
@@ -131,14 +189,19 @@ fn malformed_manifests_are_refused_without_panicking() {
     longer.push(0);
     assert!(Bundle::parse(&longer).is_err());
     // A signer cannot make what a decoder refuses.
-    let bad = BundleSpec { chunk_size: 100, ..spec(1, 1024) };
+    let bad = BundleSpec {
+        chunk_size: 100,
+        ..spec(1, 1024)
+    };
     assert!(Bundle::build(&k, &image(3000, 4), &bad).is_err());
     assert!(Bundle::build(&k, &[], &spec(1, 1024)).is_err());
 }
 
 /// Every way a flipped bundle may be refused, from parsing to the last check.
 fn refused(bytes: &[u8], keys: &[TrustedKey]) -> bool {
-    Bundle::parse(bytes).and_then(|b| b.verify(keys, None).map(|_| ())).is_err()
+    Bundle::parse(bytes)
+        .and_then(|b| b.verify(keys, None).map(|_| ()))
+        .is_err()
 }
 
 #[test]

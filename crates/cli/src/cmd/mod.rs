@@ -6,4 +6,5 @@ pub mod decode;
 pub mod demo;
 pub mod node;
 pub mod ota;
+pub mod sign;
 pub mod sim;

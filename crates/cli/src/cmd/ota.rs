@@ -35,6 +35,10 @@ pub enum Command {
     Status(StatusArgs),
     /// Withdraw the offers a running node makes (after `push --keep`).
     Cancel(CancelArgs),
+    /// Sign a firmware image into a bundle (offline, with a key from `pmesh key gen`).
+    Sign(Box<crate::cmd::sign::SignArgs>),
+    /// Verify a bundle against trusted public keys: print its manifest or why it is refused.
+    Verify(crate::cmd::sign::VerifyArgs),
 }
 
 /// Protocol of a push.
@@ -153,6 +157,8 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("{v}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Sign(args) => crate::cmd::sign::sign(*args),
+        Command::Verify(args) => crate::cmd::sign::verify(args),
     }
 }
 

@@ -11,7 +11,9 @@ use sha2::{Digest, Sha256};
 
 use super::manifest::{ManifestBody, SignedCompression, SignedManifest};
 use super::merkle::{self, Hash, PAGE_CHUNKS};
-use super::{KeyId, SigningKey, TrustError, TrustedKey, chunk_digest, check_expiry, verify_signature};
+use super::{
+    KeyId, SigningKey, TrustError, TrustedKey, check_expiry, chunk_digest, verify_signature,
+};
 
 /// A bundle laid over its bytes (see the module docs).
 #[derive(Clone, Debug)]
@@ -50,12 +52,19 @@ pub fn digests_of(image: &[u8], chunk_size: u32) -> Vec<u8> {
 
 /// The leaf hash of every digest page of `digests`.
 pub fn page_leaves(digests: &[u8]) -> Vec<Hash> {
-    digests.chunks(PAGE_CHUNKS as usize * 32).map(merkle::leaf_hash).collect()
+    digests
+        .chunks(PAGE_CHUNKS as usize * 32)
+        .map(merkle::leaf_hash)
+        .collect()
 }
 
 impl<'a> Bundle<'a> {
     /// Signs `image` into bundle bytes.
-    pub fn build(key: &SigningKey, image: &[u8], spec: &BundleSpec<'_>) -> Result<Vec<u8>, TrustError> {
+    pub fn build(
+        key: &SigningKey,
+        image: &[u8],
+        spec: &BundleSpec<'_>,
+    ) -> Result<Vec<u8>, TrustError> {
         let digests = digests_of(image, spec.chunk_size);
         let body = ManifestBody {
             role: spec.role.into(),
@@ -86,21 +95,33 @@ impl<'a> Bundle<'a> {
         let rest = &bytes[used..];
         let size = usize::try_from(manifest.body.size).unwrap_or(usize::MAX);
         if rest.len().checked_sub(digest_len) != Some(size) {
-            return Err(TrustError::Malformed("bundle length does not match the manifest"));
+            return Err(TrustError::Malformed(
+                "bundle length does not match the manifest",
+            ));
         }
         let (digests, image) = rest.split_at(digest_len);
-        Ok(Bundle { manifest, digests, image })
+        Ok(Bundle {
+            manifest,
+            digests,
+            image,
+        })
     }
 
     /// Checks everything: signature under one of `keys`, expiry at `now_unix` (when known),
     /// the digest pages against the root, every chunk against its digest and the image's
     /// SHA-256. Returns the key that signed it.
-    pub fn verify<'k>(&self, keys: &'k [TrustedKey], now_unix: Option<u64>) -> Result<&'k TrustedKey, TrustError> {
+    pub fn verify<'k>(
+        &self,
+        keys: &'k [TrustedKey],
+        now_unix: Option<u64>,
+    ) -> Result<&'k TrustedKey, TrustError> {
         let key = verify_signature(&self.manifest, keys)?;
         let body = &self.manifest.body;
         check_expiry(body, now_unix)?;
         if merkle::root(&page_leaves(self.digests)) != body.pages_root {
-            return Err(TrustError::BadPage { page: self.first_bad_page() });
+            return Err(TrustError::BadPage {
+                page: self.first_bad_page(),
+            });
         }
         for i in 0..body.chunk_count {
             if chunk_digest(self.chunk(i)) != self.digest(i) {
@@ -117,7 +138,9 @@ impl<'a> Bundle<'a> {
     fn first_bad_page(&self) -> u32 {
         let body = &self.manifest.body;
         (0..body.page_count())
-            .find(|&p| super::DigestPage::verify(body, p, self.page(p), &self.page_proof(p)).is_err())
+            .find(|&p| {
+                super::DigestPage::verify(body, p, self.page(p), &self.page_proof(p)).is_err()
+            })
             .unwrap_or(0)
     }
 

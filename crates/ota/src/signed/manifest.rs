@@ -26,8 +26,8 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use super::merkle::{Hash, PAGE_CHUNKS};
 use super::TrustError;
+use super::merkle::{Hash, PAGE_CHUNKS};
 
 /// The first four bytes of a signed manifest (and of a bundle).
 pub const MAGIC: [u8; 4] = *b"PMSM";
@@ -40,7 +40,8 @@ pub const MAX_CHUNKS: u32 = 1 << 20;
 /// Bytes of an ed25519 signature.
 pub const SIGNATURE_BYTES: usize = 64;
 /// The largest encoded manifest.
-pub const MAX_MANIFEST_BYTES: usize = 6 + 3 * (1 + MAX_TEXT) + 8 + 8 + 32 + 1 + 4 + 4 + 32 + 8 + 8 + 64;
+pub const MAX_MANIFEST_BYTES: usize =
+    6 + 3 * (1 + MAX_TEXT) + 8 + 8 + 32 + 1 + 4 + 4 + 32 + 8 + 8 + 64;
 
 /// Identifies a signing key: the first 8 bytes of SHA-256 of its public key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -181,7 +182,10 @@ impl<'a> Reader<'a> {
     fn text(&mut self) -> Result<String, TrustError> {
         let n = usize::from(self.u8()?);
         let t = core::str::from_utf8(self.take(n)?);
-        Ok(t.map_err(|_| TrustError::Malformed("text field not UTF-8"))?.into())
+        Ok(
+            t.map_err(|_| TrustError::Malformed("text field not UTF-8"))?
+                .into(),
+        )
     }
 }
 
@@ -203,7 +207,11 @@ impl SignedManifest {
         let body = read_body(&mut r, flags & 1 == 1)?;
         let signature = r.array()?;
         let used = r.at;
-        let m = SignedManifest { body, signature, bytes: bytes[..used].to_vec() };
+        let m = SignedManifest {
+            body,
+            signature,
+            bytes: bytes[..used].to_vec(),
+        };
         // One encoding only: what we decoded must re-encode to the same bytes.
         if m.body.encode()[..] != m.bytes[..used - SIGNATURE_BYTES] {
             return Err(TrustError::Malformed("manifest not in canonical form"));

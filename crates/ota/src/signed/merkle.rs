@@ -104,7 +104,9 @@ mod tests {
     use super::*;
 
     fn leaves(n: usize) -> Vec<Hash> {
-        (0..n).map(|i| leaf_hash(&(i as u32).to_le_bytes())).collect()
+        (0..n)
+            .map(|i| leaf_hash(&(i as u32).to_le_bytes()))
+            .collect()
     }
 
     #[test]
@@ -116,7 +118,11 @@ mod tests {
                 let p = proof(&l, m);
                 assert_eq!(root_from_proof(m, n, l[m], &p), Some(r), "n={n} m={m}");
                 for other in (0..n).filter(|&o| o != m) {
-                    assert_ne!(root_from_proof(other, n, l[m], &p), Some(r), "n={n} m={m} o={other}");
+                    assert_ne!(
+                        root_from_proof(other, n, l[m], &p),
+                        Some(r),
+                        "n={n} m={m} o={other}"
+                    );
                 }
                 // A wrong-length proof is refused (the tree size comes from the signed manifest).
                 let mut longer = p.clone();

@@ -101,7 +101,10 @@ impl fmt::Display for TrustError {
             TrustError::UnknownKey(id) => write!(f, "unknown key: {}", crate::codec::hex(&id.0)),
             TrustError::BadSignature => f.write_str("bad signature"),
             TrustError::Rollback { offered, confirmed } => {
-                write!(f, "rollback: sequence {offered} is below the confirmed {confirmed}")
+                write!(
+                    f,
+                    "rollback: sequence {offered} is below the confirmed {confirmed}"
+                )
             }
             TrustError::Expired { expires, now } => {
                 write!(f, "expired: at {expires} (Unix s), checked at {now}")
@@ -141,7 +144,9 @@ impl TrustedKey {
     /// Parses one line `pmesh-ed25519-pub <64 hex digits>` (surrounding spaces allowed).
     pub fn from_text(line: &str) -> Result<Self, TrustError> {
         let hex = line.trim().strip_prefix(PUBLIC_PREFIX);
-        let hex = hex.ok_or(TrustError::Malformed("public key: expected 'pmesh-ed25519-pub <hex>'"))?;
+        let hex = hex.ok_or(TrustError::Malformed(
+            "public key: expected 'pmesh-ed25519-pub <hex>'",
+        ))?;
         Ok(Self::from_bytes(parse_hex32(hex.trim())?))
     }
 
@@ -178,13 +183,18 @@ impl fmt::Debug for SigningKey {
 impl SigningKey {
     /// The key derived from a 32-byte random seed.
     pub fn from_seed(seed: [u8; 32]) -> Self {
-        SigningKey { pair: KeyPair::from_seed(Seed::new(seed)), seed }
+        SigningKey {
+            pair: KeyPair::from_seed(Seed::new(seed)),
+            seed,
+        }
     }
 
     /// Parses `pmesh-ed25519-secret <64 hex digits>`.
     pub fn from_text(text: &str) -> Result<Self, TrustError> {
         let hex = text.trim().strip_prefix(SECRET_PREFIX);
-        let hex = hex.ok_or(TrustError::Malformed("secret key: expected 'pmesh-ed25519-secret <hex>'"))?;
+        let hex = hex.ok_or(TrustError::Malformed(
+            "secret key: expected 'pmesh-ed25519-secret <hex>'",
+        ))?;
         Ok(Self::from_seed(parse_hex32(hex.trim())?))
     }
 
@@ -207,7 +217,11 @@ impl SigningKey {
         let mut bytes = body.encode();
         let signature = *self.pair.sk.sign(&bytes, None);
         bytes.extend_from_slice(&signature);
-        Ok(SignedManifest { body, signature, bytes })
+        Ok(SignedManifest {
+            body,
+            signature,
+            bytes,
+        })
     }
 }
 
@@ -231,10 +245,14 @@ pub fn verify_signature<'k>(
     keys: &'k [TrustedKey],
 ) -> Result<&'k TrustedKey, TrustError> {
     let id = manifest.body.key_id;
-    let key = keys.iter().find(|k| k.id == id).ok_or(TrustError::UnknownKey(id))?;
+    let key = keys
+        .iter()
+        .find(|k| k.id == id)
+        .ok_or(TrustError::UnknownKey(id))?;
     let pk = PublicKey::new(key.key);
     let sig = Signature::new(manifest.signature);
-    pk.verify(manifest.signed_bytes(), &sig).map_err(|_| TrustError::BadSignature)?;
+    pk.verify(manifest.signed_bytes(), &sig)
+        .map_err(|_| TrustError::BadSignature)?;
     Ok(key)
 }
 
@@ -255,10 +273,16 @@ impl Policy<'_> {
     /// Class, rollback and expiry checks (in that order).
     pub fn check(&self, m: &ManifestBody) -> Result<(), TrustError> {
         if m.role != self.role || m.hardware != self.hardware {
-            return Err(TrustError::WrongClass { role: m.role.clone(), hardware: m.hardware.clone() });
+            return Err(TrustError::WrongClass {
+                role: m.role.clone(),
+                hardware: m.hardware.clone(),
+            });
         }
         if let Some(confirmed) = self.confirmed.filter(|&c| m.sequence < c) {
-            return Err(TrustError::Rollback { offered: m.sequence, confirmed });
+            return Err(TrustError::Rollback {
+                offered: m.sequence,
+                confirmed,
+            });
         }
         check_expiry(m, self.now_unix)
     }
@@ -297,7 +321,12 @@ impl DigestPage {
     }
 
     /// Checks `bytes` (concatenated digests) with its inclusion `proof` against `m`'s root.
-    pub fn verify(m: &ManifestBody, page: u32, bytes: &[u8], proof: &[Hash]) -> Result<Self, TrustError> {
+    pub fn verify(
+        m: &ManifestBody,
+        page: u32,
+        bytes: &[u8],
+        proof: &[Hash],
+    ) -> Result<Self, TrustError> {
         let n = DigestPage::chunks_in(m, page);
         if page >= m.page_count() || bytes.len() != n as usize * 32 {
             return Err(TrustError::BadPage { page });
@@ -307,8 +336,15 @@ impl DigestPage {
         if root != Some(m.pages_root) {
             return Err(TrustError::BadPage { page });
         }
-        let digests = bytes.chunks_exact(32).map(|d| d.try_into().unwrap_or([0; 32])).collect();
-        Ok(DigestPage { page, first: page * PAGE_CHUNKS, digests })
+        let digests = bytes
+            .chunks_exact(32)
+            .map(|d| d.try_into().unwrap_or([0; 32]))
+            .collect();
+        Ok(DigestPage {
+            page,
+            first: page * PAGE_CHUNKS,
+            digests,
+        })
     }
 
     /// Whether this page covers chunk `index`.
@@ -318,7 +354,12 @@ impl DigestPage {
 
     /// Checks chunk `index`'s image bytes against its digest.
     pub fn check_chunk(&self, index: u32, data: &[u8]) -> Result<(), TrustError> {
-        let ok = self.covers(index) && self.digests[(index - self.first) as usize] == chunk_digest(data);
-        if ok { Ok(()) } else { Err(TrustError::BadChunk { index }) }
+        let ok =
+            self.covers(index) && self.digests[(index - self.first) as usize] == chunk_digest(data);
+        if ok {
+            Ok(())
+        } else {
+            Err(TrustError::BadChunk { index })
+        }
     }
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 pub mod ota;
 pub mod relay;
 pub mod sim;
+pub mod verify;
 
 /// Benchmarks.
 #[derive(Debug, clap::Subcommand)]
@@ -15,6 +16,8 @@ pub enum Command {
     Ota(ota::Args),
     /// Real processes on 127.0.0.1: relay throughput, idle memory, OTA relay CPU.
     Relay(relay::Args),
+    /// Signed firmware: time to verify a manifest, a digest page and a chunk on this machine.
+    Verify(verify::Args),
 }
 
 /// Runs a benchmark.
@@ -23,5 +26,6 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Sim(a) => sim::run(a),
         Command::Ota(a) => ota::run(a),
         Command::Relay(a) => relay::run(a),
+        Command::Verify(a) => verify::run(a),
     }
 }
