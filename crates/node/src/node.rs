@@ -661,6 +661,15 @@ impl<P: Plugin> Node<P> {
         };
         self.core.stats.frames_in += 1;
         let me = self.id();
+        let forwards = match env.routing {
+            Routing::Single => env.dest != me,
+            Routing::Broadcast => true,
+            _ => false,
+        };
+        if forwards && !self.admit(conn, now, &env, &raw) {
+            self.core.stats.forward_refused += 1;
+            return;
+        }
         match env.routing {
             Routing::Single if env.dest != me => {
                 match self.core.route(env.dest) {
@@ -698,6 +707,33 @@ impl<P: Plugin> Node<P> {
             _ => {}
         }
         self.process_locally(conn, now, env, raw);
+    }
+
+    /// Asks the plugin whether a frame this node would forward may go on (core types always).
+    fn admit(&mut self, conn: ConnId, now: Instant, env: &Envelope, raw: &Bytes) -> bool {
+        if matches!(
+            env.ty,
+            types::TIME_DELAY
+                | types::TIME_SYNC
+                | types::NODE_SYNC_REQUEST
+                | types::NODE_SYNC_REPLY
+        ) {
+            return true;
+        }
+        let neighbour = self.core.conn_state(conn).map_or(0, |c| c.node_id);
+        let incoming = Incoming {
+            conn,
+            neighbour,
+            envelope: env,
+            raw,
+        };
+        self.plugin.admit(
+            &mut Context {
+                core: &mut self.core,
+                now,
+            },
+            &incoming,
+        )
     }
 
     fn process_locally(&mut self, conn: ConnId, now: Instant, env: Envelope, raw: Bytes) {

@@ -64,6 +64,14 @@ pub trait Plugin {
         Handled::No
     }
 
+    /// A frame is about to be forwarded by this node (SINGLE to another node, or BROADCAST):
+    /// `false` drops it here, neither forwarded nor processed locally (counted in
+    /// `forward_refused`). Lets a plugin check what it relays, e.g. an OTA manifest's
+    /// signature before it floods on.
+    fn admit(&mut self, _ctx: &mut Context<'_, Self::Event>, _frame: &Incoming<'_>) -> bool {
+        true
+    }
+
     /// Connections changed.
     fn on_connection(&mut self, _ctx: &mut Context<'_, Self::Event>, _change: ConnectionChange) {}
 
@@ -98,6 +106,10 @@ where
         } else {
             Handled::No
         }
+    }
+
+    fn admit(&mut self, ctx: &mut Context<'_, Self::Event>, frame: &Incoming<'_>) -> bool {
+        self.0.admit(ctx, frame) && self.1.admit(ctx, frame)
     }
 
     fn on_connection(&mut self, ctx: &mut Context<'_, Self::Event>, change: ConnectionChange) {

@@ -35,6 +35,9 @@ pub struct NodeStats {
     /// BROADCAST frames neither forwarded nor delivered because they came on a link held in
     /// the loop grace (its tree showed a loop not cut here; see `Config::loop_grace`).
     pub broadcasts_held: u64,
+    /// Frames a plugin refused to let this node forward ([`crate::Plugin::admit`]): e.g. an
+    /// OTA manifest or chunk that fails its signature or digest check.
+    pub forward_refused: u64,
     /// Time-sync samples rejected by the 85x round-trip rule or giving offset 0.
     pub time_samples_retried: u64,
     /// Time-sync replies ignored by the optional rate discipline (`Config::rate_discipline`)

@@ -99,6 +99,15 @@ pub enum Refusal {
     Io(IoError),
     /// The compressed stream is bad.
     Codec(CodecError),
+    /// Signed firmware: the offer is not trusted (feature `signature`; `code` is one of
+    /// `pmesh_ota::signed::TrustError::code`: `unsigned`, `unknown_key`, `bad_signature`,
+    /// `rollback`, `expired`, `wrong_class`, `malformed`, ...).
+    Untrusted {
+        /// The trust refusal's code.
+        code: &'static str,
+        /// Its description.
+        reason: String,
+    },
 }
 
 impl Refusal {
@@ -115,6 +124,7 @@ impl Refusal {
             Refusal::Busy => "busy",
             Refusal::Io(_) => "io",
             Refusal::Codec(_) => "codec",
+            Refusal::Untrusted { code, .. } => code,
         }
     }
 
@@ -131,6 +141,7 @@ impl Refusal {
             Refusal::Busy => 8,
             Refusal::Io(_) => 9,
             Refusal::Codec(_) => 10,
+            Refusal::Untrusted { .. } => 11,
         }
     }
 }
@@ -167,6 +178,7 @@ impl fmt::Display for Refusal {
             Refusal::Busy => f.write_str("another transfer is in progress"),
             Refusal::Io(e) => write!(f, "firmware storage: {e}"),
             Refusal::Codec(e) => write!(f, "compressed image: {e}"),
+            Refusal::Untrusted { reason, .. } => write!(f, "untrusted firmware: {reason}"),
         }
     }
 }

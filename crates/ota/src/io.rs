@@ -198,6 +198,24 @@ pub trait OtaStore {
 
     /// Forgets the transfer (done, aborted or replaced).
     fn clear_transfer(&mut self) -> Result<(), IoError>;
+
+    /// Anti-rollback: the highest signed-firmware sequence this node confirmed for (role,
+    /// hardware), if any. The default (a store that cannot keep it) knows none, so such a
+    /// node has no rollback protection across restarts.
+    fn confirmed_sequence(&self, _role: &str, _hardware: &str) -> Option<u64> {
+        None
+    }
+
+    /// Records `sequence` as confirmed for (role, hardware); durable when `Ok`. Never lowers
+    /// a recorded value.
+    fn set_confirmed_sequence(
+        &mut self,
+        _role: &str,
+        _hardware: &str,
+        _sequence: u64,
+    ) -> Result<(), IoError> {
+        Err(IoError::Unsupported)
+    }
 }
 
 // --- memory implementations ----------------------------------------------------------------
@@ -510,6 +528,8 @@ impl FirmwareSink for MemorySink {
 #[derive(Debug, Default)]
 struct StoreState {
     current: Option<InstalledImage>,
+    /// Confirmed signed-firmware sequences per (role, hardware).
+    sequences: alloc::collections::BTreeMap<(String, String), u64>,
     transfer: Option<TransferRecord>,
     writes: u64,
 }
@@ -586,6 +606,27 @@ impl OtaStore for MemoryStore {
     fn clear_transfer(&mut self) -> Result<(), IoError> {
         let mut s = self.state.borrow_mut();
         s.transfer = None;
+        s.writes += 1;
+        Ok(())
+    }
+
+    fn confirmed_sequence(&self, role: &str, hardware: &str) -> Option<u64> {
+        let key = (String::from(role), String::from(hardware));
+        self.state.borrow().sequences.get(&key).copied()
+    }
+
+    fn set_confirmed_sequence(
+        &mut self,
+        role: &str,
+        hardware: &str,
+        sequence: u64,
+    ) -> Result<(), IoError> {
+        let mut s = self.state.borrow_mut();
+        let slot = s
+            .sequences
+            .entry((role.into(), hardware.into()))
+            .or_insert(0);
+        *slot = (*slot).max(sequence);
         s.writes += 1;
         Ok(())
     }

@@ -73,6 +73,9 @@ pub struct Offer {
     pub chunk_size: u32,
     /// pmesh only: when nodes apply.
     pub apply: ApplyPolicy,
+    /// pmesh only: the verified signed manifest and digests of a bundle
+    /// ([`Offer::from_bundle`], feature `signature`).
+    pub signed: Option<crate::pmesh::SignedRollout>,
 }
 
 impl fmt::Debug for Offer {
@@ -122,7 +125,37 @@ impl Offer {
             version: String::new(),
             chunk_size: 0,
             apply: ApplyPolicy::OnVerify,
+            signed: None,
         }
+    }
+
+    /// A signed pmesh offer from a bundle (`pmesh ota sign`'s file), verified first against
+    /// `keys` (and its expiry, when `now_unix` is known): role, hardware, version and chunk
+    /// size come from its manifest. Refused with the exact reason otherwise.
+    #[cfg(feature = "signature")]
+    pub fn from_bundle(
+        bytes: &[u8],
+        keys: &[crate::signed::TrustedKey],
+        now_unix: Option<u64>,
+    ) -> Result<Self, crate::signed::TrustError> {
+        let b = crate::signed::Bundle::parse(bytes)?;
+        b.verify(keys, now_unix)?;
+        let m = &b.manifest.body;
+        let digests_end = bytes.len() - b.image().len();
+        let digests = &bytes[b.manifest.bytes.len()..digests_end];
+        let mut offer = Offer::new(
+            m.role.clone(),
+            m.hardware.clone(),
+            MemorySource::new(b.image().to_vec()),
+        )
+        .pmesh();
+        offer.version = m.version.clone();
+        offer.chunk_size = m.chunk_size;
+        offer.signed = Some(crate::pmesh::SignedRollout::from_bundle(
+            b.manifest.clone(),
+            digests,
+        ));
+        Ok(offer)
     }
 
     /// The seed's `offerOTA(role, hardware, md5, parts, forced, broadcast, compressed)`:

@@ -45,6 +45,8 @@ pub struct OtaConfig {
     pub announce: AnnounceSchedule,
     /// pmesh protocol knobs.
     pub pmesh: PmeshTuning,
+    /// Signed firmware: trusted keys, whether unsigned rollouts are taken.
+    pub trust: crate::pmesh::TrustConfig,
 }
 
 impl OtaConfig {
@@ -58,6 +60,7 @@ impl OtaConfig {
             classic: ClassicTuning::default(),
             announce: AnnounceSchedule::default(),
             pmesh: PmeshTuning::default(),
+            trust: crate::pmesh::TrustConfig::default(),
         }
     }
 
@@ -123,7 +126,8 @@ impl<S: FirmwareSink, T: OtaStore> Ota<S, T> {
                 cfg.hardware.clone(),
                 cfg.pmesh_receiver,
                 cfg.pmesh,
-            ),
+            )
+            .with_trust(cfg.trust.clone()),
             classic_rx,
             cfg,
             sink,
@@ -256,6 +260,14 @@ impl<S: FirmwareSink, T: OtaStore> Ota<S, T> {
 }
 
 impl<S: FirmwareSink, T: OtaStore> Plugin for Ota<S, T> {
+    fn admit(&mut self, ctx: &mut Context<'_, OtaEvent>, frame: &Incoming<'_>) -> bool {
+        if !self.speaks_pmesh || !(wire::HELLO..=wire::PAGE).contains(&frame.envelope.ty) {
+            return true;
+        }
+        self.ensure_booted(ctx);
+        self.pmesh.admit(ctx, frame)
+    }
+
     type Event = OtaEvent;
 
     fn on_frame(&mut self, ctx: &mut Context<'_, OtaEvent>, frame: &Incoming<'_>) -> Handled {
@@ -298,7 +310,7 @@ impl<S: FirmwareSink, T: OtaStore> Plugin for Ota<S, T> {
                 }
                 Handled::Yes
             }
-            wire::HELLO..=wire::CANCEL => {
+            wire::HELLO..=wire::PAGE => {
                 if self.speaks_pmesh {
                     let busy = self.classic_busy();
                     self.pmesh

@@ -43,6 +43,7 @@ use crate::event::{OtaEvent, Phase, Refusal, TransferId};
 use crate::io::{FirmwareSink, FirmwareSource, InstalledImage, OtaStore};
 use crate::offer::{ApplyPolicy, Offer, PMESH_CHUNK, PMESH_COMPRESSED_CHUNK};
 use crate::pmesh::spans::{PlanError, Spans};
+use crate::pmesh::trust::{self, ChunkCheck, Own, SignedRollout, TrustConfig};
 use crate::pmesh::wire::{self, ChunkMsg, Compression, Manifest, Report, Via, Want};
 
 /// Knobs of the pmesh protocol.
@@ -114,6 +115,15 @@ pub struct PmeshStats {
     pub rewants: u64,
     /// Malformed pmesh frames ignored (or, for ACKs, carrying report entries that were skipped).
     pub malformed: u64,
+    /// Manifests and digest pages refused by the trust checks (unsigned where signatures
+    /// are required, unknown key, bad signature, rollback, page not matching the root):
+    /// neither relayed nor used.
+    pub untrusted: u64,
+    /// Chunks whose digest did not match the signed one: dropped, not forwarded; their
+    /// sender is demoted as a source.
+    pub bad_digests: u64,
+    /// Chunks of a signed rollout that arrived before their digest page: dropped.
+    pub unverifiable: u64,
 }
 
 /// A subscriber or an upstream: a neighbour, or a node reached by SINGLE routing.
@@ -186,6 +196,8 @@ struct Rollout {
     last_pct: u32,
     apply_local: Option<Instant>,
     hashes: Option<(String, String)>,
+    /// Signed rollouts: the verified manifest and the digest pages held.
+    signed: Option<SignedRollout>,
 }
 
 impl Rollout {
@@ -318,6 +330,13 @@ pub struct PmeshAgent {
     current_sha: Option<String>,
     refused: Vec<(u32, &'static str)>,
     stats: PmeshStats,
+    trust: TrustConfig,
+    /// The last signed manifest whose signature checked out (re-floods skip the check).
+    verified_sm: Vec<u8>,
+    /// Highest signed sequence confirmed for this node's class (anti-rollback).
+    confirmed: Option<u64>,
+    /// Neighbours that sent a chunk failing its digest: never chosen as upstream again.
+    demoted: Vec<ConnId>,
 }
 
 impl core::fmt::Debug for PmeshAgent {
@@ -460,12 +479,41 @@ impl PmeshAgent {
             current_sha: None,
             refused: Vec::new(),
             stats: PmeshStats::default(),
+            trust: TrustConfig::default(),
+            verified_sm: Vec::new(),
+            confirmed: None,
+            demoted: Vec::new(),
         }
+    }
+
+    /// Sets which firmware this node trusts.
+    pub fn with_trust(mut self, trust: TrustConfig) -> Self {
+        self.trust = trust;
+        self
+    }
+
+    /// Checks a manifest against the trust configuration (see `trust::check_manifest`).
+    fn check_trust(&mut self, m: &Manifest) -> Result<Option<SignedRollout>, Refusal> {
+        let own = Own {
+            role: &self.role,
+            hardware: &self.hardware,
+            confirmed: self.confirmed,
+        };
+        let out = trust::check_manifest(&self.trust, m, own, &mut self.verified_sm);
+        if out.is_err() {
+            self.stats.untrusted += 1;
+        }
+        out
     }
 
     /// Counters.
     pub fn stats(&self) -> PmeshStats {
         self.stats
+    }
+
+    /// The current rollout's MANIFEST frame as this node would flood it (`routing:2`).
+    pub fn manifest_json(&self) -> Option<Vec<u8>> {
+        self.r.as_ref().map(|r| r.m.to_json(2))
     }
 
     /// This node's part in the current rollout.
@@ -504,6 +552,8 @@ impl PmeshAgent {
                 + r.m.role.capacity()
                 + r.m.hardware.capacity()
                 + r.reports.capacity() * core::mem::size_of::<Queued>()
+                + r.m.signed.as_ref().map_or(0, Vec::capacity)
+                + r.signed.as_ref().map_or(0, SignedRollout::heap_bytes)
                 + r.children
                     .iter()
                     .map(|c| {
@@ -535,6 +585,7 @@ impl PmeshAgent {
         sink: &mut dyn FirmwareSink,
         store: &mut dyn OtaStore,
     ) {
+        self.confirmed = store.confirmed_sequence(&self.role, &self.hardware);
         if let Some(cur) = store.current_image()
             && cur.role == self.role
             && cur.hardware == self.hardware
@@ -558,12 +609,20 @@ impl PmeshAgent {
             let _ = store.clear_transfer();
             return;
         };
+        let signed = match self.check_trust(&m) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = store.clear_transfer();
+                return;
+            }
+        };
         if rec.have.len() != m.count || sink.resume(Some(m.size)).is_err() {
             let _ = store.clear_transfer();
             return;
         }
         let done = rec.have.count();
         let mut r = new_rollout(m, Role::Target, rec.have);
+        r.signed = signed;
         r.had_state = true;
         let id = r.id();
         let total = r.m.count;
@@ -638,6 +697,15 @@ impl PmeshAgent {
         }) {
             return Err(Refusal::Busy);
         }
+        if offer.signed.is_some() && offer.compressed {
+            return Err(Refusal::BadOffer("signed rollouts are not compressed"));
+        }
+        if offer.signed.is_none() && self.trust.requires_signed() {
+            return Err(Refusal::Untrusted {
+                code: "unsigned",
+                reason: "this node requires signed firmware: offer a bundle".into(),
+            });
+        }
         let chunk = if offer.chunk_size != 0 {
             offer.chunk_size
         } else if offer.compressed {
@@ -704,7 +772,15 @@ impl PmeshAgent {
             forced: offer.forced,
             coordinated: offer.apply != ApplyPolicy::OnVerify,
             apply_at: None,
+            signed: offer.signed.as_ref().map(|s| s.manifest_bytes().to_vec()),
         };
+        if let Some(s) = &offer.signed
+            && s.sha256_hex() != m.sha256
+        {
+            return Err(Refusal::BadOffer(
+                "image does not match the signed manifest",
+            ));
+        }
         let dist = DistState {
             source: offer.image,
             policy: offer.apply,
@@ -719,8 +795,11 @@ impl PmeshAgent {
         );
         let json = r.m.to_json(2);
         let tid = r.id();
+        let mut r = r;
+        r.signed = offer.signed.take();
         self.r = Some(r);
         self.flood(ctx, json);
+        self.flood_pages(ctx);
         Ok(tid)
     }
 
@@ -746,6 +825,33 @@ impl PmeshAgent {
         self.r = None;
         self.flood(ctx, json);
         true
+    }
+
+    /// Floods every digest page of a signed rollout (right after its manifest, so pages
+    /// precede the chunks they cover on every link).
+    fn flood_pages(&mut self, ctx: &mut Ctx<'_, '_>) {
+        let me = ctx.node_id();
+        let Some(r) = &self.r else { return };
+        let Some(s) = &r.signed else { return };
+        let pages: Vec<Vec<u8>> = (0..s.page_count())
+            .filter_map(|p| s.page_json(me, 2, r.m.id, p))
+            .collect();
+        for json in pages {
+            self.flood(ctx, json);
+        }
+    }
+
+    /// Sends the held digest pages to one neighbour (after the manifest).
+    fn send_pages(&mut self, ctx: &mut Ctx<'_, '_>, conn: ConnId) {
+        let me = ctx.node_id();
+        let Some(r) = &self.r else { return };
+        let Some(s) = &r.signed else { return };
+        let pages: Vec<Vec<u8>> = (0..s.page_count())
+            .filter_map(|p| s.page_json(me, 0, r.m.id, p))
+            .collect();
+        for json in pages {
+            self.send_control(ctx, Peer::Conn(conn), json);
+        }
     }
 
     fn flood(&mut self, ctx: &mut Ctx<'_, '_>, json: Vec<u8>) {
@@ -809,11 +915,15 @@ impl PmeshAgent {
                 if let Some(r) = &self.r {
                     let json = r.m.to_json(0);
                     self.send_control(ctx, Peer::Conn(f.conn), json);
+                    self.send_pages(ctx, f.conn);
                 }
                 self.evaluate_upstream(ctx);
             }
             wire::MANIFEST => match Manifest::from_envelope(env) {
-                Ok(m) if m.from != me => self.on_manifest(ctx, m, f, sink, store, busy),
+                Ok(m) if m.from != me => match self.check_trust(&m) {
+                    Ok(signed) => self.on_manifest(ctx, (m, signed), f, sink, store, busy),
+                    Err(reason) => self.refuse(ctx, m.id, reason),
+                },
                 Ok(_) => {}
                 Err(reason) => {
                     self.stats.malformed += 1;
@@ -863,7 +973,95 @@ impl PmeshAgent {
                     self.on_cancel(ctx, id, sink, store);
                 }
             }
+            #[cfg(feature = "signature")]
+            wire::PAGE => {
+                if self.on_page(env) == Some(true) && env.routing == Routing::Neighbour {
+                    // A page from one neighbour (not flooded) goes on to the others.
+                    let others: Vec<ConnId> = self
+                        .pmesh_conns
+                        .iter()
+                        .map(|(c, _)| *c)
+                        .filter(|c| *c != f.conn)
+                        .collect();
+                    let json = f.raw[..f.raw.len().saturating_sub(1)].to_vec();
+                    for c in others {
+                        self.send_control(ctx, Peer::Conn(c), json.clone());
+                    }
+                }
+            }
             _ => {}
+        }
+    }
+
+    /// A PAGE: `Some(true)` if new and verified against the rollout's root, `Some(false)` if
+    /// already held, `None` if refused (counted) or not for the current signed rollout.
+    #[cfg(feature = "signature")]
+    fn on_page(&mut self, env: &pmesh_proto::Envelope) -> Option<bool> {
+        let Some((id, p, digests, proof)) = trust::parse_page(env) else {
+            self.stats.malformed += 1;
+            return None;
+        };
+        let s = self.r.as_mut().filter(|r| r.m.id == id)?.signed.as_mut()?;
+        match s.add_page(p, &digests, &proof) {
+            Ok(new) => Some(new),
+            Err(_) => {
+                self.stats.untrusted += 1;
+                None
+            }
+        }
+    }
+
+    /// Whether this node may forward `f` (SINGLE through it, or a flood): manifests must
+    /// pass the trust checks, pages must match the root, chunks of a signed rollout their
+    /// digest. Everything else passes.
+    pub(crate) fn admit(&mut self, ctx: &mut Ctx<'_, '_>, f: &Incoming<'_>) -> bool {
+        let env = f.envelope;
+        match env.ty {
+            wire::MANIFEST => match Manifest::from_envelope(env) {
+                Ok(m) if m.from == ctx.node_id() => true,
+                Ok(m) => match self.check_trust(&m) {
+                    Ok(_) => true,
+                    Err(reason) => {
+                        self.refuse(ctx, m.id, reason);
+                        false
+                    }
+                },
+                Err(_) => !self.trust.requires_signed(),
+            },
+            #[cfg(feature = "signature")]
+            wire::PAGE => self.on_page(env).is_some() || !self.trust.requires_signed(),
+            wire::CHUNK => self.admit_chunk(env),
+            _ => true,
+        }
+    }
+
+    /// A chunk passing through: checked against its digest when the rollout is signed.
+    fn admit_chunk(&mut self, env: &pmesh_proto::Envelope) -> bool {
+        let signed = self
+            .r
+            .as_ref()
+            .and_then(|r| r.signed.as_ref().map(|s| (r.m.id, s)));
+        let Some((id, s)) = signed else {
+            return !self.trust.requires_signed();
+        };
+        let Some(c) = ChunkMsg::from_envelope(env).filter(|c| c.id == id) else {
+            return !self.trust.requires_signed();
+        };
+        let verdict = if c.deflated {
+            ChunkCheck::Bad
+        } else {
+            s.check_chunk(c.index, &c.payload)
+        };
+        match verdict {
+            ChunkCheck::Good => true,
+            ChunkCheck::Bad => {
+                self.stats.bad_digests += 1;
+                false
+            }
+            ChunkCheck::NoPage => {
+                self.stats.unverifiable += 1;
+                false
+            }
         }
     }
 
@@ -887,7 +1085,7 @@ impl PmeshAgent {
     fn on_manifest(
         &mut self,
         ctx: &mut Ctx<'_, '_>,
-        m: Manifest,
+        (m, signed): (Manifest, Option<SignedRollout>),
         f: &Incoming<'_>,
         sink: &mut dyn FirmwareSink,
         store: &mut dyn OtaStore,
@@ -908,6 +1106,15 @@ impl PmeshAgent {
             }
             if matches!(r.role, Role::Distributor(_)) {
                 return; // we distribute another rollout
+            }
+            // A signed rollout is not replaced by an older one of the same class.
+            if let (Some(cur), Some(new)) = (&r.signed, &signed)
+                && r.m.role == m.role
+                && r.m.hardware == m.hardware
+                && new.sequence() < cur.sequence()
+            {
+                self.stats.untrusted += 1;
+                return;
             }
             // A new rollout replaces the old; the same image keeps its progress.
             if matches!(r.role, Role::Target) && r.m.same_image(&m) && r.phase == Phase::Distribute
@@ -1007,6 +1214,8 @@ impl PmeshAgent {
                 }
             }
         };
+        let mut r = r;
+        r.signed = signed;
         let relay_json = from_neighbour.then(|| r.m.to_json(0));
         let complete =
             matches!(r.role, Role::Target) && r.phase == Phase::Distribute && r.have.is_complete();
@@ -1135,6 +1344,33 @@ impl PmeshAgent {
             u.rewant_at = Some(now + tuning.rewant_after);
         }
         let i = c.index;
+        if let Some(s) = &r.signed {
+            let verdict = if c.deflated {
+                ChunkCheck::Bad
+            } else {
+                s.check_chunk(i, &c.payload)
+            };
+            match verdict {
+                ChunkCheck::Good => {}
+                ChunkCheck::Bad => {
+                    self.stats.bad_digests += 1;
+                    if let Peer::Conn(conn) = peer
+                        && !self.demoted.contains(&conn)
+                    {
+                        if self.demoted.len() >= 16 {
+                            self.demoted.remove(0);
+                        }
+                        self.demoted.push(conn);
+                    }
+                    self.evaluate_upstream(ctx);
+                    return;
+                }
+                ChunkCheck::NoPage => {
+                    self.stats.unverifiable += 1;
+                    return;
+                }
+            }
+        }
         // A frame we can forward as is: hop-by-hop, with its NUL.
         let forwardable = if hop_by_hop {
             raw.clone()
@@ -1431,6 +1667,12 @@ impl PmeshAgent {
         };
         let _ = store.set_current_image(&image);
         let _ = store.clear_transfer();
+        if let Some(s) = &r.signed {
+            // Anti-rollback: the counter moves when the node commits a signed image.
+            let seq = s.sequence();
+            let _ = store.set_confirmed_sequence(&self.role, &self.hardware, seq);
+            self.confirmed = Some(self.confirmed.map_or(seq, |c| c.max(seq)));
+        }
         self.current_sha = Some(sha256);
         r.phase = Phase::Applied;
         r.apply_local = None;
@@ -1529,6 +1771,10 @@ impl PmeshAgent {
     /// `hello_grace` (from when we first look) before we route past it.
     fn peer_toward(&mut self, ctx: &Ctx<'_, '_>, node: u32) -> Option<Peer> {
         let conn = ctx.route(node)?;
+        if self.demoted.contains(&conn) {
+            // It sent a chunk that failed its digest: ask the distributor itself.
+            return Some(Peer::Remote(node));
+        }
         if self.pmesh_conns.iter().any(|(c, _)| *c == conn) {
             return Some(Peer::Conn(conn));
         }
@@ -1874,6 +2120,7 @@ impl PmeshAgent {
             }
             let json = r.m.to_json(2);
             self.flood(ctx, json);
+            self.flood_pages(ctx);
         }
         let Some(r) = &mut self.r else { return };
         if r.phase == Phase::Verified
@@ -1956,6 +2203,7 @@ fn new_rollout(m: Manifest, role: Role, have: ChunkBitmap) -> Rollout {
         last_pct: 0,
         apply_local: None,
         hashes: None,
+        signed: None,
     }
 }
 

@@ -4,8 +4,10 @@
 
 pub mod agent;
 pub mod spans;
+pub mod trust;
 pub mod wire;
 
 pub use agent::{PmeshAgent, PmeshStats, PmeshTuning, RolloutStatus};
 pub use spans::Spans;
+pub use trust::{SignedRollout, TrustConfig};
 pub use wire::{Compression, FrameKind, Manifest};

@@ -15,6 +15,7 @@
 //! | 714 | ACK | 0 (1 + `dest`) | `id,n[,p]` |
 //! | 715 | APPLY | 2 | `id,at` |
 //! | 716 | CANCEL | 2 | `id` |
+//! | 717 | PAGE | 2 (0 to one neighbour) | `id,p,d,pf` (signed rollouts: digest page `p`, its proof) |
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -42,6 +43,10 @@ pub const ACK: i32 = 714;
 pub const APPLY: i32 = 715;
 /// CANCEL: abandon the rollout.
 pub const CANCEL: i32 = 716;
+/// PAGE: a digest page of a signed rollout with its Merkle proof (see `crate::signed`).
+pub const PAGE: i32 = 717;
+/// Longest signed manifest a MANIFEST's `sm` may carry (bytes, before base85).
+pub const MAX_SIGNED_MANIFEST: usize = 375;
 
 /// Most chunks a manifest may have (a 128 KiB bitmap); more is refused as malformed, so a
 /// bad manifest cannot make a relay allocate without bound.
@@ -73,6 +78,8 @@ pub enum FrameKind {
     Apply,
     /// pmesh CANCEL.
     Cancel,
+    /// pmesh PAGE (signed rollouts' chunk digests).
+    Page,
 }
 
 impl FrameKind {
@@ -89,6 +96,7 @@ impl FrameKind {
             ACK => FrameKind::Ack,
             APPLY => FrameKind::Apply,
             CANCEL => FrameKind::Cancel,
+            PAGE => FrameKind::Page,
             _ => return None,
         })
     }
@@ -151,6 +159,8 @@ pub struct Manifest {
     pub coordinated: bool,
     /// Apply time (mesh µs), once the distributor set it.
     pub apply_at: Option<u32>,
+    /// The signed manifest's bytes (`sm`, signed rollouts; checked by `pmesh/trust.rs`).
+    pub signed: Option<Vec<u8>>,
 }
 
 impl Manifest {
@@ -205,6 +215,11 @@ impl Manifest {
         num(&mut o, "apply", u64::from(self.coordinated));
         if let Some(at) = self.apply_at {
             num(&mut o, "at", u64::from(at));
+        }
+        if let Some(sm) = &self.signed {
+            o.extend_from_slice(b",\"sm\":\"");
+            b85::encode_into(sm, &mut o);
+            o.push(b'"');
         }
         o.push(b'}');
         o
@@ -285,8 +300,59 @@ impl Manifest {
             forced: env.get("forced").and_then(Value::as_bool).unwrap_or(false),
             coordinated: env.get("apply").and_then(Value::as_u32_strict).unwrap_or(0) != 0,
             apply_at: env.get("at").and_then(Value::as_u32_strict),
+            signed: match env.get("sm") {
+                None => None,
+                Some(Value::String(t)) if t.len() <= MAX_SIGNED_MANIFEST * 5 / 4 + 1 => {
+                    Some(b85::decode(t).map_err(|_| Refusal::BadOffer("sm"))?)
+                }
+                Some(_) => return Err(Refusal::BadOffer("sm")),
+            },
         })
     }
+}
+
+/// A PAGE frame: digest page `p` of rollout `id` (the digests, concatenated) and its proof.
+pub fn page_frame(
+    from: u32,
+    routing: u8,
+    id: u32,
+    p: u32,
+    digests: &[u8],
+    proof: &[[u8; 32]],
+) -> Vec<u8> {
+    let mut o = head(PAGE, routing, from);
+    num(&mut o, "id", u64::from(id));
+    num(&mut o, "p", u64::from(p));
+    o.extend_from_slice(b",\"d\":\"");
+    b85::encode_into(digests, &mut o);
+    o.extend_from_slice(b"\",\"pf\":\"");
+    b85::encode_into(proof.concat().as_slice(), &mut o);
+    o.extend_from_slice(b"\"}");
+    o
+}
+
+/// A parsed PAGE frame: rollout id, page index, digests, proof hashes.
+pub type PageMsg = (u32, u32, Vec<u8>, Vec<[u8; 32]>);
+
+/// Parses a PAGE frame; `None` if malformed (a page holds at most 32 digests, a proof at
+/// most 20 hashes: 2^20 chunks make 2^15 pages).
+pub fn parse_page(env: &Envelope) -> Option<PageMsg> {
+    let id = env.get("id")?.as_u32_strict()?;
+    let p = env.get("p")?.as_u32_strict()?;
+    let text = |k| match env.get(k) {
+        Some(Value::String(t)) if t.len() <= 1281 => b85::decode(t).ok(),
+        _ => None,
+    };
+    let d = text("d")?;
+    let pf = text("pf")?;
+    if d.len() > 32 * 32 || d.len() % 32 != 0 || pf.len() % 32 != 0 || pf.len() > 20 * 32 {
+        return None;
+    }
+    let proof = pf
+        .chunks_exact(32)
+        .map(|h| h.try_into().unwrap_or([0; 32]))
+        .collect();
+    Some((id, p, d, proof))
 }
 
 /// `{"type":T,"routing":R,"from":F` (no closing brace).
@@ -577,6 +643,7 @@ mod tests {
             forced: false,
             coordinated: true,
             apply_at: Some(5),
+            signed: None,
         };
         let json = m.to_json(2);
         let env = parse(&json);
@@ -617,6 +684,7 @@ mod tests {
             forced: false,
             coordinated: false,
             apply_at: None,
+            signed: None,
         };
         let json = m.to_json(2);
         assert_eq!(Manifest::from_envelope(&parse(&json)).unwrap(), m);

@@ -91,6 +91,7 @@ fn kind_name(k: Option<FrameKind>) -> &'static str {
         Some(FrameKind::Ack) => "ack",
         Some(FrameKind::Apply) => "apply",
         Some(FrameKind::Cancel) => "cancel",
+        Some(FrameKind::Page) => "page",
         None => "other",
     }
 }

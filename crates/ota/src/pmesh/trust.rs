@@ -1,0 +1,334 @@
+//! Signed rollouts in the pmesh protocol: what a node checks before it relays a manifest or
+//! a digest page, and before it caches, writes or forwards a chunk (docs/ota.md, "Signed
+//! firmware"). With the `signature` feature off, [`TrustConfig`] only says whether unsigned
+//! rollouts are allowed and [`SignedRollout`] cannot exist, so none of this costs flash.
+
+use alloc::vec::Vec;
+
+#[cfg(feature = "signature")]
+use pmesh_proto::Envelope;
+
+use crate::pmesh::wire::Manifest;
+
+pub use imp::{SignedRollout, TrustConfig};
+
+/// What a chunk's digest check says.
+#[cfg_attr(not(feature = "signature"), allow(dead_code))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ChunkCheck {
+    /// Matches its digest.
+    Good,
+    /// Does not match: drop, count, demote the sender.
+    Bad,
+    /// Its digest page has not arrived: cannot be checked, so it is dropped.
+    NoPage,
+}
+
+/// The node's own class and anti-rollback state, for [`check_manifest`].
+#[cfg_attr(not(feature = "signature"), allow(dead_code))]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Own<'a> {
+    pub role: &'a str,
+    pub hardware: &'a str,
+    pub confirmed: Option<u64>,
+}
+
+#[cfg(feature = "signature")]
+mod imp {
+    use super::*;
+    use crate::pmesh::wire;
+    use crate::signed::{
+        DigestPage, Hash, Policy, SignedManifest, TrustError, TrustedKey, bundle, merkle,
+        verify_signature,
+    };
+
+    /// Which firmware a node trusts (part of `OtaConfig`).
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct TrustConfig {
+        /// Keys whose signatures this node accepts. Any key makes signatures required.
+        pub keys: Vec<TrustedKey>,
+        /// Without keys: take part in unsigned rollouts (true) or refuse every pmesh rollout
+        /// (false). Ignored when keys are set.
+        pub allow_unsigned: bool,
+    }
+
+    impl Default for TrustConfig {
+        /// No keys, unsigned allowed: the library default (a `pmesh node` sets its own).
+        fn default() -> Self {
+            TrustConfig {
+                keys: Vec::new(),
+                allow_unsigned: true,
+            }
+        }
+    }
+
+    impl TrustConfig {
+        /// Only signed rollouts are accepted (and relayed).
+        pub fn requires_signed(&self) -> bool {
+            !self.keys.is_empty() || !self.allow_unsigned
+        }
+    }
+
+    /// A verified signed manifest and the digest pages received so far (each with its proof,
+    /// so the node can pass it on).
+    #[derive(Clone, Debug)]
+    pub struct SignedRollout {
+        manifest: SignedManifest,
+        pages: Vec<Option<(DigestPage, Vec<Hash>)>>,
+    }
+
+    impl SignedRollout {
+        /// A distributor's: every page of a bundle's digests (already verified as a bundle).
+        pub fn from_bundle(manifest: SignedManifest, digests: &[u8]) -> Self {
+            let leaves = bundle::page_leaves(digests);
+            let mut s = SignedRollout::new(manifest);
+            for (p, page) in digests
+                .chunks(32 * crate::signed::PAGE_CHUNKS as usize)
+                .enumerate()
+            {
+                let _ = s.add_page(p as u32, page, &merkle::proof(&leaves, p));
+            }
+            s
+        }
+
+        pub(crate) fn new(manifest: SignedManifest) -> Self {
+            let n = manifest.body.page_count() as usize;
+            SignedRollout {
+                manifest,
+                pages: alloc::vec![None; n],
+            }
+        }
+
+        /// The signed manifest.
+        pub fn manifest(&self) -> &SignedManifest {
+            &self.manifest
+        }
+
+        /// The anti-rollback sequence.
+        pub fn sequence(&self) -> u64 {
+            self.manifest.body.sequence
+        }
+
+        pub(crate) fn manifest_bytes(&self) -> &[u8] {
+            &self.manifest.bytes
+        }
+
+        pub(crate) fn sha256_hex(&self) -> alloc::string::String {
+            crate::codec::hex(&self.manifest.body.sha256)
+        }
+
+        pub(crate) fn page_count(&self) -> u32 {
+            self.pages.len() as u32
+        }
+
+        /// Checks page `p` against the root and keeps it; `Ok(true)` if it is new.
+        pub(crate) fn add_page(
+            &mut self,
+            p: u32,
+            bytes: &[u8],
+            proof: &[Hash],
+        ) -> Result<bool, TrustError> {
+            if self.pages.get(p as usize).is_some_and(Option::is_some) {
+                let held = self.pages[p as usize]
+                    .as_ref()
+                    .map(|(d, _)| d.digests.concat());
+                return if held.as_deref() == Some(bytes) {
+                    Ok(false)
+                } else {
+                    Err(TrustError::BadPage { page: p })
+                };
+            }
+            let page = DigestPage::verify(&self.manifest.body, p, bytes, proof)?;
+            self.pages[p as usize] = Some((page, proof.to_vec()));
+            Ok(true)
+        }
+
+        /// The PAGE frame of page `p`, if held.
+        pub(crate) fn page_json(&self, from: u32, routing: u8, id: u32, p: u32) -> Option<Vec<u8>> {
+            let (page, proof) = self.pages.get(p as usize)?.as_ref()?;
+            Some(wire::page_frame(
+                from,
+                routing,
+                id,
+                p,
+                &page.digests.concat(),
+                proof,
+            ))
+        }
+
+        /// Checks chunk `i`'s image bytes against its digest.
+        pub(crate) fn check_chunk(&self, i: u32, data: &[u8]) -> ChunkCheck {
+            let p = i / crate::signed::PAGE_CHUNKS;
+            match self.pages.get(p as usize) {
+                Some(Some((page, _))) if page.check_chunk(i, data).is_ok() => ChunkCheck::Good,
+                Some(Some(_)) => ChunkCheck::Bad,
+                _ => ChunkCheck::NoPage,
+            }
+        }
+
+        /// RAM held for pages (counted in a node's tracking state).
+        pub(crate) fn heap_bytes(&self) -> usize {
+            self.manifest.bytes.len()
+                + self
+                    .pages
+                    .iter()
+                    .flatten()
+                    .map(|(d, p)| 32 * (d.digests.len() + p.len()))
+                    .sum::<usize>()
+        }
+    }
+
+    fn untrusted(e: TrustError) -> crate::Refusal {
+        crate::Refusal::Untrusted {
+            code: e.code(),
+            reason: alloc::format!("{e}"),
+        }
+    }
+
+    /// Checks a MANIFEST before a node relays or uses it. `Ok(None)`: an unsigned rollout this
+    /// node accepts; `Ok(Some)`: signed by a trusted key, its JSON fields equal to the signed
+    /// ones, not a rollback of this node's class. `verified` caches the last signature
+    /// checked (re-floods cost no second ed25519 verification).
+    pub(crate) fn check_manifest(
+        cfg: &TrustConfig,
+        m: &Manifest,
+        own: Own<'_>,
+        verified: &mut Vec<u8>,
+    ) -> Result<Option<SignedRollout>, crate::Refusal> {
+        let Some(sm) = &m.signed else {
+            return if cfg.requires_signed() {
+                Err(untrusted(TrustError::Unsigned))
+            } else {
+                Ok(None)
+            };
+        };
+        if cfg.keys.is_empty() {
+            // Nothing to check it with: an unsigned rollout as far as this node knows.
+            return if cfg.allow_unsigned {
+                Ok(None)
+            } else {
+                Err(untrusted(TrustError::Unsigned))
+            };
+        }
+        let (s, used) = SignedManifest::decode(sm).map_err(untrusted)?;
+        if used != sm.len() {
+            return Err(untrusted(TrustError::Malformed(
+                "bytes after the signed manifest",
+            )));
+        }
+        if verified.as_slice() != sm.as_slice() {
+            verify_signature(&s, &cfg.keys).map_err(untrusted)?;
+            verified.clear();
+            verified.extend_from_slice(sm);
+        }
+        if !matches_json(m, &s) {
+            return Err(untrusted(TrustError::Malformed(
+                "manifest fields differ from the signed manifest",
+            )));
+        }
+        if s.body.role == own.role && s.body.hardware == own.hardware {
+            let policy = Policy {
+                role: own.role,
+                hardware: own.hardware,
+                confirmed: own.confirmed,
+                now_unix: None,
+            };
+            policy.check(&s.body).map_err(untrusted)?;
+        }
+        Ok(Some(SignedRollout::new(s)))
+    }
+
+    /// The JSON fields a node acts on are the signed ones.
+    fn matches_json(m: &Manifest, s: &SignedManifest) -> bool {
+        let b = &s.body;
+        m.size == b.size
+            && m.chunk == b.chunk_size
+            && m.count == b.chunk_count
+            && m.sha256 == crate::codec::hex(&b.sha256)
+            && m.version == b.version
+            && m.role == b.role
+            && m.hardware == b.hardware
+            && m.compression == wire::Compression::None
+            && m.spans.is_none()
+    }
+
+    /// A PAGE envelope: (id, page, digests, proof), or `None` if malformed.
+    pub(crate) fn parse_page(env: &Envelope) -> Option<wire::PageMsg> {
+        wire::parse_page(env)
+    }
+}
+
+#[cfg(not(feature = "signature"))]
+mod imp {
+    use super::*;
+
+    /// Which firmware a node trusts: without the `signature` feature, only whether unsigned
+    /// pmesh rollouts are taken (true) or every one is refused (false).
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct TrustConfig {
+        /// Take part in (unsigned) pmesh rollouts.
+        pub allow_unsigned: bool,
+    }
+
+    impl Default for TrustConfig {
+        fn default() -> Self {
+            TrustConfig {
+                allow_unsigned: true,
+            }
+        }
+    }
+
+    impl TrustConfig {
+        /// Only signed rollouts are accepted: without the feature, that means none.
+        pub fn requires_signed(&self) -> bool {
+            !self.allow_unsigned
+        }
+    }
+
+    /// Cannot exist without the `signature` feature.
+    #[derive(Clone, Debug)]
+    pub enum SignedRollout {}
+
+    impl SignedRollout {
+        pub(crate) fn sequence(&self) -> u64 {
+            match *self {}
+        }
+        pub(crate) fn page_count(&self) -> u32 {
+            match *self {}
+        }
+        pub(crate) fn manifest_bytes(&self) -> &[u8] {
+            match *self {}
+        }
+        pub(crate) fn sha256_hex(&self) -> alloc::string::String {
+            match *self {}
+        }
+        pub(crate) fn page_json(&self, _: u32, _: u8, _: u32, _: u32) -> Option<Vec<u8>> {
+            match *self {}
+        }
+        pub(crate) fn check_chunk(&self, _: u32, _: &[u8]) -> ChunkCheck {
+            match *self {}
+        }
+        pub(crate) fn heap_bytes(&self) -> usize {
+            match *self {}
+        }
+    }
+
+    pub(crate) fn check_manifest(
+        cfg: &TrustConfig,
+        m: &Manifest,
+        _own: Own<'_>,
+        _verified: &mut Vec<u8>,
+    ) -> Result<Option<SignedRollout>, crate::Refusal> {
+        if cfg.requires_signed() || m.signed.is_some() && !cfg.allow_unsigned {
+            return Err(crate::Refusal::Untrusted {
+                code: "unsigned",
+                reason: "this node takes no pmesh rollouts (allow_unsigned is off)".into(),
+            });
+        }
+        Ok(None)
+    }
+}
+
+pub(crate) use imp::check_manifest;
+#[cfg(feature = "signature")]
+pub(crate) use imp::parse_page;
