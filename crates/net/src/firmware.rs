@@ -151,6 +151,10 @@ impl Layout {
     fn current_meta(&self) -> PathBuf {
         self.root.join("current.json")
     }
+    /// Anti-rollback: the highest signed sequence confirmed per (role, hardware).
+    fn sequences(&self) -> PathBuf {
+        self.root.join("sequences.json")
+    }
     fn current_link(&self) -> PathBuf {
         self.root.join("current.bin")
     }
@@ -670,8 +674,18 @@ pub struct FileStore {
     dir: Option<Arc<Layout>>,
     current: Option<InstalledImage>,
     transfer: Option<Transfer>,
+    /// Confirmed signed-firmware sequences (`sequences.json`).
+    sequences: Vec<SequenceRecord>,
     /// Damaged or stale records found when loading (for logs and tests).
     discarded: Vec<String>,
+}
+
+/// One line of `sequences.json`: the highest sequence confirmed for a class.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SequenceRecord {
+    role: String,
+    hardware: String,
+    sequence: u64,
 }
 
 impl FileStore {
@@ -681,6 +695,7 @@ impl FileStore {
             dir: None,
             current: None,
             transfer: None,
+            sequences: Vec::new(),
             discarded: Vec::new(),
         }
     }
@@ -743,6 +758,14 @@ impl FileStore {
                 })
             }
         };
+        let sequences = read_json::<Vec<SequenceRecord>>(&l.sequences());
+        if sequences.is_none() && l.sequences().exists() {
+            // Refuse to start without it rather than lose rollback protection silently.
+            return Err(io::Error::other(format!(
+                "{} is damaged: restore it or remove it knowingly (anti-rollback counters)",
+                l.sequences().display()
+            )));
+        }
         for d in &discarded {
             warn!(dir = %l.root.display(), what = %d, "OTA store: discarded a damaged record");
         }
@@ -750,6 +773,7 @@ impl FileStore {
             dir: Some(l),
             current,
             transfer,
+            sequences: sequences.unwrap_or_default(),
             discarded,
         })
     }
@@ -779,6 +803,36 @@ impl FileStore {
 impl OtaStore for FileStore {
     fn current_image(&self) -> Option<InstalledImage> {
         self.current.clone()
+    }
+
+    fn confirmed_sequence(&self, role: &str, hardware: &str) -> Option<u64> {
+        self.sequences
+            .iter()
+            .find(|r| r.role == role && r.hardware == hardware)
+            .map(|r| r.sequence)
+    }
+
+    fn set_confirmed_sequence(
+        &mut self,
+        role: &str,
+        hardware: &str,
+        sequence: u64,
+    ) -> Result<(), IoError> {
+        let mut next = self.sequences.clone();
+        match next
+            .iter_mut()
+            .find(|r| r.role == role && r.hardware == hardware)
+        {
+            Some(r) => r.sequence = r.sequence.max(sequence),
+            None => next.push(SequenceRecord {
+                role: role.into(),
+                hardware: hardware.into(),
+                sequence,
+            }),
+        }
+        write_json_atomic(&self.layout()?.sequences(), &next)?;
+        self.sequences = next;
+        Ok(())
     }
 
     fn set_current_image(&mut self, image: &InstalledImage) -> Result<(), IoError> {
@@ -924,6 +978,26 @@ mod tests {
 
     fn open(t: &Tmp) -> (FileSink, FileStore) {
         open_dir(&t.0, "sensor", "ESP32", 1 << 20).unwrap()
+    }
+
+    #[test]
+    fn confirmed_sequences_survive_a_restart_and_never_go_down() {
+        let t = Tmp::new("seq");
+        {
+            let (_sink, mut store) = open(&t);
+            assert_eq!(store.confirmed_sequence("sensor", "ESP32"), None);
+            store.set_confirmed_sequence("sensor", "ESP32", 7).unwrap();
+            store.set_confirmed_sequence("sensor", "ESP32", 3).unwrap();
+            store.set_confirmed_sequence("relay", "ESP32", 1).unwrap();
+        }
+        let (_sink, store) = open(&t);
+        assert_eq!(store.confirmed_sequence("sensor", "ESP32"), Some(7));
+        assert_eq!(store.confirmed_sequence("relay", "ESP32"), Some(1));
+        assert_eq!(store.confirmed_sequence("sensor", "ESP8266"), None);
+        drop((_sink, store));
+        // A damaged counter file stops the node instead of forgetting the counters.
+        fs::write(t.0.join("sequences.json"), b"{not json").unwrap();
+        assert!(open_dir(&t.0, "sensor", "ESP32", 1 << 20).is_err());
     }
 
     fn image(n: usize) -> Vec<u8> {

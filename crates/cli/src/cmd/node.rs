@@ -99,6 +99,15 @@ pub struct Args {
     /// `image_path` is refused].
     #[arg(long, value_name = "DIR")]
     pub firmware_dir: Option<PathBuf>,
+    /// Trust firmware signed by this key: a `pmesh-ed25519-pub ...` line or a file of them
+    /// (`pmesh key gen`). Repeat for more keys; any key makes signatures required: unsigned,
+    /// unknown-key, forged, rolled-back or tampered rollouts are neither installed nor relayed.
+    #[arg(long, value_name = "PUB")]
+    pub trusted_key: Vec<String>,
+    /// Without a trusted key, take part in (and relay) unsigned pmesh rollouts; without this
+    /// flag (or `[ota] allow_unsigned = true`) such a node refuses every pmesh rollout.
+    #[arg(long)]
+    pub allow_unsigned: bool,
     /// Broadcast an Alteriom EnhancedStatusPackage (604) this often, e.g. `30s`, so bridges
     /// monitor this node like the ESP nodes [default: off].
     #[arg(long, value_name = "DURATION")]
@@ -208,6 +217,11 @@ pub struct OtaSection {
     classic_broadcast_jitter: Option<String>,
     announce_interval: Option<String>,
     pmesh_rewant_after: Option<String>,
+    /// Trusted firmware keys: `pmesh-ed25519-pub ...` lines or files of them.
+    #[serde(default)]
+    trusted_keys: Vec<String>,
+    /// Take part in unsigned pmesh rollouts when no key is configured.
+    allow_unsigned: Option<bool>,
 }
 
 /// `[status]`: periodic status reports (Alteriom EnhancedStatusPackage).
@@ -356,6 +370,21 @@ impl OtaSettings {
             "pmesh_rewant_after",
         )?;
         config.pmesh.rate_limit = s.rate_limit.filter(|&r| r > 0);
+        let key_args: Vec<String> = args
+            .trusted_key
+            .iter()
+            .chain(&s.trusted_keys)
+            .cloned()
+            .collect();
+        config.trust = pmesh_ota::pmesh::TrustConfig {
+            keys: if key_args.is_empty() {
+                Vec::new()
+            } else {
+                crate::cmd::sign::read_trusted(&key_args)
+                    .context("--trusted-key / [ota] trusted_keys")?
+            },
+            allow_unsigned: args.allow_unsigned || s.allow_unsigned.unwrap_or(false),
+        };
         let dir = args
             .ota_dir
             .clone()
@@ -648,6 +677,26 @@ pub fn init_logging(format: Option<&str>, filter: Option<&str>) -> anyhow::Resul
 }
 
 /// Runs the command.
+/// Says at start which firmware this node takes (docs/ota.md, "Signed firmware").
+fn log_trust(t: &pmesh_ota::pmesh::TrustConfig) {
+    if !t.keys.is_empty() {
+        let ids: Vec<String> = t
+            .keys
+            .iter()
+            .map(|k| pmesh_ota::codec::hex(&k.id().0))
+            .collect();
+        info!(keys = ?ids, "OTA: signed firmware required (trusted keys)");
+    } else if t.allow_unsigned {
+        warn!(
+            "OTA: no trusted key and --allow-unsigned: unsigned pmesh rollouts are installed and relayed"
+        );
+    } else {
+        warn!(
+            "OTA: no trusted key: every pmesh rollout is refused (configure --trusted-key, or --allow-unsigned)"
+        );
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let file = match &args.config {
         Some(p) => FileConfig::load(p)?,
@@ -704,6 +753,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         info!("OTA: relaying and distributing only (no --ota-role)");
         (FileSink::disabled(), FileStore::disabled())
     };
+    log_trust(&o.config.trust);
     let ota = NodeOta::new(Ota::new(o.config.clone(), sink, store));
     let status = settings.status.clone().map(|cfg| {
         info!(interval_s = cfg.interval.as_secs_f64(), target = ?cfg.target, firmware = %cfg.firmware,
@@ -953,6 +1003,8 @@ mod tests {
             ota_exec: None,
             ota_max_size: None,
             firmware_dir: None,
+            trusted_key: vec![],
+            allow_unsigned: false,
             status_every: None,
             mqtt: Box::default(),
         }
@@ -1029,6 +1081,38 @@ mod tests {
         assert_eq!(s.net.retry.delay(9), Duration::from_secs(1));
         assert!(s.mqtt.is_some(), "[mqtt] is read");
         assert!(!s.file.other.contains_key("mqtt"));
+    }
+
+    #[test]
+    fn trusted_keys_from_file_and_flags() {
+        let s = Settings::resolve(&args(), FileConfig::default()).unwrap();
+        assert!(s.ota.config.trust.keys.is_empty());
+        assert!(
+            s.ota.config.trust.requires_signed(),
+            "no key, no --allow-unsigned: refuse"
+        );
+        let k1 = pmesh_ota::signed::SigningKey::from_seed([1; 32]).public();
+        let k2 = pmesh_ota::signed::SigningKey::from_seed([2; 32]).public();
+        let file: FileConfig = toml::from_str(&format!(
+            "[ota]\ntrusted_keys = [\"{}\"]\nallow_unsigned = true\n",
+            k1.to_text()
+        ))
+        .unwrap();
+        let mut a = args();
+        a.trusted_key = vec![k2.to_text()];
+        let s = Settings::resolve(&a, file).unwrap();
+        assert_eq!(s.ota.config.trust.keys, [k2, k1]);
+        assert!(
+            s.ota.config.trust.requires_signed(),
+            "keys make signatures required"
+        );
+        let mut a = args();
+        a.allow_unsigned = true;
+        let s = Settings::resolve(&a, FileConfig::default()).unwrap();
+        assert!(!s.ota.config.trust.requires_signed());
+        let mut a = args();
+        a.trusted_key = vec!["pmesh-ed25519-pub 1234".into()];
+        assert!(Settings::resolve(&a, FileConfig::default()).is_err());
     }
 
     #[test]

@@ -249,6 +249,8 @@ pub fn start_gateway_with(
         .args(["--listen", &format!("127.0.0.1:{}", spec.port)])
         .args(["--control", &format!("unix:{}", control.display())])
         .args(["--log", "info"])
+        // These nodes run unsigned rollouts (signed ones: ota_sign.rs, pmesh-ota's tests).
+        .arg("--allow-unsigned")
         .args(extra)
         .env_remove("PMESH_MQTT_PASSWORD")
         .envs(env.iter().copied());

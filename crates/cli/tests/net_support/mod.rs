@@ -112,7 +112,9 @@ impl NodeProc {
             .args(["--id", &spec.id.to_string()])
             .args(["--listen", &format!("127.0.0.1:{}", spec.port)])
             .args(["--control", &format!("unix:{}", control.display())])
-            .args(["--log", "info"]);
+            .args(["--log", "info"])
+            // These nodes run unsigned rollouts (signed ones: ota_sign.rs, pmesh-ota's tests).
+            .arg("--allow-unsigned");
         for c in &spec.connect {
             cmd.args(["--connect", &format!("127.0.0.1:{c}")]);
         }

@@ -1011,6 +1011,7 @@ impl PmeshAgent {
         }
     }
 
+    #[cfg(feature = "signature")]
     /// Whether this node may forward `f` (SINGLE through it, or a flood): manifests must
     /// pass the trust checks, pages must match the root, chunks of a signed rollout their
     /// digest. Everything else passes.
@@ -1036,6 +1037,7 @@ impl PmeshAgent {
     }
 
     /// A chunk passing through: checked against its digest when the rollout is signed.
+    #[cfg(feature = "signature")]
     fn admit_chunk(&mut self, env: &pmesh_proto::Envelope) -> bool {
         let signed = self
             .r
@@ -1771,6 +1773,7 @@ impl PmeshAgent {
     /// `hello_grace` (from when we first look) before we route past it.
     fn peer_toward(&mut self, ctx: &Ctx<'_, '_>, node: u32) -> Option<Peer> {
         let conn = ctx.route(node)?;
+        #[cfg(feature = "signature")]
         if self.demoted.contains(&conn) {
             // It sent a chunk that failed its digest: ask the distributor itself.
             return Some(Peer::Remote(node));

@@ -216,6 +216,7 @@ impl Manifest {
         if let Some(at) = self.apply_at {
             num(&mut o, "at", u64::from(at));
         }
+        #[cfg(feature = "signature")]
         if let Some(sm) = &self.signed {
             o.extend_from_slice(b",\"sm\":\"");
             b85::encode_into(sm, &mut o);
@@ -300,6 +301,9 @@ impl Manifest {
             forced: env.get("forced").and_then(Value::as_bool).unwrap_or(false),
             coordinated: env.get("apply").and_then(Value::as_u32_strict).unwrap_or(0) != 0,
             apply_at: env.get("at").and_then(Value::as_u32_strict),
+            #[cfg(not(feature = "signature"))]
+            signed: None,
+            #[cfg(feature = "signature")]
             signed: match env.get("sm") {
                 None => None,
                 Some(Value::String(t)) if t.len() <= MAX_SIGNED_MANIFEST * 5 / 4 + 1 => {
@@ -311,6 +315,7 @@ impl Manifest {
     }
 }
 
+#[cfg(feature = "signature")]
 /// A PAGE frame: digest page `p` of rollout `id` (the digests, concatenated) and its proof.
 pub fn page_frame(
     from: u32,
@@ -332,8 +337,10 @@ pub fn page_frame(
 }
 
 /// A parsed PAGE frame: rollout id, page index, digests, proof hashes.
+#[cfg(feature = "signature")]
 pub type PageMsg = (u32, u32, Vec<u8>, Vec<[u8; 32]>);
 
+#[cfg(feature = "signature")]
 /// Parses a PAGE frame; `None` if malformed (a page holds at most 32 digests, a proof at
 /// most 20 hashes: 2^20 chunks make 2^15 pages).
 pub fn parse_page(env: &Envelope) -> Option<PageMsg> {
