@@ -725,6 +725,96 @@ fn hash_image(source: &mut FileSource) -> Result<String, String> {
     Ok(hasher.finish_hex())
 }
 
+/// What `ota push` offers: a plain image file, or a signed bundle (`pmesh ota sign`).
+enum PushImage {
+    Plain(FileSource),
+    Bundle { bytes: Vec<u8>, image_bytes: u64 },
+}
+
+/// Reads the file: a bundle (it starts with the signed manifest's magic) is kept whole for
+/// the node to verify against its own trusted keys; a plain image is opened as a source and
+/// hashed in blocks. Returns it and the image's SHA-256.
+fn read_image(path: &std::path::Path) -> Result<(PushImage, String), String> {
+    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    let mut magic = [0u8; 4];
+    let is_bundle = {
+        use std::io::Read as _;
+        let mut f = std::fs::File::open(path).map_err(cannot)?;
+        f.read(&mut magic).map_err(cannot)? == 4 && magic == pmesh_ota::signed::manifest::MAGIC
+    };
+    if !is_bundle {
+        let mut source = FileSource::open(path).map_err(cannot)?;
+        let sha = hash_image(&mut source)?;
+        return Ok((PushImage::Plain(source), sha));
+    }
+    // A bundle is the image plus at most 1 % of digests and a manifest.
+    let limit = crate::firmware::DEFAULT_CAPACITY + crate::firmware::DEFAULT_CAPACITY / 100 + 4096;
+    let len = std::fs::metadata(path).map_err(cannot)?.len();
+    if len > limit {
+        return Err(format!(
+            "{} is {len} bytes, more than a bundle of the largest image",
+            path.display()
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(cannot)?;
+    let b = pmesh_ota::signed::Bundle::parse(&bytes)
+        .map_err(|e| format!("{}: not a valid bundle: {e}", path.display()))?;
+    let sha = pmesh_ota::codec::hex(&b.manifest.body.sha256);
+    let image_bytes = b.manifest.body.size;
+    Ok((PushImage::Bundle { bytes, image_bytes }, sha))
+}
+
+/// The offer of a push. A bundle is verified against the distributing node's trusted keys
+/// before anything is announced (refusals name the reason: unknown_key, bad_signature,
+/// expired, wrong_class, ...); its role and hardware must be the push's.
+fn build_offer(
+    image: PushImage,
+    opts: &PushOptions,
+    cfg: &pmesh_ota::OtaConfig,
+) -> Result<Offer, Refusal> {
+    let untrusted = |e: pmesh_ota::signed::TrustError| Refusal::Untrusted {
+        code: e.code(),
+        reason: e.to_string(),
+    };
+    let mut offer = match image {
+        PushImage::Plain(source) => Offer::new(opts.role.clone(), opts.hardware.clone(), source)
+            .version(opts.version.clone())
+            .chunk_size(opts.chunk_size),
+        PushImage::Bundle { bytes, .. } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let o = Offer::from_bundle(&bytes, &cfg.trust.keys, Some(now)).map_err(untrusted)?;
+            if o.role != opts.role || o.hardware != opts.hardware {
+                return Err(untrusted(pmesh_ota::signed::TrustError::WrongClass {
+                    role: o.role.clone(),
+                    hardware: o.hardware.clone(),
+                }));
+            }
+            o
+        }
+    };
+    offer.protocol = pmesh_ota::Protocol::Classic;
+    offer = offer
+        .forced(opts.forced)
+        .broadcast(opts.broadcast)
+        .compressed(opts.compressed)
+        .apply(if opts.apply_on_verify {
+            ApplyPolicy::OnVerify
+        } else {
+            // Targets keep serving their verified image to slower neighbours until everyone
+            // has it, then install together.
+            ApplyPolicy::WhenAllVerified {
+                delay: Duration::from_secs_f64(opts.apply_delay_s),
+                min_targets: opts.expect.len().max(1) as u32,
+            }
+        });
+    if opts.mode == PushMode::Pmesh {
+        offer = offer.pmesh();
+    }
+    Ok(offer)
+}
+
 /// Offers `opts.file` from the node behind `h` and follows the rollout, sending progress items
 /// to `out` until it is done, times out, `cancel` completes, or `out` is closed. Unless
 /// `opts.keep`, the offer is withdrawn at the end (pmesh: CANCEL, which makes unfinished
@@ -744,39 +834,24 @@ where
     let file_name = opts.file.display().to_string();
     // Hash and open the file off the async threads (images can be large).
     let path = opts.file.clone();
-    let (source, sha256) = tokio::task::spawn_blocking(move || {
-        let mut source =
-            FileSource::open(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let sha256 = hash_image(&mut source)?;
-        Ok((source, sha256))
-    })
-    .await
-    .map_err(|e| PushError::File(e.to_string()))?
-    .map_err(PushError::File)?;
-    let image_bytes = pmesh_ota::FirmwareSource::len(&source);
-    let mut offer = Offer::new(opts.role.clone(), opts.hardware.clone(), source)
-        .forced(opts.forced)
-        .broadcast(opts.broadcast)
-        .compressed(opts.compressed)
-        .version(opts.version.clone())
-        .chunk_size(opts.chunk_size)
-        .apply(if opts.apply_on_verify {
-            ApplyPolicy::OnVerify
-        } else {
-            // Targets keep serving their verified image to slower neighbours until everyone
-            // has it, then install together.
-            ApplyPolicy::WhenAllVerified {
-                delay: Duration::from_secs_f64(opts.apply_delay_s),
-                min_targets: opts.expect.len().max(1) as u32,
-            }
-        });
-    if opts.mode == PushMode::Pmesh {
-        offer = offer.pmesh();
-    }
+    let (image, sha256) = tokio::task::spawn_blocking(move || read_image(&path))
+        .await
+        .map_err(|e| PushError::File(e.to_string()))?
+        .map_err(PushError::File)?;
+    let image_bytes = match &image {
+        PushImage::Plain(source) => pmesh_ota::FirmwareSource::len(source),
+        PushImage::Bundle { image_bytes, .. } => *image_bytes,
+    };
+    let opts_for_offer = opts.clone();
 
     // The offer, and what it became (id, chunks, classic MD5).
     let (id, chunks, md5, mesh_nodes) = h
         .call(move |node, now| {
+            let offer = build_offer(
+                image,
+                &opts_for_offer,
+                node.plugin().node_ota().ota().config(),
+            )?;
             let id =
                 node.with_plugin(now, |p, ctx| p.node_ota_mut().ota_mut().offer(ctx, offer))?;
             let ota = node.plugin().node_ota().ota();

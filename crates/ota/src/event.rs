@@ -178,7 +178,9 @@ impl fmt::Display for Refusal {
             Refusal::Busy => f.write_str("another transfer is in progress"),
             Refusal::Io(e) => write!(f, "firmware storage: {e}"),
             Refusal::Codec(e) => write!(f, "compressed image: {e}"),
-            Refusal::Untrusted { reason, .. } => write!(f, "untrusted firmware: {reason}"),
+            Refusal::Untrusted { code, reason } => {
+                write!(f, "untrusted firmware ({code}): {reason}")
+            }
         }
     }
 }

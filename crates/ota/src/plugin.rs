@@ -199,16 +199,48 @@ impl<S: FirmwareSink, T: OtaStore> Ota<S, T> {
     pub fn offer(
         &mut self,
         ctx: &mut Context<'_, OtaEvent>,
-        offer: Offer,
+        mut offer: Offer,
     ) -> Result<TransferId, Refusal> {
         self.ensure_booted(ctx);
         match offer.protocol {
             Protocol::Classic => {
+                self.check_classic_trust(&mut offer)?;
                 let prepared = offer.prepare_classic()?;
                 Ok(self.classic_tx.offer(ctx, prepared))
             }
             Protocol::Pmesh => self.pmesh.offer(ctx, offer),
         }
+    }
+
+    /// Stock nodes check only MD5: a node that requires signed firmware serves them only the
+    /// image of a bundle it verified ([`Offer::from_bundle`]), unless unsigned is allowed.
+    fn check_classic_trust(&self, offer: &mut Offer) -> Result<(), Refusal> {
+        let Some(signed) = &offer.signed else {
+            if self.cfg.trust.requires_signed() {
+                return Err(Refusal::Untrusted {
+                    code: "unsigned",
+                    reason: "classic serving needs a verified bundle (or allow_unsigned)".into(),
+                });
+            }
+            return Ok(());
+        };
+        let mut sha = crate::codec::Sha256Hasher::default();
+        let mut buf = alloc::vec![0u8; 16 * 1024];
+        let mut at = 0;
+        while at < offer.image.len() {
+            let n = offer.image.read_at(at, &mut buf)?;
+            if n == 0 {
+                return Err(Refusal::BadOffer("image source ended early"));
+            }
+            sha.update(&buf[..n]);
+            at += n as u64;
+        }
+        if sha.finish_hex() != signed.sha256_hex() {
+            return Err(Refusal::BadOffer(
+                "image does not match the signed manifest",
+            ));
+        }
+        Ok(())
     }
 
     /// Sets the apply time (mesh µs) of the pmesh rollout this node distributes.

@@ -585,7 +585,10 @@ impl PmeshAgent {
         sink: &mut dyn FirmwareSink,
         store: &mut dyn OtaStore,
     ) {
-        self.confirmed = store.confirmed_sequence(&self.role, &self.hardware);
+        #[cfg(feature = "signature")]
+        {
+            self.confirmed = store.confirmed_sequence(&self.role, &self.hardware);
+        }
         if let Some(cur) = store.current_image()
             && cur.role == self.role
             && cur.hardware == self.hardware
