@@ -336,6 +336,7 @@ pub struct PmeshAgent {
     /// Highest signed sequence confirmed for this node's class (anti-rollback).
     confirmed: Option<u64>,
     /// Neighbours that sent a chunk failing its digest: never chosen as upstream again.
+    #[cfg(feature = "signature")]
     demoted: Vec<ConnId>,
 }
 
@@ -482,6 +483,7 @@ impl PmeshAgent {
             trust: TrustConfig::default(),
             verified_sm: Vec::new(),
             confirmed: None,
+            #[cfg(feature = "signature")]
             demoted: Vec::new(),
         }
     }
@@ -552,7 +554,6 @@ impl PmeshAgent {
                 + r.m.role.capacity()
                 + r.m.hardware.capacity()
                 + r.reports.capacity() * core::mem::size_of::<Queued>()
-                + r.m.signed.as_ref().map_or(0, Vec::capacity)
                 + r.signed.as_ref().map_or(0, SignedRollout::heap_bytes)
                 + r.children
                     .iter()
@@ -775,6 +776,7 @@ impl PmeshAgent {
             forced: offer.forced,
             coordinated: offer.apply != ApplyPolicy::OnVerify,
             apply_at: None,
+            #[cfg(feature = "signature")]
             signed: offer.signed.as_ref().map(|s| s.manifest_bytes().to_vec()),
         };
         if let Some(s) = &offer.signed
@@ -1359,6 +1361,7 @@ impl PmeshAgent {
                 ChunkCheck::Good => {}
                 ChunkCheck::Bad => {
                     self.stats.bad_digests += 1;
+                    #[cfg(feature = "signature")]
                     if let Peer::Conn(conn) = peer
                         && !self.demoted.contains(&conn)
                     {

@@ -160,6 +160,7 @@ pub struct Manifest {
     /// Apply time (mesh µs), once the distributor set it.
     pub apply_at: Option<u32>,
     /// The signed manifest's bytes (`sm`, signed rollouts; checked by `pmesh/trust.rs`).
+    #[cfg(feature = "signature")]
     pub signed: Option<Vec<u8>>,
 }
 
@@ -301,8 +302,6 @@ impl Manifest {
             forced: env.get("forced").and_then(Value::as_bool).unwrap_or(false),
             coordinated: env.get("apply").and_then(Value::as_u32_strict).unwrap_or(0) != 0,
             apply_at: env.get("at").and_then(Value::as_u32_strict),
-            #[cfg(not(feature = "signature"))]
-            signed: None,
             #[cfg(feature = "signature")]
             signed: match env.get("sm") {
                 None => None,
@@ -650,6 +649,7 @@ mod tests {
             forced: false,
             coordinated: true,
             apply_at: Some(5),
+            #[cfg(feature = "signature")]
             signed: None,
         };
         let json = m.to_json(2);
@@ -691,6 +691,7 @@ mod tests {
             forced: false,
             coordinated: false,
             apply_at: None,
+            #[cfg(feature = "signature")]
             signed: None,
         };
         let json = m.to_json(2);

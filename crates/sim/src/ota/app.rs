@@ -688,7 +688,11 @@ impl OtaApp {
             .collect();
         let targets = || self.nodes.iter().filter(|r| r.role == NodeRole::Target);
         OtaSection {
-            mode: self.ota.mode.name().into(),
+            mode: if self.ota.signed {
+                "pmesh-signed".into()
+            } else {
+                self.ota.mode.name().into()
+            },
             receivers: self.ota.receivers.name().into(),
             compressed: self.ota.compressed,
             image: self.image.description.clone(),
@@ -764,6 +768,12 @@ impl OtaApp {
         if let Some(r) = self.ota.rate_limit {
             cfg.pmesh.rate_limit = Some(r.0.min(u64::from(u32::MAX)) as u32);
         }
+        if self.ota.signed {
+            cfg.trust = pmesh_ota::pmesh::TrustConfig {
+                keys: vec![sim_key().public()],
+                allow_unsigned: false,
+            };
+        }
         cfg
     }
 
@@ -801,7 +811,32 @@ impl OtaApp {
         )
     }
 
+    /// A signed pmesh offer of the image (a bundle made and verified here, as `ota push`
+    /// does with a file from `pmesh ota sign`).
+    fn signed_offer(&self) -> Result<Offer, String> {
+        if self.ota.compressed || self.ota.mode != OtaMode::Pmesh {
+            return Err("signed rollouts are pmesh and uncompressed (use --uncompressed)".into());
+        }
+        let spec = pmesh_ota::signed::bundle::BundleSpec {
+            role: TARGET_ROLE,
+            hardware: HARDWARE,
+            version: "sim",
+            sequence: 1,
+            chunk_size: self
+                .ota
+                .chunk_bytes
+                .unwrap_or(pmesh_ota::offer::PMESH_CHUNK),
+            expires: None,
+        };
+        let key = sim_key();
+        let bundle = pmesh_ota::signed::Bundle::build(&key, self.image.source.bytes(), &spec)
+            .map_err(|e| e.to_string())?;
+        Offer::from_bundle(&bundle, &[key.public()], None).map_err(|e| e.to_string())
+    }
+
     fn make_offer(&mut self, h: &mut NodeHandle<'_, OtaNode>) {
+        let o = &self.ota;
+        let signed = o.signed.then(|| self.signed_offer());
         let o = &self.ota;
         let mut offer = Offer::new(TARGET_ROLE, HARDWARE, self.image.source.clone())
             .forced(o.forced)
@@ -810,6 +845,21 @@ impl OtaApp {
             .version("sim");
         if let Some(c) = o.chunk_bytes {
             offer = offer.chunk_size(c);
+        }
+        match signed {
+            Some(Ok(s)) => offer = s.forced(o.forced),
+            Some(Err(e)) => {
+                self.offer = Some(OfferRec {
+                    at: h.sim_now,
+                    id: None,
+                    error: Some(e),
+                    depth: 0,
+                    hops_sum: 0,
+                    store_forward_s: None,
+                });
+                return;
+            }
+            None => {}
         }
         if o.mode == OtaMode::Pmesh {
             offer = offer.pmesh().apply(match o.apply {
@@ -983,4 +1033,9 @@ pub(crate) fn shuffle<T>(v: &mut [T], rng: &mut SimRng) {
         let j = rng.below(i as u64 + 1) as usize;
         v.swap(i, j);
     }
+}
+
+/// The simulator's firmware signing key (fixed: runs are reproducible).
+fn sim_key() -> pmesh_ota::signed::SigningKey {
+    pmesh_ota::signed::SigningKey::from_seed([0x51; 32])
 }

@@ -101,7 +101,7 @@ fn ota_traffic(report: &Report, pmesh_mode: bool) -> (Traffic, Traffic) {
     let mut data = Traffic::default();
     let mut control = Traffic::default();
     let types = if pmesh_mode {
-        &[710, 711, 712, 713, 714, 715, 716][..]
+        &[710, 711, 712, 713, 714, 715, 716, 717][..]
     } else {
         &[10, 11, 12][..]
     };
@@ -127,7 +127,7 @@ fn ratio(a: f64, b: f64) -> f64 {
 
 /// Computes the figures from a report's `app.ota` section and link counters.
 pub fn compute(report: &Report, s: &OtaSection) -> OtaFigures {
-    let (data, control) = ota_traffic(report, s.mode == "pmesh");
+    let (data, control) = ota_traffic(report, s.mode.starts_with("pmesh"));
     let k = u64::from(s.chunks);
     let optimum = optimum_link_tx(u64::from(report.nodes), k);
     let mean_frame = ratio(data.bytes as f64, data.frames as f64);
@@ -141,7 +141,7 @@ pub fn compute(report: &Report, s: &OtaSection) -> OtaFigures {
         )
     });
     let image_bytes_carried = data.frames as f64 * s.image_bytes as f64 / k.max(1) as f64;
-    let pmesh = s.mode == "pmesh";
+    let pmesh = s.mode.starts_with("pmesh");
     OtaFigures {
         mode: s.mode.clone(),
         receivers: s.receivers.clone(),
@@ -239,7 +239,7 @@ pub fn summary(report: &Report) -> String {
         s.image_bytes,
         s.chunks,
         s.chunk_bytes,
-        if s.compressed && s.mode == "pmesh" {
+        if s.compressed && s.mode.starts_with("pmesh") {
             " on average (equal compressed sizes)"
         } else {
             ""

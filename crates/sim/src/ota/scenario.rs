@@ -263,6 +263,9 @@ pub struct OtaScenario {
     /// Firmware slot of every node (default: 4 MiB, or twice the image if larger).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sink_capacity: Option<ByteSize>,
+    /// pmesh mode: a signed rollout (a bundle signed with the simulator's key; every pmesh
+    /// node trusts only that key and checks manifest, digest pages and chunks). Uncompressed.
+    pub signed: bool,
 }
 
 impl Default for OtaScenario {
@@ -288,6 +291,7 @@ impl Default for OtaScenario {
             give_up_after: Dur::secs(600),
             rate_limit: None,
             sink_capacity: None,
+            signed: false,
         }
     }
 }

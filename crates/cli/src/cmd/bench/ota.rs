@@ -36,7 +36,7 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     pmesh_nodes: Vec<u32>,
     /// Variants instead of the preset's: unicast, unicast-stock, broadcast, broadcast-stock,
-    /// broadcast-mixed, pmesh (comma-separated).
+    /// broadcast-mixed, pmesh, pmesh-signed (uncompressed only) (comma-separated).
     #[arg(long, value_delimiter = ',')]
     modes: Vec<String>,
     /// Faults: none, crash or both.
@@ -98,14 +98,17 @@ enum Faults {
 struct Variant {
     mode: OtaMode,
     receivers: Receivers,
+    /// A signed rollout (pmesh, uncompressed): every node checks signature, pages, chunks.
+    signed: bool,
 }
 
-const VARIANTS: [(&str, Variant); 6] = [
+const VARIANTS: [(&str, Variant); 7] = [
     (
         "unicast",
         Variant {
             mode: OtaMode::Unicast,
             receivers: Receivers::Pmesh,
+            signed: false,
         },
     ),
     (
@@ -113,6 +116,7 @@ const VARIANTS: [(&str, Variant); 6] = [
         Variant {
             mode: OtaMode::Unicast,
             receivers: Receivers::Stock,
+            signed: false,
         },
     ),
     (
@@ -120,6 +124,7 @@ const VARIANTS: [(&str, Variant); 6] = [
         Variant {
             mode: OtaMode::Broadcast,
             receivers: Receivers::Pmesh,
+            signed: false,
         },
     ),
     (
@@ -127,6 +132,7 @@ const VARIANTS: [(&str, Variant); 6] = [
         Variant {
             mode: OtaMode::Broadcast,
             receivers: Receivers::Stock,
+            signed: false,
         },
     ),
     (
@@ -134,6 +140,7 @@ const VARIANTS: [(&str, Variant); 6] = [
         Variant {
             mode: OtaMode::Broadcast,
             receivers: Receivers::Mixed,
+            signed: false,
         },
     ),
     (
@@ -141,6 +148,15 @@ const VARIANTS: [(&str, Variant); 6] = [
         Variant {
             mode: OtaMode::Pmesh,
             receivers: Receivers::Pmesh,
+            signed: false,
+        },
+    ),
+    (
+        "pmesh-signed",
+        Variant {
+            mode: OtaMode::Pmesh,
+            receivers: Receivers::Pmesh,
+            signed: true,
         },
     ),
 ];
@@ -449,6 +465,7 @@ fn scenario(setup: &Setup, job: &Job) -> anyhow::Result<(Scenario, OtaScenario)>
         receivers: job.variant.receivers,
         compressed: setup.compressed,
         chunk_bytes: setup.chunk_bytes,
+        signed: job.variant.signed,
         ..OtaScenario::default()
     };
     Ok((sc, o))
@@ -879,6 +896,43 @@ fn checks(rows: &[&OtaFigures], markdown: bool) -> String {
                 "slowest {x:.1} s ({at}); forming the mesh before the offer took up to {:.1} s more",
                 formation.map_or(0.0, |f| f.0)
             )
+        }),
+    );
+    // Signed rollouts (issue 13) against the unsigned row of the same run.
+    let pairs: Vec<(f64, f64, String)> = rows
+        .iter()
+        .filter(|f| f.mode == "pmesh-signed" && f.nodes == 50)
+        .filter_map(|s| {
+            let u = pmesh.iter().find(|u| {
+                (&u.topology, u.nodes, &u.faults, u.image_bytes)
+                    == (&s.topology, s.nodes, &s.faults, s.image_bytes)
+            })?;
+            let wire = |f: &OtaFigures| (f.data_bytes + f.control_bytes) as f64;
+            let time = (s.completion_s? / u.completion_s?) - 1.0;
+            Some((wire(s) / wire(u) - 1.0, time, id(s)))
+        })
+        .collect();
+    let most = |k: fn(&(f64, f64, String)) -> f64| {
+        pairs
+            .iter()
+            .map(|p| (k(p), p.2.clone()))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+    };
+    let (w, t) = (most(|p| p.0), most(|p| p.1));
+    line(
+        "signed vs unsigned pmesh, N = 50: <= 1 % more wire bytes",
+        pairs.len(),
+        w.as_ref().is_none_or(|(x, _)| *x <= 0.01),
+        w.map_or(String::new(), |(x, at)| {
+            format!("worst +{:.2} % ({at})", 100.0 * x)
+        }),
+    );
+    line(
+        "signed vs unsigned pmesh, N = 50: <= 2 % more completion time",
+        pairs.len(),
+        t.as_ref().is_none_or(|(x, _)| *x <= 0.02),
+        t.map_or(String::new(), |(x, at)| {
+            format!("worst +{:.2} % ({at})", 100.0 * x)
         }),
     );
     out
