@@ -979,22 +979,27 @@ impl PmeshAgent {
                 }
             }
             #[cfg(feature = "signature")]
-            wire::PAGE => {
-                if self.on_page(env) == Some(true) && env.routing == Routing::Neighbour {
-                    // A page from one neighbour (not flooded) goes on to the others.
-                    let others: Vec<ConnId> = self
-                        .pmesh_conns
-                        .iter()
-                        .map(|(c, _)| *c)
-                        .filter(|c| *c != f.conn)
-                        .collect();
-                    let json = f.raw[..f.raw.len().saturating_sub(1)].to_vec();
-                    for c in others {
-                        self.send_control(ctx, Peer::Conn(c), json.clone());
-                    }
-                }
-            }
+            wire::PAGE => self.on_page_frame(ctx, f),
             _ => {}
+        }
+    }
+
+    /// A PAGE processed here; a new one from one neighbour (not flooded) goes on to the
+    /// other pmesh neighbours.
+    #[cfg(feature = "signature")]
+    fn on_page_frame(&mut self, ctx: &mut Ctx<'_, '_>, f: &Incoming<'_>) {
+        if self.on_page(f.envelope) != Some(true) || f.envelope.routing != Routing::Neighbour {
+            return;
+        }
+        let others: Vec<ConnId> = self
+            .pmesh_conns
+            .iter()
+            .map(|(c, _)| *c)
+            .filter(|c| *c != f.conn)
+            .collect();
+        let json = f.raw[..f.raw.len().saturating_sub(1)].to_vec();
+        for c in others {
+            self.send_control(ctx, Peer::Conn(c), json.clone());
         }
     }
 
