@@ -136,7 +136,7 @@ fn rewritten_chunks_stop_at_the_first_honest_hop_and_are_fetched_again() {
             .unwrap()
             .get("i")
             .and_then(|v| v.as_u32_strict())
-            .unwrap() as u32;
+            .unwrap();
         if passed.contains(&i) {
             return vec![f.to_vec()];
         }
