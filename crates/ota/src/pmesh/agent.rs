@@ -142,6 +142,10 @@ enum Role {
 
 struct DistState {
     source: Box<dyn FirmwareSource + Send>,
+    /// The chunk compressor, chosen when the offer is made (None: uncompressed rollout). Held
+    /// here rather than called by name in `build_chunk`, so a node that never offers (a
+    /// receiver-only firmware) does not link DEFLATE's compressor.
+    compress: Option<wire::Compressor>,
     policy: ApplyPolicy,
     reports: BTreeMap<u32, (u32, Phase)>,
     next_manifest: Instant,
@@ -787,6 +791,8 @@ impl PmeshAgent {
             ));
         }
         let dist = DistState {
+            compress: (m.compression == Compression::Deflate)
+                .then_some(crate::codec::deflate_chunk as wire::Compressor),
             source: offer.image,
             policy: offer.apply,
             reports: BTreeMap::new(),
@@ -2238,23 +2244,42 @@ fn build_chunk(
 ) -> Option<Vec<u8>> {
     let (offset, len) = r.m.chunk_range(i);
     let mut bytes = vec![0u8; len];
-    match &mut r.role {
+    let compress = match &mut r.role {
         Role::Distributor(d) => {
             let n = d.source.read_at(offset, &mut bytes).ok()?;
             if n != len {
                 return None;
             }
+            d.compress
         }
-        Role::Target if r.phase == Phase::Applied => sink.read_current(offset, &mut bytes).ok()?,
-        Role::Target => sink.read_at(offset, &mut bytes).ok()?,
+        Role::Target if r.phase == Phase::Applied => {
+            sink.read_current(offset, &mut bytes).ok()?;
+            repair_compressor(&r.m)
+        }
+        Role::Target => {
+            sink.read_at(offset, &mut bytes).ok()?;
+            repair_compressor(&r.m)
+        }
         Role::Relay => return None,
-    }
-    Some(wire::encode_chunk(
-        me,
-        via,
-        r.m.id,
-        i,
-        &bytes,
-        r.m.compression == Compression::Deflate,
+    };
+    Some(wire::encode_chunk_with(
+        me, via, r.m.id, i, &bytes, compress,
     ))
+}
+
+/// How a target compresses the chunks it serves as a repair source. With `compact`
+/// (microcontrollers) it sends the image bytes as they are: a CHUNK's `z` flag says whether
+/// its payload is deflated, so receivers take either, and a receiver-only firmware links no
+/// DEFLATE compressor (about 7 KB on riscv32imc).
+fn repair_compressor(m: &Manifest) -> Option<wire::Compressor> {
+    #[cfg(feature = "compact")]
+    {
+        let _ = m;
+        None
+    }
+    #[cfg(not(feature = "compact"))]
+    {
+        (m.compression == Compression::Deflate)
+            .then_some(crate::codec::deflate_chunk as wire::Compressor)
+    }
 }

@@ -462,6 +462,9 @@ impl Want {
     }
 }
 
+/// A chunk compressor: raw DEFLATE of a chunk's image bytes (`codec::deflate_chunk`).
+pub(crate) type Compressor = fn(&[u8]) -> Vec<u8>;
+
 /// The CHUNK frame for chunk `index` whose image bytes are `data`: the payload is the raw
 /// DEFLATE of `data` when `deflate` and that is smaller, else `data` itself.
 pub(crate) fn encode_chunk(
@@ -472,9 +475,22 @@ pub(crate) fn encode_chunk(
     data: &[u8],
     deflate: bool,
 ) -> Vec<u8> {
+    let compress = deflate.then_some(crate::codec::deflate_chunk as Compressor);
+    encode_chunk_with(from, via, id, index, data, compress)
+}
+
+/// [`encode_chunk`] with the compressor given (None: the payload is `data` itself).
+pub(crate) fn encode_chunk_with(
+    from: u32,
+    via: Via,
+    id: u32,
+    index: u32,
+    data: &[u8],
+    compress: Option<Compressor>,
+) -> Vec<u8> {
     let crc = crate::codec::crc32(data);
-    if deflate {
-        let z = crate::codec::deflate_chunk(data);
+    if let Some(compress) = compress {
+        let z = compress(data);
         if z.len() < data.len() {
             return chunk_frame(from, via, id, index, true, crc, &z);
         }
@@ -630,6 +646,32 @@ mod tests {
 
     fn parse(json: &[u8]) -> Envelope {
         Envelope::parse(json, 255).unwrap()
+    }
+
+    #[test]
+    fn a_chunk_without_compressor_carries_the_image_bytes_and_says_so() {
+        // What a `compact` target sends as a repair source for a compressed rollout: the
+        // receiver reads `z` and takes the payload as image bytes.
+        let data: Vec<u8> = core::iter::repeat_n(b"pmesh ".as_slice(), 700)
+            .flatten()
+            .copied()
+            .collect();
+        let raw = ChunkMsg::from_envelope(&parse(&encode_chunk_with(
+            5,
+            Via::Neighbour,
+            9,
+            3,
+            &data,
+            None,
+        )))
+        .unwrap();
+        assert!(!raw.deflated);
+        assert_eq!(raw.payload, data);
+        let z =
+            ChunkMsg::from_envelope(&parse(&encode_chunk(5, Via::Neighbour, 9, 3, &data, true)))
+                .unwrap();
+        assert!(z.deflated && z.payload.len() < data.len() / 10);
+        assert_eq!(raw.crc, z.crc, "the CRC covers the image bytes either way");
     }
 
     #[test]
