@@ -50,6 +50,6 @@ pub use event::{ConnId, Direction, DropReason, Event, Transmit};
 pub use node::{Node, SendError};
 pub use plugin::{ConnectionChange, Context, Handled, Incoming, Neighbour, Plugin};
 pub use pmesh_proto as proto;
-pub use stats::NodeStats;
+pub use stats::{Counter, CounterKind, NodeStats};
 pub use status::{StatusConfig, StatusPlugin, StatusTarget};
 pub use time::Instant;
