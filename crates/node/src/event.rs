@@ -77,6 +77,38 @@ impl DropReason {
     }
 }
 
+/// Why the node dropped a frame it received (each also counted in [`crate::NodeStats`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FrameDropReason {
+    /// Longer than the frame cap (`dropped_oversized`).
+    Oversized,
+    /// Not JSON the reference accepts, or not an object (`dropped_invalid`).
+    Invalid,
+    /// A SINGLE with no route to its `dest` (`dropped_no_route`).
+    NoRoute,
+    /// CONTROL, or an unknown type without routing that nobody handles (`dropped_unhandled`).
+    Unhandled,
+    /// A BROADCAST on a link held in the loop grace (`broadcasts_held`).
+    BroadcastHeld,
+    /// A TIME_SYNC or TIME_DELAY beyond its link's time-frame budget
+    /// (`time_frames_over_budget`).
+    TimeOverBudget,
+}
+
+impl FrameDropReason {
+    /// A short machine-readable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrameDropReason::Oversized => "oversized",
+            FrameDropReason::Invalid => "invalid",
+            FrameDropReason::NoRoute => "no_route",
+            FrameDropReason::Unhandled => "unhandled",
+            FrameDropReason::BroadcastHeld => "broadcast_held",
+            FrameDropReason::TimeOverBudget => "time_over_budget",
+        }
+    }
+}
+
 /// Events for the application (painlessMesh's callbacks), plus the plugin's own events.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event<E> {
@@ -125,6 +157,17 @@ pub enum Event<E> {
         node_id: u32,
         /// One-way delay, µs (u32 arithmetic, like the reference).
         delay_us: u32,
+    },
+    /// Frames received on `conn` were dropped. Consecutive drops on one connection for one
+    /// reason, not yet polled, are merged into one event (`frames` of them), so a flood of bad
+    /// frames costs one queued event.
+    FrameDropped {
+        /// The connection they came on.
+        conn: ConnId,
+        /// Why.
+        reason: FrameDropReason,
+        /// How many (at least 1).
+        frames: u64,
     },
     /// An event from the node's plugin.
     Plugin(E),

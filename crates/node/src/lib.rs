@@ -46,7 +46,7 @@ pub mod testing;
 pub mod time;
 
 pub use config::{Config, FrameBudget};
-pub use event::{ConnId, Direction, DropReason, Event, Transmit};
+pub use event::{ConnId, Direction, DropReason, Event, FrameDropReason, Transmit};
 pub use node::{Node, SendError};
 pub use plugin::{ConnectionChange, Context, Handled, Incoming, Neighbour, Plugin};
 pub use pmesh_proto as proto;

@@ -18,7 +18,7 @@ use pmesh_proto::{
 };
 
 use crate::config::{Config, FrameBudget, MAX_RATE_PPB, RATE_BASELINE};
-use crate::event::{ConnId, Direction, DropReason, Event, Transmit};
+use crate::event::{ConnId, Direction, DropReason, Event, FrameDropReason, Transmit};
 use crate::ntp;
 use crate::plugin::{ConnectionChange, Context, Handled, Incoming, Neighbour, Plugin};
 use crate::stats::NodeStats;
@@ -339,7 +339,9 @@ impl<P: Plugin> Node<P> {
         for frame in frames {
             match frame {
                 Ok(raw) => self.handle_frame(conn, now, raw),
-                Err(FrameError::Oversized { .. }) => self.core.stats.dropped_oversized += 1,
+                Err(FrameError::Oversized { .. }) => {
+                    self.core.drop_frame(conn, FrameDropReason::Oversized)
+                }
             }
             if self.core.conn_state(conn).is_none() {
                 break; // closed by a frame
@@ -655,7 +657,7 @@ impl<P: Plugin> Node<P> {
         let env = match Envelope::parse(json, self.core.cfg.max_depth) {
             Ok(env) => env,
             Err(_) => {
-                self.core.stats.dropped_invalid += 1;
+                self.core.drop_frame(conn, FrameDropReason::Invalid);
                 return;
             }
         };
@@ -677,7 +679,7 @@ impl<P: Plugin> Node<P> {
                         self.core.stats.forwarded += 1;
                         self.core.queue(out, raw);
                     }
-                    None => self.core.stats.dropped_no_route += 1,
+                    None => self.core.drop_frame(conn, FrameDropReason::NoRoute),
                 }
                 return;
             }
@@ -688,7 +690,7 @@ impl<P: Plugin> Node<P> {
                     .is_some_and(|i| self.core.broadcast_held(i))
                 {
                     // Held in the loop grace: the frame also comes the other way round.
-                    self.core.stats.broadcasts_held += 1;
+                    self.core.drop_frame(conn, FrameDropReason::BroadcastHeld);
                     return;
                 }
                 let targets: Vec<ConnId> = self
@@ -740,7 +742,7 @@ impl<P: Plugin> Node<P> {
         if matches!(env.ty, types::TIME_DELAY | types::TIME_SYNC)
             && !self.core.time_budget(conn, now)
         {
-            self.core.stats.time_frames_over_budget += 1;
+            self.core.drop_frame(conn, FrameDropReason::TimeOverBudget);
             return;
         }
         match env.ty {
@@ -756,7 +758,7 @@ impl<P: Plugin> Node<P> {
                 Message::TimeDelay(t) => self.core.handle_time_delay(conn, now, t),
                 _ => {}
             },
-            types::CONTROL => self.core.stats.dropped_unhandled += 1,
+            types::CONTROL => self.core.drop_frame(conn, FrameDropReason::Unhandled),
             ty => {
                 let neighbour = self.core.conn_state(conn).map_or(0, |c| c.node_id);
                 let incoming = Incoming {
@@ -1001,6 +1003,37 @@ impl<E> Core<E> {
     /// `Context::neighbour_tree` lends out).
     pub(crate) fn conn(&self, conn: ConnId) -> Option<&TreeView> {
         self.conn_state(conn).map(Conn::view)
+    }
+
+    /// Counts a frame dropped on `conn` and tells the host ([`Event::FrameDropped`], merged
+    /// with the last queued event when that is a drop on the same connection for the same
+    /// reason).
+    pub(crate) fn drop_frame(&mut self, conn: ConnId, reason: FrameDropReason) {
+        let s = &mut self.stats;
+        *match reason {
+            FrameDropReason::Oversized => &mut s.dropped_oversized,
+            FrameDropReason::Invalid => &mut s.dropped_invalid,
+            FrameDropReason::NoRoute => &mut s.dropped_no_route,
+            FrameDropReason::Unhandled => &mut s.dropped_unhandled,
+            FrameDropReason::BroadcastHeld => &mut s.broadcasts_held,
+            FrameDropReason::TimeOverBudget => &mut s.time_frames_over_budget,
+        } += 1;
+        if let Some(Event::FrameDropped {
+            conn: c,
+            reason: r,
+            frames,
+        }) = self.events.back_mut()
+            && *c == conn
+            && *r == reason
+        {
+            *frames += 1;
+            return;
+        }
+        self.push_event(Event::FrameDropped {
+            conn,
+            reason,
+            frames: 1,
+        });
     }
 
     pub(crate) fn push_event(&mut self, event: Event<E>) {

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Rig, sync_frame};
-use pmesh_node::{Config, ConnId, Direction, DropReason, Event, Instant};
+use pmesh_node::{Config, ConnId, Direction, DropReason, Event, FrameDropReason, Instant};
 
 const T0: Instant = Instant::from_micros(1_000_000_000);
 const ME: u32 = 1000;
@@ -834,17 +834,65 @@ fn unknown_types_travel_by_their_routing_field() {
             "{frame}"
         );
     }
-    // CONTROL (7) is accepted and dropped; broken JSON is dropped; the link stays.
+    // CONTROL (7) is accepted and dropped; broken JSON is dropped; the link stays. Each drop
+    // is told to the host with its connection and reason, and nothing else happens.
     let ev = r.events.len();
     r.deliver(ConnId(1), "{\"type\":7,\"from\":2001}");
     r.deliver(
         ConnId(1),
         &format!("{{\"type\":9,\"dest\":{ME},\"from\":1001,\"msg\":broken}}"),
     );
-    assert_eq!(r.events.len(), ev);
+    let drops: Vec<_> = r.events[ev..].iter().map(|(_, e)| e.clone()).collect();
+    assert_eq!(
+        drops,
+        vec![
+            Event::FrameDropped {
+                conn: ConnId(1),
+                reason: FrameDropReason::Unhandled,
+                frames: 1
+            },
+            Event::FrameDropped {
+                conn: ConnId(1),
+                reason: FrameDropReason::Invalid,
+                frames: 1
+            },
+        ]
+    );
     assert_eq!(r.node.stats().dropped_unhandled, 1);
     assert_eq!(r.node.stats().dropped_invalid, 1);
     assert!(r.closed.is_empty());
+}
+
+/// A flood of bad frames in one read costs one event per run of one reason, not one per frame;
+/// a change of reason or connection starts a new event.
+#[test]
+fn dropped_frames_of_one_read_are_merged_per_reason() {
+    let mut r = routed_rig();
+    let ev = r.events.len();
+    let mut bytes = b"not json\0".repeat(1000);
+    bytes.extend_from_slice(b"{\"type\":7,\"from\":2001}\0");
+    bytes.extend_from_slice(&b"[1]\0".repeat(3));
+    let now = r.now;
+    r.node.handle_bytes(ConnId(1), now, &bytes);
+    r.deliver(ConnId(3), "x");
+    r.pump();
+    let drop = |conn, reason, frames| Event::FrameDropped {
+        conn: ConnId(conn),
+        reason,
+        frames,
+    };
+    let got: Vec<_> = r.events[ev..].iter().map(|(_, e)| e.clone()).collect();
+    assert_eq!(
+        got,
+        vec![
+            drop(1, FrameDropReason::Invalid, 1000),
+            drop(1, FrameDropReason::Unhandled, 1),
+            drop(1, FrameDropReason::Invalid, 3),
+            drop(3, FrameDropReason::Invalid, 1),
+        ]
+    );
+    assert_eq!(r.node.stats().dropped_invalid, 1004);
+    assert_eq!(r.node.stats().dropped_unhandled, 1);
 }
 
 #[test]
