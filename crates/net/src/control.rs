@@ -541,6 +541,13 @@ pub fn event_json<E: fmt::Debug>(ev: &MeshEvent<E>) -> Value {
             Event::Delay { node_id, delay_us } => {
                 json!({"kind": "delay", "node_id": node_id, "delay_us": delay_us})
             }
+            Event::FrameDropped {
+                conn,
+                reason,
+                frames,
+            } => {
+                json!({"kind": "frame_dropped", "conn": conn.0, "reason": reason.as_str(), "frames": frames})
+            }
             Event::Plugin(p) => json!({"kind": "plugin", "event": format!("{p:?}")}),
         },
     }

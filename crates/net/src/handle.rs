@@ -92,49 +92,10 @@ pub struct LinkInfo {
     pub frames_oversized: u64,
 }
 
-/// The node's protocol counters, serializable.
-#[derive(Clone, Copy, Debug, Serialize)]
-#[allow(missing_docs)]
-pub struct NodeCounters {
-    pub frames_in: u64,
-    pub bytes_in: u64,
-    pub frames_out: u64,
-    pub bytes_out: u64,
-    pub forwarded: u64,
-    pub dropped_oversized: u64,
-    pub dropped_invalid: u64,
-    pub dropped_no_route: u64,
-    pub dropped_unhandled: u64,
-    pub dropped_events: u64,
-    pub closed_by_node: u64,
-    pub topology_changes: u64,
-    pub time_samples_retried: u64,
-    pub time_frames_over_budget: u64,
-    pub self_claims_pruned: u64,
-    pub handshake_timeouts: u64,
-}
-
-impl From<NodeStats> for NodeCounters {
-    fn from(s: NodeStats) -> Self {
-        NodeCounters {
-            frames_in: s.frames_in,
-            bytes_in: s.bytes_in,
-            frames_out: s.frames_out,
-            bytes_out: s.bytes_out,
-            forwarded: s.forwarded,
-            dropped_oversized: s.dropped_oversized,
-            dropped_invalid: s.dropped_invalid,
-            dropped_no_route: s.dropped_no_route,
-            dropped_unhandled: s.dropped_unhandled,
-            dropped_events: s.dropped_events,
-            closed_by_node: s.closed_by_node,
-            topology_changes: s.topology_changes,
-            time_samples_retried: s.time_samples_retried,
-            time_frames_over_budget: s.time_frames_over_budget,
-            self_claims_pruned: s.self_claims_pruned,
-            handshake_timeouts: s.handshake_timeouts,
-        }
-    }
+/// Serializes counters as a JSON object of `name: value` in list order (the `node_stats` key
+/// of [`Snapshot`]: the same names as [`NodeStats`]'s fields).
+fn counters_map<S: serde::Serializer>(stats: &NodeStats, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(stats.counters().map(|c| (c.name, c.value)))
 }
 
 /// The state of a running node at one moment (for `pmesh nodes`/`topology`, the MQTT bridge,
@@ -161,8 +122,9 @@ pub struct Snapshot {
     pub tree: serde_json::Value,
     /// TCP links, synced or not.
     pub links: Vec<LinkInfo>,
-    /// The node's protocol counters.
-    pub node_stats: NodeCounters,
+    /// The node's protocol counters (JSON: one key per [`NodeStats::counters`] entry).
+    #[serde(serialize_with = "counters_map")]
+    pub node_stats: NodeStats,
     /// The runtime's counters.
     pub net_stats: NetStats,
 }

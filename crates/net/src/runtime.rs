@@ -17,7 +17,7 @@ use std::thread;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use pmesh_node::{ConnId, Direction, Event, Instant, Node, Plugin, Transmit};
+use pmesh_node::{ConnId, Direction, Event, FrameDropReason, Instant, Node, Plugin, Transmit};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -447,28 +447,47 @@ where
     }
 
     fn on_bytes(&mut self, conn: ConnId, now: Instant, data: &[u8]) -> Vec<ConnId> {
-        let before = self.node.stats();
         self.node.handle_bytes(conn, now, data);
-        let after = self.node.stats();
-        let invalid = after.dropped_invalid - before.dropped_invalid;
-        let oversized = after.dropped_oversized - before.dropped_oversized;
         self.stats.bytes_in += data.len() as u64;
-        self.stats.frames_invalid += invalid;
-        self.stats.frames_oversized += oversized;
         if let Some(l) = self.links.get_mut(&conn) {
             l.bytes_in += data.len() as u64;
-            if invalid > 0 && l.frames_invalid == 0 {
-                warn!(conn = conn.0, peer = %l.peer, node_id = l.node_id,
-                    "peer sent a frame that is not valid JSON; dropped (further ones are only counted)");
-            }
-            if oversized > 0 && l.frames_oversized == 0 {
-                warn!(conn = conn.0, peer = %l.peer, node_id = l.node_id, cap = self.node.config().max_frame,
-                    "peer sent a frame longer than the frame cap; cut (further ones are only counted)");
-            }
-            l.frames_invalid += invalid;
-            l.frames_oversized += oversized;
         }
         self.flush(now, Some(conn))
+    }
+
+    /// Counts frames the node dropped as invalid or oversized, for the runtime and the link
+    /// (`Event::FrameDropped`); the first of each kind on a link is logged.
+    fn on_frames_dropped(&mut self, conn: ConnId, reason: FrameDropReason, frames: u64) {
+        let max_frame = self.node.config().max_frame;
+        let link = self.links.get_mut(&conn);
+        match reason {
+            FrameDropReason::Invalid => {
+                self.stats.frames_invalid += frames;
+                if let Some(l) = link {
+                    if l.frames_invalid == 0 {
+                        warn!(conn = conn.0, peer = %l.peer, node_id = l.node_id,
+                            "peer sent a frame that is not valid JSON; dropped (further ones are only counted)");
+                    }
+                    l.frames_invalid += frames;
+                }
+            }
+            FrameDropReason::Oversized => {
+                self.stats.frames_oversized += frames;
+                if let Some(l) = link {
+                    if l.frames_oversized == 0 {
+                        warn!(conn = conn.0, peer = %l.peer, node_id = l.node_id, cap = max_frame,
+                            "peer sent a frame longer than the frame cap; cut (further ones are only counted)");
+                    }
+                    l.frames_oversized += frames;
+                }
+            }
+            _ => debug!(
+                conn = conn.0,
+                reason = reason.as_str(),
+                frames,
+                "frames dropped"
+            ),
+        }
     }
 
     fn on_written(&mut self, conn: ConnId, n: usize) {
@@ -534,6 +553,11 @@ where
                     "package received"
                 );
             }
+            Event::FrameDropped {
+                conn,
+                reason,
+                frames,
+            } => self.on_frames_dropped(*conn, *reason, *frames),
             Event::Plugin(e) => debug!(event = ?e, "plugin event"),
         }
         self.emit(MeshEvent::Node(ev));
@@ -591,7 +615,7 @@ where
                     frames_oversized: l.frames_oversized,
                 })
                 .collect(),
-            node_stats: self.node.stats().into(),
+            node_stats: self.node.stats(),
             net_stats: self.stats,
         }
     }

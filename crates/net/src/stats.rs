@@ -97,47 +97,50 @@ pub(crate) fn suppressed_note(n: u64) -> String {
     }
 }
 
-/// Counters kept by the runtime (the node's protocol counters are [`pmesh_node::NodeStats`]).
+// The runtime's counters; `counters()` lists them for exporters.
+pmesh_node::counters! {
+/// Counters kept by the runtime (the node's protocol counters are `pmesh_node::NodeStats`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct NetStats {
     /// Connections accepted on the listener.
-    pub accepted: u64,
+    accepted,
     /// Accepted connections closed at once because `max_connections` was reached.
-    pub rejected_max_connections: u64,
+    rejected_max_connections,
     /// Accepted connections closed at once because their address already had
     /// `max_unsynced_per_address` connections without a first NODE_SYNC.
-    pub rejected_unsynced_per_address: u64,
+    rejected_unsynced_per_address,
     /// Warning lines not printed because the same warning was printed less than
-    /// [`LOG_EVERY`] before (each printed line says how many it stands for).
-    pub log_lines_suppressed: u64,
+    /// `LOG_EVERY` (10 s) before (each printed line says how many it stands for).
+    log_lines_suppressed,
     /// Uplink connections established.
-    pub dialled: u64,
+    dialled,
     /// Uplink connect attempts that failed.
-    pub dial_failures: u64,
+    dial_failures,
     /// Links closed because the peer closed them.
-    pub closed_peer: u64,
+    closed_peer,
     /// Links closed on a read or write error.
-    pub closed_io_error: u64,
+    closed_io_error,
     /// Links dropped because their send queue passed the limit.
-    pub closed_send_queue_full: u64,
+    closed_send_queue_full,
     /// Links dropped because the peer stopped reading.
-    pub closed_write_stalled: u64,
+    closed_write_stalled,
     /// Links closed by a node protocol rule.
-    pub closed_by_node: u64,
+    closed_by_node,
     /// Bytes read from sockets.
-    pub bytes_in: u64,
+    bytes_in,
     /// Bytes written to sockets.
-    pub bytes_out: u64,
+    bytes_out,
     /// Frames the node handed out for links that were already gone.
-    pub dropped_no_link: u64,
+    dropped_no_link,
     /// Times a reader paused because a queue it fed was above the high-water mark.
-    pub reader_pauses: u64,
+    reader_pauses,
     /// Largest send queue seen, bytes.
-    pub max_queue_bytes: u64,
+    max_queue_bytes = Peak,
     /// Frames the node cut at the frame cap, over all links.
-    pub frames_oversized: u64,
+    frames_oversized,
     /// Frames the node could not parse, over all links.
-    pub frames_invalid: u64,
+    frames_invalid,
+}
 }
 
 impl NetStats {

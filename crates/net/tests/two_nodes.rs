@@ -219,3 +219,66 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Issue 14: frames the node drops reach the runtime as `Event::FrameDropped`: counted per link
+/// and in `NetStats`, passed on to subscribers; the snapshot's `node_stats` JSON has one key per
+/// `NodeStats::counters` entry, in list order.
+#[tokio::test]
+async fn dropped_frames_are_counted_per_link_from_the_node_event() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    let mut node = Config::new(4001);
+    node.max_frame = 1024;
+    let drops: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let seen = drops.clone();
+    let a = MeshBuilder::new(Node::without_plugins(node), cfg(true, vec![]))
+        .on_event(move |ev| {
+            if let MeshEvent::Node(Event::FrameDropped { reason, frames, .. }) = ev {
+                seen.lock().unwrap().push((reason.as_str().into(), *frames));
+            }
+        })
+        .spawn()
+        .unwrap();
+    let h = a.handle();
+    let mut peer = TcpStream::connect(a.local_addr().unwrap()).await.unwrap();
+    let mut bytes = b"not json\0".repeat(3);
+    bytes.extend(vec![b'{'; 2000]);
+    bytes.push(0);
+    peer.write_all(&bytes).await.unwrap();
+    let link = || async { h.snapshot().await.unwrap().links.first().cloned() };
+    wait_until_async(
+        || async { link().await.is_some_and(|l| l.frames_oversized == 1) },
+        "the oversized frame to be counted on the link",
+    )
+    .await;
+    let l = link().await.unwrap();
+    assert_eq!((l.frames_invalid, l.frames_oversized), (3, 1));
+    let s = h.snapshot().await.unwrap();
+    assert_eq!(
+        (s.net_stats.frames_invalid, s.net_stats.frames_oversized),
+        (3, 1)
+    );
+    assert_eq!(
+        (s.node_stats.dropped_invalid, s.node_stats.dropped_oversized),
+        (3, 1)
+    );
+    let total: u64 = drops.lock().unwrap().iter().map(|(_, n)| n).sum();
+    assert_eq!(total, 4, "{:?}", drops.lock().unwrap());
+
+    let json = serde_json::to_value(&s).unwrap();
+    let keys: Vec<&str> = json["node_stats"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let names: Vec<&str> = s.node_stats.counters().map(|c| c.name).collect();
+    assert_eq!(keys.len(), pmesh_node::NodeStats::COUNTERS);
+    assert_eq!(
+        keys.iter().collect::<std::collections::BTreeSet<_>>(),
+        names.iter().collect()
+    );
+    assert_eq!(json["node_stats"]["dropped_invalid"], 3);
+    assert_eq!(json["net_stats"]["frames_invalid"], 3);
+}

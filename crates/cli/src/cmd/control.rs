@@ -78,7 +78,7 @@ pub struct EventsArgs {
     #[command(flatten)]
     control: ControlArgs,
     /// Only events of this kind (`received`, `package`, `new_connection`, `dropped_connection`,
-    /// `changed_connections`, `time_adjusted`, `delay`, `link_up`, `link_down`, `plugin`,
+    /// `changed_connections`, `time_adjusted`, `delay`, `frame_dropped`, `link_up`, `link_down`, `plugin`,
     /// `lagged`); repeatable.
     #[arg(long, value_name = "KIND")]
     kind: Vec<String>,
