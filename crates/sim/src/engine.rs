@@ -636,7 +636,7 @@ impl<A: SimApp> Sim<A> {
                     self.drain(idx);
                 }
             }
-            Event::Package { .. } | Event::Delay { .. } => {}
+            Event::Package { .. } | Event::Delay { .. } | Event::FrameDropped { .. } => {}
         }
     }
 
@@ -1455,25 +1455,10 @@ impl<A: SimApp> Sim<A> {
                 .iter()
                 .filter_map(|n| n.node.as_ref().map(|x| x.stats())),
         );
+        // Every counter of the one list, summed over nodes and boots.
         let mut node_stats = BTreeMap::new();
-        let mut add = |k: &str, v: u64| *node_stats.entry(k.to_string()).or_insert(0) += v;
-        for s in &stats {
-            add("frames_in", s.frames_in);
-            add("bytes_in", s.bytes_in);
-            add("frames_out", s.frames_out);
-            add("bytes_out", s.bytes_out);
-            add("forwarded", s.forwarded);
-            add("dropped_oversized", s.dropped_oversized);
-            add("dropped_invalid", s.dropped_invalid);
-            add("dropped_no_route", s.dropped_no_route);
-            add("dropped_unhandled", s.dropped_unhandled);
-            add("dropped_events", s.dropped_events);
-            add("closed_by_node", s.closed_by_node);
-            add("topology_changes", s.topology_changes);
-            add("time_samples_retried", s.time_samples_retried);
-            if self.sc.clock.rate_discipline {
-                add("time_samples_stale", s.time_samples_stale);
-            }
+        for c in stats.iter().flat_map(|s| s.counters()) {
+            *node_stats.entry(c.name.to_string()).or_insert(0) += c.value;
         }
         let sim_s = secs(self.now);
         Report {
