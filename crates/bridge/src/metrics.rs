@@ -15,6 +15,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use pmesh_node::NodeStats;
+
 use crate::http::HttpLimits;
 use crate::model::Model;
 
@@ -50,9 +52,8 @@ pub struct Metrics {
     node_uptime: Family<Labels, Gauge>,
     node_loss: Family<Labels, FGauge>,
     node_ota_progress: Family<Labels, FGauge>,
-    gw_frames: Family<Labels, Counter>,
-    gw_bytes: Family<Labels, Counter>,
-    gw_dropped: Family<Labels, Counter>,
+    /// One series per [`NodeStats::counters`] entry of the gateway node, in list order.
+    gateway_counters: Arc<Vec<Counter>>,
     link_bytes_rx: Family<Labels, Counter>,
     link_bytes_tx: Family<Labels, Counter>,
     link_delay: Family<Labels, FGauge>,
@@ -93,9 +94,8 @@ struct Seen {
     parents: std::collections::BTreeMap<u32, u32>,
     peers: BTreeSet<u32>,
     ota_nodes: BTreeSet<u32>,
-    frames: [u64; 2],
-    bytes: [u64; 2],
-    dropped: [u64; 5],
+    /// Last value of each gateway counter, in list order.
+    gateway: Vec<u64>,
     links: std::collections::BTreeMap<u32, (u64, u64)>,
     rx: [u64; 2],
     records: [u64; 2],
@@ -193,21 +193,7 @@ impl Metrics {
                 "Firmware transfer progress of a node being updated (0..1)",
                 Family::default()
             ),
-            gw_frames: reg!(
-                "gateway_frames",
-                "Frames through the gateway node, by direction (in, out)",
-                Family::default()
-            ),
-            gw_bytes: reg!(
-                "gateway_bytes",
-                "Bytes through the gateway node, by direction (in, out)",
-                Family::default()
-            ),
-            gw_dropped: reg!(
-                "gateway_frames_dropped",
-                "Frames the gateway dropped, by reason",
-                Family::default()
-            ),
+            gateway_counters: Arc::new(gateway_counters(&mut r)),
             link_bytes_rx: reg!(
                 "link_received_bytes",
                 "Bytes received on a gateway link, by peer",
@@ -372,42 +358,14 @@ impl Metrics {
             c.ota_nodes_failed,
         );
         bump(&self.ota_bytes, &mut s.ota[3], c.ota_bytes);
-        let g = &m.gateway_stats;
-        bump(
-            &self.gw_frames.get_or_create(&l("direction", "in")),
-            &mut s.frames[0],
-            g.frames_in,
-        );
-        bump(
-            &self.gw_frames.get_or_create(&l("direction", "out")),
-            &mut s.frames[1],
-            g.frames_out,
-        );
-        bump(
-            &self.gw_bytes.get_or_create(&l("direction", "in")),
-            &mut s.bytes[0],
-            g.bytes_in,
-        );
-        bump(
-            &self.gw_bytes.get_or_create(&l("direction", "out")),
-            &mut s.bytes[1],
-            g.bytes_out,
-        );
-        for (i, (reason, v)) in [
-            ("oversized", g.dropped_oversized),
-            ("invalid", g.dropped_invalid),
-            ("no_route", g.dropped_no_route),
-            ("unhandled", g.dropped_unhandled),
-            ("events", g.dropped_events),
-        ]
-        .into_iter()
-        .enumerate()
+        s.gateway.resize(self.gateway_counters.len(), 0);
+        for ((series, last), c) in self
+            .gateway_counters
+            .iter()
+            .zip(&mut s.gateway)
+            .zip(m.gateway_stats.counters())
         {
-            bump(
-                &self.gw_dropped.get_or_create(&l("reason", reason)),
-                &mut s.dropped[i],
-                v,
-            );
+            bump(series, last, c.value);
         }
         // Per-node series: online nodes only.
         let online: BTreeSet<u32> = m
@@ -582,6 +540,67 @@ impl Metrics {
     }
 }
 
+/// Where a gateway [`NodeStats`] counter predating the one list keeps its documented series:
+/// `(family, label, value)`. Every other counter is `pmesh_node_<name>_total`.
+pub(crate) fn gateway_series(name: &str) -> Option<(&'static str, &'static str, &'static str)> {
+    Some(match name {
+        "frames_in" => ("gateway_frames", "direction", "in"),
+        "frames_out" => ("gateway_frames", "direction", "out"),
+        "bytes_in" => ("gateway_bytes", "direction", "in"),
+        "bytes_out" => ("gateway_bytes", "direction", "out"),
+        "dropped_oversized" => ("gateway_frames_dropped", "reason", "oversized"),
+        "dropped_invalid" => ("gateway_frames_dropped", "reason", "invalid"),
+        "dropped_no_route" => ("gateway_frames_dropped", "reason", "no_route"),
+        "dropped_unhandled" => ("gateway_frames_dropped", "reason", "unhandled"),
+        "dropped_events" => ("gateway_frames_dropped", "reason", "events"),
+        _ => return None,
+    })
+}
+
+/// Registers a series for every gateway [`NodeStats`] counter (see [`gateway_series`]) and
+/// returns them in list order.
+fn gateway_counters(r: &mut Registry) -> Vec<Counter> {
+    let families: [(&str, &str, Family<Labels, Counter>); 3] = [
+        (
+            "gateway_frames",
+            "Frames through the gateway node, by direction (in, out)",
+            Family::default(),
+        ),
+        (
+            "gateway_bytes",
+            "Bytes through the gateway node, by direction (in, out)",
+            Family::default(),
+        ),
+        (
+            "gateway_frames_dropped",
+            "Frames the gateway dropped, by reason",
+            Family::default(),
+        ),
+    ];
+    for (name, help, family) in &families {
+        r.register(*name, *help, family.clone());
+    }
+    NodeStats::default()
+        .counters()
+        .map(|c| match gateway_series(c.name) {
+            Some((name, k, v)) => {
+                let (_, _, family) = families
+                    .iter()
+                    .find(|(n, _, _)| *n == name)
+                    .expect("gateway_series names a family registered above");
+                family.get_or_create(&l(k, v)).clone()
+            }
+            None => {
+                let counter = Counter::default();
+                // prometheus-client appends the full stop itself.
+                let help = c.help.strip_suffix('.').unwrap_or(c.help);
+                r.register(format!("node_{}", c.name), help, counter.clone());
+                counter
+            }
+        })
+        .collect()
+}
+
 /// Moves a Prometheus counter to an absolute total reported elsewhere (a reset, e.g. a
 /// gateway restart of the source, restarts the delta from the new value).
 fn bump(c: &Counter, last: &mut u64, now: u64) {
@@ -620,4 +639,53 @@ pub fn to_prometheus_text(om: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AlertThresholds;
+
+    /// Issue 14: every counter of the gateway's `NodeStats` list reaches `/metrics` with its
+    /// value, under its documented name where one predates the list and as
+    /// `pmesh_node_<name>_total` otherwise; a counter added to the list is covered here
+    /// without editing this test.
+    #[test]
+    fn every_gateway_counter_reaches_metrics_with_its_value() {
+        let metrics = Metrics::new();
+        let mut model = Model::new(1, AlertThresholds::default());
+        let mut next = 1000;
+        model.gateway_stats = NodeStats::from_fn(|_| {
+            next += 1;
+            next
+        });
+        metrics.sync(&model);
+        let text = metrics.render_prometheus_text();
+        for c in model.gateway_stats.counters() {
+            assert_eq!(c.kind, pmesh_node::CounterKind::Total, "{}", c.name);
+            let line = match gateway_series(c.name) {
+                Some((family, k, v)) => format!("pmesh_{family}_total{{{k}=\"{v}\"}} {}", c.value),
+                None => {
+                    let help = c.help.trim_end_matches('.');
+                    let name = format!("pmesh_node_{}_total", c.name);
+                    assert!(text.contains(&format!("# HELP {name} {help}.\n")), "{name}");
+                    assert!(text.contains(&format!("# TYPE {name} counter\n")), "{name}");
+                    format!("{name} {}", c.value)
+                }
+            };
+            assert!(
+                text.lines().any(|l| l == line),
+                "{} missing as `{line}`:\n{text}",
+                c.name
+            );
+        }
+        // Counters follow the gateway's totals (deltas), also after a restart of the source.
+        model.gateway_stats.handshake_timeouts += 5;
+        metrics.sync(&model);
+        let want = format!(
+            "pmesh_node_handshake_timeouts_total {}",
+            model.gateway_stats.handshake_timeouts
+        );
+        assert!(metrics.render_prometheus_text().lines().any(|l| l == want));
+    }
 }

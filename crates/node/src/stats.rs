@@ -31,7 +31,7 @@ pub struct Counter {
 /// is `/// doc` lines then its name, optionally `= Peak` for a high-water mark (default
 /// `Total`); every field is `pub`. The struct gets `COUNTERS` (how many) and
 /// `counters(&self) -> impl Iterator<Item = Counter>` in declaration order, with the doc
-/// comment (lines joined) as help. Used for [`NodeStats`] and the net runtime's `NetStats`.
+/// comment (lines joined) as help, and `from_fn` to build one from a value per name. Used for [`NodeStats`] and the net runtime's `NetStats`.
 #[macro_export]
 macro_rules! counters {
     (
@@ -48,6 +48,12 @@ macro_rules! counters {
         impl $ty {
             /// How many counters [`Self::counters`] yields.
             pub const COUNTERS: usize = [$(stringify!($field)),*].len();
+
+            /// A value for every counter from `f(name)`, called in declaration order (tests
+            /// and exporters' checks set distinct values without naming fields).
+            pub fn from_fn(mut f: impl FnMut(&'static str) -> u64) -> Self {
+                Self { $($field: f(stringify!($field)),)* }
+            }
 
             /// Every counter with its name, help and value, in declaration order (the one list
             /// hosts export; see `pmesh_node::stats`).
@@ -164,6 +170,12 @@ mod tests {
             assert!(!c.help.is_empty() && !c.help.starts_with(' ') && !c.help.contains('\n'));
             assert!(c.help.ends_with('.'), "{}: {}", c.name, c.help);
         }
+        let mut next = 0;
+        let built = NodeStats::from_fn(|_| {
+            next += 1;
+            next
+        });
+        assert_eq!(built, s);
         assert_eq!(list[0].name, "frames_in");
         assert_eq!(list[0].help, "Frames received and parsed.");
         assert_eq!(list[20].name, "handshake_timeouts");
