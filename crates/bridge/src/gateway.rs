@@ -6,7 +6,7 @@
 //! bridge **asks** the gateway to act through the [`Gateway`] trait (send, broadcast, start or
 //! abort an OTA campaign). Both directions are non-blocking.
 
-use pmesh_node::NodeStats;
+use pmesh_node::{Counter, NodeStats};
 use pmesh_proto::{Envelope, NodeTree};
 
 /// Why the gateway refused or failed an action; the text goes into the MQTT response.
@@ -219,6 +219,9 @@ pub enum MeshEvent {
     },
     /// OTA campaign progress.
     Ota(OtaProgress),
+    /// The gateway host's own counters (e.g. `pmesh_net::NetStats::counters()`), exported
+    /// on `/metrics` as `pmesh_net_<name>_total` (peaks as gauges `pmesh_net_<name>`).
+    RuntimeStats(Vec<Counter>),
 }
 
 #[cfg(test)]

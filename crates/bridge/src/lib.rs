@@ -136,6 +136,12 @@ impl BridgeHandle {
         self.feed(MeshEvent::Stats { node, links });
     }
 
+    /// The gateway host's runtime counters, e.g. `NetStats::counters().collect()` (call with
+    /// [`Self::stats`]); `/metrics` shows each as `pmesh_net_<name>_total`.
+    pub fn runtime_stats(&self, counters: Vec<pmesh_node::Counter>) {
+        self.feed(MeshEvent::RuntimeStats(counters));
+    }
+
     /// OTA campaign progress. Never dropped (its own unbounded queue: the gateway reports at
     /// most a few events per chunk, and the bridge drains them continuously).
     pub fn ota(&self, progress: OtaProgress) {

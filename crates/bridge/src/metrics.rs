@@ -4,9 +4,10 @@
 //! (`node` for per-node series, `peer` for links, `kind`/`result` with a handful of values).
 //! Per-node and per-link series are removed when the node or link goes away.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::text::encode;
@@ -15,7 +16,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use pmesh_node::NodeStats;
+use pmesh_node::{CounterKind, NodeStats};
 
 use crate::http::HttpLimits;
 use crate::model::Model;
@@ -37,7 +38,10 @@ fn l(k: &str, v: impl ToString) -> Labels {
 /// All metric families; cheap to clone (shared handles).
 #[derive(Clone, Debug)]
 pub struct Metrics {
-    registry: Arc<Registry>,
+    /// Behind a lock: runtime counters register when first reported.
+    registry: Arc<Mutex<Registry>>,
+    /// One series per runtime counter name seen, with its last value.
+    runtime: Arc<Mutex<BTreeMap<&'static str, (RuntimeSeries, u64)>>>,
     mesh_nodes: Gauge,
     mesh_depth: Gauge,
     topology_changes: Counter,
@@ -292,11 +296,12 @@ impl Metrics {
                     Gauge::default()
                 ),
             },
-            registry: Arc::new(Registry::default()),
+            registry: Arc::default(),
+            runtime: Arc::default(),
             state: Arc::default(),
         };
         Metrics {
-            registry: Arc::new(r),
+            registry: Arc::new(Mutex::new(r)),
             ..m
         }
     }
@@ -471,13 +476,45 @@ impl Metrics {
             }
         }
         s.peers = peers;
+        drop(s);
+        self.sync_runtime(&m.runtime_stats);
+    }
+
+    /// Brings the host runtime's counters to `/metrics`, registering a series for a name the
+    /// first time it is reported (`pmesh_net_<name>_total`, or a gauge for a peak).
+    fn sync_runtime(&self, counters: &[pmesh_node::Counter]) {
+        let mut series = self.runtime.lock().unwrap_or_else(|e| e.into_inner());
+        for c in counters {
+            let (s, last) = series.entry(c.name).or_insert_with(|| {
+                let mut r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+                let name = format!("net_{}", c.name);
+                // prometheus-client appends the full stop itself.
+                let help = c.help.strip_suffix('.').unwrap_or(c.help);
+                let s = match c.kind {
+                    CounterKind::Total => RuntimeSeries::Total(Counter::default()),
+                    CounterKind::Peak => RuntimeSeries::Peak(Gauge::default()),
+                };
+                match &s {
+                    RuntimeSeries::Total(x) => r.register(name, help, x.clone()),
+                    RuntimeSeries::Peak(x) => r.register(name, help, x.clone()),
+                }
+                (s, 0)
+            });
+            match s {
+                RuntimeSeries::Total(x) => bump(x, last, c.value),
+                RuntimeSeries::Peak(g) => {
+                    g.set(i64::try_from(c.value).unwrap_or(i64::MAX));
+                }
+            }
+        }
     }
 
     /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = encode(&mut out, &registry);
         out
     }
 
@@ -538,6 +575,13 @@ impl Metrics {
         let task = tokio::spawn(crate::http::serve(listener, app, limits, self.http.clone()));
         Ok((local, task))
     }
+}
+
+/// A runtime counter's series: a counter for totals, a gauge for peaks.
+#[derive(Clone, Debug)]
+enum RuntimeSeries {
+    Total(Counter),
+    Peak(Gauge),
 }
 
 /// Where a gateway [`NodeStats`] counter predating the one list keeps its documented series:
@@ -687,5 +731,46 @@ mod tests {
             model.gateway_stats.handshake_timeouts
         );
         assert!(metrics.render_prometheus_text().lines().any(|l| l == want));
+    }
+
+    /// The host runtime's counters (`NetStats` in `pmesh node`) register when first reported:
+    /// totals as `pmesh_net_<name>_total`, peaks as gauges; later reports move them.
+    #[test]
+    fn runtime_counters_register_when_first_reported() {
+        use pmesh_node::Counter;
+        let metrics = Metrics::new();
+        let mut model = Model::new(1, AlertThresholds::default());
+        let report = |accepted, peak| {
+            vec![
+                Counter {
+                    name: "accepted",
+                    help: "Connections accepted on the listener.",
+                    value: accepted,
+                    kind: CounterKind::Total,
+                },
+                Counter {
+                    name: "max_queue_bytes",
+                    help: "Largest send queue seen, bytes.",
+                    value: peak,
+                    kind: CounterKind::Peak,
+                },
+            ]
+        };
+        metrics.sync(&model);
+        assert!(!metrics.render().contains("pmesh_net_"));
+        model.runtime_stats = report(3, 4096);
+        metrics.sync(&model);
+        model.runtime_stats = report(5, 8192);
+        metrics.sync(&model);
+        let text = metrics.render_prometheus_text();
+        for line in [
+            "# HELP pmesh_net_accepted_total Connections accepted on the listener.",
+            "# TYPE pmesh_net_accepted_total counter",
+            "pmesh_net_accepted_total 5",
+            "# TYPE pmesh_net_max_queue_bytes gauge",
+            "pmesh_net_max_queue_bytes 8192",
+        ] {
+            assert!(text.lines().any(|l| l == line), "`{line}` missing:\n{text}");
+        }
     }
 }

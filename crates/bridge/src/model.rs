@@ -269,6 +269,8 @@ pub struct Model {
     pub gateway_stats: NodeStats,
     /// The gateway's links.
     pub links: Vec<LinkStats>,
+    /// The gateway host's runtime counters (`MeshEvent::RuntimeStats`), as last reported.
+    pub runtime_stats: Vec<pmesh_node::Counter>,
     thresholds: AlertThresholds,
     partition_ref: Option<usize>,
 }
@@ -285,6 +287,7 @@ impl Model {
             campaign: None,
             gateway_stats: NodeStats::default(),
             links: Vec::new(),
+            runtime_stats: Vec::new(),
             thresholds,
             partition_ref: None,
         };

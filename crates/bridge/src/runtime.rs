@@ -477,6 +477,7 @@ impl Runtime {
                 self.model.gateway_stats = node;
                 self.model.links = links;
             }
+            MeshEvent::RuntimeStats(counters) => self.model.runtime_stats = counters,
             MeshEvent::Ota(p) => {
                 let ch = self.model.on_ota(p, now);
                 self.apply(ch);

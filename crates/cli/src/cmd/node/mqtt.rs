@@ -531,7 +531,10 @@ where
                 })
                 .collect()
         };
-        shared.with_bridge(|b| b.stats(stats, links));
+        shared.with_bridge(|b| {
+            b.stats(stats, links);
+            b.runtime_stats(snap.net_stats.counters().collect());
+        });
     }
 }
 
