@@ -90,6 +90,8 @@ pub enum FrameDropReason {
     Unhandled,
     /// A BROADCAST on a link held in the loop grace (`broadcasts_held`).
     BroadcastHeld,
+    /// A frame to forward that a plugin refused (`Plugin::admit`; `forward_refused`).
+    ForwardRefused,
     /// A TIME_SYNC or TIME_DELAY beyond its link's time-frame budget
     /// (`time_frames_over_budget`).
     TimeOverBudget,
@@ -104,6 +106,7 @@ impl FrameDropReason {
             FrameDropReason::NoRoute => "no_route",
             FrameDropReason::Unhandled => "unhandled",
             FrameDropReason::BroadcastHeld => "broadcast_held",
+            FrameDropReason::ForwardRefused => "forward_refused",
             FrameDropReason::TimeOverBudget => "time_over_budget",
         }
     }

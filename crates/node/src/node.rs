@@ -669,7 +669,7 @@ impl<P: Plugin> Node<P> {
             _ => false,
         };
         if forwards && !self.admit(conn, now, &env, &raw) {
-            self.core.stats.forward_refused += 1;
+            self.core.drop_frame(conn, FrameDropReason::ForwardRefused);
             return;
         }
         match env.routing {
@@ -1016,6 +1016,7 @@ impl<E> Core<E> {
             FrameDropReason::NoRoute => &mut s.dropped_no_route,
             FrameDropReason::Unhandled => &mut s.dropped_unhandled,
             FrameDropReason::BroadcastHeld => &mut s.broadcasts_held,
+            FrameDropReason::ForwardRefused => &mut s.forward_refused,
             FrameDropReason::TimeOverBudget => &mut s.time_frames_over_budget,
         } += 1;
         if let Some(Event::FrameDropped {
