@@ -175,3 +175,53 @@ pub enum Event<E> {
     /// An event from the node's plugin.
     Plugin(E),
 }
+
+impl<E> Event<E> {
+    /// The same event with a plugin event passed through `f` (core events unchanged): how a
+    /// host hands one node's events on under another plugin event type.
+    pub fn map_plugin<F>(self, f: impl FnOnce(E) -> F) -> Event<F> {
+        match self.split_plugin() {
+            Ok(core_event) => core_event,
+            Err(e) => Event::Plugin(f(e)),
+        }
+    }
+
+    /// A core event under any plugin event type, or the plugin event.
+    pub(crate) fn split_plugin<F>(self) -> Result<Event<F>, E> {
+        Ok(match self {
+            Event::Received {
+                from,
+                msg,
+                broadcast,
+            } => Event::Received {
+                from,
+                msg,
+                broadcast,
+            },
+            Event::Package { envelope, raw } => Event::Package { envelope, raw },
+            Event::NewConnection { node_id, conn } => Event::NewConnection { node_id, conn },
+            Event::DroppedConnection {
+                node_id,
+                conn,
+                reason,
+            } => Event::DroppedConnection {
+                node_id,
+                conn,
+                reason,
+            },
+            Event::ChangedConnections => Event::ChangedConnections,
+            Event::TimeAdjusted { offset } => Event::TimeAdjusted { offset },
+            Event::Delay { node_id, delay_us } => Event::Delay { node_id, delay_us },
+            Event::FrameDropped {
+                conn,
+                reason,
+                frames,
+            } => Event::FrameDropped {
+                conn,
+                reason,
+                frames,
+            },
+            Event::Plugin(e) => return Err(e),
+        })
+    }
+}

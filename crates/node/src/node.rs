@@ -230,9 +230,14 @@ struct RateState {
     anchor: Option<(ConnId, u64, u32)>,
 }
 
+/// Where a plugin event sits among the core's events: the event itself waits in
+/// `Node::plugin_events`, so the core (and a plugin's [`Context`]) is not typed by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PluginSlot;
+
 /// Everything but the plugin, so a plugin can borrow it mutably through a [`Context`].
 #[derive(Debug)]
-pub(crate) struct Core<E> {
+pub(crate) struct Core {
     pub(crate) cfg: Config,
     conns: Vec<Conn>,
     time_offset: u32,
@@ -242,7 +247,10 @@ pub(crate) struct Core<E> {
     /// measured across two time bases.
     time_steps: u32,
     transmits: VecDeque<Transmit>,
-    events: VecDeque<Event<E>>,
+    events: VecDeque<Event<PluginSlot>>,
+    /// Plugin slots dropped from the front of `events` (queue full) whose events are still at
+    /// the front of `Node::plugin_events`; trimmed at the end of every input.
+    plugin_slots_dropped: usize,
     held_replies: Vec<HeldReply>,
     /// Where each node id leads; rebuilt lazily after topology changes.
     routes: RefCell<RouteIndex>,
@@ -258,8 +266,10 @@ pub(crate) struct Core<E> {
 /// A painlessMesh node. See the crate docs for the calling convention.
 #[derive(Debug)]
 pub struct Node<P: Plugin = ()> {
-    core: Core<P::Event>,
+    core: Core,
     plugin: P,
+    /// The plugin's events, in order; each has a [`PluginSlot`] in the core's queue.
+    plugin_events: VecDeque<P::Event>,
 }
 
 impl Node<()> {
@@ -282,6 +292,7 @@ impl<P: Plugin> Node<P> {
                 time_steps: 0,
                 transmits: VecDeque::new(),
                 events: VecDeque::new(),
+                plugin_slots_dropped: 0,
                 held_replies: Vec::new(),
                 routes: RefCell::new(RouteIndex::default()),
                 sync_scratch: FlatTree::leaf(0),
@@ -290,6 +301,7 @@ impl<P: Plugin> Node<P> {
                 stats: NodeStats::default(),
             },
             plugin,
+            plugin_events: VecDeque::new(),
         }
     }
 
@@ -376,7 +388,20 @@ impl<P: Plugin> Node<P> {
 
     /// Next event for the application.
     pub fn poll_event(&mut self) -> Option<Event<P::Event>> {
-        self.core.events.pop_front()
+        self.trim_plugin_events();
+        loop {
+            match self.core.events.pop_front()?.split_plugin() {
+                Ok(core_event) => return Some(core_event),
+                // Every slot has its event (pushed together by `Context::emit`, dropped
+                // together through `plugin_slots_dropped`); a missing one is skipped.
+                Err(PluginSlot) => {
+                    if let Some(e) = self.plugin_events.pop_front() {
+                        return Some(Event::Plugin(e));
+                    }
+                    debug_assert!(false, "a plugin slot without its event");
+                }
+            }
+        }
     }
 
     /// When [`Node::handle_timeout`] must be called next.
@@ -473,13 +498,10 @@ impl<P: Plugin> Node<P> {
         now: Instant,
         f: impl FnOnce(&mut P, &mut Context<'_, P::Event>) -> R,
     ) -> R {
-        let r = f(
-            &mut self.plugin,
-            &mut Context {
-                core: &mut self.core,
-                now,
-            },
-        );
+        let plugin = &mut self.plugin;
+        let r = in_context(&mut self.core, &mut self.plugin_events, now, |ctx| {
+            f(plugin, ctx)
+        });
         self.after_input(now);
         r
     }
@@ -626,7 +648,7 @@ impl<P: Plugin> Node<P> {
     /// the route index, held replies and the undrained transmit and event queues. The
     /// plugin's own state is not included. Meant for simulator reports, not for accounting.
     pub fn state_bytes(&self) -> usize {
-        self.core.state_bytes()
+        self.core.state_bytes() + self.plugin_events.capacity() * core::mem::size_of::<P::Event>()
     }
 
     // --- internals ----------------------------------------------------------------------
@@ -729,13 +751,10 @@ impl<P: Plugin> Node<P> {
             envelope: env,
             raw,
         };
-        self.plugin.admit(
-            &mut Context {
-                core: &mut self.core,
-                now,
-            },
-            &incoming,
-        )
+        let plugin = &mut self.plugin;
+        in_context(&mut self.core, &mut self.plugin_events, now, |ctx| {
+            plugin.admit(ctx, &incoming)
+        })
     }
 
     fn process_locally(&mut self, conn: ConnId, now: Instant, env: Envelope, raw: Bytes) {
@@ -767,13 +786,10 @@ impl<P: Plugin> Node<P> {
                     envelope: &env,
                     raw: &raw,
                 };
-                let handled = self.plugin.on_frame(
-                    &mut Context {
-                        core: &mut self.core,
-                        now,
-                    },
-                    &incoming,
-                );
+                let plugin = &mut self.plugin;
+                let handled = in_context(&mut self.core, &mut self.plugin_events, now, |ctx| {
+                    plugin.on_frame(ctx, &incoming)
+                });
                 if ty == types::SINGLE || ty == types::BROADCAST {
                     if let Message::Single(m) | Message::Broadcast(m) = env.decode_core() {
                         self.core.push_event(Event::Received {
@@ -795,19 +811,15 @@ impl<P: Plugin> Node<P> {
         for _ in 0..64 {
             self.core.run_timers(now);
             let changes = core::mem::take(&mut self.core.pending_changes);
+            let plugin = &mut self.plugin;
             for change in changes {
-                self.plugin.on_connection(
-                    &mut Context {
-                        core: &mut self.core,
-                        now,
-                    },
-                    change,
-                );
+                in_context(&mut self.core, &mut self.plugin_events, now, |ctx| {
+                    plugin.on_connection(ctx, change)
+                });
             }
-            if self.plugin.poll_timeout().is_some_and(|t| t <= now) {
-                self.plugin.on_timeout(&mut Context {
-                    core: &mut self.core,
-                    now,
+            if plugin.poll_timeout().is_some_and(|t| t <= now) {
+                in_context(&mut self.core, &mut self.plugin_events, now, |ctx| {
+                    plugin.on_timeout(ctx)
                 });
             }
             let timers_due = self
@@ -820,7 +832,29 @@ impl<P: Plugin> Node<P> {
                 break;
             }
         }
+        self.trim_plugin_events();
     }
+
+    /// Drops the plugin events whose slots the core dropped (its queue was full).
+    fn trim_plugin_events(&mut self) {
+        let n = core::mem::take(&mut self.core.plugin_slots_dropped);
+        self.plugin_events.drain(..n.min(self.plugin_events.len()));
+    }
+}
+
+/// Calls `f` with a plugin context whose emitted events are appended to `queue`.
+fn in_context<E, R>(
+    core: &mut Core,
+    queue: &mut VecDeque<E>,
+    now: Instant,
+    f: impl FnOnce(&mut Context<'_, E>) -> R,
+) -> R {
+    let mut emit = |e| queue.push_back(e);
+    f(&mut Context {
+        core,
+        emit: &mut emit,
+        now,
+    })
 }
 
 /// If `raw` is a NODE_SYNC whose tree is exactly `tree_json` (our compact serialization of the
@@ -876,7 +910,7 @@ fn tree_bytes(tree: &NodeTree) -> usize {
     total + core::mem::size_of::<NodeTree>()
 }
 
-impl<E> Core<E> {
+impl Core {
     fn state_bytes(&self) -> usize {
         use core::mem::size_of;
         let conns: usize = self
@@ -902,7 +936,7 @@ impl<E> Core<E> {
             + routes
             + self.transmits.capacity() * size_of::<Transmit>()
             + transmits
-            + self.events.capacity() * size_of::<Event<E>>()
+            + self.events.capacity() * size_of::<Event<PluginSlot>>()
             + self.held_replies.capacity() * size_of::<HeldReply>()
     }
 
@@ -1037,9 +1071,11 @@ impl<E> Core<E> {
         });
     }
 
-    pub(crate) fn push_event(&mut self, event: Event<E>) {
+    pub(crate) fn push_event(&mut self, event: Event<PluginSlot>) {
         if self.events.len() >= self.cfg.max_queued_events {
-            self.events.pop_front();
+            if let Some(Event::Plugin(PluginSlot)) = self.events.pop_front() {
+                self.plugin_slots_dropped += 1;
+            }
             self.stats.dropped_events += 1;
         }
         self.events.push_back(event);
