@@ -28,10 +28,7 @@ use pmesh_net::control::{ControlAddr, ControlListener, ControlServer};
 use pmesh_net::firmware::{self, FileSink, FileStore};
 use pmesh_net::ota::{NodeOta, OtaLogger};
 use pmesh_net::{MeshBuilder, MeshEvent, MeshHandle, NetConfig, RetrySchedule, node_id};
-use pmesh_node::{
-    Config, ConnectionChange, Context, Event, Node, Plugin, StatusConfig, StatusPlugin,
-    StatusTarget,
-};
+use pmesh_node::{Config, Event, Node, Plugin, StatusConfig, StatusPlugin, StatusTarget};
 use pmesh_ota::{
     ClassicReceiverKind, InstalledImage, Ota, OtaConfig, OtaEvent, OtaStore, TransferId,
 };
@@ -266,30 +263,6 @@ impl StatusSection {
             cfg.target = StatusTarget::Node(to);
         }
         Ok(Some(cfg))
-    }
-}
-
-/// The status plugin, or nothing: `pmesh node` always runs the same plugin type.
-#[derive(Debug)]
-pub struct MaybeStatus(Option<StatusPlugin<OtaEvent>>);
-
-impl Plugin for MaybeStatus {
-    type Event = OtaEvent;
-
-    fn on_connection(&mut self, ctx: &mut Context<'_, OtaEvent>, change: ConnectionChange) {
-        if let Some(p) = &mut self.0 {
-            p.on_connection(ctx, change);
-        }
-    }
-
-    fn on_timeout(&mut self, ctx: &mut Context<'_, OtaEvent>) {
-        if let Some(p) = &mut self.0 {
-            p.on_timeout(ctx);
-        }
-    }
-
-    fn poll_timeout(&self) -> Option<pmesh_node::Instant> {
-        self.0.as_ref().and_then(Plugin::poll_timeout)
     }
 }
 
@@ -764,7 +737,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .status
         .as_ref()
         .map(|c| (c.interval / 2).clamp(Duration::from_secs(1), Duration::from_secs(5)));
-    let node = Node::new(settings.node.clone(), (ota, MaybeStatus(status)));
+    // `Option<StatusPlugin>`: `pmesh node` runs the same plugin type with status reports off.
+    let node = Node::new(settings.node.clone(), (ota, status));
     let installer = Installer::new(settings.node.node_id, o);
     let mut logger = OtaLogger::default();
     let bridge = settings
@@ -808,7 +782,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                             .call(move |node, now| {
                                 let stats = node.stats();
                                 node.with_plugin(now, |(_, status), _| {
-                                    if let Some(s) = &mut status.0 {
+                                    if let Some(s) = status {
                                         s.set_node_stats(stats);
                                         s.set_free_memory_kb(mem);
                                     }
