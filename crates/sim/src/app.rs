@@ -2,7 +2,7 @@
 //! the simulation does with the plugins' events. The engine is generic over it, so OTA (or any
 //! other plugin) adds scenarios and report sections without touching the engine.
 
-use pmesh_node::{Instant, Node, Plugin};
+use pmesh_node::{Event, Instant, Node, Plugin};
 
 use crate::clock::SimTime;
 
@@ -38,7 +38,8 @@ impl<P: Plugin> std::fmt::Debug for NodeHandle<'_, P> {
     }
 }
 
-/// What a simulation runs on its nodes, and how it observes them.
+/// What a simulation runs on its nodes, and how it observes them (every node event, the
+/// core's and the plugin's, through [`SimApp::on_event`]).
 ///
 /// Persistent per-node state (what survives a crash) belongs to the application: it creates
 /// each node's plugin in [`SimApp::create_plugin`] and can hand the plugin a shared handle to
@@ -50,11 +51,14 @@ pub trait SimApp {
     /// A new plugin for `node`; `seed` is a per-boot seed derived from the scenario's.
     fn create_plugin(&mut self, node: u32, boot: Boot, seed: u64) -> Self::Plugin;
 
-    /// A plugin event from a node.
+    /// An event from a node: the core's (`Received`, `Package`, connections, time) and its
+    /// plugin's (`Event::Plugin`), in the order the node raised them, each after the engine's
+    /// own accounting. What the application does to the node here is delivered before the
+    /// node's timer is rescheduled.
     fn on_event(
         &mut self,
         _node: &mut NodeHandle<'_, Self::Plugin>,
-        _event: <Self::Plugin as Plugin>::Event,
+        _event: Event<<Self::Plugin as Plugin>::Event>,
     ) {
     }
 

@@ -556,29 +556,27 @@ impl<A: SimApp> Sim<A> {
         self.prune_broadcast_expectations();
     }
 
-    /// Drains a node's outputs and reschedules its timer.
+    /// Drains a node's outputs (until handling its events, the application's part included,
+    /// leaves none) and reschedules its timer.
     fn drain(&mut self, idx: usize) {
         loop {
-            let Some(node) = self.nodes[idx].node.as_mut() else {
+            if !self.flush_transmits(idx) {
                 return;
-            };
-            let Some(t) = node.poll_transmit() else { break };
-            match t {
-                Transmit::Send { conn, data } => self.link_send(idx, conn.0 as LinkId, data),
-                Transmit::Close { conn, .. } => self.link_close(idx, conn.0 as LinkId),
             }
-        }
-        let mut events = Vec::new();
-        let n = &mut self.nodes[idx];
-        if let Some(node) = n.node.as_mut() {
-            self.stations
-                .topology_changes(idx, node.stats().topology_changes);
-            while let Some(e) = node.poll_event() {
-                events.push(e);
+            let mut events = Vec::new();
+            if let Some(node) = self.nodes[idx].node.as_mut() {
+                self.stations
+                    .topology_changes(idx, node.stats().topology_changes);
+                while let Some(e) = node.poll_event() {
+                    events.push(e);
+                }
             }
-        }
-        for e in events {
-            self.node_event(idx, e);
+            if events.is_empty() {
+                break;
+            }
+            for e in events {
+                self.node_event(idx, e);
+            }
         }
         let n = &mut self.nodes[idx];
         let Some(node) = n.node.as_ref() else { return };
@@ -592,8 +590,49 @@ impl<A: SimApp> Sim<A> {
         }
     }
 
+    /// Sends or closes whatever the node queued; false if the node is down.
+    fn flush_transmits(&mut self, idx: usize) -> bool {
+        loop {
+            let Some(node) = self.nodes[idx].node.as_mut() else {
+                return false;
+            };
+            let Some(t) = node.poll_transmit() else {
+                return true;
+            };
+            match t {
+                Transmit::Send { conn, data } => self.link_send(idx, conn.0 as LinkId, data),
+                Transmit::Close { conn, .. } => self.link_close(idx, conn.0 as LinkId),
+            }
+        }
+    }
+
+    /// One event from node `idx`: the engine's accounting, then the application's turn. What
+    /// the application does on a plugin event is drained at once (as it always was); on a core
+    /// event, by the loop in `drain`.
     fn node_event(&mut self, idx: usize, e: Event<<A::Plugin as Plugin>::Event>) {
-        match e {
+        let plugin_event = matches!(e, Event::Plugin(_));
+        self.account(idx, &e);
+        let n = &mut self.nodes[idx];
+        let local = n.clock.local(self.now);
+        if let Some(node) = n.node.as_mut() {
+            self.app.on_event(
+                &mut NodeHandle {
+                    id: n.id,
+                    sim_now: self.now,
+                    now: local,
+                    node,
+                },
+                e,
+            );
+            if plugin_event {
+                self.drain(idx);
+            }
+        }
+    }
+
+    /// The engine's own bookkeeping for a node event (links, formation, drops, deliveries).
+    fn account(&mut self, idx: usize, e: &Event<<A::Plugin as Plugin>::Event>) {
+        match *e {
             Event::NewConnection { conn, .. } => {
                 let l = conn.0 as LinkId;
                 if let Some(link) = self.links.get_mut(l) {
@@ -619,24 +658,13 @@ impl<A: SimApp> Sim<A> {
             }
             Event::ChangedConnections => self.last_change = self.now,
             Event::TimeAdjusted { .. } => self.time_adjustments += 1,
-            Event::Received { msg, broadcast, .. } => self.received(idx, &msg, broadcast),
-            Event::Plugin(p) => {
-                let n = &mut self.nodes[idx];
-                let local = n.clock.local(self.now);
-                if let Some(node) = n.node.as_mut() {
-                    self.app.on_event(
-                        &mut NodeHandle {
-                            id: n.id,
-                            sim_now: self.now,
-                            now: local,
-                            node,
-                        },
-                        p,
-                    );
-                    self.drain(idx);
-                }
-            }
-            Event::Package { .. } | Event::Delay { .. } | Event::FrameDropped { .. } => {}
+            Event::Received {
+                ref msg, broadcast, ..
+            } => self.received(idx, msg, broadcast),
+            Event::Plugin(_)
+            | Event::Package { .. }
+            | Event::Delay { .. }
+            | Event::FrameDropped { .. } => {}
         }
     }
 

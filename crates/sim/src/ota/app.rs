@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use pmesh_node::{ConnectionChange, Context, Handled, Incoming, Instant, Plugin};
+use pmesh_node::{ConnectionChange, Context, Event, Handled, Incoming, Instant, Plugin};
 use pmesh_ota::{
     ApplyPolicy, MemorySink, MemoryStore, Offer, Ota, OtaConfig, OtaEvent, Phase, TransferId,
 };
@@ -921,7 +921,8 @@ impl SimApp for OtaApp {
         }
     }
 
-    fn on_event(&mut self, h: &mut NodeHandle<'_, OtaNode>, event: OtaEvent) {
+    fn on_event(&mut self, h: &mut NodeHandle<'_, OtaNode>, event: Event<OtaEvent>) {
+        let Event::Plugin(event) = event else { return };
         let now = h.sim_now;
         let Some(r) = self.nodes.get_mut(h.id as usize - 1) else {
             return;

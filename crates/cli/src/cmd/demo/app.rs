@@ -2,30 +2,24 @@
 //!
 //! Every node runs the real OTA plugin ([`pmesh_ota::Ota`], over in-memory flash that survives
 //! its crashes) beside the real status plugin ([`StatusPlugin`]: an EnhancedStatusPackage 604
-//! sent SINGLE to the gateway every 30 s, as `pmesh node --status-every` does). The gateway
-//! (node 1) also runs a tap that keeps what a real gateway hands its MQTT bridge: user messages
-//! processed there and packages no plugin handled (the status reports among them).
+//! sent SINGLE to the gateway every 30 s, as `pmesh node --status-every` does). From the
+//! gateway's (node 1) events the application keeps what a real gateway hands its MQTT bridge:
+//! user messages processed there and packages no plugin handled (the status reports among them).
 //!
 //! Firmware campaigns (the demo's own rollout and those started over MQTT) are offered by the
 //! gateway's OTA plugin; their progress is read from the receivers' own OTA events and turned
 //! into the bridge's [`OtaProgress`] reports.
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
-use std::rc::Rc;
 use std::time::Duration;
 
 use pmesh_bridge::{OtaMode, OtaProgress};
-use pmesh_node::{
-    ConnectionChange, Context, Handled, Incoming, Instant, Plugin, StatusConfig, StatusPlugin,
-    StatusTarget,
-};
+use pmesh_node::{Event, Instant, StatusConfig, StatusPlugin, StatusTarget};
 use pmesh_ota::{
     ApplyPolicy, MemorySink, MemorySource, MemoryStore, Offer, Ota, OtaConfig, OtaEvent, Refusal,
     TransferId,
 };
-use pmesh_proto::message::types;
-use pmesh_proto::{Envelope, Message};
+use pmesh_proto::Envelope;
 use pmesh_sim::app::{Boot, NodeHandle, SimApp};
 use pmesh_sim::clock::{SEC, SimTime};
 
@@ -61,7 +55,7 @@ pub enum Captured {
     Package(Envelope),
 }
 
-/// The gateway's captures, shared between its tap and the application.
+/// The gateway's captures, kept by the application until the runner takes them.
 #[derive(Debug, Default)]
 pub struct Inbox {
     items: VecDeque<Captured>,
@@ -79,90 +73,22 @@ impl Inbox {
     }
 }
 
-/// The plugin every simulated node runs.
-pub struct DemoNode {
-    ota: Ota<MemorySink, MemoryStore>,
-    status: Option<StatusPlugin<OtaEvent>>,
-    tap: Option<Rc<RefCell<Inbox>>>,
-}
+/// The plugin every simulated node runs: the OTA plugin beside the status plugin (none on the
+/// gateway).
+pub type DemoNode = (Ota<MemorySink, MemoryStore>, Option<StatusPlugin<OtaEvent>>);
 
-impl std::fmt::Debug for DemoNode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DemoNode")
-            .field("status", &self.status.is_some())
-            .field("tap", &self.tap.is_some())
-            .finish()
+/// Hands a node's counters to its status plugin (reported as msgRx/msgTx/msgDrop).
+pub fn set_node_stats(node: &mut DemoNode, stats: pmesh_node::NodeStats) {
+    if let Some(s) = &mut node.1 {
+        s.set_node_stats(stats);
     }
 }
 
-impl DemoNode {
-    /// Hands the node's counters to its status plugin (reported as msgRx/msgTx/msgDrop).
-    pub fn set_node_stats(&mut self, stats: pmesh_node::NodeStats) {
-        if let Some(s) = &mut self.status {
-            s.set_node_stats(stats);
-        }
-    }
-
-    /// Firmware bytes this node put on its links as a distributor: pmesh CHUNK frames and
-    /// classic chunks served.
-    pub fn ota_bytes_sent(&self) -> u64 {
-        self.ota.pmesh().stats().data_bytes_sent
-            + self.ota.classic_distributor().stats().bytes_served
-    }
-
-    fn capture(&self, env: &Envelope, handled: Handled) {
-        let Some(tap) = &self.tap else { return };
-        let mut inbox = tap.borrow_mut();
-        if env.ty == types::SINGLE || env.ty == types::BROADCAST {
-            if let Message::Single(m) | Message::Broadcast(m) = env.decode() {
-                inbox.push(Captured::Message {
-                    from: m.from,
-                    msg: m.msg,
-                    broadcast: env.ty == types::BROADCAST,
-                });
-            }
-        } else if handled == Handled::No {
-            inbox.push(Captured::Package(env.clone()));
-        }
-    }
-}
-
-impl Plugin for DemoNode {
-    type Event = OtaEvent;
-
-    fn on_frame(&mut self, ctx: &mut Context<'_, OtaEvent>, frame: &Incoming<'_>) -> Handled {
-        let h = self.ota.on_frame(ctx, frame);
-        self.capture(frame.envelope, h);
-        h
-    }
-
-    fn on_connection(&mut self, ctx: &mut Context<'_, OtaEvent>, change: ConnectionChange) {
-        self.ota.on_connection(ctx, change);
-        if let Some(s) = &mut self.status {
-            s.on_connection(ctx, change);
-        }
-    }
-
-    fn on_timeout(&mut self, ctx: &mut Context<'_, OtaEvent>) {
-        let now = ctx.now();
-        if self.ota.poll_timeout().is_some_and(|t| t <= now) {
-            self.ota.on_timeout(ctx);
-        }
-        if let Some(s) = &mut self.status
-            && s.poll_timeout().is_some_and(|t| t <= now)
-        {
-            s.on_timeout(ctx);
-        }
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        let a = self.ota.poll_timeout();
-        let b = self.status.as_ref().and_then(|s| s.poll_timeout());
-        match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
+/// Firmware bytes a node put on its links as a distributor: pmesh CHUNK frames and classic
+/// chunks served.
+pub fn ota_bytes_sent(node: &DemoNode) -> u64 {
+    let ota = &node.0;
+    ota.pmesh().stats().data_bytes_sent + ota.classic_distributor().stats().bytes_served
 }
 
 /// A firmware campaign to start.
@@ -265,7 +191,7 @@ struct Flash {
 #[derive(Debug)]
 pub struct DemoApp {
     flash: Vec<Flash>,
-    inbox: Rc<RefCell<Inbox>>,
+    inbox: Inbox,
     status_every: Duration,
     rate_limit: Option<u32>,
     /// Progress reports for the bridge, drained by the runner.
@@ -287,7 +213,7 @@ impl DemoApp {
                     store: MemoryStore::new(),
                 })
                 .collect(),
-            inbox: Rc::default(),
+            inbox: Inbox::default(),
             status_every,
             rate_limit,
             out: Vec::new(),
@@ -298,7 +224,7 @@ impl DemoApp {
 
     /// Takes what the gateway captured since the last call, and how many were dropped so far.
     pub fn take_captured(&mut self) -> (Vec<Captured>, u64) {
-        let mut inbox = self.inbox.borrow_mut();
+        let inbox = &mut self.inbox;
         (inbox.items.drain(..).collect(), inbox.dropped)
     }
 
@@ -336,10 +262,10 @@ impl DemoApp {
             .max(1) as u32;
         let (result, pmesh_chunks) = sim
             .with_node(GATEWAY, |h| {
-                h.node.with_plugin(h.now, |p, ctx| {
-                    let result = p.ota.offer(ctx, offer);
+                h.node.with_plugin(h.now, |(ota, _), ctx| {
+                    let result = ota.offer(ctx, offer);
                     // pmesh: as the distributor cut the image (compressed chunks vary).
-                    (result, p.ota.pmesh().status().map(|s| s.total))
+                    (result, ota.pmesh().status().map(|s| s.total))
                 })
             })
             .ok_or("the gateway is down")?;
@@ -386,9 +312,9 @@ impl DemoApp {
         }
         let (mode, md5) = (c.mode, c.served_md5.clone());
         sim.with_node(GATEWAY, |h| {
-            h.node.with_plugin(h.now, |p, ctx| match mode {
-                OtaMode::Pmesh => p.ota.cancel_pmesh(ctx),
-                _ => p.ota.cancel_classic(&md5),
+            h.node.with_plugin(h.now, |(ota, _), ctx| match mode {
+                OtaMode::Pmesh => ota.cancel_pmesh(ctx),
+                _ => ota.cancel_classic(&md5),
             })
         });
         let now = sim.now();
@@ -520,15 +446,29 @@ impl SimApp for DemoApp {
             // The demo's node clocks start at 0 at every boot (no initial offset).
             StatusPlugin::new(s, Instant::from_micros(0))
         });
-        DemoNode {
-            ota: Ota::new(cfg, flash.sink.clone(), flash.store.clone()),
+        (
+            Ota::new(cfg, flash.sink.clone(), flash.store.clone()),
             status,
-            tap: gateway.then(|| self.inbox.clone()),
-        }
+        )
     }
 
-    fn on_event(&mut self, h: &mut NodeHandle<'_, DemoNode>, event: OtaEvent) {
-        self.node_event(h.id, h.sim_now, event);
+    fn on_event(&mut self, h: &mut NodeHandle<'_, DemoNode>, event: Event<OtaEvent>) {
+        match event {
+            Event::Plugin(ev) => self.node_event(h.id, h.sim_now, ev),
+            Event::Received {
+                from,
+                msg,
+                broadcast,
+            } if h.id == GATEWAY => self.inbox.push(Captured::Message {
+                from,
+                msg,
+                broadcast,
+            }),
+            Event::Package { envelope, .. } if h.id == GATEWAY => {
+                self.inbox.push(Captured::Package(envelope));
+            }
+            _ => {}
+        }
     }
 
     fn progress(&self) -> Option<String> {

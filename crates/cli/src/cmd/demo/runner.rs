@@ -16,7 +16,7 @@ use pmesh_sim::clock::{SEC, SimTime, secs};
 use pmesh_sim::{Scenario, Sim};
 use tokio::sync::mpsc::Sender;
 
-use super::app::{CampaignSpec, Captured, DemoApp, GATEWAY};
+use super::app::{self, CampaignSpec, Captured, DemoApp, GATEWAY};
 
 /// How often the simulation catches up with the wall clock and reports.
 const TICK: Duration = Duration::from_millis(100);
@@ -174,7 +174,7 @@ pub fn run(
                 break;
             }
         }
-        let ota_sent = gw.plugin().ota_bytes_sent();
+        let ota_sent = app::ota_bytes_sent(gw.plugin());
         if ota_sent > ota_reported {
             let bytes = ota_sent - ota_reported;
             ota_reported = ota_sent;
@@ -203,7 +203,8 @@ pub fn run(
             for id in sim.nodes_up() {
                 sim.with_node(id, |h| {
                     let stats = h.node.stats();
-                    h.node.with_plugin(h.now, |p, _| p.set_node_stats(stats));
+                    h.node
+                        .with_plugin(h.now, |p, _| app::set_node_stats(p, stats));
                 });
             }
         }
