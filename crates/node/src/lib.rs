@@ -48,7 +48,7 @@ pub mod time;
 pub use config::{Config, FrameBudget};
 pub use event::{ConnId, Direction, DropReason, Event, FrameDropReason, Transmit};
 pub use node::{Node, SendError};
-pub use plugin::{ConnectionChange, Context, Handled, Incoming, Neighbour, Plugin};
+pub use plugin::{ConnectionChange, Context, Handled, Incoming, MapEvents, Neighbour, Plugin};
 pub use pmesh_proto as proto;
 pub use stats::{Counter, CounterKind, NodeStats};
 pub use status::{StatusConfig, StatusPlugin, StatusTarget};
