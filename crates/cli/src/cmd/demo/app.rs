@@ -583,7 +583,7 @@ mod tests {
     }
 
     #[test]
-    fn status_reports_reach_the_gateway_tap() {
+    fn status_reports_and_messages_reach_the_gateway_inbox() {
         let mut sim = sim(5);
         sim.run_until(sim.now() + 40 * SEC);
         let (captured, dropped) = sim.app_mut().take_captured();
