@@ -1112,8 +1112,13 @@ impl<A: SimApp> Sim<A> {
             let Some(b) = self.broadcasts.get_mut(id) else {
                 return;
             };
-            b.received[idx] = b.received[idx].saturating_add(1);
-            if b.received[idx] == 2 {
+            // After its delivery window the broadcast was checked and its per-node counts
+            // freed: a copy that arrives later was already counted missing at that node.
+            let Some(count) = b.received.get_mut(idx) else {
+                return;
+            };
+            *count = count.saturating_add(1);
+            if *count == 2 {
                 self.broadcast_duplicates += 1;
                 self.violation(
                     "broadcast-duplicate",
