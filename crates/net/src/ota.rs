@@ -379,6 +379,21 @@ impl OtaLogger {
                     "OTA: last classic announce sent"
                 )
             }
+            OtaEvent::PassDone {
+                id,
+                pass,
+                covered,
+                uncovered,
+            } => {
+                info!(
+                    mode = id.mode.name(),
+                    transfer = id.id,
+                    pass,
+                    covered,
+                    uncovered,
+                    "OTA: classic push pass done"
+                )
+            }
         }
     }
 }

@@ -316,4 +316,15 @@ pub enum OtaEvent {
         /// The transfer.
         id: TransferId,
     },
+    /// A classic push pass flooded its last chunk and settled (distributor side).
+    PassDone {
+        /// The transfer.
+        id: TransferId,
+        /// Passes so far (1 for the first).
+        pass: u32,
+        /// Nodes in the mesh for the whole pass.
+        covered: u32,
+        /// Nodes in the mesh now that no pass covered (another pass follows if any).
+        uncovered: u32,
+    },
 }

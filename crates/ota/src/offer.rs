@@ -17,6 +17,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::time::Duration;
 
+use crate::classic::PushPace;
 use crate::codec::{self, Md5Hasher};
 use crate::event::Refusal;
 use crate::io::{FirmwareSource, IoError, MemorySource};
@@ -76,6 +77,9 @@ pub struct Offer {
     /// pmesh only: the verified signed manifest and digests of a bundle
     /// ([`Offer::from_bundle`], feature `signature`).
     pub signed: Option<crate::pmesh::SignedRollout>,
+    /// Classic broadcast driven by the distributor ([`Offer::push`]): the pace, or None for
+    /// the reference's request-driven broadcast.
+    pub push: Option<PushPace>,
 }
 
 impl fmt::Debug for Offer {
@@ -91,6 +95,7 @@ impl fmt::Debug for Offer {
             .field("version", &self.version)
             .field("chunk_size", &self.chunk_size)
             .field("apply", &self.apply)
+            .field("push", &self.push)
             .finish()
     }
 }
@@ -126,6 +131,7 @@ impl Offer {
             chunk_size: 0,
             apply: ApplyPolicy::OnVerify,
             signed: None,
+            push: None,
         }
     }
 
@@ -200,6 +206,16 @@ impl Offer {
     /// Sets classic broadcast mode.
     pub fn broadcast(mut self, broadcast: bool) -> Self {
         self.broadcast = broadcast;
+        self
+    }
+
+    /// Classic broadcast that the distributor drives itself (implies [`Offer::broadcast`]):
+    /// after each announce that finds a node no pass reached yet, Data 0…n−1 are flooded in
+    /// order at `pace`, which stock receivers take without asking (see
+    /// [`crate::classic::push`]).
+    pub fn push(mut self, pace: PushPace) -> Self {
+        self.broadcast = true;
+        self.push = Some(pace);
         self
     }
 
@@ -286,6 +302,7 @@ impl Offer {
             served,
             served_len,
             chunk,
+            push: if self.broadcast { self.push } else { None },
             offer: self,
         })
     }
@@ -312,6 +329,7 @@ pub(crate) struct PreparedClassic {
     pub(crate) served: Box<dyn FirmwareSource + Send>,
     pub(crate) served_len: u64,
     pub(crate) chunk: u32,
+    pub(crate) push: Option<PushPace>,
     /// The offer, its image moved into `served` when uncompressed.
     offer: Offer,
 }

@@ -361,6 +361,7 @@ impl<S: FirmwareSink, T: OtaStore> Plugin for Ota<S, T> {
 
     fn on_connection(&mut self, ctx: &mut Context<'_, OtaEvent>, change: ConnectionChange) {
         self.ensure_booted(ctx);
+        self.classic_tx.on_topology(ctx);
         if !self.speaks_pmesh {
             return;
         }

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{Mesh, Spec, Tamper, firmware, frame_type};
+use pmesh_ota::classic::PushPace;
 use pmesh_ota::codec::{gzip, md5_hex};
 use pmesh_ota::{MemorySource, Offer, OtaConfig, OtaEvent, Refusal};
 
@@ -523,4 +524,182 @@ fn broadcast_starts_when_the_root_does_not_want_the_image() {
         assert_eq!(mesh.sinks[i].booted().as_deref(), Some(&image[..]));
     }
     assert!(!mesh.installed(0));
+}
+
+// ---- Push: the distributor floods Data in order; stock receivers take it unasked. ----
+
+fn push_offer(image: &[u8]) -> Offer {
+    Offer::new("sensor", "ESP32", MemorySource::new(image.to_vec())).push(PushPace::default())
+}
+
+fn distributor_stats(mesh: &mut Mesh, i: usize) -> pmesh_ota::classic::ClassicDistributorStats {
+    mesh.with(i, |ota, _| ota.classic_distributor().stats())
+}
+
+fn links_of_tree(n: usize) -> u64 {
+    n as u64 - 1
+}
+
+#[test]
+fn push_installs_every_stock_node_from_root_or_not() {
+    // 0..=9 in a fan-out-3 tree. Once the distributor is the root (0), once a leaf (9) with a
+    // stock root that also wants the image; one pmesh receiver among the stock ones.
+    for dist in [0usize, 9] {
+        let mut specs: Vec<Spec> = (0..10)
+            .map(|i| {
+                let cfg = match i {
+                    _ if i == dist => gateway(),
+                    4 => pmesh_rx(),
+                    _ => stock_rx(),
+                };
+                Spec::new(200 + i as u32, cfg)
+            })
+            .collect();
+        specs[0].root = true;
+        let mut mesh = Mesh::new(specs);
+        mesh.tree(3);
+        mesh.run_for(30.0);
+        let image = firmware(30_000, 11); // 30 chunks
+        offer(&mut mesh, dist, push_offer(&image));
+        let targets: Vec<usize> = (0..10).filter(|&i| i != dist).collect();
+        assert!(
+            run_until_installed(&mut mesh, &targets, 5),
+            "dist {dist}: {:?}",
+            mesh.events
+        );
+        for &i in &targets {
+            assert_eq!(
+                mesh.sinks[i].booted().as_deref(),
+                Some(&image[..]),
+                "node {i}"
+            );
+        }
+        // One pass: each chunk crossed each of the 9 links once; a stock root's
+        // broadcasted:true requests were left to the pass.
+        assert_eq!(
+            mesh.count("data").frames,
+            30 * links_of_tree(10),
+            "dist {dist}"
+        );
+        let s = distributor_stats(&mut mesh, dist);
+        assert_eq!(
+            (s.passes, s.chunks_pushed, s.requests_answered),
+            (1, 30, 0),
+            "{s:?}"
+        );
+        if dist == 9 {
+            assert!(
+                s.requests_covered_by_pass > 0,
+                "the stock root asked: {s:?}"
+            );
+        } else {
+            assert_eq!(mesh.count("request").frames, 0, "nobody needed to ask");
+        }
+        // Everyone stayed for the pass (reboots came after it settled): no second pass.
+        mesh.run_for(300.0);
+        assert_eq!(distributor_stats(&mut mesh, dist).passes, 1);
+    }
+}
+
+#[test]
+fn push_fallback_request_is_answered_by_a_flood() {
+    // Chain 0-1-2-3; one Data frame to node 3 is lost. Node 3 falls back to a unicast
+    // request carrying `from` 0 (the pushed Data's dest); the chunk comes back flooded with
+    // broadcasted:false and node 3 finishes by requests, the others by the pass.
+    let specs: Vec<Spec> = (0..4)
+        .map(|i| Spec::new(300 + i, if i == 0 { gateway() } else { stock_rx() }))
+        .collect();
+    let mut mesh = Mesh::new(specs);
+    mesh.chain();
+    mesh.run_for(30.0);
+    let mut dropped = false;
+    mesh.tamper = Some(Box::new(move |_, to, frame| {
+        let part5 =
+            frame_type(frame) == Some(12) && frame.windows(10).any(|w| w == b"\"partNo\":5");
+        if to == 3 && part5 && !dropped {
+            dropped = true;
+            return Tamper::Drop;
+        }
+        Tamper::Pass
+    }));
+    let image = firmware(20_000, 12);
+    offer(&mut mesh, 0, push_offer(&image));
+    let ok = run_until_installed(&mut mesh, &[1, 2, 3], 5);
+    let r = mesh.with(3, |ota, _| ota.reference_receiver().unwrap().stats());
+    let s = distributor_stats(&mut mesh, 0);
+    assert!(ok, "{:?} {s:?} {r:?}", mesh.counts);
+    assert_eq!(mesh.sinks[3].booted().as_deref(), Some(&image[..]));
+    assert!(
+        s.requests_flooded >= 15 && s.requests_answered == s.requests_flooded,
+        "{s:?}"
+    );
+    let r = mesh.with(3, |ota, _| ota.reference_receiver().unwrap().stats());
+    assert_eq!((r.fallbacks, r.gave_up), (1, 0), "{r:?}");
+    for i in [1, 2] {
+        let r = mesh.with(i, |ota, _| ota.reference_receiver().unwrap().stats());
+        assert_eq!(r.fallbacks, 0, "node {i} followed the pass: {r:?}");
+    }
+}
+
+#[test]
+fn push_later_pass_finishes_late_joiner_and_crashed_node() {
+    // Fan-out 2 tree of 7: node 6 joins only after the first pass; node 3 crashes mid-pass
+    // and boots again 2 s later (its RAM state gone, its partial image abandoned).
+    let specs: Vec<Spec> = (0..7)
+        .map(|i| Spec::new(400 + i, if i == 0 { gateway() } else { stock_rx() }))
+        .collect();
+    let mut mesh = Mesh::new(specs);
+    let mut late = 0;
+    for i in 1..7 {
+        let l = mesh.link(i, (i - 1) / 2);
+        if i == 6 {
+            late = l;
+        }
+    }
+    mesh.set_link(late, false);
+    mesh.run_for(30.0);
+    let image = firmware(60_000, 13);
+    offer(&mut mesh, 0, push_offer(&image));
+    let mid = mesh.run_until(mesh.now + MIN, |m| {
+        m.events[3]
+            .iter()
+            .any(|e| matches!(e, OtaEvent::Progress { done, .. } if *done >= 20))
+    });
+    assert!(mid);
+    mesh.crash(3);
+    mesh.run_for(2.0);
+    mesh.restart(3);
+    assert!(run_until_installed(&mut mesh, &[1, 2, 4, 5], 1));
+    assert!(!mesh.installed(3), "node 3 lost its place");
+    mesh.run_for(10.0);
+    mesh.set_link(late, true);
+    // The next announce (60 s after the first) finds 3 and 6 uncovered: a second pass.
+    assert!(
+        run_until_installed(&mut mesh, &[3, 6], 3),
+        "{:?}",
+        mesh.events
+    );
+    for i in [3, 6] {
+        assert_eq!(
+            mesh.sinks[i].booted().as_deref(),
+            Some(&image[..]),
+            "node {i}"
+        );
+    }
+    let s = distributor_stats(&mut mesh, 0);
+    assert_eq!(s.passes, 2, "{s:?}");
+    let done: Vec<(u32, u32)> = mesh.events[0]
+        .iter()
+        .filter_map(|e| match e {
+            OtaEvent::PassDone {
+                pass, uncovered, ..
+            } => Some((*pass, *uncovered)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        done[0],
+        (1, 1),
+        "after pass 1 node 3 was uncovered (6 not in the mesh)"
+    );
 }

@@ -201,9 +201,19 @@ impl Data {
 
     /// Byte-exact serialization.
     pub fn to_json(&self) -> Vec<u8> {
+        self.to_json_routed(self.routing())
+    }
+
+    /// Serialization as a flood (`routing` 2) whatever `broadcasted` says: how pmesh's push
+    /// broadcast answers a stock node's fallback request with `broadcasted:false`.
+    pub fn to_json_flooded(&self) -> Vec<u8> {
+        self.to_json_routed(2)
+    }
+
+    fn to_json_routed(&self, routing: i32) -> Vec<u8> {
         let mut out = Vec::with_capacity(240 + self.data.len());
         self.info
-            .write_head(&mut out, self.from, self.routing(), types::OTA_DATA);
+            .write_head(&mut out, self.from, routing, types::OTA_DATA);
         write_dest_part(&mut out, self.dest, self.part_no);
         out.extend_from_slice(b",\"data\":");
         write_str(&mut out, &self.data);

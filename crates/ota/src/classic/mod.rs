@@ -2,9 +2,11 @@
 //! the distributor, pmesh's receiver, and the stock receiver's behaviour for simulation.
 
 pub mod distributor;
+pub mod push;
 pub mod receiver;
 pub mod reference;
 
 pub use distributor::{AnnounceSchedule, ClassicDistributor, ClassicDistributorStats};
+pub use push::{DEFAULT_PUSH_RATE, PushPace};
 pub use receiver::{ClassicReceiver, ClassicReceiverStats, ClassicTuning};
 pub use reference::{ReferenceReceiver, ReferenceStats};

@@ -983,7 +983,9 @@ impl SimApp for OtaApp {
                 self.distributor_reports += 1;
                 self.distributor_view.insert(node, (done, total, phase));
             }
-            OtaEvent::RolloutVerified { .. } | OtaEvent::AnnouncesDone { .. } => {}
+            OtaEvent::RolloutVerified { .. }
+            | OtaEvent::AnnouncesDone { .. }
+            | OtaEvent::PassDone { .. } => {}
         }
     }
 
