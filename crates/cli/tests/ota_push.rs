@@ -379,6 +379,68 @@ fn classic_unicast_and_compressed_broadcast() {
     }
 }
 
+/// Gateway 1 (root) and four `pmesh node --ota-stock` receivers (stock painlessMesh
+/// behaviour: in broadcast mode they never ask, they wait) at one and two hops: the classic
+/// broadcast push floods the image in order and every node installs it, unasked.
+#[test]
+fn classic_broadcast_push_installs_on_stock_receivers() {
+    let dir = TempDir::new("ota-stock");
+    let p: Vec<u16> = (0..5).map(|_| free_port()).collect();
+    let gw = node(&dir, 1, p[0], &[], true, config(&dir, 1, None, ""));
+    let parents = [0, 0, 1, 1];
+    let stock: Vec<NodeProc> = (2..=5u32)
+        .map(|id| {
+            let up = p[parents[id as usize - 2]];
+            let cfg = config(&dir, id, Some("sensor"), "stock = true\n");
+            node(&dir, id, p[id as usize - 1], &[up], false, cfg)
+        })
+        .collect();
+    let mut all: Vec<&NodeProc> = vec![&gw];
+    all.extend(stock.iter());
+    converged(&all);
+    let control = gw.control.display().to_string();
+    let (fw, sha) = firmware(&dir, "fw.bin", 0, 160 * 1024);
+    let (code, out, err) = push(
+        &[
+            fw.to_str().unwrap(),
+            "--role",
+            "sensor",
+            "--hardware",
+            "ESP32",
+            "--mode",
+            "classic",
+            "--broadcast",
+            "--control",
+            &control,
+            "--settle",
+            "2s",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 0, "push failed:\n{out}\n{err}");
+    assert!(
+        out.contains("4 of 4 requesting nodes served every chunk"),
+        "{out}"
+    );
+    wait_until(Duration::from_secs(10), "stock installs", || {
+        (2..=5).all(|id| installed_sha(&dir, id).as_deref() == Some(sha.as_str()))
+    });
+    for n in &stock {
+        let log = n.log_text();
+        assert!(
+            log.contains("OTA: image installed mode=\"broadcast\""),
+            "node {}: {log}",
+            n.spec.id
+        );
+    }
+    // The gateway flooded a pass and saw it settle.
+    assert!(
+        gw.log_text().contains("OTA: classic push pass done"),
+        "{}",
+        gw.log_text()
+    );
+}
+
 /// Four receivers; the push joins the mesh as a temporary node; receiver 4 is killed while it
 /// receives and restarted: it resumes from its persisted chunks and the rollout completes.
 #[test]

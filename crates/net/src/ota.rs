@@ -12,8 +12,10 @@
 //!   target appeared for `settle`.
 //! - **classic modes**: nodes never report; the distributor sees only their requests. A node
 //!   counts as done when it was served every chunk (stock nodes then check the MD5 and reboot,
-//!   silently). In broadcast mode, Data is flooded, so the rollout is done when every chunk was
-//!   served and no request came for `settle`.
+//!   silently). In broadcast mode the distributor pushes: it floods every chunk in order
+//!   (passes, see `pmesh_ota::classic::push`); a node in the mesh for a whole pass counts as
+//!   served, and the rollout is done when a pass has settled, every node in the mesh was
+//!   covered by one, and no request came for `settle`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -438,9 +440,14 @@ pub struct PushOptions {
     /// Protocol.
     #[serde(default)]
     pub mode: PushMode,
-    /// Classic broadcast mode.
+    /// Classic broadcast mode: the distributor floods Data in order itself (a push, which
+    /// stock receivers take; see `pmesh_ota::classic::push`).
     #[serde(default)]
     pub broadcast: bool,
+    /// Classic broadcast: Data bytes per second the push floods (0: unlimited) [default
+    /// 250,000].
+    #[serde(default)]
+    pub pace: Option<u64>,
     /// Compress (classic: gzip of the image; pmesh: deflate per chunk).
     #[serde(default)]
     pub compressed: bool,
@@ -489,6 +496,7 @@ impl PushOptions {
             hardware: hardware.into(),
             mode: PushMode::Classic,
             broadcast: false,
+            pace: None,
             compressed: false,
             forced: false,
             version: String::new(),
@@ -688,6 +696,8 @@ struct Poll {
     served: Vec<(u32, u64, u32, u64)>,
     /// Classic: distinct chunks served to anyone.
     served_union: u32,
+    /// Classic broadcast: the push's passes and the nodes they covered.
+    push: Option<pmesh_ota::classic::PushProgress>,
     stats: PushStats,
 }
 
@@ -826,6 +836,9 @@ fn build_offer(
         });
     if opts.mode == PushMode::Pmesh {
         offer = offer.pmesh();
+    } else if opts.broadcast {
+        let bytes_per_sec = opts.pace.unwrap_or(pmesh_ota::classic::DEFAULT_PUSH_RATE);
+        offer = offer.push(pmesh_ota::classic::PushPace { bytes_per_sec });
     }
     Ok(offer)
 }
@@ -941,6 +954,7 @@ where
                     },
                     served,
                     served_union: union.count(),
+                    push: ota.classic_distributor().push_progress(&key),
                     stats: PushStats {
                         elapsed_s: 0.0,
                         mesh_nodes: 0,
@@ -968,6 +982,21 @@ where
                 }
             }
             _ => {
+                // A push pass that a node stayed in the mesh for flooded it every chunk.
+                let covered = poll.push.iter().flat_map(|p| p.covered.iter());
+                for &node in covered {
+                    if !poll.served.iter().any(|s| s.0 == node) {
+                        fresh.push(NodeView {
+                            node,
+                            done: chunks,
+                            total: chunks,
+                            state: "served".into(),
+                            reason: None,
+                            requests: None,
+                            idle_s: None,
+                        });
+                    }
+                }
                 for (node, requests, parts, idle_us) in poll.served {
                     fresh.push(NodeView {
                         node,
@@ -1017,7 +1046,17 @@ where
         let all_finished = !views.is_empty() && views.values().all(NodeView::finished);
         let done = match id.mode {
             // Every chunk served to anyone was flooded to the whole mesh.
-            Mode::ClassicBroadcast => poll.served_union >= chunks && quiet && expected_done,
+            // Push: a pass settled, none runs, every node in the mesh was covered by one.
+            Mode::ClassicBroadcast => match &poll.push {
+                Some(p) => {
+                    p.passes > 0
+                        && p.running.is_none()
+                        && mesh_now.iter().all(|n| p.covered.contains(n))
+                        && quiet
+                        && expected_done
+                }
+                None => poll.served_union >= chunks && quiet && expected_done,
+            },
             _ => all_finished && quiet && expected_done,
         };
         if done {
@@ -1071,7 +1110,7 @@ where
             "classic OTA: nodes do not report; 'served' means the node was sent every chunk, after which it checks the MD5 and installs silently (stock nodes reboot)"
         }
         Mode::ClassicBroadcast => {
-            "classic broadcast OTA: chunks are flooded to every node and nodes do not report; only the requests of the driving node (the root, or a pmesh node) are visible"
+            "classic broadcast OTA (push): the distributor floods every chunk in order to the whole mesh and nodes do not report; 'served' means the node was in the mesh for a whole pass (or was sent every chunk on request), after which it checks the MD5 and installs silently (stock nodes reboot)"
         }
     };
     let summary = Summary {

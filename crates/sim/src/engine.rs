@@ -1469,8 +1469,15 @@ impl<A: SimApp> Sim<A> {
             e.frames += t.frames;
             e.bytes += t.bytes;
         }
-        let mut links = crate::report::LinkReport::default();
+        let mut links = crate::report::LinkReport {
+            node_max_queue_bytes: vec![0; self.nodes.len()],
+            ..Default::default()
+        };
         for l in &self.links {
+            for side in 0..2 {
+                let q = &mut links.node_max_queue_bytes[l.ends[side]];
+                *q = (*q).max(l.lanes[side].max_backlog);
+            }
             if l.connected[0] && l.connected[1] {
                 links.connections += 1;
             }

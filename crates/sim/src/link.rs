@@ -29,6 +29,8 @@ pub(crate) struct Lane {
     /// Frames and bytes sent this way.
     pub frames: u64,
     pub bytes: u64,
+    /// Most bytes waiting in this direction's send queue (the sender's backlog).
+    pub max_backlog: u64,
 }
 
 /// A TCP connection.
@@ -112,6 +114,7 @@ impl Link {
             u128::from(lane.busy_until - now) * u128::from(self.bytes_per_sec) / u128::from(SEC);
         let backlog = u64::try_from(backlog).unwrap_or(u64::MAX);
         self.max_queue_bytes = self.max_queue_bytes.max(backlog);
+        lane.max_backlog = lane.max_backlog.max(backlog);
         let arrive = lane.busy_until + self.latency;
         // Ordered: never before the previous chunk.
         let arrive = lane

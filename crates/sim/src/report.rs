@@ -30,6 +30,10 @@ pub struct LinkReport {
     pub max_queue_delay_ms: f64,
     /// Most bytes queued on one link direction.
     pub max_queue_bytes: u64,
+    /// Per node (id − 1), the most bytes it ever had waiting on one of its links (a relay's
+    /// send queue, which painlessMesh keeps in RAM without limit).
+    #[serde(skip)]
+    pub node_max_queue_bytes: Vec<u64>,
 }
 
 /// Convergence after one epoch's start (the run's start or a scenario event).

@@ -77,6 +77,12 @@ pub struct Args {
     /// and distributes OTA.
     #[arg(long, value_name = "ROLE")]
     pub ota_role: Option<String>,
+    /// With --ota-role: take classic OTA exactly as a stock painlessMesh node does, bugs
+    /// included (broadcast waits unless root, in-order chunks only, the wrong-`from`
+    /// fallback), and no pmesh protocol: a stand-in for unmodified fleets when testing
+    /// distributors.
+    #[arg(long)]
+    pub ota_stock: bool,
     /// Hardware name compared with offers [default: linux-<arch>, e.g. linux-aarch64].
     #[arg(long, value_name = "HW")]
     pub ota_hardware: Option<String>,
@@ -202,6 +208,8 @@ pub struct LimitsSection {
 pub struct OtaSection {
     role: Option<String>,
     hardware: Option<String>,
+    /// Receive classic OTA as a stock painlessMesh node (`--ota-stock`).
+    stock: Option<bool>,
     dir: Option<PathBuf>,
     exec: Option<PathBuf>,
     max_image_bytes: Option<u64>,
@@ -306,7 +314,15 @@ impl OtaSettings {
         if role.as_deref() == Some("") || hardware.is_empty() {
             bail!("--ota-role and --ota-hardware must not be empty");
         }
-        let mut config = OtaConfig::new(role.unwrap_or_default(), hardware);
+        let stock = args.ota_stock || s.stock.unwrap_or(false);
+        if stock && !receive {
+            bail!("--ota-stock needs --ota-role (a stock receiver of which role?)");
+        }
+        let mut config = if stock {
+            OtaConfig::stock(role.unwrap_or_default(), hardware)
+        } else {
+            OtaConfig::new(role.unwrap_or_default(), hardware)
+        };
         if !receive {
             config.pmesh_receiver = false;
             config.classic_receiver = ClassicReceiverKind::Off;
@@ -973,6 +989,7 @@ mod tests {
             log: None,
             ota_role: None,
             ota_hardware: None,
+            ota_stock: false,
             ota_dir: None,
             ota_exec: None,
             ota_max_size: None,

@@ -65,9 +65,15 @@ pub struct PushArgs {
     /// Protocol.
     #[arg(long, value_enum, default_value = "classic")]
     mode: ModeArg,
-    /// Classic broadcast mode: every Data chunk is flooded to the whole mesh.
+    /// Classic broadcast mode: the distributor floods every Data chunk in order to the whole
+    /// mesh (a push; stock painlessMesh receivers take it without asking).
     #[arg(long)]
     broadcast: bool,
+    /// Classic broadcast: Data bytes per second the push floods; keep it at or below the
+    /// slowest link's rate, as painlessMesh relays queue without limit (0: unlimited)
+    /// [default: 250000].
+    #[arg(long, value_name = "BYTES_PER_S", requires = "broadcast")]
+    pace: Option<u64>,
     /// Compress: classic serves a gzip of the image (ESP8266 boot loaders flash gzip; stock
     /// ESP32s cannot); pmesh deflates each chunk.
     #[arg(long)]
@@ -195,6 +201,7 @@ fn options(args: &PushArgs) -> anyhow::Result<PushOptions> {
         bail!("--broadcast is a classic mode; the pmesh protocol always pushes along the tree");
     }
     o.broadcast = args.broadcast;
+    o.pace = args.pace;
     o.compressed = args.compressed;
     o.forced = args.forced;
     o.version = args.fw_version.clone();

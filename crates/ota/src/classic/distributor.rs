@@ -114,6 +114,12 @@ impl ClassicDistributor {
         self.stats
     }
 
+    /// Where the push offer of this MD5 stands; None if there is no such push offer.
+    pub fn push_progress(&self, md5: &str) -> Option<push::PushProgress> {
+        let o = self.offers.iter().find(|o| o.info.md5 == md5)?;
+        o.push.as_ref().map(PushState::progress)
+    }
+
     /// The firmware info of every offer (what its announces carry).
     pub fn offers(&self) -> impl Iterator<Item = &FirmwareInfo> {
         self.offers.iter().map(|o| &o.info)

@@ -7,6 +7,6 @@ pub mod receiver;
 pub mod reference;
 
 pub use distributor::{AnnounceSchedule, ClassicDistributor, ClassicDistributorStats};
-pub use push::{DEFAULT_PUSH_RATE, PushPace};
+pub use push::{DEFAULT_PUSH_RATE, PushPace, PushProgress};
 pub use receiver::{ClassicReceiver, ClassicReceiverStats, ClassicTuning};
 pub use reference::{ReferenceReceiver, ReferenceStats};

@@ -73,6 +73,18 @@ impl PushPace {
     }
 }
 
+/// Where a push offer stands (what the distributor can tell about stock nodes).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PushProgress {
+    /// Passes started.
+    pub passes: u32,
+    /// The part the running pass floods next, if a pass runs.
+    pub running: Option<u32>,
+    /// Nodes some finished pass covered (in the mesh for all of it): every chunk was
+    /// flooded past them in order.
+    pub covered: alloc::vec::Vec<u32>,
+}
+
 /// A running pass.
 #[derive(Clone, Debug)]
 pub(crate) struct Pass {
@@ -113,6 +125,15 @@ impl PushState {
     /// Nodes in `nodes` no finished pass covered.
     pub fn uncovered(&self, nodes: &[u32]) -> usize {
         nodes.iter().filter(|n| !self.covered.contains(n)).count()
+    }
+
+    /// What this state tells.
+    pub fn progress(&self) -> PushProgress {
+        PushProgress {
+            passes: self.passes,
+            running: self.pass.as_ref().map(|p| p.next),
+            covered: self.covered.iter().copied().collect(),
+        }
     }
 
     /// Starts a pass at `now` with these nodes in the mesh.

@@ -482,7 +482,7 @@ impl OtaApp {
                 image.len(),
                 ota.chunk_bytes.unwrap_or(pmesh_ota::offer::PMESH_CHUNK),
             ),
-            OtaMode::Unicast | OtaMode::Broadcast => (
+            OtaMode::Unicast | OtaMode::Broadcast | OtaMode::Push => (
                 if ota.compressed {
                     pmesh_ota::codec::gzip(image.source.bytes()).len() as u64
                 } else {
@@ -777,6 +777,45 @@ impl OtaApp {
         cfg
     }
 
+    /// The ideal store-and-forward time of a push pass's exact Data frames over `depth` links.
+    fn push_store_forward_s(&self, from: u32, depth: u32) -> f64 {
+        let served = if self.ota.compressed {
+            pmesh_ota::codec::gzip(self.image.source.bytes())
+        } else {
+            self.image.source.bytes().to_vec()
+        };
+        let md5 = pmesh_ota::codec::md5_hex(&served);
+        let info = pmesh_proto::ota::FirmwareInfo {
+            md5,
+            hardware: HARDWARE.into(),
+            role: TARGET_ROLE.into(),
+            forced: self.ota.forced,
+            no_part: self.chunks,
+            broadcasted: true,
+            compressed: self.ota.compressed,
+        };
+        let frames: Vec<u64> = served
+            .chunks(self.chunk_bytes as usize)
+            .enumerate()
+            .map(|(i, c)| {
+                let d = pmesh_proto::ota::Data {
+                    from,
+                    dest: 0,
+                    part_no: i as u32,
+                    info: info.clone(),
+                    data: pmesh_proto::base64::encode(c),
+                };
+                d.to_json_flooded().len() as u64 + 1
+            })
+            .collect();
+        pmesh_ota::bounds::store_and_forward_s(
+            &frames,
+            depth,
+            self.link_bytes_per_s,
+            self.link_latency_s,
+        )
+    }
+
     /// The ideal store-and-forward time of the rollout's exact frames over `depth` links.
     fn store_forward_s(&self, from: u32, rollout: u32, depth: u32) -> f64 {
         let image = self.image.source.bytes();
@@ -843,6 +882,12 @@ impl OtaApp {
             .compressed(o.compressed)
             .broadcast(o.mode == OtaMode::Broadcast)
             .version("sim");
+        if o.mode == OtaMode::Push {
+            let bytes_per_sec = o
+                .push_rate
+                .map_or(pmesh_ota::classic::DEFAULT_PUSH_RATE, |r| r.0);
+            offer = offer.push(pmesh_ota::classic::PushPace { bytes_per_sec });
+        }
         if let Some(c) = o.chunk_bytes {
             offer = offer.chunk_size(c);
         }
@@ -894,9 +939,11 @@ impl OtaApp {
             Ok(id) => (Some(id), None),
             Err(e) => (None, Some(e.to_string())),
         };
-        let store_forward_s = id
-            .filter(|_| self.ota.mode == OtaMode::Pmesh)
-            .map(|id| self.store_forward_s(h.id, id.id, depth));
+        let store_forward_s = match self.ota.mode {
+            OtaMode::Pmesh => id.map(|id| self.store_forward_s(h.id, id.id, depth)),
+            OtaMode::Push => Some(self.push_store_forward_s(h.id, depth)),
+            _ => None,
+        };
         self.offer = Some(OfferRec {
             at: h.sim_now,
             id,

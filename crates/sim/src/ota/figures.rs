@@ -15,7 +15,7 @@ use crate::report::{Report, Traffic};
 /// One rollout's figures (a row of `pmesh bench ota`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OtaFigures {
-    /// `unicast`, `broadcast` or `pmesh`.
+    /// `unicast`, `broadcast`, `push` or `pmesh`.
     pub mode: String,
     /// Receiver logic: `pmesh`, `stock` or `mixed`.
     pub receivers: String,
@@ -79,6 +79,16 @@ pub struct OtaFigures {
     pub peak_tracking_bytes: u64,
     /// The budget: 4 KiB + 1 bit per chunk.
     pub tracking_budget_bytes: u64,
+    /// Most bytes any node other than the distributor had waiting in one link's send queue
+    /// (relays queue in RAM without limit on stock painlessMesh).
+    #[serde(default)]
+    pub peak_relay_queue_bytes: u64,
+    /// Most bytes the distributor had waiting in one link's send queue.
+    #[serde(default)]
+    pub peak_distributor_queue_bytes: u64,
+    /// Push mode: the pace, Data bytes per second (0 unlimited; set by the bench).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_rate: Option<u64>,
     /// Hops from the distributor to the deepest target at the offer.
     pub depth: u32,
     /// Targets that crashed.
@@ -142,6 +152,7 @@ pub fn compute(report: &Report, s: &OtaSection) -> OtaFigures {
     });
     let image_bytes_carried = data.frames as f64 * s.image_bytes as f64 / k.max(1) as f64;
     let pmesh = s.mode.starts_with("pmesh");
+    let queues = &report.links.node_max_queue_bytes;
     OtaFigures {
         mode: s.mode.clone(),
         receivers: s.receivers.clone(),
@@ -179,6 +190,18 @@ pub fn compute(report: &Report, s: &OtaSection) -> OtaFigures {
         wire_bytes_per_image_byte: ratio((data.bytes + control.bytes) as f64, image_bytes_carried),
         peak_tracking_bytes: s.peak_tracking_bytes,
         tracking_budget_bytes: 4096 + k.div_ceil(8),
+        peak_relay_queue_bytes: queues
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i + 1 != s.distributor as usize)
+            .map(|(_, &q)| q)
+            .max()
+            .unwrap_or(0),
+        peak_distributor_queue_bytes: queues
+            .get((s.distributor as usize).wrapping_sub(1))
+            .copied()
+            .unwrap_or(0),
+        push_rate: None,
         depth: s.depth,
         crashed_targets: s.crashed_targets,
         restarts_from_zero: s.restarts_from_zero,

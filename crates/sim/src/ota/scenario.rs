@@ -27,16 +27,20 @@ pub enum OtaMode {
     Unicast,
     /// painlessMesh OTA in broadcast mode: one node requests, every Data is flooded.
     Broadcast,
+    /// painlessMesh OTA in broadcast mode driven by the distributor: it floods Data 0…n−1 in
+    /// order, paced, unasked (stock receivers take it; `push_rate`).
+    Push,
     /// pmesh's own protocol: pipelined push along the tree.
     Pmesh,
 }
 
 impl OtaMode {
-    /// `unicast`, `broadcast` or `pmesh`.
+    /// `unicast`, `broadcast`, `push` or `pmesh`.
     pub fn name(self) -> &'static str {
         match self {
             OtaMode::Unicast => "unicast",
             OtaMode::Broadcast => "broadcast",
+            OtaMode::Push => "push",
             OtaMode::Pmesh => "pmesh",
         }
     }
@@ -266,6 +270,10 @@ pub struct OtaScenario {
     /// pmesh mode: a signed rollout (a bundle signed with the simulator's key; every pmesh
     /// node trusts only that key and checks manifest, digest pages and chunks). Uncompressed.
     pub signed: bool,
+    /// Push mode: Data bytes per second the distributor floods (default 250,000; 0 for
+    /// unlimited).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push_rate: Option<ByteSize>,
 }
 
 impl Default for OtaScenario {
@@ -292,6 +300,7 @@ impl Default for OtaScenario {
             rate_limit: None,
             sink_capacity: None,
             signed: false,
+            push_rate: None,
         }
     }
 }

@@ -1,6 +1,8 @@
-//! `pmesh bench ota`: classic unicast, classic broadcast (pmesh and stock receivers) and
-//! pmesh's protocol side by side on the same simulated meshes, with every figure next to its
-//! optimum or lower bound, and issue 4's targets checked at the end.
+//! `pmesh bench ota`: classic unicast, classic broadcast (pmesh and stock receivers), the
+//! classic push broadcast and pmesh's protocol side by side on the same simulated meshes,
+//! with every figure next to its optimum or lower bound, and issue 4's and issue 12's
+//! targets checked at the end. Every row reports the peak send queue of any relay (and of
+//! the distributor): stock painlessMesh relays queue in RAM without limit.
 //!
 //! Every row is one simulation (`pmesh_sim::ota`): the real node and OTA code on every node,
 //! the same seed, topology and link model for every mode. A crash row repeats its loss-free
@@ -22,6 +24,8 @@ use pmesh_sim::{Scenario, Topology};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Which matrix: `quick` (fan-out 3 and chain at 10 and 50 nodes, about half a minute),
+    /// `stock` (issue 12: unicast, push and pmesh to stock receivers on chain, fan-out 3/6/10
+    /// and radio at 10, 50, 100 nodes),
     /// `targets` (the pmesh rows issue 4's targets need, 1,000 nodes included), `full` (every
     /// mode on chain, fan-out 3/6/10 and radio at 10, 50, 100 nodes, pmesh also at 1,000).
     #[arg(long, value_enum, default_value = "quick")]
@@ -36,10 +40,14 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     pmesh_nodes: Vec<u32>,
     /// Variants instead of the preset's: unicast, unicast-stock, broadcast, broadcast-stock,
-    /// broadcast-mixed, pmesh, pmesh-signed (uncompressed only) (comma-separated).
+    /// broadcast-mixed, push-stock, push-stock-unlimited, push-mixed, pmesh, pmesh-signed
+    /// (uncompressed only) (comma-separated).
     #[arg(long, value_delimiter = ',')]
     modes: Vec<String>,
-    /// Faults: none, crash or both.
+    /// Pace of the push variants instead of theirs, Data bytes per second (0 unlimited).
+    #[arg(long)]
+    push_rate: Option<u64>,
+    /// Faults: none, crash or both (push crash rows also have late joiners).
     #[arg(long, value_enum, default_value = "both")]
     faults: Faults,
     /// Image file (default: the first --image-bytes of the running pmesh executable).
@@ -82,6 +90,7 @@ pub struct Args {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Preset {
     Quick,
+    Stock,
     Targets,
     Full,
 }
@@ -100,15 +109,18 @@ struct Variant {
     receivers: Receivers,
     /// A signed rollout (pmesh, uncompressed): every node checks signature, pages, chunks.
     signed: bool,
+    /// Push mode: Data bytes per second (0 unlimited).
+    push_rate: Option<u64>,
 }
 
-const VARIANTS: [(&str, Variant); 7] = [
+const VARIANTS: [(&str, Variant); 10] = [
     (
         "unicast",
         Variant {
             mode: OtaMode::Unicast,
             receivers: Receivers::Pmesh,
             signed: false,
+            push_rate: None,
         },
     ),
     (
@@ -117,6 +129,7 @@ const VARIANTS: [(&str, Variant); 7] = [
             mode: OtaMode::Unicast,
             receivers: Receivers::Stock,
             signed: false,
+            push_rate: None,
         },
     ),
     (
@@ -125,6 +138,7 @@ const VARIANTS: [(&str, Variant); 7] = [
             mode: OtaMode::Broadcast,
             receivers: Receivers::Pmesh,
             signed: false,
+            push_rate: None,
         },
     ),
     (
@@ -133,6 +147,7 @@ const VARIANTS: [(&str, Variant); 7] = [
             mode: OtaMode::Broadcast,
             receivers: Receivers::Stock,
             signed: false,
+            push_rate: None,
         },
     ),
     (
@@ -141,6 +156,34 @@ const VARIANTS: [(&str, Variant); 7] = [
             mode: OtaMode::Broadcast,
             receivers: Receivers::Mixed,
             signed: false,
+            push_rate: None,
+        },
+    ),
+    (
+        "push-stock",
+        Variant {
+            mode: OtaMode::Push,
+            receivers: Receivers::Stock,
+            signed: false,
+            push_rate: Some(pmesh_ota::classic::DEFAULT_PUSH_RATE),
+        },
+    ),
+    (
+        "push-stock-unlimited",
+        Variant {
+            mode: OtaMode::Push,
+            receivers: Receivers::Stock,
+            signed: false,
+            push_rate: Some(0),
+        },
+    ),
+    (
+        "push-mixed",
+        Variant {
+            mode: OtaMode::Push,
+            receivers: Receivers::Mixed,
+            signed: false,
+            push_rate: Some(pmesh_ota::classic::DEFAULT_PUSH_RATE),
         },
     ),
     (
@@ -149,6 +192,7 @@ const VARIANTS: [(&str, Variant); 7] = [
             mode: OtaMode::Pmesh,
             receivers: Receivers::Pmesh,
             signed: false,
+            push_rate: None,
         },
     ),
     (
@@ -157,6 +201,7 @@ const VARIANTS: [(&str, Variant); 7] = [
             mode: OtaMode::Pmesh,
             receivers: Receivers::Pmesh,
             signed: true,
+            push_rate: None,
         },
     ),
 ];
@@ -190,6 +235,23 @@ const CRASH_WINDOW: [f64; 2] = [0.2, 0.7];
 /// A crashed node boots again after this.
 const DOWN_FOR: Dur = Dur::secs(2);
 
+/// Push crash rows also have late joiners: this share of the nodes (at least one), the
+/// highest ids, switched off until halfway through the loss-free transfer.
+const LATE_SHARE: f64 = 0.02;
+
+/// Adds the late joiners' `join` events; how many.
+fn late_joiners(sc: &mut Scenario, offer_at: Dur, transfer_s: f64) -> u32 {
+    let count = ((LATE_SHARE * f64::from(sc.nodes)).round() as u32).clamp(1, sc.nodes - 2);
+    let at = Dur(offer_at.0 + (0.5 * transfer_s * 1e6) as u64);
+    for node in (sc.nodes - count + 1)..=sc.nodes {
+        sc.events.push(pmesh_sim::scenario::TimedEvent {
+            at,
+            action: pmesh_sim::scenario::Action::Join { node },
+        });
+    }
+    count
+}
+
 /// A crash row's timing from its loss-free row: offer time and transfer duration (s), or
 /// why there is none.
 type CrashTiming = Result<(Dur, f64), String>;
@@ -222,7 +284,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 vec!["chain".into(), "fanout-3".into()],
                 vec![10, 50],
                 vec![],
-                vec!["unicast", "broadcast", "broadcast-stock", "pmesh"],
+                vec![
+                    "unicast",
+                    "broadcast",
+                    "broadcast-stock",
+                    "push-stock",
+                    "pmesh",
+                ],
+            ),
+            Preset::Stock => (
+                vec![
+                    "chain".into(),
+                    "fanout-3".into(),
+                    "fanout-6".into(),
+                    "fanout-10".into(),
+                    "radio".into(),
+                ],
+                vec![10, 50, 100],
+                vec![],
+                vec![
+                    "unicast-stock",
+                    "push-stock",
+                    "push-stock-unlimited",
+                    "push-mixed",
+                    "pmesh",
+                ],
             ),
             Preset::Targets => (
                 vec![
@@ -336,6 +422,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bandwidth_kbit: args.bandwidth_kbit,
         latency_ms: args.latency_ms,
         seed: args.seed,
+        push_rate: args.push_rate,
     };
     eprintln!(
         "pmesh bench ota: {} runs; image {} (gzip {:.1} % of it); links {} kbit/s, {} ms; seed {}",
@@ -428,6 +515,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         println!();
         print!("{}", checks(&figures, args.markdown));
+        print!("{}", push_checks(&figures, args.markdown));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -442,6 +530,7 @@ struct Setup {
     bandwidth_kbit: f64,
     latency_ms: f64,
     seed: u64,
+    push_rate: Option<u64>,
 }
 
 fn scenario(setup: &Setup, job: &Job) -> anyhow::Result<(Scenario, OtaScenario)> {
@@ -466,9 +555,16 @@ fn scenario(setup: &Setup, job: &Job) -> anyhow::Result<(Scenario, OtaScenario)>
         compressed: setup.compressed,
         chunk_bytes: setup.chunk_bytes,
         signed: job.variant.signed,
+        push_rate: push_rate(setup, job).map(ByteSize),
         ..OtaScenario::default()
     };
     Ok((sc, o))
+}
+
+/// The pace of a push row: `--push-rate`, else the variant's.
+fn push_rate(setup: &Setup, job: &Job) -> Option<u64> {
+    let v = job.variant.push_rate?;
+    Some(setup.push_rate.unwrap_or(v))
 }
 
 /// Runs one row; a run that cannot be made becomes a row that says why.
@@ -511,7 +607,13 @@ fn try_one(
     done: &Mutex<usize>,
     total: usize,
 ) -> anyhow::Result<Row> {
-    let (sc, mut o) = scenario(setup, job)?;
+    let (mut sc, mut o) = scenario(setup, job)?;
+    let mut late = 0;
+    if let Some((offer_at, transfer_s)) = crash
+        && job.variant.mode == OtaMode::Push
+    {
+        late = late_joiners(&mut sc, offer_at, transfer_s);
+    }
     if let Some((offer_at, transfer_s)) = crash {
         o.offer_at = OfferAt::At(offer_at);
         o.crash_share = CRASH_SHARE;
@@ -548,15 +650,21 @@ fn try_one(
     let mut f = ota::figures(&report).context("the run produced no OTA figures")?;
     f.faults = if job.crash {
         format!(
-            "crash 5 % ({} node{})",
+            "crash 5 % ({} node{}){}",
             f.crashed_targets,
-            if f.crashed_targets == 1 { "" } else { "s" }
+            if f.crashed_targets == 1 { "" } else { "s" },
+            if late > 0 {
+                format!(" + {late} late")
+            } else {
+                String::new()
+            }
         )
     } else {
         "none".into()
     };
     f.topology = job.topology.clone();
     f.rollout_wall_s = rollout_wall;
+    f.push_rate = push_rate(setup, job);
     let offer_at = sim.app().offered_at().map(Dur);
     let transfer_s = f.completion_s.or_else(|| {
         // Not every target finished: the time to the last progress anyone made.
@@ -648,6 +756,7 @@ fn opt_u(v: Option<u64>) -> String {
 fn table(rows: &[Row], markdown: bool) -> String {
     let head = [
         "mode",
+        "pace_B/s",
         "receivers",
         "topology",
         "nodes",
@@ -671,6 +780,8 @@ fn table(rows: &[Row], markdown: bool) -> String {
         "repair_bytes_from_neighbour",
         "wire_bytes_per_image_byte",
         "peak_tracking_bytes",
+        "peak_relay_queue_bytes",
+        "peak_distributor_queue_bytes",
         "wall_s",
         "rollout_wall_s",
     ];
@@ -680,15 +791,20 @@ fn table(rows: &[Row], markdown: bool) -> String {
             let Ok(f) = &r.figures else {
                 let mut cells = vec!["—".to_string(); head.len()];
                 cells[0] = r.job.variant.mode.name().into();
-                cells[1] = r.job.variant.receivers.name().into();
-                cells[2] = r.job.topology.clone();
-                cells[3] = r.job.nodes.to_string();
-                cells[6] = if r.job.crash { "crash" } else { "none" }.into();
-                cells[8] = "did not run".into();
+                cells[2] = r.job.variant.receivers.name().into();
+                cells[3] = r.job.topology.clone();
+                cells[4] = r.job.nodes.to_string();
+                cells[7] = if r.job.crash { "crash" } else { "none" }.into();
+                cells[9] = "did not run".into();
                 return cells;
             };
             vec![
                 f.mode.clone(),
+                match f.push_rate {
+                    None => "—".into(),
+                    Some(0) => "unlimited".into(),
+                    Some(r) => r.to_string(),
+                },
                 f.receivers.clone(),
                 f.topology.clone(),
                 f.nodes.to_string(),
@@ -712,6 +828,8 @@ fn table(rows: &[Row], markdown: bool) -> String {
                 opt_u(f.repair_bytes_from_neighbour),
                 format!("{:.3}", f.wire_bytes_per_image_byte),
                 f.peak_tracking_bytes.to_string(),
+                f.peak_relay_queue_bytes.to_string(),
+                f.peak_distributor_queue_bytes.to_string(),
                 opt_f(f.wall_s, 1),
                 opt_f(f.rollout_wall_s, 1),
             ]
@@ -935,5 +1053,184 @@ fn checks(rows: &[&OtaFigures], markdown: bool) -> String {
             format!("worst +{:.2} % ({at})", 100.0 * x)
         }),
     );
+    out
+}
+
+/// A check line: the verdict, or "not measured" when no row decides it.
+fn verdict_line(
+    out: &mut String,
+    markdown: bool,
+    name: &str,
+    rows: usize,
+    ok: bool,
+    detail: String,
+) {
+    let verdict = if rows == 0 {
+        "not measured (no such rows)"
+    } else if ok {
+        "met"
+    } else {
+        "NOT MET"
+    };
+    if markdown {
+        *out += &format!("- {name}: **{verdict}** — {detail}\n");
+    } else {
+        *out += &format!("{name}: {verdict} — {detail}\n");
+    }
+}
+
+/// Issue 12's targets for the classic push broadcast to stock receivers.
+fn push_checks(rows: &[&OtaFigures], markdown: bool) -> String {
+    let id = |f: &OtaFigures| format!("{} N={} {}", f.topology, f.nodes, f.faults);
+    let push: Vec<&OtaFigures> = rows.iter().copied().filter(|f| f.mode == "push").collect();
+    let clean: Vec<&OtaFigures> = push
+        .iter()
+        .copied()
+        .filter(|f| f.faults == "none")
+        .collect();
+    let crashed: Vec<&OtaFigures> = push
+        .iter()
+        .copied()
+        .filter(|f| f.faults != "none")
+        .collect();
+    let mut out = String::new();
+    let short: Vec<String> = push
+        .iter()
+        .filter(|f| f.completed < f.targets)
+        .map(|f| format!("{} ({}/{})", id(f), f.completed, f.targets))
+        .collect();
+    verdict_line(
+        &mut out,
+        markdown,
+        "push: every target installs (loss-free, and with crashes and late joiners)",
+        push.len(),
+        short.is_empty(),
+        if short.is_empty() {
+            format!("{} runs, all complete", push.len())
+        } else {
+            format!("incomplete: {}", short.join(", "))
+        },
+    );
+    let worst = |v: &[&OtaFigures], key: &dyn Fn(&OtaFigures) -> f64| {
+        v.iter()
+            .map(|f| (key(f), id(f)))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+    };
+    let trees: Vec<&OtaFigures> = clean
+        .iter()
+        .copied()
+        .filter(|f| f.topology != "radio")
+        .collect();
+    let w = worst(&trees, &|f| f.data_tx_ratio);
+    verdict_line(
+        &mut out,
+        markdown,
+        "push loss-free on trees: data_link_tx <= 1.05 x (N-1)·k",
+        trees.len(),
+        w.as_ref().is_none_or(|(x, _)| *x <= 1.05),
+        w.map_or(String::new(), |(x, at)| format!("worst {x:.4} ({at})")),
+    );
+    let radio: Vec<&OtaFigures> = clean
+        .iter()
+        .copied()
+        .filter(|f| f.topology == "radio" && f.nodes == 50)
+        .collect();
+    let w = worst(&radio, &|f| f.data_tx_ratio);
+    verdict_line(
+        &mut out,
+        markdown,
+        "push loss-free, radio N = 50: data_link_tx / optimum <= 1.064",
+        radio.len(),
+        w.as_ref().is_none_or(|(x, _)| *x <= 1.064),
+        w.map_or(String::new(), |(x, at)| format!("worst {x:.4} ({at})")),
+    );
+    let unl: Vec<&OtaFigures> = clean
+        .iter()
+        .copied()
+        .filter(|f| f.push_rate == Some(0))
+        .collect();
+    let w = worst(&unl, &|f| {
+        f.completion_s
+            .zip(f.store_forward_s)
+            .map_or(f64::INFINITY, |(c, s)| c / s)
+    });
+    verdict_line(
+        &mut out,
+        markdown,
+        "push unlimited pace: completion <= 1.5 x store-and-forward of the same frames",
+        unl.len(),
+        w.as_ref().is_none_or(|(x, _)| *x <= 1.5),
+        w.map_or(String::new(), |(x, at)| format!("worst x{x:.3} ({at})")),
+    );
+    let paced: Vec<(f64, String)> = clean
+        .iter()
+        .filter(|f| f.nodes == 50 && f.push_rate.is_some_and(|r| r > 0) && f.receivers == "stock")
+        .filter_map(|f| {
+            let u = rows.iter().find(|u| {
+                u.mode == "unicast"
+                    && u.receivers == "stock"
+                    && u.faults == "none"
+                    && u.topology == f.topology
+                    && u.nodes == f.nodes
+            })?;
+            let speedup = u.completion_s? / f.completion_s?;
+            Some((speedup, id(f)))
+        })
+        .collect();
+    let w = paced.iter().min_by(|a, b| a.0.total_cmp(&b.0));
+    verdict_line(
+        &mut out,
+        markdown,
+        "push default pace, N = 50: >= 10 x faster than unicast to the same stock nodes",
+        paced.len(),
+        w.is_none_or(|(x, _)| *x >= 10.0),
+        w.map_or(String::new(), |(x, at)| format!("slowest x{x:.1} ({at})")),
+    );
+    // What crashes and late joiners cost: the largest extra time and data bytes of any row.
+    let extra: Vec<(f64, f64, String)> = crashed
+        .iter()
+        .filter_map(|c| {
+            let base = clean.iter().find(|f| {
+                f.topology == c.topology
+                    && f.nodes == c.nodes
+                    && f.push_rate == c.push_rate
+                    && f.receivers == c.receivers
+            })?;
+            let bytes = c.data_bytes as f64 / base.data_bytes.max(1) as f64 - 1.0;
+            Some((c.completion_s? - base.completion_s?, bytes, id(c)))
+        })
+        .collect();
+    let t = extra.iter().max_by(|a, b| a.0.total_cmp(&b.0));
+    let b = extra.iter().max_by(|a, b| a.1.total_cmp(&b.1));
+    if let (Some(t), Some(b)) = (t, b) {
+        verdict_line(
+            &mut out,
+            markdown,
+            "push with crashes and late joiners: extra over the loss-free row (reported)",
+            extra.len(),
+            true,
+            format!(
+                "most time +{:.1} s ({}); most data bytes +{:.0} % ({})",
+                t.0,
+                t.2,
+                100.0 * b.1,
+                b.2
+            ),
+        );
+    }
+    let q = push
+        .iter()
+        .map(|f| (f.peak_relay_queue_bytes, id(f)))
+        .max_by_key(|a| a.0);
+    if let Some((b, at)) = q {
+        verdict_line(
+            &mut out,
+            markdown,
+            "push: peak relay send queue (reported)",
+            push.len(),
+            true,
+            format!("largest {b} B ({at})"),
+        );
+    }
     out
 }
