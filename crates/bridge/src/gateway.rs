@@ -61,8 +61,12 @@ pub trait Gateway: Send + Sync + 'static {
 pub enum OtaMode {
     /// Classic painlessMesh: each node pulls every chunk (stock nodes).
     Unicast,
-    /// Classic painlessMesh broadcast mode (chunks flooded along the tree).
+    /// Classic painlessMesh broadcast mode (chunks flooded along the tree; a pmesh gateway
+    /// pushes them in order, which stock nodes take unasked).
     Broadcast,
+    /// Classic, the gateway chooses: broadcast unless the campaign has a single known target
+    /// (see docs/ota.md, "Classic push broadcast").
+    Auto,
     /// pmesh's own pipelined protocol (pmesh nodes).
     Pmesh,
 }
@@ -73,6 +77,7 @@ impl OtaMode {
         match self {
             OtaMode::Unicast => "unicast",
             OtaMode::Broadcast => "broadcast",
+            OtaMode::Auto => "auto",
             OtaMode::Pmesh => "pmesh",
         }
     }
@@ -82,6 +87,7 @@ impl OtaMode {
         match s {
             "unicast" => Some(OtaMode::Unicast),
             "broadcast" => Some(OtaMode::Broadcast),
+            "auto" => Some(OtaMode::Auto),
             "pmesh" => Some(OtaMode::Pmesh),
             _ => None,
         }

@@ -98,7 +98,7 @@ pub struct OtaStartRequest {
     pub role: String,
     /// Target hardware.
     pub hardware: Hardware,
-    /// Distribution mode (default broadcast).
+    /// Distribution mode (default auto).
     pub mode: OtaMode,
     /// Send compressed.
     pub compressed: bool,
@@ -179,14 +179,14 @@ struct OtaStartFields {
     role: String,
     #[serde(default)]
     hardware: Hardware,
-    #[serde(default = "broadcast_mode")]
+    #[serde(default = "auto_mode")]
     mode: OtaMode,
     #[serde(default)]
     compressed: bool,
 }
 
-fn broadcast_mode() -> OtaMode {
-    OtaMode::Broadcast
+fn auto_mode() -> OtaMode {
+    OtaMode::Auto
 }
 
 /// A parsed `command/<verb>` (the promised command API).
@@ -601,7 +601,7 @@ mod tests {
             (
                 ImageSource::Inline(vec![0, 1]),
                 Hardware::Esp32,
-                OtaMode::Broadcast,
+                OtaMode::Auto,
                 false
             )
         );

@@ -44,6 +44,9 @@ pub enum Command {
 /// Protocol of a push.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ModeArg {
+    /// Classic, chosen at the offer: the broadcast push (stock nodes take it unasked) unless
+    /// exactly one target is named with --expect, then unicast.
+    Auto,
     /// painlessMesh OTA (types 10/11/12): stock nodes and pmesh nodes; nodes do not report.
     Classic,
     /// pmesh's protocol: pmesh nodes only; pipelined, resumable, nodes report progress.
@@ -63,16 +66,16 @@ pub struct PushArgs {
     #[arg(long)]
     hardware: String,
     /// Protocol.
-    #[arg(long, value_enum, default_value = "classic")]
+    #[arg(long, value_enum, default_value = "auto")]
     mode: ModeArg,
     /// Classic broadcast mode: the distributor floods every Data chunk in order to the whole
     /// mesh (a push; stock painlessMesh receivers take it without asking).
     #[arg(long)]
     broadcast: bool,
-    /// Classic broadcast: Data bytes per second the push floods; keep it at or below the
+    /// Classic broadcast (and auto, when it broadcasts): Data bytes per second the push floods; keep it at or below the
     /// slowest link's rate, as painlessMesh relays queue without limit (0: unlimited)
     /// [default: 250000].
-    #[arg(long, value_name = "BYTES_PER_S", requires = "broadcast")]
+    #[arg(long, value_name = "BYTES_PER_S")]
     pace: Option<u64>,
     /// Compress: classic serves a gzip of the image (ESP8266 boot loaders flash gzip; stock
     /// ESP32s cannot); pmesh deflates each chunk.
@@ -194,9 +197,10 @@ fn options(args: &PushArgs) -> anyhow::Result<PushOptions> {
     }
     let mut o = PushOptions::new(file, &args.role, &args.hardware);
     o.mode = match args.mode {
-        ModeArg::Classic => PushMode::Classic,
+        ModeArg::Classic | ModeArg::Auto => PushMode::Classic,
         ModeArg::Pmesh => PushMode::Pmesh,
     };
+    o.auto = args.mode == ModeArg::Auto && !args.broadcast;
     if args.broadcast && o.mode == PushMode::Pmesh {
         bail!("--broadcast is a classic mode; the pmesh protocol always pushes along the tree");
     }

@@ -248,7 +248,10 @@ impl DemoApp {
             .version(spec.version.clone());
         offer = match spec.mode {
             OtaMode::Unicast => offer,
-            OtaMode::Broadcast => offer.broadcast(true),
+            // As a pmesh gateway does: the distributor pushes the flood in order.
+            OtaMode::Broadcast | OtaMode::Auto => {
+                offer.push(pmesh_ota::classic::PushPace::default())
+            }
             OtaMode::Pmesh => offer.pmesh().apply(ApplyPolicy::OnVerify),
         };
         let served = if spec.compressed && spec.mode != OtaMode::Pmesh {
@@ -618,7 +621,8 @@ mod tests {
         let targets = sim.node(GATEWAY).unwrap().node_list(false);
         DemoApp::start(
             &mut sim,
-            spec(1, OtaMode::Broadcast, 64 << 10),
+            // Large enough to be still running after half a second of the paced push.
+            spec(1, OtaMode::Broadcast, 1 << 20),
             targets.clone(),
         )
         .unwrap();

@@ -634,6 +634,10 @@ fn push_options(req: &OtaStart, file: PathBuf) -> PushOptions {
             o.mode = PushMode::Classic;
             o.broadcast = true;
         }
+        OtaMode::Auto => {
+            o.mode = PushMode::Classic;
+            o.auto = true;
+        }
         OtaMode::Pmesh => o.mode = PushMode::Pmesh,
     }
     o
