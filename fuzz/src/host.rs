@@ -15,7 +15,7 @@
 //!   is in the future;
 //! - **firmware only as offered**: the sink is opened only for an offer (MANIFEST or
 //!   Announce) naming this node's role and hardware, and an image is committed only if its
-//!   SHA-256 is a manifest's or its MD5 an announce's (ARCHITECTURE.md invariant 7).
+//!   SHA-256 is a manifest's or its MD5 an announce's (ARCHITECTURE.md invariant 8).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
