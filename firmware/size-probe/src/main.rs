@@ -72,10 +72,19 @@ fn main() -> ! {
 #[cfg(feature = "signature")]
 fn verify_signed(bytes: &[u8]) {
     use pmesh_ota::signed::{DigestPage, Policy, SignedManifest, TrustedKey, verify_signature};
-    let Ok(key) = <[u8; 32]>::try_from(&bytes[..32.min(bytes.len())]) else { return };
+    let Ok(key) = <[u8; 32]>::try_from(&bytes[..32.min(bytes.len())]) else {
+        return;
+    };
     let keys = [TrustedKey::from_bytes(key)];
-    let Ok((m, used)) = SignedManifest::decode(bytes) else { return };
-    let policy = Policy { role: "r", hardware: "h", confirmed: Some(1), now_unix: None };
+    let Ok((m, used)) = SignedManifest::decode(bytes) else {
+        return;
+    };
+    let policy = Policy {
+        role: "r",
+        hardware: "h",
+        confirmed: Some(1),
+        now_unix: None,
+    };
     if verify_signature(&m, &keys).is_err() || policy.check(&m.body).is_err() {
         return;
     }
