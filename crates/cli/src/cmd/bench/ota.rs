@@ -1079,9 +1079,39 @@ fn verdict_line(
     }
 }
 
+/// A row's name in the push checks.
+fn push_row_id(f: &OtaFigures) -> String {
+    format!("{} N={} {}", f.topology, f.nodes, f.faults)
+}
+
+/// One "worst row within a bound" check: the largest `key` over `rows` against `bound`,
+/// shown with `show` next to the row it came from.
+fn worst_within(
+    out: &mut String,
+    markdown: bool,
+    name: &str,
+    rows: &[&OtaFigures],
+    key: impl Fn(&OtaFigures) -> f64,
+    bound: f64,
+    show: impl Fn(f64) -> String,
+) {
+    let w = rows
+        .iter()
+        .map(|f| (key(f), push_row_id(f)))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    verdict_line(
+        out,
+        markdown,
+        name,
+        rows.len(),
+        w.as_ref().is_none_or(|(x, _)| *x <= bound),
+        w.map_or(String::new(), |(x, at)| format!("{} ({at})", show(x))),
+    );
+}
+
 /// Issue 12's targets for the classic push broadcast to stock receivers.
 fn push_checks(rows: &[&OtaFigures], markdown: bool) -> String {
-    let id = |f: &OtaFigures| format!("{} N={} {}", f.topology, f.nodes, f.faults);
+    let id = push_row_id;
     let push: Vec<&OtaFigures> = rows.iter().copied().filter(|f| f.mode == "push").collect();
     let clean: Vec<&OtaFigures> = push
         .iter()
@@ -1111,56 +1141,39 @@ fn push_checks(rows: &[&OtaFigures], markdown: bool) -> String {
             format!("incomplete: {}", short.join(", "))
         },
     );
-    let worst = |v: &[&OtaFigures], key: &dyn Fn(&OtaFigures) -> f64| {
-        v.iter()
-            .map(|f| (key(f), id(f)))
-            .max_by(|a, b| a.0.total_cmp(&b.0))
+    let select = |keep: &dyn Fn(&OtaFigures) -> bool| -> Vec<&OtaFigures> {
+        clean.iter().copied().filter(|f| keep(f)).collect()
     };
-    let trees: Vec<&OtaFigures> = clean
-        .iter()
-        .copied()
-        .filter(|f| f.topology != "radio")
-        .collect();
-    let w = worst(&trees, &|f| f.data_tx_ratio);
-    verdict_line(
+    worst_within(
         &mut out,
         markdown,
         "push loss-free on trees: data_link_tx <= 1.05 x (N-1)·k",
-        trees.len(),
-        w.as_ref().is_none_or(|(x, _)| *x <= 1.05),
-        w.map_or(String::new(), |(x, at)| format!("worst {x:.4} ({at})")),
+        &select(&|f| f.topology != "radio"),
+        |f| f.data_tx_ratio,
+        1.05,
+        |x| format!("worst {x:.4}"),
     );
-    let radio: Vec<&OtaFigures> = clean
-        .iter()
-        .copied()
-        .filter(|f| f.topology == "radio" && f.nodes == 50)
-        .collect();
-    let w = worst(&radio, &|f| f.data_tx_ratio);
-    verdict_line(
+    worst_within(
         &mut out,
         markdown,
         "push loss-free, radio N = 50: data_link_tx / optimum <= 1.064",
-        radio.len(),
-        w.as_ref().is_none_or(|(x, _)| *x <= 1.064),
-        w.map_or(String::new(), |(x, at)| format!("worst {x:.4} ({at})")),
+        &select(&|f| f.topology == "radio" && f.nodes == 50),
+        |f| f.data_tx_ratio,
+        1.064,
+        |x| format!("worst {x:.4}"),
     );
-    let unl: Vec<&OtaFigures> = clean
-        .iter()
-        .copied()
-        .filter(|f| f.push_rate == Some(0))
-        .collect();
-    let w = worst(&unl, &|f| {
-        f.completion_s
-            .zip(f.store_forward_s)
-            .map_or(f64::INFINITY, |(c, s)| c / s)
-    });
-    verdict_line(
+    worst_within(
         &mut out,
         markdown,
         "push unlimited pace: completion <= 1.5 x store-and-forward of the same frames",
-        unl.len(),
-        w.as_ref().is_none_or(|(x, _)| *x <= 1.5),
-        w.map_or(String::new(), |(x, at)| format!("worst x{x:.3} ({at})")),
+        &select(&|f| f.push_rate == Some(0)),
+        |f| {
+            f.completion_s
+                .zip(f.store_forward_s)
+                .map_or(f64::INFINITY, |(c, s)| c / s)
+        },
+        1.5,
+        |x| format!("worst x{x:.3}"),
     );
     let paced: Vec<(f64, String)> = clean
         .iter()
