@@ -377,7 +377,13 @@ async fn spoofed_node_ids_stay_within_the_model_cap() {
     let gw = Arc::new(FakeGateway::default());
     let bridge = Bridge::spawn(config(broker.port, "spoof"), 1, gw).unwrap();
     assert!(bridge.wait_online(Duration::from_secs(10)).await);
+    // The tree is applied before the spoofed packages arrive (node 2's state is published),
+    // so the records the cap counts are the gateway, node 2 and the spoofed ids.
+    let node2 = Sub::connect(broker.port, "mesh/status/node/2").await;
     bridge.topology(star(1, [2]));
+    node2
+        .wait("mesh/status/node/2", 10, |m| !m.payload.is_empty())
+        .await;
     let status = |from: u32| {
         let frame = format!(r#"{{"from":{from},"routing":2,"type":604,"mem":50,"fw":"x"}}"#);
         pmesh_proto::Envelope::parse(frame.as_bytes(), 32).unwrap()

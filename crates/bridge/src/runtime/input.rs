@@ -280,15 +280,7 @@ impl Runtime {
                 String::from_utf8_lossy(payload),
                 self.session
             );
-            let state = json!({"state": "online", "session": self.session}).to_string();
-            self.raw_publish(
-                self.topics.state(),
-                state.into_bytes(),
-                true,
-                Tag::Plain,
-                "state",
-            )
-            .await;
+            self.publish_state("online").await;
         }
     }
 

@@ -198,16 +198,21 @@ impl Runtime {
         }
     }
 
-    pub(super) async fn go_online(&mut self) {
-        let state = json!({"state": "online", "session": self.session}).to_string();
+    /// Publishes `bridge/state` (retained) with this session: `online` or `offline`.
+    pub(super) async fn publish_state(&mut self, state: &str) {
+        let payload = json!({"state": state, "session": self.session}).to_string();
         self.raw_publish(
             self.topics.state(),
-            state.into_bytes(),
+            payload.into_bytes(),
             true,
             Tag::Plain,
             "state",
         )
         .await;
+    }
+
+    pub(super) async fn go_online(&mut self) {
+        self.publish_state("online").await;
         if let Some(c) = self.conn.as_mut() {
             c.online = true;
         }
@@ -220,15 +225,7 @@ impl Runtime {
     pub(super) async fn shutdown(&mut self) {
         self.stopping = true;
         if self.conn.as_ref().is_some_and(|c| c.online) {
-            let state = json!({"state": "offline", "session": self.session}).to_string();
-            self.raw_publish(
-                self.topics.state(),
-                state.into_bytes(),
-                true,
-                Tag::Plain,
-                "state",
-            )
-            .await;
+            self.publish_state("offline").await;
             // Give the client a moment to put the offline state and pending acks on the wire.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
             self.flush_requests().await;
