@@ -841,28 +841,27 @@ impl PmeshAgent {
     /// Floods every digest page of a signed rollout (right after its manifest, so pages
     /// precede the chunks they cover on every link).
     fn flood_pages(&mut self, ctx: &mut Ctx<'_, '_>) {
-        let me = ctx.node_id();
-        let Some(r) = &self.r else { return };
-        let Some(s) = &r.signed else { return };
-        let pages: Vec<Vec<u8>> = (0..s.page_count())
-            .filter_map(|p| s.page_json(me, 2, r.m.id, p))
-            .collect();
-        for json in pages {
+        for json in self.page_frames(ctx.node_id(), 2) {
             self.flood(ctx, json);
         }
     }
 
     /// Sends the held digest pages to one neighbour (after the manifest).
     fn send_pages(&mut self, ctx: &mut Ctx<'_, '_>, conn: ConnId) {
-        let me = ctx.node_id();
-        let Some(r) = &self.r else { return };
-        let Some(s) = &r.signed else { return };
-        let pages: Vec<Vec<u8>> = (0..s.page_count())
-            .filter_map(|p| s.page_json(me, 0, r.m.id, p))
-            .collect();
-        for json in pages {
+        for json in self.page_frames(ctx.node_id(), 0) {
             self.send_control(ctx, Peer::Conn(conn), json);
         }
+    }
+
+    /// The PAGE frames of the signed rollout held, from `me` with `routing` (none unsigned).
+    fn page_frames(&self, me: u32, routing: u8) -> Vec<Vec<u8>> {
+        let Some(r) = &self.r else { return Vec::new() };
+        let Some(s) = &r.signed else {
+            return Vec::new();
+        };
+        (0..s.page_count())
+            .filter_map(|p| s.page_json(me, routing, r.m.id, p))
+            .collect()
     }
 
     fn flood(&mut self, ctx: &mut Ctx<'_, '_>, json: Vec<u8>) {
