@@ -15,8 +15,8 @@ elf=$CARGO_TARGET_DIR/riscv32imc-unknown-none-elf/release/pmesh-size-probe
 rows=(
   "node only||102400|100 KiB: regression guard, measured + ~11 %"
   "node + OTA receiver|ota|196608|192 KiB: issue 16"
-  "+ distributor|distributor|211968|207 KiB: regression guard, measured + ~2 %"
-  "+ signature verification|signature|262144|256 KiB: issue 13's first figure (256,984 B) + ~2 %"
+  "+ distributor|distributor|225280|220 KiB: regression guard, measured + ~2 %"
+  "+ signature verification|signature|276480|270 KiB: regression guard, measured + ~2 %"
 )
 
 over=0

@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pmesh_node::{ConnectionChange, Context, Handled, Incoming, Instant, Plugin};
+use pmesh_ota::classic::ClassicDistributor;
 use pmesh_ota::{
     ApplyPolicy, ChunkBitmap, FirmwareSink, Mode, Offer, Ota, OtaEvent, OtaStore, Phase, Refusal,
     TransferId,
@@ -142,7 +143,8 @@ impl<S: FirmwareSink, T: OtaStore> Plugin for NodeOta<S, T> {
             let parts = self
                 .ota
                 .classic_distributor()
-                .offers()
+                .into_iter()
+                .flat_map(ClassicDistributor::offers)
                 .find(|o| o.md5 == req.info.md5)
                 .map(|o| o.no_part);
             // Only requests the distributor answers: one of our images, a part inside it.
@@ -918,7 +920,8 @@ where
                 Mode::Pmesh => (ota.pmesh().status().map_or(0, |s| s.total), None),
                 _ => ota
                     .classic_distributor()
-                    .offers()
+                    .into_iter()
+                    .flat_map(ClassicDistributor::offers)
                     .find(|o| TransferId::classic(&o.md5, o.broadcasted) == id)
                     .map_or((0, None), |o| (o.no_part, Some(o.md5.clone()))),
             };
@@ -966,7 +969,7 @@ where
                 let o = node.plugin().node_ota();
                 let ota = o.ota();
                 let current = ota.pmesh().status().is_some_and(|s| s.id == id);
-                let d = ota.classic_distributor().stats();
+                let d = ota.classic_stats();
                 let p = ota.pmesh().stats();
                 let mut served = Vec::new();
                 let mut union = ChunkBitmap::new(chunks);
@@ -985,7 +988,9 @@ where
                     },
                     served,
                     served_union: union.count(),
-                    push: ota.classic_distributor().push_progress(&key),
+                    push: ota
+                        .classic_distributor()
+                        .and_then(|d| d.push_progress(&key)),
                     stats: PushStats {
                         elapsed_s: 0.0,
                         mesh_nodes: 0,
@@ -1237,7 +1242,8 @@ where
                 let md5s: Vec<String> = o
                     .ota()
                     .classic_distributor()
-                    .offers()
+                    .into_iter()
+                    .flat_map(ClassicDistributor::offers)
                     .filter(|i| wanted(TransferId::classic(&i.md5, i.broadcasted).id))
                     .map(|i| i.md5.clone())
                     .collect();
@@ -1280,14 +1286,15 @@ pub fn status_json<S: FirmwareSink, T: OtaStore>(o: &NodeOta<S, T>) -> Value {
         .map(|(id, have, total)| json!({"transfer": id.id, "mode": id.mode.name(), "have": have, "total": total}));
     let offers: Vec<Value> = ota
         .classic_distributor()
-        .offers()
+        .into_iter()
+        .flat_map(ClassicDistributor::offers)
         .map(|i| {
             json!({"md5": i.md5, "role": i.role, "hardware": i.hardware, "parts": i.no_part,
                 "broadcast": i.broadcasted, "compressed": i.compressed,
                 "requesters": o.served().for_image(&i.md5).map_or(0, BTreeMap::len)})
         })
         .collect();
-    let d = ota.classic_distributor().stats();
+    let d = ota.classic_stats();
     let p = ota.pmesh().stats();
     json!({
         "receiving": cfg.pmesh_receiver || cfg.classic_receiver != pmesh_ota::ClassicReceiverKind::Off,

@@ -2,6 +2,7 @@
 //! receiver (pmesh's or the stock behaviour), and the pmesh-protocol agent — over one
 //! firmware sink and one store.
 
+use alloc::boxed::Box;
 use alloc::string::String;
 
 use pmesh_node::{ConnectionChange, Context, Handled, Incoming, Instant, Plugin};
@@ -9,8 +10,10 @@ use pmesh_proto::Envelope;
 use pmesh_proto::message::types;
 use pmesh_proto::ota::{Announce, Data, DataRequest};
 
+use crate::classic::distributor::ClassicServing;
 use crate::classic::{
-    AnnounceSchedule, ClassicDistributor, ClassicReceiver, ClassicTuning, ReferenceReceiver,
+    AnnounceSchedule, ClassicDistributor, ClassicDistributorStats, ClassicReceiver, ClassicTuning,
+    ReferenceReceiver,
 };
 use crate::event::{OtaEvent, Refusal, TransferId};
 use crate::io::{FirmwareSink, OtaStore};
@@ -92,7 +95,8 @@ pub struct Ota<S: FirmwareSink, T: OtaStore> {
     cfg: OtaConfig,
     sink: S,
     store: T,
-    classic_tx: ClassicDistributor,
+    /// Made by the first classic offer (see [`ClassicServing`] for why it is a trait object).
+    classic_tx: Option<Box<dyn ClassicServing>>,
     classic_rx: ClassicRx,
     pmesh: PmeshAgent,
     booted: bool,
@@ -120,7 +124,7 @@ impl<S: FirmwareSink, T: OtaStore> Ota<S, T> {
         };
         let speaks_pmesh = cfg.classic_receiver != ClassicReceiverKind::Reference;
         Ota {
-            classic_tx: ClassicDistributor::new(cfg.announce),
+            classic_tx: None,
             pmesh: PmeshAgent::new(
                 cfg.role.clone(),
                 cfg.hardware.clone(),
@@ -153,9 +157,15 @@ impl<S: FirmwareSink, T: OtaStore> Ota<S, T> {
         &self.store
     }
 
-    /// The classic distributor.
-    pub fn classic_distributor(&self) -> &ClassicDistributor {
-        &self.classic_tx
+    /// The classic distributor; None until this node has offered a classic image.
+    pub fn classic_distributor(&self) -> Option<&ClassicDistributor> {
+        self.classic_tx.as_deref().map(ClassicServing::distributor)
+    }
+
+    /// The classic distributor's counters (all zero before the first classic offer).
+    pub fn classic_stats(&self) -> ClassicDistributorStats {
+        self.classic_distributor()
+            .map_or_else(Default::default, ClassicDistributor::stats)
     }
 
     /// pmesh's classic receiver, if this node uses it.
@@ -206,7 +216,11 @@ impl<S: FirmwareSink, T: OtaStore> Ota<S, T> {
             Protocol::Classic => {
                 self.check_classic_trust(&mut offer)?;
                 let prepared = offer.prepare_classic()?;
-                Ok(self.classic_tx.offer(ctx, prepared))
+                let schedule = self.cfg.announce;
+                let tx = self
+                    .classic_tx
+                    .get_or_insert_with(|| Box::new(ClassicDistributor::new(schedule)));
+                Ok(tx.offer(ctx, prepared))
             }
             Protocol::Pmesh => self.pmesh.offer(ctx, offer),
         }
@@ -255,7 +269,7 @@ impl<S: FirmwareSink, T: OtaStore> Ota<S, T> {
 
     /// Stops announcing and serving a classic image.
     pub fn cancel_classic(&mut self, md5: &str) -> bool {
-        self.classic_tx.cancel(md5)
+        self.classic_tx.as_mut().is_some_and(|tx| tx.cancel(md5))
     }
 
     fn classic_busy(&self) -> bool {
@@ -330,9 +344,12 @@ impl<S: FirmwareSink, T: OtaStore> Plugin for Ota<S, T> {
                 Handled::Yes
             }
             types::OTA_DATA_REQUEST => {
-                if env.dest == ctx.node_id() {
-                    self.classic_tx
-                        .on_request(ctx, &DataRequest::from_envelope(env));
+                if let Some(tx) = self
+                    .classic_tx
+                    .as_mut()
+                    .filter(|_| env.dest == ctx.node_id())
+                {
+                    tx.on_request(ctx, &DataRequest::from_envelope(env));
                 }
                 Handled::Yes
             }
@@ -361,7 +378,9 @@ impl<S: FirmwareSink, T: OtaStore> Plugin for Ota<S, T> {
 
     fn on_connection(&mut self, ctx: &mut Context<'_, OtaEvent>, change: ConnectionChange) {
         self.ensure_booted(ctx);
-        self.classic_tx.on_topology(ctx);
+        if let Some(tx) = self.classic_tx.as_mut() {
+            tx.on_topology(ctx);
+        }
         if !self.speaks_pmesh {
             return;
         }
@@ -381,8 +400,10 @@ impl<S: FirmwareSink, T: OtaStore> Plugin for Ota<S, T> {
     fn on_timeout(&mut self, ctx: &mut Context<'_, OtaEvent>) {
         self.ensure_booted(ctx);
         let now = ctx.now();
-        if self.classic_tx.poll_timeout().is_some_and(|t| t <= now) {
-            self.classic_tx.on_timeout(ctx);
+        if let Some(tx) = self.classic_tx.as_mut()
+            && tx.poll_timeout().is_some_and(|t| t <= now)
+        {
+            tx.on_timeout(ctx);
         }
         match &mut self.classic_rx {
             ClassicRx::Pmesh(r) if r.poll_timeout().is_some_and(|t| t <= now) => r.on_timeout(ctx),
@@ -406,7 +427,7 @@ impl<S: FirmwareSink, T: OtaStore> Plugin for Ota<S, T> {
             ClassicRx::Off => None,
         };
         [
-            self.classic_tx.poll_timeout(),
+            self.classic_tx.as_ref().and_then(|tx| tx.poll_timeout()),
             rx,
             if self.speaks_pmesh {
                 self.pmesh.poll_timeout()

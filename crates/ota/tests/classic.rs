@@ -533,7 +533,7 @@ fn push_offer(image: &[u8]) -> Offer {
 }
 
 fn distributor_stats(mesh: &mut Mesh, i: usize) -> pmesh_ota::classic::ClassicDistributorStats {
-    mesh.with(i, |ota, _| ota.classic_distributor().stats())
+    mesh.with(i, |ota, _| ota.classic_stats())
 }
 
 fn links_of_tree(n: usize) -> u64 {

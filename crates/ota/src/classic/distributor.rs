@@ -403,3 +403,40 @@ fn read_chunk(o: &mut ClassicOffer, part: u32) -> Option<(Vec<u8>, usize)> {
     let n: usize = o.served.read_at(offset, &mut buf).unwrap_or_default();
     (n > 0).then(|| (pmesh_proto::base64::encode(&buf[..n]), n))
 }
+
+/// The distributor as the plugin holds it: a trait object made by the first classic offer, so
+/// a firmware that never offers a classic image links none of the code below (about 4 KB on
+/// riscv32imc, see docs/embedded.md). Static calls would keep it all reachable.
+pub(crate) trait ClassicServing: core::fmt::Debug + Send {
+    fn distributor(&self) -> &ClassicDistributor;
+    fn offer(&mut self, ctx: &mut Context<'_, OtaEvent>, p: PreparedClassic) -> TransferId;
+    fn cancel(&mut self, md5: &str) -> bool;
+    fn poll_timeout(&self) -> Option<Instant>;
+    fn on_topology(&mut self, ctx: &mut Context<'_, OtaEvent>);
+    fn on_timeout(&mut self, ctx: &mut Context<'_, OtaEvent>);
+    fn on_request(&mut self, ctx: &mut Context<'_, OtaEvent>, req: &DataRequest) -> bool;
+}
+
+impl ClassicServing for ClassicDistributor {
+    fn distributor(&self) -> &ClassicDistributor {
+        self
+    }
+    fn offer(&mut self, ctx: &mut Context<'_, OtaEvent>, p: PreparedClassic) -> TransferId {
+        ClassicDistributor::offer(self, ctx, p)
+    }
+    fn cancel(&mut self, md5: &str) -> bool {
+        ClassicDistributor::cancel(self, md5)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        ClassicDistributor::poll_timeout(self)
+    }
+    fn on_topology(&mut self, ctx: &mut Context<'_, OtaEvent>) {
+        ClassicDistributor::on_topology(self, ctx)
+    }
+    fn on_timeout(&mut self, ctx: &mut Context<'_, OtaEvent>) {
+        ClassicDistributor::on_timeout(self, ctx)
+    }
+    fn on_request(&mut self, ctx: &mut Context<'_, OtaEvent>, req: &DataRequest) -> bool {
+        ClassicDistributor::on_request(self, ctx, req)
+    }
+}

@@ -87,7 +87,7 @@ impl Counters {
     /// What one plugin instance counted so far.
     fn of(ota: &Ota<MemorySink, MemoryStore>) -> Counters {
         let p = ota.pmesh().stats();
-        let d = ota.classic_distributor().stats();
+        let d = ota.classic_stats();
         let mut c = Counters {
             pmesh_data_frames: p.data_frames_sent,
             pmesh_data_bytes: p.data_bytes_sent,

@@ -88,7 +88,7 @@ pub fn set_node_stats(node: &mut DemoNode, stats: pmesh_node::NodeStats) {
 /// chunks served.
 pub fn ota_bytes_sent(node: &DemoNode) -> u64 {
     let ota = &node.0;
-    ota.pmesh().stats().data_bytes_sent + ota.classic_distributor().stats().bytes_served
+    ota.pmesh().stats().data_bytes_sent + ota.classic_stats().bytes_served
 }
 
 /// A firmware campaign to start.
