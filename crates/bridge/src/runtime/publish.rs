@@ -134,8 +134,7 @@ impl Runtime {
     }
 
     pub(super) fn topology_json(&self) -> J {
-        let text = String::from_utf8_lossy(&self.model.tree.to_json()).into_owned();
-        let mut v: J = serde_json::from_str(&text).unwrap_or(J::Null);
+        let mut v = tree_value(&self.model.tree);
         stamp(&mut v, self.now_ms());
         v
     }
@@ -421,6 +420,38 @@ pub(super) fn reorder_nodes(v: J) -> J {
     J::Object(out)
 }
 
+/// The tree as the JSON value the node writes (`nodeId`, `root` and `hasTimeAuthority` when
+/// set, `subs` when not empty), built from the data: no text round trip, whose parser stops at
+/// 128 levels of nesting (a chain of 64 nodes). Iterative, so no tree depth reaches the stack:
+/// `(node, next sub, its subs built so far)` per open node.
+pub(super) fn tree_value(tree: &NodeTree) -> J {
+    let mut open: Vec<(&NodeTree, usize, Vec<J>)> = vec![(tree, 0, Vec::new())];
+    loop {
+        let (node, next, _) = open.last_mut().expect("the root stays open until returned");
+        if let Some(sub) = node.subs.get(*next) {
+            *next += 1;
+            open.push((sub, 0, Vec::new()));
+            continue;
+        }
+        let (node, _, subs) = open.pop().expect("checked above");
+        let mut m = Map::new();
+        m.insert("nodeId".into(), J::from(node.node_id));
+        if node.root {
+            m.insert("root".into(), J::Bool(true));
+        }
+        if node.has_time_authority {
+            m.insert("hasTimeAuthority".into(), J::Bool(true));
+        }
+        if !subs.is_empty() {
+            m.insert("subs".into(), J::Array(subs));
+        }
+        match open.last_mut() {
+            Some((_, _, parent_subs)) => parent_subs.push(J::Object(m)),
+            None => return J::Object(m),
+        }
+    }
+}
+
 pub(super) fn flatten(t: &NodeTree, parent: Option<u32>, out: &mut Vec<J>) {
     let mut v = json!({"nodeId": t.node_id, "parent": parent});
     if t.root {
@@ -429,5 +460,47 @@ pub(super) fn flatten(t: &NodeTree, parent: Option<u32>, out: &mut Vec<J>) {
     out.push(v);
     for s in &t.subs {
         flatten(s, Some(t.node_id), out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u32, subs: Vec<NodeTree>) -> NodeTree {
+        NodeTree {
+            node_id: id,
+            root: false,
+            has_time_authority: false,
+            subs,
+        }
+    }
+
+    #[test]
+    fn tree_value_is_what_the_tree_json_reads_as() {
+        let mut t = node(1, vec![node(2, vec![node(4, vec![])]), node(3, vec![])]);
+        t.root = true;
+        t.subs[1].has_time_authority = true;
+        let text: J = serde_json::from_slice(&t.to_json()).unwrap();
+        assert_eq!(tree_value(&t), text);
+    }
+
+    #[test]
+    fn a_chain_deeper_than_the_json_parser_limit_is_whole() {
+        let mut t = node(200, vec![]);
+        for id in (1..200).rev() {
+            t = node(id, vec![t]);
+        }
+        assert!(
+            serde_json::from_slice::<J>(&t.to_json()).is_err(),
+            "the old round trip"
+        );
+        let mut v = &tree_value(&t);
+        for id in 1..200 {
+            assert_eq!(v["nodeId"], id);
+            v = &v["subs"][0];
+        }
+        assert_eq!(v["nodeId"], 200);
+        assert!(v.get("subs").is_none());
     }
 }
