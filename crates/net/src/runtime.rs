@@ -586,8 +586,8 @@ where
 
     fn snapshot(&self) -> Snapshot {
         let now = self.clock.now();
-        let tree = serde_json::from_slice(&self.node.sub_connection_json(false))
-            .unwrap_or(serde_json::Value::Null);
+        // As data: the text parsed again stopped at serde_json's 128 levels (64 chained nodes).
+        let tree = serde_json::to_value(self.node.tree()).unwrap_or(serde_json::Value::Null);
         let cfg = self.node.config();
         Snapshot {
             node_id: self.node.id(),

@@ -23,6 +23,32 @@ pub struct NodeTree {
     pub subs: Vec<NodeTree>,
 }
 
+/// The tree as the node writes it (`nodeId`, `root` and `hasTimeAuthority` when set, `subs`
+/// when not empty). Recursive, like any serde value: the depth is bounded by the JSON depth
+/// limit the tree was read with (`Config::max_depth`).
+#[cfg(feature = "serde")]
+impl serde::Serialize for NodeTree {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let entries = 1
+            + usize::from(self.root)
+            + usize::from(self.has_time_authority)
+            + usize::from(!self.subs.is_empty());
+        let mut m = s.serialize_map(Some(entries))?;
+        m.serialize_entry("nodeId", &self.node_id)?;
+        if self.root {
+            m.serialize_entry("root", &true)?;
+        }
+        if self.has_time_authority {
+            m.serialize_entry("hasTimeAuthority", &true)?;
+        }
+        if !self.subs.is_empty() {
+            m.serialize_entry("subs", &self.subs)?;
+        }
+        m.end()
+    }
+}
+
 impl PartialEq for NodeTree {
     /// Two trees are equal when their pre-order walks visit the same nodes (id, flags and
     /// number of subs) in the same order; that determines the whole shape.

@@ -134,7 +134,9 @@ impl Runtime {
     }
 
     pub(super) fn topology_json(&self) -> J {
-        let mut v = tree_value(&self.model.tree);
+        // The tree as data (pmesh-proto's `serde` feature), not its text parsed again: serde_json's
+        // parser stops at 128 levels of nesting, a chain of 64 nodes.
+        let mut v = serde_json::to_value(&self.model.tree).unwrap_or(J::Null);
         stamp(&mut v, self.now_ms());
         v
     }
@@ -420,38 +422,6 @@ pub(super) fn reorder_nodes(v: J) -> J {
     J::Object(out)
 }
 
-/// The tree as the JSON value the node writes (`nodeId`, `root` and `hasTimeAuthority` when
-/// set, `subs` when not empty), built from the data: no text round trip, whose parser stops at
-/// 128 levels of nesting (a chain of 64 nodes). Iterative, so no tree depth reaches the stack:
-/// `(node, next sub, its subs built so far)` per open node.
-pub(super) fn tree_value(tree: &NodeTree) -> J {
-    let mut open: Vec<(&NodeTree, usize, Vec<J>)> = vec![(tree, 0, Vec::new())];
-    loop {
-        let (node, next, _) = open.last_mut().expect("the root stays open until returned");
-        if let Some(sub) = node.subs.get(*next) {
-            *next += 1;
-            open.push((sub, 0, Vec::new()));
-            continue;
-        }
-        let (node, _, subs) = open.pop().expect("checked above");
-        let mut m = Map::new();
-        m.insert("nodeId".into(), J::from(node.node_id));
-        if node.root {
-            m.insert("root".into(), J::Bool(true));
-        }
-        if node.has_time_authority {
-            m.insert("hasTimeAuthority".into(), J::Bool(true));
-        }
-        if !subs.is_empty() {
-            m.insert("subs".into(), J::Array(subs));
-        }
-        match open.last_mut() {
-            Some((_, _, parent_subs)) => parent_subs.push(J::Object(m)),
-            None => return J::Object(m),
-        }
-    }
-}
-
 pub(super) fn flatten(t: &NodeTree, parent: Option<u32>, out: &mut Vec<J>) {
     let mut v = json!({"nodeId": t.node_id, "parent": parent});
     if t.root {
@@ -477,12 +447,12 @@ mod tests {
     }
 
     #[test]
-    fn tree_value_is_what_the_tree_json_reads_as() {
+    fn the_tree_value_is_what_the_tree_json_reads_as() {
         let mut t = node(1, vec![node(2, vec![node(4, vec![])]), node(3, vec![])]);
         t.root = true;
         t.subs[1].has_time_authority = true;
         let text: J = serde_json::from_slice(&t.to_json()).unwrap();
-        assert_eq!(tree_value(&t), text);
+        assert_eq!(serde_json::to_value(&t).unwrap(), text);
     }
 
     #[test]
@@ -495,7 +465,8 @@ mod tests {
             serde_json::from_slice::<J>(&t.to_json()).is_err(),
             "the old round trip"
         );
-        let mut v = &tree_value(&t);
+        let value = serde_json::to_value(&t).unwrap();
+        let mut v = &value;
         for id in 1..200 {
             assert_eq!(v["nodeId"], id);
             v = &v["subs"][0];
