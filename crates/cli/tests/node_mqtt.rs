@@ -553,9 +553,18 @@ fn gateway_connects_over_tls() {
     sub.wait("tls-good/status/nodes", 5, |m| {
         m.json()["nodes"] == json!([401])
     });
-    // The wrong CA: the handshake fails, so nothing is ever published.
+    // The wrong CA: the handshake fails (the gateway says so in its log), so nothing is ever
+    // published.
     let bad = gateway(402, "tls-bad", "other.pem");
-    std::thread::sleep(Duration::from_secs(3));
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    while !bad.log_text().contains("MQTT connection lost") {
+        assert!(
+            std::time::Instant::now() < until,
+            "the gateway never reported the refused handshake:\n{}",
+            bad.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50)); // polling
+    }
     assert!(
         sub.on("tls-bad/bridge/state").is_empty(),
         "a broker whose certificate the CA did not sign must not be trusted"
