@@ -31,6 +31,7 @@ extern crate alloc;
 pub mod b85;
 pub mod bitmap;
 pub mod bounds;
+pub mod campaign;
 pub mod classic;
 pub mod codec;
 pub mod event;
