@@ -35,13 +35,6 @@ pub enum HaltReason {
         /// Failures the wave tolerates.
         allowed: u32,
     },
-    /// Too few nodes left in flight for the wave to reach its success threshold.
-    SuccessUnreachable {
-        /// Confirmed plus still in flight.
-        reachable: u32,
-        /// Confirmed nodes required.
-        required: u32,
-    },
     /// The operator aborted.
     Aborted,
 }

@@ -197,11 +197,7 @@ fn get_phase(r: &mut R<'_>) -> Result<NodePhase, DecodeError> {
 fn put_reason(w: &mut W, r: HaltReason) {
     let (tag, a, b) = match r {
         HaltReason::TooManyFailures { failures, allowed } => (0, failures, allowed),
-        HaltReason::SuccessUnreachable {
-            reachable,
-            required,
-        } => (1, reachable, required),
-        HaltReason::Aborted => (2, 0, 0),
+        HaltReason::Aborted => (1, 0, 0),
     };
     w.u8(tag);
     w.u32(a);
@@ -215,11 +211,7 @@ fn get_reason(r: &mut R<'_>) -> Result<HaltReason, DecodeError> {
             failures: a,
             allowed: b,
         },
-        1 => HaltReason::SuccessUnreachable {
-            reachable: a,
-            required: b,
-        },
-        2 => HaltReason::Aborted,
+        1 => HaltReason::Aborted,
         _ => return Err(DecodeError::Invalid("halt reason")),
     })
 }

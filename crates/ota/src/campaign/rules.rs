@@ -12,7 +12,6 @@ use super::node::NodePhase;
 pub(crate) struct Tally {
     pub confirmed: u32,
     pub failed: u32,
-    pub in_flight: u32,
 }
 
 impl Campaign {
@@ -22,8 +21,7 @@ impl Campaign {
             match self.nodes[id].phase {
                 NodePhase::Confirmed => t.confirmed += 1,
                 NodePhase::Failed(_) => t.failed += 1,
-                NodePhase::Reverted => {}
-                _ => t.in_flight += 1,
+                _ => {}
             }
         }
         t
@@ -37,23 +35,11 @@ impl Campaign {
             return;
         }
         for i in 0..=self.current as usize {
-            let (t, w) = (self.tally(i), &self.waves[i]);
-            let reason = if t.failed > w.allowed_failures {
-                HaltReason::TooManyFailures {
-                    failures: t.failed,
-                    allowed: w.allowed_failures,
-                }
-            } else if t.confirmed + t.in_flight < w.required_success {
-                let reachable = t.confirmed + t.in_flight;
-                HaltReason::SuccessUnreachable {
-                    reachable,
-                    required: w.required_success,
-                }
-            } else {
-                continue;
-            };
-            self.halt(i as u32, reason);
-            return;
+            let (failures, allowed) = (self.tally(i).failed, self.waves[i].allowed_failures);
+            if failures > allowed {
+                self.halt(i as u32, HaltReason::TooManyFailures { failures, allowed });
+                return;
+            }
         }
         if self.status != Status::Running {
             return;
