@@ -10,6 +10,8 @@
 //!   and windowed push along the tree, per-receiver chunk bitmaps, repair from the nearest
 //!   holder, resume after reboot, progress reports, coordinated apply, a rate cap.
 //! - **Firmware I/O** ([`io`]): source, sink and store traits, with in-memory versions.
+//! - **Staged campaigns** ([`campaign`]): waves, thresholds and per-node health gates as a
+//!   sans-IO state machine, with save/restore.
 //! - **The arithmetic** ([`bounds`]): the optimum and the pipelined lower bound every figure
 //!   is printed next to.
 //!

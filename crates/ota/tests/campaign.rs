@@ -608,6 +608,20 @@ fn threshold_by_count() {
             }
         }
     );
+    // A cancelled node that applied anyway (the cancel raced the transfer) is told to revert.
+    c.handle_transfer(w0[2], TransferOutcome::Applied, t(3))
+        .unwrap();
+    assert_eq!(actions(&mut c), vec![Action::Revert { nodes: vec![w0[2]] }]);
+    let r = NodeReport {
+        node: w0[2],
+        at: t(9),
+        version: OLD,
+        free_heap: 90_000,
+        boots: 4,
+        metric: None,
+    };
+    c.handle_report(&r).unwrap();
+    assert_eq!(c.node(w0[2]).unwrap().1, NodePhase::Reverted);
 }
 
 #[test]
@@ -649,6 +663,27 @@ fn threshold_by_percentage_and_early_advance_on_min_success() {
             }
         }
     );
+}
+
+#[test]
+fn waves_that_need_no_confirmation_start_together() {
+    // max_failures 100 %: no wave waits for the one before (all at once, watched).
+    let mut c = Campaign::new(
+        &plan("10%,50%,100%", "100%"),
+        NEW,
+        &fleet(20),
+        SEED,
+        Instant::ZERO,
+    )
+    .unwrap();
+    let started: Vec<u32> = actions(&mut c)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::StartWave { wave, .. } => Some(wave),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started, vec![0, 1, 2]);
 }
 
 #[test]

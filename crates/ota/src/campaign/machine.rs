@@ -145,7 +145,9 @@ pub struct Campaign {
 
 impl Campaign {
     /// A campaign of `plan` for version `target` on `fleet`, waves assigned with `seed`
-    /// (see [`super::assign`]'s reasons). Queues wave 0's [`Action::StartWave`] at `at`.
+    /// (a seeded shuffle of the sorted fleet: reproducible, independent of the order of
+    /// `fleet`, and a sample of the fleet rather than its lowest ids, which follow MAC
+    /// addresses and so manufacturing batches). Queues wave 0's [`Action::StartWave`] at `at`.
     pub fn new(
         plan: &Plan,
         target: &str,
@@ -187,6 +189,7 @@ impl Campaign {
             rejected: 0,
         };
         c.start_wave(0, at);
+        c.evaluate(at);
         Ok(c)
     }
 
@@ -295,9 +298,17 @@ impl Campaign {
             (p, T::Downloading | T::Verified) if p == n.phase && p != P::Pending => return Ok(()),
             _ => return self.refuse(InputError::OutOfOrder(node)),
         };
+        let halted = matches!(self.status, Status::Halted { .. });
         let n = self.nodes.get_mut(&node).unwrap();
         if next == P::Applied {
             n.boots_at_apply = n.boots;
+            // Applied despite the Cancel (a race with the host): it must go back too.
+            if halted {
+                n.revert_ordered = true;
+                self.actions.push_back(Action::Revert {
+                    nodes: alloc::vec![node],
+                });
+            }
         }
         let change = n.enter(next, at);
         self.after(change, at);

@@ -44,14 +44,19 @@ impl Campaign {
         if self.status != Status::Running {
             return;
         }
-        let cur = self.current as usize;
-        if self.tally(cur).confirmed < self.waves[cur].required_success {
-            return;
-        }
-        if cur + 1 < self.waves.len() {
+        // A wave that needs no confirmation (max_failures 100 %) passes at once.
+        loop {
+            let cur = self.current as usize;
+            if self.tally(cur).confirmed < self.waves[cur].required_success {
+                return;
+            }
+            if cur + 1 == self.waves.len() {
+                if self.nodes.values().all(|n| n.phase.is_settled()) {
+                    self.finish();
+                }
+                return;
+            }
             self.start_wave(self.current + 1, at);
-        } else if self.nodes.values().all(|n| n.phase.is_settled()) {
-            self.finish();
         }
     }
 
