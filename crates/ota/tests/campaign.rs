@@ -23,6 +23,7 @@ fn t(secs: u64) -> Instant {
 
 fn gate() -> HealthGate {
     HealthGate {
+        transfer_deadline: Duration::from_secs(600),
         return_deadline: Duration::from_secs(60),
         soak: Duration::from_secs(120),
         max_silence: Duration::from_secs(45),
@@ -684,6 +685,48 @@ fn waves_that_need_no_confirmation_start_together() {
         })
         .collect();
     assert_eq!(started, vec![0, 1, 2]);
+}
+
+#[test]
+fn nodes_without_transfer_progress_fail_instead_of_stalling_the_wave() {
+    let mut c = small("10,100%", "1");
+    actions(&mut c);
+    let w0 = wave(&c, 0);
+    assert_eq!(c.poll_timeout(), Some(t(600)));
+    // Progress restarts the deadline for w0[0]; w0[1] got as far as Downloading; the rest nothing.
+    c.handle_transfer(w0[0], TransferOutcome::Downloading, t(100))
+        .unwrap();
+    c.handle_transfer(w0[1], TransferOutcome::Downloading, t(100))
+        .unwrap();
+    c.handle_transfer(w0[0], TransferOutcome::Downloading, t(500))
+        .unwrap();
+    c.handle_tick(t(599));
+    assert_eq!(c.status(), Status::Running);
+    c.handle_tick(t(700));
+    assert_eq!(
+        c.node(w0[1]).unwrap().1,
+        NodePhase::Failed(FailReason::TransferFailed)
+    );
+    assert_eq!(c.node(w0[0]).unwrap().1, NodePhase::Downloading);
+    assert_eq!(
+        c.status(),
+        Status::Halted {
+            wave: 0,
+            reason: HaltReason::TooManyFailures {
+                failures: 9,
+                allowed: 1
+            }
+        }
+    );
+    // The later wave's nodes were never ticked; after the halt, nothing is.
+    assert!(
+        wave(&c, 1)
+            .iter()
+            .all(|&n| c.node(n).unwrap().1 == NodePhase::Pending)
+    );
+    assert_eq!(c.poll_timeout(), None);
+    c.handle_tick(t(10_000));
+    assert_eq!(c.node(w0[0]).unwrap().1, NodePhase::Downloading);
 }
 
 #[test]

@@ -196,6 +196,10 @@ impl Campaign {
     pub(crate) fn start_wave(&mut self, wave: u32, at: Instant) {
         let w = &mut self.waves[wave as usize];
         w.started_at = Some(at);
+        for id in &w.nodes {
+            // The transfer deadline runs from here.
+            self.nodes.get_mut(id).unwrap().since = at;
+        }
         self.current = wave;
         self.actions.push_back(Action::StartWave {
             wave,
@@ -210,10 +214,18 @@ impl Campaign {
 
     /// The earliest instant at which a [`Self::handle_tick`] can change something.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.nodes
-            .values()
-            .filter_map(|n| n.deadline(&self.gate))
+        let started = self.waves.iter().take(self.current as usize + 1);
+        if self.is_over() {
+            return None;
+        }
+        let ids = started.flat_map(|w| &w.nodes);
+        ids.filter_map(|id| self.nodes[id].deadline(&self.gate))
             .min()
+    }
+
+    /// Halted or finished: no deadline matters any more (cancelled nodes stay as they were).
+    fn is_over(&self) -> bool {
+        matches!(self.status, Status::Halted { .. } | Status::Finished)
     }
 
     /// The campaign's state.
@@ -295,7 +307,11 @@ impl Campaign {
             (P::Pending | P::Downloading | P::Verified, T::Failed) => {
                 P::Failed(FailReason::TransferFailed)
             }
-            (p, T::Downloading | T::Verified) if p == n.phase && p != P::Pending => return Ok(()),
+            (p, T::Downloading | T::Verified) if p == n.phase && p != P::Pending => {
+                // Progress: restarts the transfer deadline.
+                self.nodes.get_mut(&node).unwrap().since = at;
+                return Ok(());
+            }
             _ => return self.refuse(InputError::OutOfOrder(node)),
         };
         let halted = matches!(self.status, Status::Halted { .. });
@@ -315,12 +331,19 @@ impl Campaign {
         Ok(())
     }
 
-    /// Time passes: deadlines (return, silence, soak end) are checked at `at`.
+    /// Time passes: deadlines (transfer progress, return, silence, soak end) are checked at
+    /// `at` for the nodes of started waves; nothing once the campaign halted or finished.
     pub fn handle_tick(&mut self, at: Instant) {
+        if self.is_over() {
+            return;
+        }
         let gate = self.gate;
         let mut changed = false;
-        for n in self.nodes.values_mut() {
-            changed |= n.on_tick(at, &gate) != Change::None;
+        for w in self.waves.iter().take(self.current as usize + 1) {
+            for id in &w.nodes {
+                let n = self.nodes.get_mut(id).unwrap();
+                changed |= n.on_tick(at, &gate) != Change::None;
+            }
         }
         if changed {
             self.evaluate(at);

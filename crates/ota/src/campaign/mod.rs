@@ -22,7 +22,9 @@
 //!   against its own wave). A plan whose success threshold plus allowed failures exceeds a wave's
 //!   size is refused ([`PlanError::Contradictory`]), so every wave either reaches its success
 //!   threshold or crosses its error threshold: none can stall with all its nodes settled.
-//! - **The health gate** ([`HealthGate`]) per node: after apply, a report running the new
+//! - **The health gate** ([`HealthGate`]) per node: transfer progress at least every
+//!   `transfer_deadline` from its wave's start (a node offline then fails instead of stalling
+//!   the wave); after apply, a report running the new
 //!   version within `return_deadline`; then `soak` of health: reports at most `max_silence`
 //!   apart, free heap at or above `heap_floor`, the boot counter rising at most `max_reboots`
 //!   times, the custom metric (if bounded) within bounds. Passing it confirms the node.

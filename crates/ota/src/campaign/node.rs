@@ -7,7 +7,8 @@ use super::plan::HealthGate;
 /// Why a node failed its wave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FailReason {
-    /// The transfer was abandoned (download, verification or apply failed).
+    /// The transfer was abandoned (download, verification or apply failed), or made no
+    /// progress for the gate's `transfer_deadline`.
     TransferFailed,
     /// No report with the new version within the return deadline after apply.
     NeverCameBack,
@@ -204,6 +205,11 @@ impl NodeState {
             return Change::None;
         }
         match self.phase {
+            NodePhase::Pending | NodePhase::Downloading | NodePhase::Verified
+                if at >= self.since + gate.transfer_deadline =>
+            {
+                self.enter(NodePhase::Failed(FailReason::TransferFailed), at)
+            }
             NodePhase::Applied if at >= self.since + gate.return_deadline => {
                 self.enter(NodePhase::Failed(FailReason::NeverCameBack), at)
             }
@@ -227,6 +233,9 @@ impl NodeState {
             return None;
         }
         match self.phase {
+            NodePhase::Pending | NodePhase::Downloading | NodePhase::Verified => {
+                Some(self.since + gate.transfer_deadline)
+            }
             NodePhase::Applied => Some(self.since + gate.return_deadline),
             NodePhase::Trial => {
                 let heard = self.last_report.unwrap_or(self.since);

@@ -243,7 +243,12 @@ fn get_status(r: &mut R<'_>) -> Result<Status, DecodeError> {
 }
 
 fn put_gate(w: &mut W, g: &HealthGate) {
-    for d in [g.return_deadline, g.soak, g.max_silence] {
+    for d in [
+        g.transfer_deadline,
+        g.return_deadline,
+        g.soak,
+        g.max_silence,
+    ] {
         w.u64(d.as_micros() as u64);
     }
     w.u32(g.heap_floor);
@@ -255,6 +260,7 @@ fn put_gate(w: &mut W, g: &HealthGate) {
 }
 
 fn get_gate(r: &mut R<'_>) -> Result<HealthGate, DecodeError> {
+    let transfer_deadline = Duration::from_micros(r.u64()?);
     let return_deadline = Duration::from_micros(r.u64()?);
     let soak = Duration::from_micros(r.u64()?);
     let max_silence = Duration::from_micros(r.u64()?);
@@ -265,6 +271,7 @@ fn get_gate(r: &mut R<'_>) -> Result<HealthGate, DecodeError> {
         max: r.u64()? as i64,
     };
     Ok(HealthGate {
+        transfer_deadline,
         return_deadline,
         soak,
         max_silence,

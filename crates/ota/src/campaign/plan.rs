@@ -85,6 +85,10 @@ pub struct MetricBounds {
 /// What a node must show after it applied the image before it counts as confirmed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HealthGate {
+    /// Longest a node of a started wave may go without transfer progress (from the wave's
+    /// start, or its last `Downloading`/`Verified` report) before it counts as failed: a node
+    /// that is offline when its wave starts cannot stall the campaign.
+    pub transfer_deadline: Duration,
     /// From apply to the first report running the new version.
     pub return_deadline: Duration,
     /// How long the node must then stay healthy.
@@ -100,9 +104,11 @@ pub struct HealthGate {
 }
 
 impl Default for HealthGate {
-    /// 5 min to come back, 2 min soak, 1 min max silence, no heap floor, 2 reboots allowed.
+    /// 30 min without transfer progress, 5 min to come back, 2 min soak, 1 min max silence,
+    /// no heap floor, 2 reboots allowed.
     fn default() -> Self {
         HealthGate {
+            transfer_deadline: Duration::from_secs(1800),
             return_deadline: Duration::from_secs(300),
             soak: Duration::from_secs(120),
             max_silence: Duration::from_secs(60),
