@@ -19,15 +19,16 @@
 //!   wave, rounded down) — one failure more halts the campaign; `min_success` (default: every
 //!   node not allowed to fail) — the next wave starts as soon as that many nodes of the
 //!   current wave are confirmed, while its stragglers are still watched (a late failure counts
-//!   against its own wave). A plan whose success threshold plus allowed failures exceeds a wave's
-//!   size is refused ([`PlanError::Contradictory`]), so every wave either reaches its success
-//!   threshold or crosses its error threshold: none can stall with all its nodes settled.
+//!   against its own wave). A plan whose success threshold plus allowed failures exceeds a
+//!   wave's size is refused ([`PlanError::Contradictory`]), so every wave either reaches its
+//!   success threshold or crosses its error threshold: none can stall with all its nodes
+//!   settled.
 //! - **The health gate** ([`HealthGate`]) per node: transfer progress at least every
 //!   `transfer_deadline` from its wave's start (a node offline then fails instead of stalling
-//!   the wave); after apply, a report running the new
-//!   version within `return_deadline`; then `soak` of health: reports at most `max_silence`
-//!   apart, free heap at or above `heap_floor`, the boot counter rising at most `max_reboots`
-//!   times, the custom metric (if bounded) within bounds. Passing it confirms the node.
+//!   the wave); after apply, a report running the new version within `return_deadline`;
+//!   then `soak` of health: reports at most `max_silence` apart, free heap at or above
+//!   `heap_floor`, the boot counter rising at most `max_reboots` times, the custom metric (if
+//!   bounded) within bounds. Passing it confirms the node.
 //! - **Halt** (threshold crossed, or the operator's abort): [`Action::Halted`], then
 //!   [`Action::Revert`] for every node of a started wave still on trial (and failed nodes that
 //!   may still run the image), then [`Action::Cancel`] for those not yet applied. A halt is
