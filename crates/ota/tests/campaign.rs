@@ -866,7 +866,25 @@ fn bad_inputs_are_refused_and_counted() {
         metric: None,
     };
     assert_eq!(c.handle_report(&r), Err(InputError::UnknownNode(9)));
-    assert_eq!(c.rejected(), 4);
+    // Transfer news for a node that already applied does not restart its deadlines.
+    c.handle_transfer(w0[1], TransferOutcome::Applied, t(3))
+        .unwrap();
+    for o in [
+        TransferOutcome::Downloading,
+        TransferOutcome::Verified,
+        TransferOutcome::Applied,
+    ] {
+        assert_eq!(
+            c.handle_transfer(w0[1], o, t(50)),
+            Err(InputError::OutOfOrder(w0[1]))
+        );
+    }
+    c.handle_tick(t(63));
+    assert_eq!(
+        c.node(w0[1]).unwrap().1,
+        NodePhase::Failed(FailReason::NeverCameBack)
+    );
+    assert_eq!(c.rejected(), 7);
     assert_eq!(
         c.node(w0[0]).unwrap().1,
         NodePhase::Failed(FailReason::TransferFailed)

@@ -307,7 +307,7 @@ impl Campaign {
             (P::Pending | P::Downloading | P::Verified, T::Failed) => {
                 P::Failed(FailReason::TransferFailed)
             }
-            (p, T::Downloading | T::Verified) if p == n.phase && p != P::Pending => {
+            (P::Downloading, T::Downloading) | (P::Verified, T::Verified) => {
                 // Progress: restarts the transfer deadline.
                 self.nodes.get_mut(&node).unwrap().since = at;
                 return Ok(());
