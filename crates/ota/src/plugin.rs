@@ -9,6 +9,7 @@ use pmesh_node::{ConnectionChange, Context, Handled, Incoming, Instant, Plugin};
 use pmesh_proto::Envelope;
 use pmesh_proto::message::types;
 use pmesh_proto::ota::{Announce, Data, DataRequest};
+use pmesh_proto::packages::types::{ENHANCED_STATUS, ENHANCED_STATUS_PHASE2};
 
 use crate::classic::distributor::ClassicServing;
 use crate::classic::{
@@ -361,6 +362,14 @@ impl<S: FirmwareSink, T: OtaStore> Plugin for Ota<S, T> {
                     ClassicRx::Off => {}
                 }
                 Handled::Yes
+            }
+            // Stock nodes' status reports: their firmware MD5 feeds push decisions. Left
+            // unhandled, so the application still sees the package.
+            ENHANCED_STATUS | ENHANCED_STATUS_PHASE2 => {
+                if let Some(tx) = self.classic_tx.as_mut() {
+                    tx.on_status(ctx, env);
+                }
+                Handled::No
             }
             wire::HELLO..=wire::PAGE => {
                 if self.speaks_pmesh {

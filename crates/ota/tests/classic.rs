@@ -703,3 +703,169 @@ fn push_later_pass_finishes_late_joiner_and_crashed_node() {
         "after pass 1 node 3 was uncovered (6 not in the mesh)"
     );
 }
+
+/// Node `i` broadcasts an Alteriom EnhancedStatus (604) saying it runs the image `md5`, as a
+/// stock node with the status package does every 30 s (scripted here).
+fn report_firmware(mesh: &mut Mesh, i: usize, md5: &str) {
+    use pmesh_proto::packages::{EnhancedStatusPackage, Generation, Text};
+    let mut p = EnhancedStatusPackage::new(Generation::Head, mesh.id(i));
+    p.fw_md5 = Text(md5.as_bytes().to_vec());
+    mesh.with(i, |_, ctx| {
+        ctx.send(pmesh_proto::Routing::Broadcast, 0, p.to_json())
+    })
+    .expect("status sent");
+}
+
+fn passes_done(mesh: &Mesh, i: usize) -> usize {
+    mesh.events[i]
+        .iter()
+        .filter(|e| matches!(e, OtaEvent::PassDone { .. }))
+        .count()
+}
+
+const OLD_MD5: &str = "00112233445566778899aabbccddeeff";
+
+#[test]
+fn push_skips_late_joiners_that_report_the_offered_image() {
+    // 0 gateway - 1 - 2 stock; 3 and 4 (stock) hang under 0 but join only after pass 1.
+    // 3 reports the offered image: no pass for it. 4 reports another image, one that 1 was
+    // seen to update from: the next announce starts a pass, which installs it.
+    let specs: Vec<Spec> = (0..5)
+        .map(|i| Spec::new(500 + i, if i == 0 { gateway() } else { stock_rx() }))
+        .collect();
+    let mut mesh = Mesh::new(specs);
+    mesh.link(1, 0);
+    mesh.link(2, 1);
+    let (l3, l4) = (mesh.link(3, 0), mesh.link(4, 0));
+    mesh.set_link(l3, false);
+    mesh.set_link(l4, false);
+    mesh.run_for(30.0);
+    report_firmware(&mut mesh, 1, OLD_MD5);
+    let image = firmware(20_000, 14);
+    let md5 = md5_hex(&image);
+    offer(&mut mesh, 0, push_offer(&image));
+    assert!(run_until_installed(&mut mesh, &[1, 2], 1));
+    mesh.run_for(5.0);
+    report_firmware(&mut mesh, 1, &md5);
+    mesh.set_link(l3, true);
+    mesh.run_for(1.0);
+    report_firmware(&mut mesh, 3, &md5.to_uppercase());
+    // Two more scheduled announces: 3 is in the mesh, uncovered, but runs the image.
+    mesh.run_for(130.0);
+    let s = distributor_stats(&mut mesh, 0);
+    assert_eq!((s.passes, s.status_reports), (1, 3), "{s:?}");
+    assert!(!mesh.installed(3), "no pass reached 3");
+    let installed = mesh.with(0, |ota, _| {
+        ota.classic_distributor()
+            .and_then(|d| d.push_progress(&md5))
+            .map(|p| p.installed)
+    });
+    assert_eq!(installed, Some(vec![501, 503]));
+    mesh.set_link(l4, true);
+    mesh.run_for(1.0);
+    report_firmware(&mut mesh, 4, OLD_MD5);
+    assert!(
+        run_until_installed(&mut mesh, &[4], 2),
+        "{:?}",
+        mesh.events[4]
+    );
+    assert_eq!(mesh.sinks[4].booted().as_deref(), Some(&image[..]));
+    assert_eq!(distributor_stats(&mut mesh, 0).passes, 2);
+}
+
+#[test]
+fn push_repeats_for_a_covered_node_that_reports_its_old_image() {
+    // Chain 0-1-2-3 of stock nodes behind a gateway, and 4 under 0: a stock node of another
+    // role. Node 3's copy of part 5 is corrupted, so pass 1 covers it but its MD5 check
+    // fails. Without reports nothing would tell the distributor; with them:
+    // - 3 reporting its old image within the grace (before its reboot, as far as the
+    //   distributor knows) changes nothing;
+    // - 3 reporting it after the grace, once 1 was seen to update from that image, gets a
+    //   second pass, which installs it;
+    // - 4 reporting its own image forever starts no pass.
+    let mut specs: Vec<Spec> = (0..4)
+        .map(|i| Spec::new(600 + i, if i == 0 { gateway() } else { stock_rx() }))
+        .collect();
+    specs.push(Spec::new(604, OtaConfig::stock("relay", "ESP32")));
+    let mut mesh = Mesh::new(specs);
+    for (a, b) in [(1, 0), (2, 1), (3, 2), (4, 0)] {
+        mesh.link(a, b);
+    }
+    mesh.run_for(30.0);
+    let other_role = "ffeeddccbbaa99887766554433221100";
+    for i in 1..4 {
+        report_firmware(&mut mesh, i, OLD_MD5);
+    }
+    report_firmware(&mut mesh, 4, other_role);
+    let mut done = false;
+    mesh.tamper = Some(Box::new(move |_, to, data: &[u8]| {
+        if done
+            || to != 3
+            || frame_type(data) != Some(12)
+            || !data.windows(10).any(|w| w == b"\"partNo\":5")
+        {
+            return Tamper::Pass;
+        }
+        done = true;
+        let mut d = data.to_vec();
+        let at = d.windows(8).position(|w| w == b"\"data\":\"").unwrap() + 8;
+        d[at] = if d[at] == b'A' { b'B' } else { b'A' };
+        Tamper::Replace(d)
+    }));
+    let image = firmware(20_000, 15);
+    let md5 = md5_hex(&image);
+    let t0 = mesh.now;
+    offer(&mut mesh, 0, push_offer(&image));
+    assert!(mesh.run_until(t0 + MIN, |m| passes_done(m, 0) == 1));
+    let failed = mesh.events[3].iter().any(|e| {
+        matches!(
+            e,
+            OtaEvent::Failed {
+                reason: Refusal::HashMismatch { .. },
+                ..
+            }
+        )
+    });
+    assert!(failed, "{:?}", mesh.events[3]);
+    assert!(mesh.installed(1) && mesh.installed(2));
+    mesh.run_for(1.0);
+    report_firmware(&mut mesh, 3, OLD_MD5); // within the grace: stale
+    mesh.run_for(4.0);
+    report_firmware(&mut mesh, 1, &md5);
+    report_firmware(&mut mesh, 2, &md5);
+    // The announce at t0 + 60 s finds every node covered or done.
+    mesh.run_until(t0 + MIN + 30_000_000, |_| false);
+    assert_eq!(distributor_stats(&mut mesh, 0).passes, 1);
+    report_firmware(&mut mesh, 3, OLD_MD5);
+    report_firmware(&mut mesh, 4, other_role);
+    assert!(
+        run_until_installed(&mut mesh, &[3], 1),
+        "{:?}",
+        mesh.events[3]
+    );
+    assert_eq!(mesh.sinks[3].booted().as_deref(), Some(&image[..]));
+    assert_eq!(distributor_stats(&mut mesh, 0).passes, 2);
+    mesh.run_for(20.0); // past pass 2's settling and the grace
+    report_firmware(&mut mesh, 3, &md5);
+    report_firmware(&mut mesh, 4, other_role);
+    mesh.run_for(190.0);
+    let s = distributor_stats(&mut mesh, 0);
+    assert_eq!(s.passes, 2, "node 4's own image restarts nothing: {s:?}");
+    assert!(!mesh.installed(4));
+}
+
+#[test]
+fn push_counts_bad_firmware_reports() {
+    let specs: Vec<Spec> = (0..2)
+        .map(|i| Spec::new(700 + i, if i == 0 { gateway() } else { stock_rx() }))
+        .collect();
+    let mut mesh = Mesh::new(specs);
+    mesh.chain();
+    mesh.run_for(30.0);
+    offer(&mut mesh, 0, push_offer(&firmware(5_000, 16)));
+    report_firmware(&mut mesh, 1, "not an md5");
+    report_firmware(&mut mesh, 1, OLD_MD5);
+    mesh.run_for(1.0);
+    let s = distributor_stats(&mut mesh, 0);
+    assert_eq!((s.status_reports, s.status_reports_bad), (1, 1), "{s:?}");
+}

@@ -7,7 +7,8 @@
 //! itself, because stock receivers never ask for one (only the root requests in broadcast
 //! mode). Right after an announce it floods Data 0…n−1 in order, `routing` 2, `dest` 0,
 //! `broadcasted:true`, paced at a byte rate (a *pass*); every stock node takes each chunk
-//! whose `partNo` is the one it expects. See [`push`] for the rules on requests and passes.
+//! whose `partNo` is the one it expects. See [`push`] for the rules on requests, passes and
+//! the firmware field of stock nodes' status reports.
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -16,8 +17,9 @@ use alloc::vec::Vec;
 use core::time::Duration;
 
 use pmesh_node::{Context, Instant};
-use pmesh_proto::Routing;
+use pmesh_proto::json::Value;
 use pmesh_proto::ota::{Announce, Data, DataRequest, FirmwareInfo};
+use pmesh_proto::{Envelope, Routing};
 
 use crate::classic::push::{self, PushState};
 use crate::event::{OtaEvent, TransferId};
@@ -74,6 +76,10 @@ pub struct ClassicDistributorStats {
     /// Requests answered with a flood because their `from` was 0 (a stock fallback after a
     /// pushed Data, whose `dest` it copies).
     pub requests_flooded: u64,
+    /// EnhancedStatus firmware reports (`fwMD5`) fed to push offers.
+    pub status_reports: u64,
+    /// EnhancedStatus frames whose `fwMD5` was not 32 hex digits, or whose `from` was 0.
+    pub status_reports_bad: u64,
 }
 
 /// Serves classic offers.
@@ -132,7 +138,7 @@ impl ClassicDistributor {
         ctx: &mut Context<'_, OtaEvent>,
         p: PreparedClassic,
     ) -> TransferId {
-        let push = p.push.map(PushState::new);
+        let push = p.push.map(|pace| PushState::new(pace, &p.info.md5));
         let id = TransferId::classic(&p.info.md5, p.info.broadcasted);
         self.offers.retain(|o| {
             !(o.info.md5 == p.info.md5
@@ -182,6 +188,27 @@ impl ClassicDistributor {
         let nodes = ctx.node_list(false);
         for p in self.offers.iter_mut().filter_map(|o| o.push.as_mut()) {
             p.on_topology(&nodes);
+        }
+    }
+
+    /// A node's EnhancedStatus (604 or 203): its `fwMD5` tells push offers which image it
+    /// runs (see [`push`]). Frames without `fwMD5` are ignored; one that is not an MD5, or
+    /// comes `from` 0, is counted in `status_reports_bad`.
+    pub fn on_status(&mut self, ctx: &mut Context<'_, OtaEvent>, env: &Envelope) {
+        if !self.offers.iter().any(|o| o.push.is_some()) {
+            return;
+        }
+        let Some(text) = env.get("fwMD5").map(Value::to_text) else {
+            return;
+        };
+        let Some(md5) = push::parse_md5(&text).filter(|_| env.from != 0) else {
+            self.stats.status_reports_bad += 1;
+            return;
+        };
+        self.stats.status_reports += 1;
+        let now = ctx.now();
+        for p in self.offers.iter_mut().filter_map(|o| o.push.as_mut()) {
+            p.on_report(env.from, md5, now);
         }
     }
 
@@ -277,7 +304,7 @@ impl ClassicDistributor {
         let nodes = ctx.node_list(false);
         let o = &mut self.offers[i];
         let Some(p) = o.push.as_mut() else { return };
-        let covered = p.finish() as u32;
+        let covered = p.finish(ctx.now()) as u32;
         let uncovered = p.uncovered(&nodes) as u32;
         ctx.emit(OtaEvent::PassDone {
             id: o.id,
@@ -415,6 +442,7 @@ pub(crate) trait ClassicServing: core::fmt::Debug + Send {
     fn on_topology(&mut self, ctx: &mut Context<'_, OtaEvent>);
     fn on_timeout(&mut self, ctx: &mut Context<'_, OtaEvent>);
     fn on_request(&mut self, ctx: &mut Context<'_, OtaEvent>, req: &DataRequest) -> bool;
+    fn on_status(&mut self, ctx: &mut Context<'_, OtaEvent>, env: &Envelope);
 }
 
 impl ClassicServing for ClassicDistributor {
@@ -438,5 +466,8 @@ impl ClassicServing for ClassicDistributor {
     }
     fn on_request(&mut self, ctx: &mut Context<'_, OtaEvent>, req: &DataRequest) -> bool {
         ClassicDistributor::on_request(self, ctx, req)
+    }
+    fn on_status(&mut self, ctx: &mut Context<'_, OtaEvent>, env: &Envelope) {
+        ClassicDistributor::on_status(self, ctx, env)
     }
 }

@@ -26,8 +26,22 @@
 //!   and nodes still following the pass ignore it. `broadcasted:true` requests (a stock
 //!   root, or a pmesh receiver driving) are ignored while a pass runs: the pass brings the
 //!   chunk anyway.
+//! - **Firmware reports.** A stock node running the Alteriom status package broadcasts an
+//!   EnhancedStatus (604, or 203 in Phase 1/2 meshes) whose `fwMD5` is the MD5 of the image it
+//!   runs. A node whose latest report names the offered image is *done*: no pass is started
+//!   for it, covered or not. A node reporting another image is not done, and after a pass
+//!   covered it that report undoes the coverage (the node failed its MD5 check, or rolled
+//!   back: the next scheduled announce starts a pass for it) when two things hold:
+//!   - the report came at least [`REPORT_GRACE`] after that pass settled (a node installs
+//!     on the last chunk but runs, and reports, the old image until it reboots 2 s later);
+//!   - the image it reports is one some node was seen to update *from*: that node reported
+//!     it and later reported the offered image. A status carries no role, so this is how a
+//!     target is told from a node of another role, which reports its own firmware forever
+//!     and must not restart the flood at every announce.
+//!
+//!   Reports without `fwMD5` (pmesh nodes leave it out unless configured) change nothing.
 
-use alloc::collections::BTreeSet;
+use alloc::collections::{BTreeMap, BTreeSet};
 use core::time::Duration;
 
 use pmesh_node::Instant;
@@ -41,8 +55,40 @@ pub const DEFAULT_PUSH_RATE: u64 = 250_000;
 /// How long after a pass's last chunk a dropped node still counts as having missed it.
 pub const SETTLE: Duration = Duration::from_secs(2);
 
-/// Nodes remembered as covered (larger meshes: the rest are treated as uncovered).
+/// How long after a pass settled a node's report of another firmware is still taken as
+/// stale (sent before its reboot into the new image, or delayed in the mesh).
+pub const REPORT_GRACE: Duration = Duration::from_secs(10);
+
+/// Nodes remembered as covered, and nodes whose reports are remembered (larger meshes: the
+/// rest are treated as uncovered and unreported).
 const MAX_NODES: usize = 4096;
+
+/// Firmware MD5s remembered as ones targets update from.
+const MAX_UPGRADED_FROM: usize = 16;
+
+/// A firmware MD5 as reported (16 bytes, parsed from hex).
+pub(crate) type Md5 = [u8; 16];
+
+/// Parses 32 hex digits (either case) into an MD5; None for anything else.
+pub(crate) fn parse_md5(text: &[u8]) -> Option<Md5> {
+    if text.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in text.chunks_exact(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+/// A node's latest firmware report.
+#[derive(Clone, Copy, Debug)]
+struct Report {
+    md5: Md5,
+    at: Instant,
+}
 
 /// The pace of a push broadcast.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +129,8 @@ pub struct PushProgress {
     /// Nodes some finished pass covered (in the mesh for all of it): every chunk was
     /// flooded past them in order.
     pub covered: alloc::vec::Vec<u32>,
+    /// Nodes whose latest EnhancedStatus reports the offered image's MD5: installed.
+    pub installed: alloc::vec::Vec<u32>,
 }
 
 /// A running pass.
@@ -101,30 +149,75 @@ pub(crate) struct Pass {
 pub(crate) struct PushState {
     pub pace: PushPace,
     pub pass: Option<Pass>,
-    /// Nodes some finished pass covered.
-    covered: BTreeSet<u32>,
+    /// The offered image's MD5 (None if the offer's text is not one: reports then never match).
+    offered: Option<Md5>,
+    /// Nodes some finished pass covered, with when that pass settled.
+    covered: BTreeMap<u32, Instant>,
+    /// Each reporting node's latest firmware report.
+    reports: BTreeMap<u32, Report>,
+    /// Images nodes were seen to update from (reported, then the offered one reported).
+    upgraded_from: BTreeSet<Md5>,
     /// Passes started.
     pub passes: u32,
 }
 
 impl PushState {
-    pub fn new(pace: PushPace) -> Self {
+    pub fn new(pace: PushPace, offered_md5: &str) -> Self {
         PushState {
             pace,
             pass: None,
-            covered: BTreeSet::new(),
+            offered: parse_md5(offered_md5.as_bytes()),
+            covered: BTreeMap::new(),
+            reports: BTreeMap::new(),
+            upgraded_from: BTreeSet::new(),
             passes: 0,
         }
     }
 
-    /// True if a pass should start now: none yet, or a node in `nodes` is covered by none.
+    /// True if a pass should start now: none yet, or a node in `nodes` needs one.
     pub fn wants_pass(&self, nodes: &[u32]) -> bool {
-        self.pass.is_none() && (self.passes == 0 || nodes.iter().any(|n| !self.covered.contains(n)))
+        self.pass.is_none() && (self.passes == 0 || nodes.iter().any(|&n| self.needs(n)))
     }
 
-    /// Nodes in `nodes` no finished pass covered.
+    /// Nodes in `nodes` that still need a pass.
     pub fn uncovered(&self, nodes: &[u32]) -> usize {
-        nodes.iter().filter(|n| !self.covered.contains(n)).count()
+        nodes.iter().filter(|&&n| self.needs(n)).count()
+    }
+
+    /// Whether node `n`'s latest report names the offered image.
+    fn done(&self, n: u32) -> bool {
+        self.reports
+            .get(&n)
+            .is_some_and(|r| Some(r.md5) == self.offered)
+    }
+
+    /// Whether node `n` needs a pass: not done, and either no pass covered it or its report
+    /// since says the coverage did not take (see the module doc for the rule).
+    fn needs(&self, n: u32) -> bool {
+        if self.done(n) {
+            return false;
+        }
+        let Some(&settled) = self.covered.get(&n) else {
+            return true;
+        };
+        self.reports
+            .get(&n)
+            .is_some_and(|r| r.at >= settled + REPORT_GRACE && self.upgraded_from.contains(&r.md5))
+    }
+
+    /// Node `node` reported at `now` that it runs the image with this MD5.
+    pub fn on_report(&mut self, node: u32, md5: Md5, now: Instant) {
+        let offered = Some(md5) == self.offered;
+        let previous = self.reports.get(&node).map(|r| r.md5);
+        if previous.is_none() && self.reports.len() >= MAX_NODES {
+            return;
+        }
+        if let Some(old) = previous.filter(|&old| offered && Some(old) != self.offered)
+            && self.upgraded_from.len() < MAX_UPGRADED_FROM
+        {
+            self.upgraded_from.insert(old);
+        }
+        self.reports.insert(node, Report { md5, at: now });
     }
 
     /// What this state tells.
@@ -132,7 +225,13 @@ impl PushState {
         PushProgress {
             passes: self.passes,
             running: self.pass.as_ref().map(|p| p.next),
-            covered: self.covered.iter().copied().collect(),
+            covered: self.covered.keys().copied().collect(),
+            installed: self
+                .reports
+                .keys()
+                .copied()
+                .filter(|&n| self.done(n))
+                .collect(),
         }
     }
 
@@ -153,15 +252,16 @@ impl PushState {
         }
     }
 
-    /// The pass has settled: its steady nodes are covered. Returns how many it covered.
-    pub fn finish(&mut self) -> usize {
+    /// The pass has settled at `now`: its steady nodes are covered. Returns how many it
+    /// covered.
+    pub fn finish(&mut self, now: Instant) -> usize {
         let Some(p) = self.pass.take() else { return 0 };
         let n = p.steady.len();
         for id in p.steady {
-            if self.covered.len() >= MAX_NODES {
-                break;
+            if self.covered.len() >= MAX_NODES && !self.covered.contains_key(&id) {
+                continue;
             }
-            self.covered.insert(id);
+            self.covered.insert(id, now);
         }
         n
     }
@@ -171,18 +271,80 @@ impl PushState {
 mod tests {
     use super::*;
 
+    const OFFERED: &str = "0123456789abcdef0123456789abcdef";
+    const OLD: [u8; 16] = [7; 16];
+    const OTHER_ROLE: [u8; 16] = [9; 16];
+
+    fn at(secs: u64) -> Instant {
+        Instant::from_micros(secs * 1_000_000)
+    }
+
     #[test]
     fn coverage_needs_presence_for_the_whole_pass() {
-        let mut s = PushState::new(PushPace::default());
+        let mut s = PushState::new(PushPace::default(), OFFERED);
         assert!(s.wants_pass(&[]), "the first pass always runs");
         s.start(Instant::ZERO, &[1, 2, 3]);
         assert!(!s.wants_pass(&[1, 2, 3]), "one pass at a time");
         s.on_topology(&[1, 3]); // 2 dropped
         s.on_topology(&[1, 2, 3, 4]); // 2 back, 4 joined
-        assert_eq!(s.finish(), 2);
+        assert_eq!(s.finish(at(1)), 2);
         assert_eq!(s.uncovered(&[1, 2, 3, 4]), 2);
         assert!(s.wants_pass(&[1, 2, 3, 4]));
         assert!(!s.wants_pass(&[1, 3]), "covered nodes need no pass");
+    }
+
+    #[test]
+    fn reports_of_the_offered_image_mean_done() {
+        let mut s = PushState::new(PushPace::default(), OFFERED);
+        s.start(at(0), &[1, 2]);
+        s.on_topology(&[1]); // 2 left mid-pass
+        s.finish(at(10));
+        assert!(s.wants_pass(&[1, 2]), "2 missed the pass");
+        let upper = parse_md5(OFFERED.to_uppercase().as_bytes()).unwrap();
+        s.on_report(2, upper, at(11));
+        assert!(!s.wants_pass(&[1, 2]), "2 runs the offered image");
+        assert_eq!(s.progress().installed, [2]);
+        // A node no pass covered that reports another image still needs one.
+        s.on_report(3, OLD, at(12));
+        assert!(s.wants_pass(&[1, 2, 3]));
+    }
+
+    #[test]
+    fn another_image_after_coverage_needs_grace_and_a_known_old_image() {
+        let mut s = PushState::new(PushPace::default(), OFFERED);
+        let offered = parse_md5(OFFERED.as_bytes()).unwrap();
+        for n in [1, 2, 3, 4] {
+            s.on_report(n, if n == 4 { OTHER_ROLE } else { OLD }, at(1));
+        }
+        s.start(at(2), &[1, 2, 3, 4]);
+        s.finish(at(20));
+        let nodes = [1, 2, 3, 4];
+        assert!(!s.wants_pass(&nodes), "all covered");
+        s.on_report(3, OLD, at(25)); // before its reboot: stale
+        s.on_report(1, offered, at(26)); // 1 updated from OLD
+        assert!(!s.wants_pass(&nodes), "a report within the grace is stale");
+        s.on_report(4, OTHER_ROLE, at(40)); // another role: never updates
+        assert!(
+            !s.wants_pass(&nodes),
+            "OTHER_ROLE is no image a target updated from"
+        );
+        s.on_report(3, OLD, at(40)); // after the grace, still OLD: its install failed
+        assert!(s.wants_pass(&nodes));
+        assert_eq!(s.uncovered(&nodes), 1);
+        s.start(at(60), &nodes);
+        s.finish(at(80));
+        assert!(!s.wants_pass(&nodes), "the new pass covers 3 again");
+    }
+
+    #[test]
+    fn md5_text_must_be_32_hex_digits() {
+        assert_eq!(
+            parse_md5(b"00112233445566778899aabbccddeeff").unwrap()[15],
+            0xff
+        );
+        assert!(parse_md5(b"00112233445566778899aabbccddeef").is_none());
+        assert!(parse_md5(b"00112233445566778899aabbccddeefg").is_none());
+        assert!(parse_md5("0011223344556677889\u{e9}aabbccddeef".as_bytes()).is_none());
     }
 
     #[test]
