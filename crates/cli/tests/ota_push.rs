@@ -670,3 +670,95 @@ fn ctrl_c_withdraws_the_offer_unless_kept() {
         }
     }
 }
+
+/// The line `pmesh ota push` prints when it offers: `... mode <name>, transfer ...`.
+fn offered_mode(out: &str) -> &str {
+    out.lines()
+        .find_map(|l| l.split(": mode ").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("no offer line in {out}"))
+}
+
+/// Mode `auto` (no `--mode`) into `pmesh node --ota-stock` receivers. Four stock targets
+/// behind gateway 1, none named: auto floods the broadcast push and every one installs it.
+/// Then a second mesh with one named target (`--expect`) behind a relay: auto goes unicast,
+/// and the target installs.
+#[test]
+fn auto_mode_pushes_to_several_stock_targets_and_unicasts_to_one() {
+    let dir = TempDir::new("ota-auto");
+    let p: Vec<u16> = (0..5).map(|_| free_port()).collect();
+    let gw = node(&dir, 1, p[0], &[], true, config(&dir, 1, None, ""));
+    let parents = [0, 0, 1, 1];
+    let stock: Vec<NodeProc> = (2..=5u32)
+        .map(|id| {
+            let up = p[parents[id as usize - 2]];
+            let cfg = config(&dir, id, Some("sensor"), "stock = true\n");
+            node(&dir, id, p[id as usize - 1], &[up], false, cfg)
+        })
+        .collect();
+    let mut all: Vec<&NodeProc> = vec![&gw];
+    all.extend(stock.iter());
+    converged(&all);
+    let control = gw.control.display().to_string();
+    let (fw, sha) = firmware(&dir, "fw.bin", 0, 96 * 1024);
+    let args = [
+        fw.to_str().unwrap(),
+        "--role",
+        "sensor",
+        "--hardware",
+        "ESP32",
+        "--control",
+        &control,
+        "--settle",
+        "2s",
+    ];
+    let (code, out, err) = push(&args, Duration::from_secs(60));
+    assert_eq!(code, 0, "push failed:\n{out}\n{err}");
+    assert_eq!(offered_mode(&out), "broadcast", "{out}");
+    wait_until(Duration::from_secs(10), "stock installs", || {
+        (2..=5).all(|id| installed_sha(&dir, id).as_deref() == Some(sha.as_str()))
+    });
+    for n in &stock {
+        let log = n.log_text();
+        assert!(
+            log.contains("OTA: image installed mode=\"broadcast\""),
+            "node {}: {log}",
+            n.spec.id
+        );
+    }
+    assert!(
+        gw.log_text()
+            .contains("OTA: auto mode chose broadcast=true")
+    );
+    drop(stock);
+    drop(gw);
+
+    // One named stock target (12) behind a relay (11) that takes no image.
+    let q: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let gw = node(&dir, 10, q[0], &[], true, config(&dir, 10, None, ""));
+    let relay = node(&dir, 11, q[1], &[q[0]], false, config(&dir, 11, None, ""));
+    let cfg = config(&dir, 12, Some("sensor"), "stock = true\n");
+    let target = node(&dir, 12, q[2], &[q[1]], false, cfg);
+    converged(&[&gw, &relay, &target]);
+    let control = gw.control.display().to_string();
+    let (fw, sha) = firmware(&dir, "fw2.bin", 4096, 48 * 1024);
+    let mut args = args.to_vec();
+    args[0] = fw.to_str().unwrap();
+    args[6] = &control;
+    args.extend(["--expect", "12"]);
+    let (code, out, err) = push(&args, Duration::from_secs(60));
+    assert_eq!(code, 0, "push failed:\n{out}\n{err}");
+    assert_eq!(offered_mode(&out), "unicast", "{out}");
+    wait_until(Duration::from_secs(10), "the target installs", || {
+        installed_sha(&dir, 12).as_deref() == Some(sha.as_str())
+    });
+    let log = target.log_text();
+    assert!(
+        log.contains("OTA: image installed mode=\"unicast\""),
+        "{log}"
+    );
+    assert!(
+        gw.log_text()
+            .contains("OTA: auto mode chose broadcast=false")
+    );
+}
