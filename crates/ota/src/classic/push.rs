@@ -42,6 +42,7 @@
 //!   Reports without `fwMD5` (pmesh nodes leave it out unless configured) change nothing.
 
 use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
 use core::time::Duration;
 
 use pmesh_node::Instant;
@@ -63,7 +64,7 @@ pub const REPORT_GRACE: Duration = Duration::from_secs(10);
 /// rest are treated as uncovered and unreported).
 const MAX_NODES: usize = 4096;
 
-/// Firmware MD5s remembered as ones targets update from.
+/// Firmware MD5s remembered as ones targets update from (searched linearly).
 const MAX_UPGRADED_FROM: usize = 16;
 
 /// A firmware MD5 as reported (16 bytes, parsed from hex).
@@ -128,9 +129,9 @@ pub struct PushProgress {
     pub running: Option<u32>,
     /// Nodes some finished pass covered (in the mesh for all of it): every chunk was
     /// flooded past them in order.
-    pub covered: alloc::vec::Vec<u32>,
+    pub covered: Vec<u32>,
     /// Nodes whose latest EnhancedStatus reports the offered image's MD5: installed.
-    pub installed: alloc::vec::Vec<u32>,
+    pub installed: Vec<u32>,
 }
 
 /// A running pass.
@@ -144,6 +145,15 @@ pub(crate) struct Pass {
     steady: BTreeSet<u32>,
 }
 
+/// What the distributor knows of one node (one map for both, which keeps the firmware small).
+#[derive(Clone, Copy, Debug, Default)]
+struct Seen {
+    /// When the last pass that covered it settled.
+    covered: Option<Instant>,
+    /// Its latest firmware report.
+    report: Option<Report>,
+}
+
 /// Per-offer push state.
 #[derive(Clone, Debug)]
 pub(crate) struct PushState {
@@ -151,12 +161,10 @@ pub(crate) struct PushState {
     pub pass: Option<Pass>,
     /// The offered image's MD5 (None if the offer's text is not one: reports then never match).
     offered: Option<Md5>,
-    /// Nodes some finished pass covered, with when that pass settled.
-    covered: BTreeMap<u32, Instant>,
-    /// Each reporting node's latest firmware report.
-    reports: BTreeMap<u32, Report>,
+    /// Nodes some finished pass covered, or that reported their firmware.
+    seen: BTreeMap<u32, Seen>,
     /// Images nodes were seen to update from (reported, then the offered one reported).
-    upgraded_from: BTreeSet<Md5>,
+    upgraded_from: Vec<Md5>,
     /// Passes started.
     pub passes: u32,
 }
@@ -167,9 +175,8 @@ impl PushState {
             pace,
             pass: None,
             offered: parse_md5(offered_md5.as_bytes()),
-            covered: BTreeMap::new(),
-            reports: BTreeMap::new(),
-            upgraded_from: BTreeSet::new(),
+            seen: BTreeMap::new(),
+            upgraded_from: Vec::new(),
             passes: 0,
         }
     }
@@ -184,54 +191,63 @@ impl PushState {
         nodes.iter().filter(|&&n| self.needs(n)).count()
     }
 
-    /// Whether node `n`'s latest report names the offered image.
-    fn done(&self, n: u32) -> bool {
-        self.reports
-            .get(&n)
-            .is_some_and(|r| Some(r.md5) == self.offered)
+    /// Whether this report names the offered image.
+    fn is_offered(&self, r: Option<Report>) -> bool {
+        r.is_some_and(|r| Some(r.md5) == self.offered)
     }
 
-    /// Whether node `n` needs a pass: not done, and either no pass covered it or its report
-    /// since says the coverage did not take (see the module doc for the rule).
+    /// Whether node `n` needs a pass: not done (reporting the offered image), and either no
+    /// pass covered it or its report since says the coverage did not take (see the module
+    /// doc for the rule).
     fn needs(&self, n: u32) -> bool {
-        if self.done(n) {
+        let seen = self.seen.get(&n).copied().unwrap_or_default();
+        if self.is_offered(seen.report) {
             return false;
         }
-        let Some(&settled) = self.covered.get(&n) else {
+        let Some(settled) = seen.covered else {
             return true;
         };
-        self.reports
-            .get(&n)
+        seen.report
             .is_some_and(|r| r.at >= settled + REPORT_GRACE && self.upgraded_from.contains(&r.md5))
+    }
+
+    /// The entry of node `n`, made if there is room.
+    fn entry(&mut self, n: u32) -> Option<&mut Seen> {
+        if self.seen.len() >= MAX_NODES && !self.seen.contains_key(&n) {
+            return None;
+        }
+        Some(self.seen.entry(n).or_default())
     }
 
     /// Node `node` reported at `now` that it runs the image with this MD5.
     pub fn on_report(&mut self, node: u32, md5: Md5, now: Instant) {
-        let offered = Some(md5) == self.offered;
-        let previous = self.reports.get(&node).map(|r| r.md5);
-        if previous.is_none() && self.reports.len() >= MAX_NODES {
-            return;
-        }
-        if let Some(old) = previous.filter(|&old| offered && Some(old) != self.offered)
+        let offered = self.offered;
+        let Some(seen) = self.entry(node) else { return };
+        let previous = seen.report.replace(Report { md5, at: now });
+        if let Some(old) = previous.map(|r| r.md5)
+            && Some(md5) == offered
+            && Some(old) != offered
+            && !self.upgraded_from.contains(&old)
             && self.upgraded_from.len() < MAX_UPGRADED_FROM
         {
-            self.upgraded_from.insert(old);
+            self.upgraded_from.push(old);
         }
-        self.reports.insert(node, Report { md5, at: now });
     }
 
     /// What this state tells.
     pub fn progress(&self) -> PushProgress {
+        let nodes = |f: &dyn Fn(&Seen) -> bool| {
+            self.seen
+                .iter()
+                .filter(|(_, s)| f(s))
+                .map(|(n, _)| *n)
+                .collect()
+        };
         PushProgress {
             passes: self.passes,
             running: self.pass.as_ref().map(|p| p.next),
-            covered: self.covered.keys().copied().collect(),
-            installed: self
-                .reports
-                .keys()
-                .copied()
-                .filter(|&n| self.done(n))
-                .collect(),
+            covered: nodes(&|s| s.covered.is_some()),
+            installed: nodes(&|s| self.is_offered(s.report)),
         }
     }
 
@@ -258,10 +274,9 @@ impl PushState {
         let Some(p) = self.pass.take() else { return 0 };
         let n = p.steady.len();
         for id in p.steady {
-            if self.covered.len() >= MAX_NODES && !self.covered.contains_key(&id) {
-                continue;
+            if let Some(seen) = self.entry(id) {
+                seen.covered = Some(now);
             }
-            self.covered.insert(id, now);
         }
         n
     }
