@@ -14,12 +14,13 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use pmesh_node::{CounterKind, NodeStats};
 
+use crate::gateway::LinkStats;
 use crate::http::HttpLimits;
-use crate::model::Model;
+use crate::model::{Counters, Model, NodeRecord};
 
 type Labels = Vec<(String, String)>;
 type FGauge = Gauge<f64, AtomicU64>;
@@ -33,6 +34,151 @@ fn edge(node: u32, parent: u32) -> Labels {
 
 fn l(k: &str, v: impl ToString) -> Labels {
     vec![(k.to_string(), v.to_string())]
+}
+
+/// A metric family: its name (after the `pmesh_` prefix) and help text. The families `new`
+/// registers follow, in registration (exposition) order.
+type Def = (&'static str, &'static str);
+
+const MESH_NODES: Def = (
+    "mesh_nodes",
+    "Nodes in the mesh as seen from the gateway, gateway included",
+);
+
+const MESH_DEPTH: Def = (
+    "mesh_depth",
+    "Depth of the mesh tree from the gateway (gateway alone = 1)",
+);
+
+const TOPOLOGY_CHANGES: Def = (
+    "mesh_topology_changes",
+    "Topology changes seen by the bridge",
+);
+
+const MESSAGES_RX: Def = (
+    "mesh_messages_received",
+    "User messages received by the gateway, by kind (single, broadcast)",
+);
+
+const MESSAGES_TX: Def = (
+    "mesh_messages_sent",
+    "User messages the bridge sent into the mesh, by kind",
+);
+
+const STATUS_REPORTS: Def = (
+    "mesh_status_reports",
+    "Status packages (203/604/204) received",
+);
+
+const NODE_RECORDS_DROPPED: Def = (
+    "mesh_node_records_dropped",
+    "Node records the bridge dropped at its cap (4096): `evicted` (the offline node seen longest ago made room) or `refused` (every record online)",
+);
+
+const NODE_UP: Def = ("node_up", "1 while the node is in the mesh");
+
+const NODE_HOPS: Def = ("node_hops", "Hops from the gateway to the node");
+
+const NODE_PARENT: Def = (
+    "node_parent",
+    "1 for the node's current parent in the tree (edges of the topology graph)",
+);
+
+const NODE_HEAP: Def = ("node_free_heap_bytes", "Free heap the node last reported");
+
+const NODE_UPTIME: Def = ("node_uptime_seconds", "Uptime the node last reported");
+
+const NODE_LOSS: Def = (
+    "node_packet_loss_ratio",
+    "Packet loss the node last reported (0..1)",
+);
+
+const NODE_OTA_PROGRESS: Def = (
+    "node_ota_progress_ratio",
+    "Firmware transfer progress of a node being updated (0..1)",
+);
+
+const LINK_BYTES_RX: Def = (
+    "link_received_bytes",
+    "Bytes received on a gateway link, by peer",
+);
+
+const LINK_BYTES_TX: Def = ("link_sent_bytes", "Bytes sent on a gateway link, by peer");
+
+const LINK_DELAY: Def = (
+    "link_delay_seconds",
+    "Last measured one-way delay to a neighbour",
+);
+
+const OTA_CAMPAIGNS: Def = ("ota_campaigns", "Firmware campaigns started over MQTT");
+
+const OTA_NODES: Def = (
+    "ota_node_results",
+    "Node firmware updates finished, by result (updated, failed)",
+);
+
+const OTA_BYTES: Def = ("ota_sent_bytes", "Firmware data bytes the gateway sent");
+
+const OTA_RUNNING: Def = ("ota_campaign_running", "1 while a campaign runs");
+
+const ALERTS_ACTIVE: Def = ("alerts_active", "Alerts currently raised");
+
+const CONNECTED: Def = ("bridge_connected", "1 while connected to the MQTT broker");
+
+const CONNECTIONS: Def = ("bridge_connections", "MQTT connections made");
+
+const PUBLISHES: Def = (
+    "bridge_publishes",
+    "MQTT publishes, by kind (state, event, message, response)",
+);
+
+const PUBLISH_BYTES: Def = ("bridge_published_bytes", "MQTT payload bytes published");
+
+const OUTBOX_DEPTH: Def = (
+    "bridge_outbox_depth",
+    "Events and alerts waiting for the broker's acknowledgement",
+);
+
+const OUTBOX_DROPPED: Def = (
+    "bridge_outbox_dropped",
+    "Outbox entries dropped because it was full",
+);
+
+const REQUESTS: Def = (
+    "bridge_requests",
+    "MQTT requests answered, by result (ok, error)",
+);
+
+const INVALID_INPUT: Def = (
+    "bridge_invalid_input",
+    "Bad input rejected, by source (mqtt, mesh)",
+);
+
+const INPUT_DROPPED: Def = (
+    "bridge_input_dropped",
+    "Gateway inputs dropped because the bridge queue was full",
+);
+
+const REQUESTS_REJECTED: Def = (
+    "bridge_requests_rejected",
+    "MQTT requests, commands and legacy messages refused, by reason (too_large, retained, invalid_json, image_path, ...)",
+);
+
+const HTTP_CONNECTIONS: Def = (
+    "bridge_http_connections",
+    "HTTP (/metrics) connections by how they ended (closed, refused over the cap, timed_out, failed)",
+);
+
+const HTTP_OPEN: Def = (
+    "bridge_http_connections_open",
+    "HTTP (/metrics) connections open now",
+);
+
+/// Registers a new metric of type `M` under `def`; returns it.
+fn reg<M: Metric + Clone + Default>(r: &mut Registry, (name, help): Def) -> M {
+    let m = M::default();
+    r.register(name, help, m.clone());
+    m
 }
 
 /// All metric families; cheap to clone (shared handles).
@@ -101,12 +247,10 @@ struct Seen {
     /// Last value of each gateway counter, in list order.
     gateway: Vec<u64>,
     links: std::collections::BTreeMap<u32, (u64, u64)>,
-    rx: [u64; 2],
-    records: [u64; 2],
-    tx: [u64; 2],
-    topo: u64,
-    reports: u64,
-    ota: [u64; 4],
+    /// Last value of each plain bridge total, in [`Metrics::sync_totals`]'s order.
+    totals: [u64; 4],
+    /// Last value of each labelled bridge total, in [`Metrics::sync_totals`]'s order.
+    labelled: [u64; 8],
 }
 
 impl Default for Metrics {
@@ -116,185 +260,47 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Creates and registers every family.
+    /// Creates and registers every family, in the order of this literal (which is the
+    /// exposition order).
     pub fn new() -> Self {
         let mut r = Registry::with_prefix("pmesh");
-        macro_rules! reg {
-            ($name:literal, $help:literal, $m:expr) => {{
-                let m = $m;
-                r.register($name, $help, m.clone());
-                m
-            }};
-        }
         let m = Metrics {
-            mesh_nodes: reg!(
-                "mesh_nodes",
-                "Nodes in the mesh as seen from the gateway, gateway included",
-                Gauge::default()
-            ),
-            mesh_depth: reg!(
-                "mesh_depth",
-                "Depth of the mesh tree from the gateway (gateway alone = 1)",
-                Gauge::default()
-            ),
-            topology_changes: reg!(
-                "mesh_topology_changes",
-                "Topology changes seen by the bridge",
-                Counter::default()
-            ),
-            messages_rx: reg!(
-                "mesh_messages_received",
-                "User messages received by the gateway, by kind (single, broadcast)",
-                Family::default()
-            ),
-            messages_tx: reg!(
-                "mesh_messages_sent",
-                "User messages the bridge sent into the mesh, by kind",
-                Family::default()
-            ),
-            status_reports: reg!(
-                "mesh_status_reports",
-                "Status packages (203/604/204) received",
-                Counter::default()
-            ),
-            node_records_dropped: reg!(
-                "mesh_node_records_dropped",
-                "Node records the bridge dropped at its cap (4096): `evicted` (the offline node seen longest ago made room) or `refused` (every record online)",
-                Family::default()
-            ),
-            node_up: reg!(
-                "node_up",
-                "1 while the node is in the mesh",
-                Family::default()
-            ),
-            node_hops: reg!(
-                "node_hops",
-                "Hops from the gateway to the node",
-                Family::default()
-            ),
-            node_parent: reg!(
-                "node_parent",
-                "1 for the node's current parent in the tree (edges of the topology graph)",
-                Family::default()
-            ),
-            node_heap: reg!(
-                "node_free_heap_bytes",
-                "Free heap the node last reported",
-                Family::default()
-            ),
-            node_uptime: reg!(
-                "node_uptime_seconds",
-                "Uptime the node last reported",
-                Family::default()
-            ),
-            node_loss: reg!(
-                "node_packet_loss_ratio",
-                "Packet loss the node last reported (0..1)",
-                Family::default()
-            ),
-            node_ota_progress: reg!(
-                "node_ota_progress_ratio",
-                "Firmware transfer progress of a node being updated (0..1)",
-                Family::default()
-            ),
+            mesh_nodes: reg(&mut r, MESH_NODES),
+            mesh_depth: reg(&mut r, MESH_DEPTH),
+            topology_changes: reg(&mut r, TOPOLOGY_CHANGES),
+            messages_rx: reg(&mut r, MESSAGES_RX),
+            messages_tx: reg(&mut r, MESSAGES_TX),
+            status_reports: reg(&mut r, STATUS_REPORTS),
+            node_records_dropped: reg(&mut r, NODE_RECORDS_DROPPED),
+            node_up: reg(&mut r, NODE_UP),
+            node_hops: reg(&mut r, NODE_HOPS),
+            node_parent: reg(&mut r, NODE_PARENT),
+            node_heap: reg(&mut r, NODE_HEAP),
+            node_uptime: reg(&mut r, NODE_UPTIME),
+            node_loss: reg(&mut r, NODE_LOSS),
+            node_ota_progress: reg(&mut r, NODE_OTA_PROGRESS),
             gateway_counters: Arc::new(gateway_counters(&mut r)),
-            link_bytes_rx: reg!(
-                "link_received_bytes",
-                "Bytes received on a gateway link, by peer",
-                Family::default()
-            ),
-            link_bytes_tx: reg!(
-                "link_sent_bytes",
-                "Bytes sent on a gateway link, by peer",
-                Family::default()
-            ),
-            link_delay: reg!(
-                "link_delay_seconds",
-                "Last measured one-way delay to a neighbour",
-                Family::default()
-            ),
-            ota_campaigns: reg!(
-                "ota_campaigns",
-                "Firmware campaigns started over MQTT",
-                Counter::default()
-            ),
-            ota_nodes: reg!(
-                "ota_node_results",
-                "Node firmware updates finished, by result (updated, failed)",
-                Family::default()
-            ),
-            ota_bytes: reg!(
-                "ota_sent_bytes",
-                "Firmware data bytes the gateway sent",
-                Counter::default()
-            ),
-            ota_running: reg!(
-                "ota_campaign_running",
-                "1 while a campaign runs",
-                Gauge::default()
-            ),
-            alerts_active: reg!("alerts_active", "Alerts currently raised", Gauge::default()),
-            connected: reg!(
-                "bridge_connected",
-                "1 while connected to the MQTT broker",
-                Gauge::default()
-            ),
-            connections: reg!(
-                "bridge_connections",
-                "MQTT connections made",
-                Counter::default()
-            ),
-            publishes: reg!(
-                "bridge_publishes",
-                "MQTT publishes, by kind (state, event, message, response)",
-                Family::default()
-            ),
-            publish_bytes: reg!(
-                "bridge_published_bytes",
-                "MQTT payload bytes published",
-                Counter::default()
-            ),
-            outbox_depth: reg!(
-                "bridge_outbox_depth",
-                "Events and alerts waiting for the broker's acknowledgement",
-                Gauge::default()
-            ),
-            outbox_dropped: reg!(
-                "bridge_outbox_dropped",
-                "Outbox entries dropped because it was full",
-                Counter::default()
-            ),
-            requests: reg!(
-                "bridge_requests",
-                "MQTT requests answered, by result (ok, error)",
-                Family::default()
-            ),
-            invalid_input: reg!(
-                "bridge_invalid_input",
-                "Bad input rejected, by source (mqtt, mesh)",
-                Family::default()
-            ),
-            input_dropped: reg!(
-                "bridge_input_dropped",
-                "Gateway inputs dropped because the bridge queue was full",
-                Counter::default()
-            ),
-            requests_rejected: reg!(
-                "bridge_requests_rejected",
-                "MQTT requests, commands and legacy messages refused, by reason (too_large, retained, invalid_json, image_path, ...)",
-                Family::default()
-            ),
+            link_bytes_rx: reg(&mut r, LINK_BYTES_RX),
+            link_bytes_tx: reg(&mut r, LINK_BYTES_TX),
+            link_delay: reg(&mut r, LINK_DELAY),
+            ota_campaigns: reg(&mut r, OTA_CAMPAIGNS),
+            ota_nodes: reg(&mut r, OTA_NODES),
+            ota_bytes: reg(&mut r, OTA_BYTES),
+            ota_running: reg(&mut r, OTA_RUNNING),
+            alerts_active: reg(&mut r, ALERTS_ACTIVE),
+            connected: reg(&mut r, CONNECTED),
+            connections: reg(&mut r, CONNECTIONS),
+            publishes: reg(&mut r, PUBLISHES),
+            publish_bytes: reg(&mut r, PUBLISH_BYTES),
+            outbox_depth: reg(&mut r, OUTBOX_DEPTH),
+            outbox_dropped: reg(&mut r, OUTBOX_DROPPED),
+            requests: reg(&mut r, REQUESTS),
+            invalid_input: reg(&mut r, INVALID_INPUT),
+            input_dropped: reg(&mut r, INPUT_DROPPED),
+            requests_rejected: reg(&mut r, REQUESTS_REJECTED),
             http: crate::http::HttpCounters {
-                connections: reg!(
-                    "bridge_http_connections",
-                    "HTTP (/metrics) connections by how they ended (closed, refused over the cap, timed_out, failed)",
-                    Family::default()
-                ),
-                open: reg!(
-                    "bridge_http_connections_open",
-                    "HTTP (/metrics) connections open now",
-                    Gauge::default()
-                ),
+                connections: reg(&mut r, HTTP_CONNECTIONS),
+                open: reg(&mut r, HTTP_OPEN),
             },
             registry: Arc::default(),
             runtime: Arc::default(),
@@ -314,65 +320,67 @@ impl Metrics {
         self.mesh_depth.set(m.tree.depth() as i64);
         self.alerts_active.set(m.alerts.len() as i64);
         self.ota_running.set(i64::from(m.ota_running()));
-        let c = &m.counters;
-        bump(&self.topology_changes, &mut s.topo, c.topology_changes);
-        bump(&self.status_reports, &mut s.reports, c.status_reports);
-        bump(
-            &self
-                .node_records_dropped
-                .get_or_create(&l("reason", "evicted")),
-            &mut s.records[0],
-            c.nodes_evicted,
-        );
-        bump(
-            &self
-                .node_records_dropped
-                .get_or_create(&l("reason", "refused")),
-            &mut s.records[1],
-            c.nodes_refused,
-        );
-        bump(
-            &self.messages_rx.get_or_create(&l("kind", "single")),
-            &mut s.rx[0],
-            c.rx_single,
-        );
-        bump(
-            &self.messages_rx.get_or_create(&l("kind", "broadcast")),
-            &mut s.rx[1],
-            c.rx_broadcast,
-        );
-        bump(
-            &self.messages_tx.get_or_create(&l("kind", "single")),
-            &mut s.tx[0],
-            c.tx_single,
-        );
-        bump(
-            &self.messages_tx.get_or_create(&l("kind", "broadcast")),
-            &mut s.tx[1],
-            c.tx_broadcast,
-        );
-        bump(&self.ota_campaigns, &mut s.ota[0], c.ota_campaigns);
-        bump(
-            &self.ota_nodes.get_or_create(&l("result", "updated")),
-            &mut s.ota[1],
-            c.ota_nodes_done,
-        );
-        bump(
-            &self.ota_nodes.get_or_create(&l("result", "failed")),
-            &mut s.ota[2],
-            c.ota_nodes_failed,
-        );
-        bump(&self.ota_bytes, &mut s.ota[3], c.ota_bytes);
+        self.sync_totals(&mut s, &m.counters);
+        self.sync_gateway(&mut s, &m.gateway_stats);
+        self.sync_nodes(&mut s, m);
+        self.sync_ota_progress(&mut s, m);
+        self.sync_links(&mut s, &m.links);
+        drop(s);
+        self.sync_runtime(&m.runtime_stats);
+    }
+
+    /// The bridge's own totals: plain counters, then labelled series, each with its slot of
+    /// last values in [`Seen`].
+    fn sync_totals(&self, s: &mut Seen, c: &Counters) {
+        let plain = [
+            (&self.topology_changes, c.topology_changes),
+            (&self.status_reports, c.status_reports),
+            (&self.ota_campaigns, c.ota_campaigns),
+            (&self.ota_bytes, c.ota_bytes),
+        ];
+        for ((counter, now), last) in plain.into_iter().zip(&mut s.totals) {
+            bump(counter, last, now);
+        }
+        let labelled = [
+            (
+                &self.node_records_dropped,
+                "reason",
+                "evicted",
+                c.nodes_evicted,
+            ),
+            (
+                &self.node_records_dropped,
+                "reason",
+                "refused",
+                c.nodes_refused,
+            ),
+            (&self.messages_rx, "kind", "single", c.rx_single),
+            (&self.messages_rx, "kind", "broadcast", c.rx_broadcast),
+            (&self.messages_tx, "kind", "single", c.tx_single),
+            (&self.messages_tx, "kind", "broadcast", c.tx_broadcast),
+            (&self.ota_nodes, "result", "updated", c.ota_nodes_done),
+            (&self.ota_nodes, "result", "failed", c.ota_nodes_failed),
+        ];
+        for ((family, k, v, now), last) in labelled.into_iter().zip(&mut s.labelled) {
+            bump(&family.get_or_create(&l(k, v)), last, now);
+        }
+    }
+
+    /// The gateway node's counters, in list order.
+    fn sync_gateway(&self, s: &mut Seen, stats: &NodeStats) {
         s.gateway.resize(self.gateway_counters.len(), 0);
         for ((series, last), c) in self
             .gateway_counters
             .iter()
             .zip(&mut s.gateway)
-            .zip(m.gateway_stats.counters())
+            .zip(stats.counters())
         {
             bump(series, last, c.value);
         }
-        // Per-node series: online nodes only.
+    }
+
+    /// Per-node series: online nodes only.
+    fn sync_nodes(&self, s: &mut Seen, m: &Model) {
         let online: BTreeSet<u32> = m
             .nodes
             .iter()
@@ -392,47 +400,55 @@ impl Metrics {
             }
         }
         for id in &online {
-            let r = &m.nodes[id];
-            let lb = l("node", id);
-            self.node_up.get_or_create(&lb).set(1);
-            self.node_hops.get_or_create(&lb).set(i64::from(r.hops));
-            let old = s.parents.get(id).copied();
-            if old != r.parent {
-                if let Some(p) = old {
-                    self.node_parent.remove(&edge(*id, p));
-                    s.parents.remove(id);
-                }
-                if let Some(p) = r.parent {
-                    self.node_parent.get_or_create(&edge(*id, p)).set(1);
-                    s.parents.insert(*id, p);
-                }
-            }
-            let heap = r
-                .metrics
-                .as_ref()
-                .and_then(|x| x.heap)
-                .or(r.status.as_ref().and_then(|x| x.mem_kb.map(|k| k * 1024)));
-            match heap {
-                Some(h) => {
-                    self.node_heap.get_or_create(&lb).set(h as i64);
-                }
-                None => {
-                    self.node_heap.remove(&lb);
-                }
-            }
-            if let Some(u) = r.status.as_ref().and_then(|x| x.uptime_s) {
-                self.node_uptime.get_or_create(&lb).set(u as i64);
-            }
-            let loss = r
-                .status
-                .as_ref()
-                .and_then(|x| x.loss_percent)
-                .or(r.metrics.as_ref().and_then(|x| x.loss_percent()));
-            if let Some(p) = loss {
-                self.node_loss.get_or_create(&lb).set(p as f64 / 100.0);
-            }
+            self.sync_node(s, *id, &m.nodes[id]);
         }
         s.nodes = online;
+    }
+
+    /// One online node's series.
+    fn sync_node(&self, s: &mut Seen, id: u32, r: &NodeRecord) {
+        let lb = l("node", id);
+        self.node_up.get_or_create(&lb).set(1);
+        self.node_hops.get_or_create(&lb).set(i64::from(r.hops));
+        let old = s.parents.get(&id).copied();
+        if old != r.parent {
+            if let Some(p) = old {
+                self.node_parent.remove(&edge(id, p));
+                s.parents.remove(&id);
+            }
+            if let Some(p) = r.parent {
+                self.node_parent.get_or_create(&edge(id, p)).set(1);
+                s.parents.insert(id, p);
+            }
+        }
+        let heap = r
+            .metrics
+            .as_ref()
+            .and_then(|x| x.heap)
+            .or(r.status.as_ref().and_then(|x| x.mem_kb.map(|k| k * 1024)));
+        match heap {
+            Some(h) => {
+                self.node_heap.get_or_create(&lb).set(h as i64);
+            }
+            None => {
+                self.node_heap.remove(&lb);
+            }
+        }
+        if let Some(u) = r.status.as_ref().and_then(|x| x.uptime_s) {
+            self.node_uptime.get_or_create(&lb).set(u as i64);
+        }
+        let loss = r
+            .status
+            .as_ref()
+            .and_then(|x| x.loss_percent)
+            .or(r.metrics.as_ref().and_then(|x| x.loss_percent()));
+        if let Some(p) = loss {
+            self.node_loss.get_or_create(&lb).set(p as f64 / 100.0);
+        }
+    }
+
+    /// Transfer progress of the nodes being updated.
+    fn sync_ota_progress(&self, s: &mut Seen, m: &Model) {
         let updating: BTreeSet<u32> = m
             .nodes
             .iter()
@@ -448,8 +464,11 @@ impl Metrics {
             self.node_ota_progress.get_or_create(&l("node", id)).set(p);
         }
         s.ota_nodes = updating;
-        // Links.
-        let peers: BTreeSet<u32> = m.links.iter().map(|x| x.peer).collect();
+    }
+
+    /// The gateway's links, by peer.
+    fn sync_links(&self, s: &mut Seen, links: &[LinkStats]) {
+        let peers: BTreeSet<u32> = links.iter().map(|x| x.peer).collect();
         let gone_peers: Vec<u32> = s.peers.difference(&peers).copied().collect();
         for gone in &gone_peers {
             let lb = l("peer", gone);
@@ -458,7 +477,7 @@ impl Metrics {
             self.link_delay.remove(&lb);
             s.links.remove(gone);
         }
-        for link in &m.links {
+        for link in links {
             let lb = l("peer", link.peer);
             let prev = s.links.entry(link.peer).or_default();
             bump(
@@ -476,8 +495,6 @@ impl Metrics {
             }
         }
         s.peers = peers;
-        drop(s);
-        self.sync_runtime(&m.runtime_stats);
     }
 
     /// Brings the host runtime's counters to `/metrics`, registering a series for a name the
