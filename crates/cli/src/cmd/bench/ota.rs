@@ -276,104 +276,126 @@ struct Row {
     transfer_s: Option<f64>,
 }
 
-/// Runs the benchmark.
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (topologies, nodes, pmesh_nodes, labels): (Vec<String>, Vec<u32>, Vec<u32>, Vec<&str>) =
-        match args.preset {
-            Preset::Quick => (
-                vec!["chain".into(), "fanout-3".into()],
-                vec![10, 50],
-                vec![],
-                vec![
-                    "unicast",
-                    "broadcast",
-                    "broadcast-stock",
-                    "push-stock",
-                    "pmesh",
-                ],
-            ),
-            Preset::Stock => (
-                vec![
-                    "chain".into(),
-                    "fanout-3".into(),
-                    "fanout-6".into(),
-                    "fanout-10".into(),
-                    "radio".into(),
-                ],
-                vec![10, 50, 100],
-                vec![],
-                vec![
-                    "unicast-stock",
-                    "push-stock",
-                    "push-stock-unlimited",
-                    "push-mixed",
-                    "pmesh",
-                ],
-            ),
-            Preset::Targets => (
-                vec![
-                    "chain".into(),
-                    "fanout-3".into(),
-                    "fanout-6".into(),
-                    "fanout-10".into(),
-                    "radio".into(),
-                ],
-                vec![10, 50, 100],
-                vec![1000],
-                vec!["pmesh"],
-            ),
-            Preset::Full => (
-                vec![
-                    "chain".into(),
-                    "fanout-3".into(),
-                    "fanout-6".into(),
-                    "fanout-10".into(),
-                    "radio".into(),
-                ],
-                vec![10, 50, 100],
-                vec![1000],
-                VARIANTS.iter().map(|(n, _)| *n).collect(),
-            ),
-        };
-    let topologies = if args.topology.is_empty() {
-        topologies
-    } else {
-        args.topology.clone()
-    };
-    let nodes = if args.nodes.is_empty() {
-        nodes
-    } else {
-        args.nodes.clone()
-    };
-    let pmesh_nodes = if args.pmesh_nodes.is_empty() && args.nodes.is_empty() {
-        pmesh_nodes
-    } else {
-        args.pmesh_nodes.clone()
-    };
-    let labels: Vec<&'static str> = if args.modes.is_empty() {
-        labels
-            .iter()
-            .map(|l| VARIANTS.iter().find(|(n, _)| n == l).expect("known").0)
-            .collect()
-    } else {
-        let mut v = Vec::new();
-        for m in &args.modes {
-            variant(m)?;
-            v.push(VARIANTS.iter().find(|(n, _)| n == m).expect("checked").0);
+/// Every topology a preset can run.
+const ALL_TOPOLOGIES: &[&str] = &["chain", "fanout-3", "fanout-6", "fanout-10", "radio"];
+
+/// What a preset runs: topologies, node counts, extra pmesh-only node counts, variants.
+struct Matrix {
+    topologies: Vec<String>,
+    nodes: Vec<u32>,
+    pmesh_nodes: Vec<u32>,
+    labels: Vec<&'static str>,
+}
+
+impl Matrix {
+    /// The preset's matrix.
+    fn of(preset: Preset) -> Matrix {
+        let (topologies, nodes, pmesh_nodes, labels): (&[&str], &[u32], &[u32], Vec<&str>) =
+            match preset {
+                Preset::Quick => (
+                    &["chain", "fanout-3"],
+                    &[10, 50],
+                    &[],
+                    vec![
+                        "unicast",
+                        "broadcast",
+                        "broadcast-stock",
+                        "push-stock",
+                        "pmesh",
+                    ],
+                ),
+                Preset::Stock => (
+                    ALL_TOPOLOGIES,
+                    &[10, 50, 100],
+                    &[],
+                    vec![
+                        "unicast-stock",
+                        "push-stock",
+                        "push-stock-unlimited",
+                        "push-mixed",
+                        "pmesh",
+                    ],
+                ),
+                Preset::Targets => (ALL_TOPOLOGIES, &[10, 50, 100], &[1000], vec!["pmesh"]),
+                Preset::Full => (
+                    ALL_TOPOLOGIES,
+                    &[10, 50, 100],
+                    &[1000],
+                    VARIANTS.iter().map(|(n, _)| *n).collect(),
+                ),
+            };
+        Matrix {
+            topologies: topologies.iter().map(|t| t.to_string()).collect(),
+            nodes: nodes.to_vec(),
+            pmesh_nodes: pmesh_nodes.to_vec(),
+            labels: labels
+                .iter()
+                .map(|l| VARIANTS.iter().find(|(n, _)| n == l).expect("known").0)
+                .collect(),
         }
-        v
-    };
-    for t in &topologies {
-        topology(t)?;
-    }
-    if nodes.iter().chain(&pmesh_nodes).any(|&n| n < 2) {
-        bail!("a rollout needs at least 2 nodes");
-    }
-    if !(args.bandwidth_kbit > 0.0 && args.latency_ms >= 0.0) {
-        bail!("--bandwidth-kbit must be positive and --latency-ms non-negative");
     }
 
-    // The image: a real compiled binary unless told otherwise.
+    /// The preset's matrix with the flags' overrides, checked.
+    fn from_args(args: &Args) -> anyhow::Result<Matrix> {
+        let mut m = Matrix::of(args.preset);
+        if !args.topology.is_empty() {
+            m.topologies = args.topology.clone();
+        }
+        if !args.nodes.is_empty() {
+            m.nodes = args.nodes.clone();
+        }
+        if !(args.pmesh_nodes.is_empty() && args.nodes.is_empty()) {
+            m.pmesh_nodes = args.pmesh_nodes.clone();
+        }
+        if !args.modes.is_empty() {
+            m.labels = Vec::new();
+            for mode in &args.modes {
+                variant(mode)?;
+                let label = VARIANTS.iter().find(|(n, _)| n == mode).expect("checked").0;
+                m.labels.push(label);
+            }
+        }
+        for t in &m.topologies {
+            topology(t)?;
+        }
+        if m.nodes.iter().chain(&m.pmesh_nodes).any(|&n| n < 2) {
+            bail!("a rollout needs at least 2 nodes");
+        }
+        if !(args.bandwidth_kbit > 0.0 && args.latency_ms >= 0.0) {
+            bail!("--bandwidth-kbit must be positive and --latency-ms non-negative");
+        }
+        Ok(m)
+    }
+
+    /// The loss-free jobs, in table order.
+    fn jobs(&self) -> Vec<Job> {
+        let mut base = Vec::new();
+        for t in &self.topologies {
+            for &n in &self.nodes {
+                for &l in &self.labels {
+                    base.push((l, t.clone(), n));
+                }
+            }
+            if self.labels.contains(&"pmesh") {
+                for &n in &self.pmesh_nodes {
+                    base.push(("pmesh", t.clone(), n));
+                }
+            }
+        }
+        base.into_iter()
+            .map(|(l, t, n)| Job {
+                label: l,
+                variant: variant(l).expect("checked"),
+                topology: t,
+                nodes: n,
+                crash: false,
+            })
+            .collect()
+    }
+}
+
+/// The image: a real compiled binary unless told otherwise.
+fn load_image(args: &Args) -> anyhow::Result<Image> {
     let (path, limit) = match &args.image {
         Some(p) => (p.clone(), args.image_bytes.as_deref()),
         None => (
@@ -384,35 +406,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let limit = limit
         .map(|s| ByteSize::parse(s).map_err(anyhow::Error::msg))
         .transpose()?;
-    let image = Image::from_file(&path, limit.map(|b| b.0)).map_err(anyhow::Error::msg)?;
-    let gz = pmesh_ota::codec::gzip(image.source.bytes()).len();
+    Image::from_file(&path, limit.map(|b| b.0)).map_err(anyhow::Error::msg)
+}
 
-    // The jobs: loss-free rows first; crash rows need their loss-free row's timing.
-    let mut base = Vec::new();
-    for t in &topologies {
-        for &n in &nodes {
-            for &l in &labels {
-                base.push((l, t.clone(), n));
-            }
-        }
-        if labels.contains(&"pmesh") {
-            for &n in &pmesh_nodes {
-                base.push(("pmesh", t.clone(), n));
-            }
-        }
-    }
-    let want_none = args.faults != Faults::Crash;
+/// Runs the benchmark.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let matrix = Matrix::from_args(&args)?;
+    let image = load_image(&args)?;
+    let gz = pmesh_ota::codec::gzip(image.source.bytes()).len();
+    let jobs = matrix.jobs();
     let want_crash = args.faults != Faults::None;
-    let jobs: Vec<Job> = base
-        .iter()
-        .map(|(l, t, n)| Job {
-            label: l,
-            variant: variant(l).expect("checked"),
-            topology: t.clone(),
-            nodes: *n,
-            crash: false,
-        })
-        .collect();
     let total = jobs.len() * (1 + usize::from(want_crash));
     let setup = Setup {
         image: image.clone(),
@@ -433,91 +436,107 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.latency_ms,
         args.seed
     );
-    let done = Mutex::new(0usize);
     let started = WallInstant::now();
-    let loss_free = run_all(&setup, jobs, args.jobs, &done, total);
-    let mut rows: Vec<Row> = Vec::new();
-    if want_crash {
-        let crash_jobs: Vec<(Job, CrashTiming)> = loss_free
-            .iter()
-            .map(|r| {
-                let mut j = r.job.clone();
-                j.crash = true;
-                let d = r.transfer_s.unwrap_or(60.0).max(1.0);
-                let timing = match (&r.figures, r.offer_at) {
-                    (Ok(_), Some(o)) => Ok((o, d)),
-                    (Err(e), _) => Err(format!("its loss-free run failed: {e}")),
-                    (Ok(_), None) => Err("its loss-free run made no offer".into()),
-                };
-                (j, timing)
-            })
-            .collect();
-        let crashed = run_all_crash(&setup, crash_jobs, args.jobs, &done, total);
-        for (a, b) in loss_free.into_iter().zip(crashed) {
-            if want_none {
-                rows.push(a);
-            }
-            rows.push(b);
-        }
-    } else {
-        rows = loss_free;
-    }
+    let rows = run_rows(&setup, jobs, &args, total);
     eprintln!(
         "pmesh bench ota: {} runs in {:.1} s",
         total,
         started.elapsed().as_secs_f64()
     );
+    if args.json {
+        print_json(&rows, &image)?;
+    } else {
+        print_text(&rows, &args, &image, gz);
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
+/// Runs the loss-free jobs, then (with crash faults) each again with crashes timed from its
+/// loss-free run; the rows in table order (a loss-free row before its crash row).
+fn run_rows(setup: &Setup, jobs: Vec<Job>, args: &Args, total: usize) -> Vec<Row> {
+    let done = Mutex::new(0usize);
+    let loss_free = run_all(setup, jobs, args.jobs, &done, total);
+    if args.faults == Faults::None {
+        return loss_free;
+    }
+    let crash_jobs: Vec<(Job, CrashTiming)> = loss_free
+        .iter()
+        .map(|r| {
+            let mut j = r.job.clone();
+            j.crash = true;
+            let d = r.transfer_s.unwrap_or(60.0).max(1.0);
+            let timing = match (&r.figures, r.offer_at) {
+                (Ok(_), Some(o)) => Ok((o, d)),
+                (Err(e), _) => Err(format!("its loss-free run failed: {e}")),
+                (Ok(_), None) => Err("its loss-free run made no offer".into()),
+            };
+            (j, timing)
+        })
+        .collect();
+    let crashed = run_all_crash(setup, crash_jobs, args.jobs, &done, total);
+    let mut rows = Vec::new();
+    for (a, b) in loss_free.into_iter().zip(crashed) {
+        if args.faults != Faults::Crash {
+            rows.push(a);
+        }
+        rows.push(b);
+    }
+    rows
+}
+
+/// One JSON object per row.
+fn print_json(rows: &[Row], image: &Image) -> anyhow::Result<()> {
+    for r in rows {
+        let mut v = match &r.figures {
+            Ok(f) => serde_json::to_value(f)?,
+            Err(e) => serde_json::json!({
+                "mode": r.job.variant.mode.name(),
+                "receivers": r.job.variant.receivers.name(),
+                "topology": r.job.topology,
+                "nodes": r.job.nodes,
+                "faults": if r.job.crash { "crash" } else { "none" },
+                "error": e,
+            }),
+        };
+        if let Some(o) = v.as_object_mut() {
+            o.insert("variant".into(), r.job.label.into());
+            o.insert("image".into(), image.description.clone().into());
+        }
+        println!("{}", serde_json::to_string(&v)?);
+    }
+    Ok(())
+}
+
+/// The table, the rows that did not run, and the checks.
+fn print_text(rows: &[Row], args: &Args, image: &Image, gz: usize) {
+    println!(
+        "image: {} — gzip {:.1} % of it; every link {} kbit/s per direction, {} ms one way; seed {}",
+        image.description,
+        100.0 * gz as f64 / image.len() as f64,
+        args.bandwidth_kbit,
+        args.latency_ms,
+        args.seed
+    );
+    println!();
+    print!("{}", table(rows, args.markdown));
+    for r in rows {
+        if let Err(e) = &r.figures {
+            println!(
+                "{} {} N={} {}: did not run: {e}",
+                r.job.label,
+                r.job.topology,
+                r.job.nodes,
+                if r.job.crash { "crash" } else { "none" }
+            );
+        }
+    }
+    println!();
     let figures: Vec<&OtaFigures> = rows
         .iter()
         .filter_map(|r| r.figures.as_ref().ok())
         .collect();
-    if args.json {
-        for r in &rows {
-            let mut v = match &r.figures {
-                Ok(f) => serde_json::to_value(f)?,
-                Err(e) => serde_json::json!({
-                    "mode": r.job.variant.mode.name(),
-                    "receivers": r.job.variant.receivers.name(),
-                    "topology": r.job.topology,
-                    "nodes": r.job.nodes,
-                    "faults": if r.job.crash { "crash" } else { "none" },
-                    "error": e,
-                }),
-            };
-            if let Some(o) = v.as_object_mut() {
-                o.insert("variant".into(), r.job.label.into());
-                o.insert("image".into(), image.description.clone().into());
-            }
-            println!("{}", serde_json::to_string(&v)?);
-        }
-    } else {
-        println!(
-            "image: {} — gzip {:.1} % of it; every link {} kbit/s per direction, {} ms one way; seed {}",
-            image.description,
-            100.0 * gz as f64 / image.len() as f64,
-            args.bandwidth_kbit,
-            args.latency_ms,
-            args.seed
-        );
-        println!();
-        print!("{}", table(&rows, args.markdown));
-        for r in &rows {
-            if let Err(e) = &r.figures {
-                println!(
-                    "{} {} N={} {}: did not run: {e}",
-                    r.job.label,
-                    r.job.topology,
-                    r.job.nodes,
-                    if r.job.crash { "crash" } else { "none" }
-                );
-            }
-        }
-        println!();
-        print!("{}", checks(&figures, args.markdown));
-        print!("{}", push_checks(&figures, args.markdown));
-    }
-    Ok(ExitCode::SUCCESS)
+    print!("{}", checks(&figures, args.markdown));
+    print!("{}", push_checks(&figures, args.markdown));
 }
 
 /// What every run shares.
@@ -870,62 +889,63 @@ fn table(rows: &[Row], markdown: bool) -> String {
     out
 }
 
-/// Issue 4's targets, each marked met or not met with the figure that decides it.
+/// Issue 4's targets, each marked met or not met with the figure that decides it (and issue
+/// 13's signed-rollout costs).
 fn checks(rows: &[&OtaFigures], markdown: bool) -> String {
-    let pmesh: Vec<&&OtaFigures> = rows.iter().filter(|f| f.mode == "pmesh").collect();
-    let clean: Vec<&&&OtaFigures> = pmesh.iter().filter(|f| f.faults == "none").collect();
-    let crashed: Vec<&&&OtaFigures> = pmesh.iter().filter(|f| f.faults != "none").collect();
+    let pmesh: Vec<&OtaFigures> = rows.iter().copied().filter(|f| f.mode == "pmesh").collect();
+    let (clean, crashed): (Vec<&OtaFigures>, Vec<&OtaFigures>) =
+        pmesh.iter().copied().partition(|f| f.faults == "none");
     let mut out = String::new();
-    let mut line = |name: &str, rows: usize, ok: bool, detail: String| {
-        let verdict = if rows == 0 {
-            "not measured (no such rows)"
-        } else if ok {
-            "met"
-        } else {
-            "NOT MET"
-        };
-        if markdown {
-            out += &format!("- {name}: **{verdict}** — {detail}\n");
-        } else {
-            out += &format!("{name}: {verdict} — {detail}\n");
-        }
-    };
-    let id = |f: &OtaFigures| format!("{} N={} {}", f.topology, f.nodes, f.faults);
-    let worst = |v: &[&&&OtaFigures], key: &dyn Fn(&OtaFigures) -> f64| {
-        v.iter()
-            .map(|f| (key(f), id(f)))
-            .max_by(|a, b| a.0.total_cmp(&b.0))
-    };
-    let w = worst(&clean, &|f| f.data_tx_ratio);
-    line(
+    loss_free_checks(&mut out, markdown, &clean);
+    crash_checks(&mut out, markdown, &crashed);
+    footprint_checks(&mut out, markdown, &pmesh);
+    signed_checks(&mut out, markdown, rows, &pmesh);
+    out
+}
+
+/// pmesh loss-free: data transmissions, control share, completion against the bound.
+fn loss_free_checks(out: &mut String, markdown: bool, clean: &[&OtaFigures]) {
+    worst_within(
+        out,
+        markdown,
         "pmesh loss-free: data_link_tx / optimum <= 1.01",
-        clean.len(),
-        w.as_ref().is_none_or(|(x, _)| *x <= 1.01),
-        w.map_or(String::new(), |(x, at)| format!("worst {x:.4} ({at})")),
+        clean,
+        |f| f.data_tx_ratio,
+        1.01,
+        |x| format!("worst {x:.4}"),
     );
-    let w = worst(&clean, &|f| f.control_share);
-    line(
+    worst_within(
+        out,
+        markdown,
         "pmesh loss-free: control <= 3 % of data",
-        clean.len(),
-        w.as_ref().is_none_or(|(x, _)| *x <= 0.03),
-        w.map_or(String::new(), |(x, at)| {
-            format!("worst {:.2} % ({at})", 100.0 * x)
-        }),
+        clean,
+        |f| f.control_share,
+        0.03,
+        |x| format!("worst {:.2} %", 100.0 * x),
     );
-    let at50: Vec<&&&OtaFigures> = clean.iter().copied().filter(|f| f.nodes == 50).collect();
-    let w = worst(&at50, &|f| f.bound_ratio.unwrap_or(f64::INFINITY));
-    line(
+    let at50: Vec<&OtaFigures> = clean.iter().copied().filter(|f| f.nodes == 50).collect();
+    worst_within(
+        out,
+        markdown,
         "pmesh loss-free, N = 50: completion <= 1.15 x lower bound",
-        at50.len(),
-        w.as_ref().is_none_or(|(x, _)| *x <= 1.15),
-        w.map_or(String::new(), |(x, at)| format!("worst x{x:.3} ({at})")),
+        &at50,
+        |f| f.bound_ratio.unwrap_or(f64::INFINITY),
+        1.15,
+        |x| format!("worst x{x:.3}"),
     );
+}
+
+/// pmesh with crashes: completion, resume, repair from neighbours.
+fn crash_checks(out: &mut String, markdown: bool, crashed: &[&OtaFigures]) {
+    let id = push_row_id;
     let incomplete: Vec<String> = crashed
         .iter()
         .filter(|f| f.completed < f.targets)
         .map(|f| format!("{} ({}/{})", id(f), f.completed, f.targets))
         .collect();
-    line(
+    verdict_line(
+        out,
+        markdown,
         "pmesh with crashes: every target completes",
         crashed.len(),
         incomplete.is_empty(),
@@ -937,7 +957,9 @@ fn checks(rows: &[&OtaFigures], markdown: bool) -> String {
     );
     let zero: u32 = crashed.iter().map(|f| f.restarts_from_zero).sum();
     let crashed_targets: u32 = crashed.iter().map(|f| f.crashed_targets).sum();
-    line(
+    verdict_line(
+        out,
+        markdown,
         "pmesh with crashes: no restart from chunk 0",
         crashed.len(),
         zero == 0,
@@ -960,7 +982,9 @@ fn checks(rows: &[&OtaFigures], markdown: bool) -> String {
             )
         })
         .min_by(|a, b| a.0.total_cmp(&b.0));
-    line(
+    verdict_line(
+        out,
+        markdown,
         "pmesh with crashes: >= 95 % of repair bytes from a 1-hop neighbour",
         crashed.len(),
         w.as_ref().is_none_or(|(x, _)| *x >= 0.95),
@@ -972,13 +996,19 @@ fn checks(rows: &[&OtaFigures], markdown: bool) -> String {
             ))
         ),
     );
-    let comp: Vec<&&&OtaFigures> = pmesh.iter().filter(|f| f.compressed).collect();
-    let w = worst(&comp, &|f| f.wire_bytes_per_image_byte);
-    line(
+}
+
+/// pmesh: wire bytes with compression, tracking memory, the 1,000-node rollout's wall time.
+fn footprint_checks(out: &mut String, markdown: bool, pmesh: &[&OtaFigures]) {
+    let comp: Vec<&OtaFigures> = pmesh.iter().copied().filter(|f| f.compressed).collect();
+    worst_within(
+        out,
+        markdown,
         "wire bytes per image byte <= 1.0 with compression (pmesh)",
-        comp.len(),
-        w.as_ref().is_none_or(|(x, _)| *x <= 1.0),
-        w.map_or(String::new(), |(x, at)| format!("worst {x:.3} ({at})")),
+        &comp,
+        |f| f.wire_bytes_per_image_byte,
+        1.0,
+        |x| format!("worst {x:.3}"),
     );
     let over = pmesh
         .iter()
@@ -989,23 +1019,30 @@ fn checks(rows: &[&OtaFigures], markdown: bool) -> String {
                     "{} B of {} B ({})",
                     f.peak_tracking_bytes,
                     f.tracking_budget_bytes,
-                    id(f)
+                    push_row_id(f)
                 ),
             )
         })
         .max_by(|a, b| a.0.total_cmp(&b.0));
-    line(
+    verdict_line(
+        out,
+        markdown,
         "peak tracking <= 4 KiB + 1 bit per chunk (pmesh)",
         pmesh.len(),
         over.as_ref().is_none_or(|(x, _)| *x <= 1.0),
         over.map_or(String::new(), |(_, d)| format!("largest {d}")),
     );
-    let big: Vec<&&&OtaFigures> = pmesh.iter().filter(|f| f.nodes >= 1000).collect();
-    let w = worst(&big, &|f| f.rollout_wall_s.unwrap_or(f64::INFINITY));
-    let formation = worst(&big, &|f| {
-        f.wall_s.unwrap_or(0.0) - f.rollout_wall_s.unwrap_or(0.0)
-    });
-    line(
+    let big: Vec<&OtaFigures> = pmesh.iter().copied().filter(|f| f.nodes >= 1000).collect();
+    let worst = |key: &dyn Fn(&OtaFigures) -> f64| {
+        big.iter()
+            .map(|f| (key(f), push_row_id(f)))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+    };
+    let w = worst(&|f| f.rollout_wall_s.unwrap_or(f64::INFINITY));
+    let formation = worst(&|f| f.wall_s.unwrap_or(0.0) - f.rollout_wall_s.unwrap_or(0.0));
+    verdict_line(
+        out,
+        markdown,
         "1,000-node pmesh rollout (offer to last install): wall <= 60 s",
         big.len(),
         w.as_ref().is_none_or(|(x, _)| *x <= 60.0),
@@ -1016,7 +1053,10 @@ fn checks(rows: &[&OtaFigures], markdown: bool) -> String {
             )
         }),
     );
-    // Signed rollouts (issue 13) against the unsigned row of the same run.
+}
+
+/// Signed rollouts (issue 13) against the unsigned row of the same run.
+fn signed_checks(out: &mut String, markdown: bool, rows: &[&OtaFigures], pmesh: &[&OtaFigures]) {
     let pairs: Vec<(f64, f64, String)> = rows
         .iter()
         .filter(|f| f.mode == "pmesh-signed" && f.nodes == 50)
@@ -1027,7 +1067,7 @@ fn checks(rows: &[&OtaFigures], markdown: bool) -> String {
             })?;
             let wire = |f: &OtaFigures| (f.data_bytes + f.control_bytes) as f64;
             let time = (s.completion_s? / u.completion_s?) - 1.0;
-            Some((wire(s) / wire(u) - 1.0, time, id(s)))
+            Some((wire(s) / wire(u) - 1.0, time, push_row_id(s)))
         })
         .collect();
     let most = |k: fn(&(f64, f64, String)) -> f64| {
@@ -1036,24 +1076,29 @@ fn checks(rows: &[&OtaFigures], markdown: bool) -> String {
             .map(|p| (k(p), p.2.clone()))
             .max_by(|a, b| a.0.total_cmp(&b.0))
     };
-    let (w, t) = (most(|p| p.0), most(|p| p.1));
-    line(
-        "signed vs unsigned pmesh, N = 50: <= 1 % more wire bytes",
-        pairs.len(),
-        w.as_ref().is_none_or(|(x, _)| *x <= 0.01),
-        w.map_or(String::new(), |(x, at)| {
-            format!("worst +{:.2} % ({at})", 100.0 * x)
-        }),
-    );
-    line(
-        "signed vs unsigned pmesh, N = 50: <= 2 % more completion time",
-        pairs.len(),
-        t.as_ref().is_none_or(|(x, _)| *x <= 0.02),
-        t.map_or(String::new(), |(x, at)| {
-            format!("worst +{:.2} % ({at})", 100.0 * x)
-        }),
-    );
-    out
+    for (name, w, bound) in [
+        (
+            "signed vs unsigned pmesh, N = 50: <= 1 % more wire bytes",
+            most(|p| p.0),
+            0.01,
+        ),
+        (
+            "signed vs unsigned pmesh, N = 50: <= 2 % more completion time",
+            most(|p| p.1),
+            0.02,
+        ),
+    ] {
+        verdict_line(
+            out,
+            markdown,
+            name,
+            pairs.len(),
+            w.as_ref().is_none_or(|(x, _)| *x <= bound),
+            w.map_or(String::new(), |(x, at)| {
+                format!("worst +{:.2} % ({at})", 100.0 * x)
+            }),
+        );
+    }
 }
 
 /// A check line: the verdict, or "not measured" when no row decides it.
