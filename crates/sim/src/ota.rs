@@ -3,7 +3,7 @@
 //! unicast, classic broadcast or pmesh mode, faults strike mid-transfer, and the report gains
 //! an `ota` section with the figures `pmesh bench ota` prints.
 //!
-//! - [`scenario`]: the `[ota]` table and `--ota*` flags ([`OtaScenario`], [`OtaArgs`]).
+//! - [`scenario`]: the `[ota]` table and the overrides of `pmesh sim`'s `--ota*` flags ([`OtaScenario`], [`OtaOverrides`]).
 //! - [`image`]: the image (a file such as the running executable, or synthetic firmware).
 //! - [`app`]: the [`OtaApp`] the engine runs, and the per-node plugin wrapper that measures.
 //! - [`figures`]: the link-level figures, next to their optimum and lower bound.
@@ -29,7 +29,8 @@ pub use app::{NodeRole, OtaApp, OtaNode, OtaSection};
 pub use figures::{OtaFigures, figures, section, summary};
 pub use image::Image;
 pub use scenario::{
-    ApplyMode, ByteSize, OfferAt, OtaArgs, OtaMode, OtaScenario, Receivers, split_scenario_toml,
+    ApplyMode, ByteSize, OfferAt, OtaMode, OtaOverrides, OtaScenario, Receivers,
+    split_scenario_toml,
 };
 
 use crate::clock::{SEC, SimTime};

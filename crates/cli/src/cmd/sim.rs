@@ -7,10 +7,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use pmesh_sim::ota::{self, OtaArgs, OtaScenario};
+use pmesh_sim::ota::{self, OtaScenario};
 use pmesh_sim::report::Report;
 use pmesh_sim::scenario::{Dur, Span};
 use pmesh_sim::{Scenario, Sim, TimedEvent, Topology};
+
+mod ota_args;
+pub use ota_args::OtaArgs;
 
 /// Arguments of `pmesh sim`. Flags override the scenario file's values.
 #[derive(Debug, clap::Args)]
@@ -103,7 +106,11 @@ pub fn scenario(args: &Args) -> anyhow::Result<Run> {
     };
     mesh_flags(args, &mut sc)?;
     sc.validate().map_err(anyhow::Error::msg)?;
-    let ota = args.ota.apply(file_ota).map_err(anyhow::Error::msg)?;
+    let ota = args
+        .ota
+        .overrides()
+        .apply(file_ota)
+        .map_err(anyhow::Error::msg)?;
     if let Some(o) = &ota {
         o.validate(&sc).map_err(anyhow::Error::msg)?;
     }

@@ -1,5 +1,6 @@
-//! What an OTA scenario says: the `[ota]` table of a scenario file and the `--ota*` flags of
-//! `pmesh sim`, both resolved into one [`OtaScenario`].
+//! What an OTA scenario says: the `[ota]` table of a scenario file and the overrides of
+//! `pmesh sim`'s `--ota*` flags ([`OtaOverrides`]; the flags themselves are the CLI's), both
+//! resolved into one [`OtaScenario`].
 //!
 //! ```toml
 //! [ota]
@@ -20,7 +21,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::scenario::{Dur, Scenario};
 
 /// How the image travels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OtaMode {
     /// painlessMesh OTA: every receiver pulls every chunk from the distributor.
@@ -47,7 +48,7 @@ impl OtaMode {
 }
 
 /// Which receiver logic the nodes run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Receivers {
     /// pmesh nodes: pmesh's classic receiver and the pmesh protocol.
@@ -71,7 +72,7 @@ impl Receivers {
 }
 
 /// When pmesh-protocol targets apply a verified image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ApplyMode {
     /// Each target applies as soon as it verified the image.
@@ -408,67 +409,52 @@ pub fn split_scenario_toml(text: &str) -> Result<(Scenario, Option<OtaScenario>)
     Ok((sc, ota))
 }
 
-/// The `--ota*` flags of `pmesh sim` (flatten into its arguments). They override the scenario
-/// file's `[ota]` table; `--ota MODE` alone enables OTA with every default.
-#[derive(Clone, Debug, Default, clap::Args)]
-pub struct OtaArgs {
+/// Overrides of a scenario file's `[ota]` table, as typed values (`pmesh sim`'s `--ota*` flags
+/// are parsed into this by the CLI): each field set replaces the table's; a `mode` alone
+/// enables OTA with every default. Sizes and durations are still text, parsed by
+/// [`OtaOverrides::apply`] so its errors name the flag.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OtaOverrides {
     /// Run an OTA rollout: unicast, broadcast (classic painlessMesh OTA) or pmesh.
-    #[arg(long = "ota", value_enum, value_name = "MODE")]
     pub mode: Option<OtaMode>,
     /// Image: a file, or `self` for the running pmesh executable (default: synthetic firmware).
-    #[arg(long = "ota-image", value_name = "FILE")]
     pub image: Option<String>,
     /// Image size (synthetic), or how much of the file to use, e.g. 1MiB, 256KiB.
-    #[arg(long = "ota-image-bytes", value_name = "SIZE")]
     pub image_bytes: Option<String>,
     /// Send the image uncompressed.
-    #[arg(long = "ota-uncompressed")]
     pub uncompressed: bool,
     /// Install even where the image is current.
-    #[arg(long = "ota-forced")]
     pub forced: bool,
     /// Bytes per chunk (classic default 1024, pmesh 4096).
-    #[arg(long = "ota-chunk-bytes", value_name = "BYTES")]
     pub chunk_bytes: Option<u32>,
     /// Node that offers the image (default 1).
-    #[arg(long = "ota-distributor", value_name = "ID")]
     pub distributor: Option<u32>,
     /// When to offer: `formed` (default) or a time such as 30s.
-    #[arg(long = "ota-offer-at", value_name = "TIME")]
     pub offer_at: Option<String>,
     /// With --ota-offer-at formed: give up if the mesh has not formed by then (default 15m).
-    #[arg(long = "ota-form-timeout", value_name = "TIME")]
     pub form_timeout: Option<String>,
     /// Receiver logic: pmesh, stock (painlessMesh's, bugs included) or mixed.
-    #[arg(long = "ota-receivers", value_enum)]
     pub receivers: Option<Receivers>,
     /// With mixed receivers: the share of stock nodes (default 0.5).
-    #[arg(long = "ota-stock-share", value_name = "SHARE")]
     pub stock_share: Option<f64>,
     /// pmesh mode: when targets apply (default on-verify).
-    #[arg(long = "ota-apply", value_enum)]
     pub apply: Option<ApplyMode>,
     /// Share of the targets that crash mid-transfer, e.g. 0.05.
-    #[arg(long = "ota-crash-share", value_name = "SHARE")]
     pub crash_share: Option<f64>,
     /// Crashes happen in this window after the offer: MIN,MAX (e.g. 5s,20s).
-    #[arg(long = "ota-crash-window", value_name = "MIN,MAX")]
     pub crash_window: Option<String>,
     /// A crashed node boots again after this (default 2s).
-    #[arg(long = "ota-down-for", value_name = "TIME")]
     pub down_for: Option<String>,
     /// Stop when no target progressed for this long (default 10m).
-    #[arg(long = "ota-give-up-after", value_name = "TIME")]
     pub give_up_after: Option<String>,
     /// pmesh mode: cap OTA bytes per second per link, e.g. 50KiB.
-    #[arg(long = "ota-rate-limit", value_name = "SIZE")]
     pub rate_limit: Option<String>,
 }
 
-impl OtaArgs {
+impl OtaOverrides {
     /// True if any `--ota*` flag was given.
     pub fn any(&self) -> bool {
-        let OtaArgs {
+        let OtaOverrides {
             mode,
             image,
             image_bytes,
@@ -585,20 +571,6 @@ impl OtaArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        ota: OtaArgs,
-    }
-
-    fn args(line: &[&str]) -> OtaArgs {
-        Cli::try_parse_from(std::iter::once("pmesh-sim").chain(line.iter().copied()))
-            .unwrap()
-            .ota
-    }
-
     #[test]
     fn sizes() {
         assert_eq!(ByteSize::parse("1MiB").unwrap(), ByteSize(1 << 20));
@@ -678,11 +650,16 @@ mod tests {
     }
 
     #[test]
-    fn flags_override_the_table() {
-        assert_eq!(args(&[]).apply(None).unwrap(), None);
-        let o = args(&["--ota", "unicast"]).apply(None).unwrap().unwrap();
+    fn overrides_replace_the_table() {
+        let none = OtaOverrides::default();
+        assert!(!none.any());
+        assert_eq!(none.apply(None).unwrap(), None);
+        let mode = OtaOverrides {
+            mode: Some(OtaMode::Unicast),
+            ..OtaOverrides::default()
+        };
         assert_eq!(
-            o,
+            mode.apply(None).unwrap().unwrap(),
             OtaScenario {
                 mode: OtaMode::Unicast,
                 ..OtaScenario::default()
@@ -693,23 +670,14 @@ mod tests {
             image_bytes: Some(ByteSize(1000)),
             ..OtaScenario::default()
         };
-        let o = args(&[
-            "--ota-image-bytes",
-            "64KiB",
-            "--ota-uncompressed",
-            "--ota-receivers",
-            "stock",
-            "--ota-crash-share",
-            "0.05",
-            "--ota-crash-window",
-            "1s,5s",
-            "--ota-offer-at",
-            "45s",
-            "--ota-apply",
-            "all-verified",
-            "--ota-rate-limit",
-            "20KiB",
-        ])
+        let o = OtaOverrides {
+            image_bytes: Some("64KiB".into()),
+            uncompressed: true,
+            receivers: Some(Receivers::Stock),
+            crash_window: Some("1s,5s".into()),
+            apply: Some(ApplyMode::AllVerified),
+            ..OtaOverrides::default()
+        }
         .apply(Some(base))
         .unwrap()
         .unwrap();
@@ -717,20 +685,22 @@ mod tests {
         assert_eq!(o.image_bytes, Some(ByteSize(64 << 10)));
         assert!(!o.compressed);
         assert_eq!(o.receivers, Receivers::Stock);
-        assert_eq!(o.crash_share, 0.05);
         assert_eq!(o.crash_window, [Dur::secs(1), Dur::secs(5)]);
-        assert_eq!(o.offer_at, OfferAt::At(Dur::secs(45)));
         assert_eq!(o.apply, ApplyMode::AllVerified);
-        assert_eq!(o.rate_limit, Some(ByteSize(20 << 10)));
-        let e = args(&["--ota-forced"]).apply(None).unwrap_err();
+        let forced = OtaOverrides {
+            forced: true,
+            ..OtaOverrides::default()
+        };
+        assert!(forced.any());
+        let e = forced.apply(None).unwrap_err();
         assert!(e.contains("--ota MODE"), "{e}");
-        let e = args(&["--ota", "pmesh", "--ota-crash-window", "5s"])
-            .apply(None)
-            .unwrap_err();
+        let e = OtaOverrides {
+            mode: Some(OtaMode::Pmesh),
+            crash_window: Some("5s".into()),
+            ..OtaOverrides::default()
+        }
+        .apply(None)
+        .unwrap_err();
         assert!(e.contains("MIN,MAX"), "{e}");
-        assert!(
-            Cli::try_parse_from(["x", "--ota", "multicast"]).is_err(),
-            "unknown modes are rejected by clap"
-        );
     }
 }
