@@ -18,7 +18,7 @@ use crate::clock::{NodeClock, SimTime, secs};
 use crate::link::{AP, Link, LinkId, STA};
 use crate::report::{self, Convergence, Report, Violation};
 use crate::rng::SimRng;
-use crate::scenario::{Action, Scenario};
+use crate::scenario::{Action, Dur, Scenario, TimedEvent};
 use crate::sniff;
 use crate::station::{self, LinkRequest, NodeView, Stations, WifiEvent};
 use crate::topology::Layout;
@@ -425,6 +425,20 @@ impl<A: SimApp> Sim<A> {
         let end = self.end;
         self.run_until_inner(end, &mut progress);
         self.finish(wall.elapsed().as_secs_f64())
+    }
+
+    /// Schedules a scenario `action` at `at` (not before now) while the run is under way: a
+    /// host driving the simulation (a campaign crashing a node that boots a bad image, say)
+    /// adds events the scenario could not know in advance. The action joins the scenario's
+    /// event list, so the report's epochs show it like any other.
+    pub fn schedule(&mut self, at: SimTime, action: Action) {
+        let at = at.max(self.now);
+        let idx = self.sc.events.len();
+        self.sc.events.push(TimedEvent {
+            at: Dur(at),
+            action,
+        });
+        self.queue.push(at, Ev::Scenario { idx });
     }
 
     /// Advances simulated time to `t` (processing every event before it).

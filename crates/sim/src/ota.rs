@@ -19,6 +19,7 @@
 //! ```
 
 pub mod app;
+pub mod campaign;
 pub mod figures;
 pub mod image;
 pub mod scenario;

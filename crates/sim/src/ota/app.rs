@@ -419,6 +419,8 @@ pub struct OtaApp {
     unknown_actions: u32,
     link_bytes_per_s: f64,
     link_latency_s: f64,
+    /// Per-node role overrides for pmesh targets (a campaign's per-wave roles).
+    roles: BTreeMap<u32, String>,
 }
 
 impl OtaApp {
@@ -532,6 +534,7 @@ impl OtaApp {
             // shortest latency the scenario can draw.
             link_bytes_per_s: sc.link.bandwidth_kbit.max * 1000.0 / 8.0,
             link_latency_s: sc.link.latency_ms.min / 1000.0,
+            roles: BTreeMap::new(),
         })
     }
 
@@ -548,6 +551,13 @@ impl OtaApp {
     /// Chunks per image in this mode, and bytes per chunk.
     pub fn chunking(&self) -> (u32, u32) {
         (self.chunks, self.chunk_bytes)
+    }
+
+    /// Gives pmesh target `id` the OTA role `role` instead of [`TARGET_ROLE`] from its next
+    /// boot on (a campaign offers each wave to a role of its own: a pmesh offer names a role,
+    /// not a node list).
+    pub fn set_ota_role(&mut self, id: u32, role: &str) {
+        self.roles.insert(id, role.into());
     }
 
     /// A node's role.
@@ -752,7 +762,10 @@ impl OtaApp {
                 c.classic_receiver = pmesh_ota::ClassicReceiverKind::Off;
                 c
             }
-            (NodeRole::Target, false) => OtaConfig::new(TARGET_ROLE, HARDWARE),
+            (NodeRole::Target, false) => {
+                let role = self.roles.get(&id).map_or(TARGET_ROLE, String::as_str);
+                OtaConfig::new(role, HARDWARE)
+            }
             (NodeRole::Target, true) => OtaConfig::stock(TARGET_ROLE, HARDWARE),
             (NodeRole::Relay, false) => OtaConfig::new(RELAY_ROLE, HARDWARE),
             (NodeRole::Relay, true) => {
