@@ -185,6 +185,8 @@ struct Tracked {
     /// The next crash of a crash loop.
     next_crash: Option<SimTime>,
     told_to_revert: bool,
+    /// A reboot the driver scheduled ends then.
+    down_until: SimTime,
     /// The image it ran before the campaign (its store's record).
     old: InstalledImage,
 }
@@ -380,15 +382,21 @@ impl Driver {
         });
     }
 
-    /// Crash now, boot `reboot` later.
+    /// Crash now, boot `reboot` later; nothing if the node is already rebooting (its next
+    /// boot then runs whatever its store now says), so the boot counter stays exact.
     fn reboot(&mut self, id: u32, now: SimTime) {
-        self.sim.schedule(now, SimAction::Crash { node: id });
         let back = now + self.setup.reboot.as_micros() as SimTime;
+        let Some(t) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if now < t.down_until {
+            return;
+        }
+        t.down_until = back;
+        t.boots += 1;
+        self.sim.schedule(now, SimAction::Crash { node: id });
         self.sim.schedule(back, SimAction::Restart { node: id });
         self.reboots += 1;
-        if let Some(t) = self.nodes.get_mut(&id) {
-            t.boots += 1;
-        }
     }
 
     fn revert(&mut self, id: u32, now: SimTime) {
