@@ -838,11 +838,14 @@ fn build_offer(
             o
         }
     };
+    // A signed pmesh rollout is compressed exactly when its bundle is (the signer fixed the
+    // chunk layout); asking for compression of an uncompressed bundle is refused by the agent.
+    let compressed = opts.compressed || (opts.mode == PushMode::Pmesh && offer.compressed);
     offer.protocol = pmesh_ota::Protocol::Classic;
     offer = offer
         .forced(opts.forced)
         .broadcast(opts.broadcast)
-        .compressed(opts.compressed)
+        .compressed(compressed)
         .apply(if opts.apply_on_verify {
             ApplyPolicy::OnVerify
         } else {

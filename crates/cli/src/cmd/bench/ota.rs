@@ -41,7 +41,7 @@ pub struct Args {
     pmesh_nodes: Vec<u32>,
     /// Variants instead of the preset's: unicast, unicast-stock, broadcast, broadcast-stock,
     /// broadcast-mixed, push-stock, push-stock-unlimited, push-mixed, pmesh, pmesh-signed
-    /// (uncompressed only) (comma-separated).
+    /// (comma-separated).
     #[arg(long, value_delimiter = ',')]
     modes: Vec<String>,
     /// Pace of the push variants instead of theirs, Data bytes per second (0 unlimited).
@@ -107,7 +107,7 @@ enum Faults {
 struct Variant {
     mode: OtaMode,
     receivers: Receivers,
-    /// A signed rollout (pmesh, uncompressed): every node checks signature, pages, chunks.
+    /// A signed rollout (pmesh): every node checks signature, pages, chunks.
     signed: bool,
     /// Push mode: Data bytes per second (0 unlimited).
     push_rate: Option<u64>,
@@ -1026,7 +1026,11 @@ fn checks(rows: &[&OtaFigures], markdown: bool) -> String {
                     == (&s.topology, s.nodes, &s.faults, s.image_bytes)
             })?;
             let wire = |f: &OtaFigures| (f.data_bytes + f.control_bytes) as f64;
-            let time = (s.completion_s? / u.completion_s?) - 1.0;
+            // A signed row that did not complete fails the check (it is not left out).
+            let time = match (s.completion_s, u.completion_s) {
+                (Some(s), Some(u)) => s / u - 1.0,
+                _ => f64::INFINITY,
+            };
             Some((wire(s) / wire(u) - 1.0, time, id(s)))
         })
         .collect();
@@ -1042,7 +1046,7 @@ fn checks(rows: &[&OtaFigures], markdown: bool) -> String {
         pairs.len(),
         w.as_ref().is_none_or(|(x, _)| *x <= 0.01),
         w.map_or(String::new(), |(x, at)| {
-            format!("worst +{:.2} % ({at})", 100.0 * x)
+            format!("worst {:+.2} % ({at})", 100.0 * x)
         }),
     );
     line(
@@ -1050,7 +1054,7 @@ fn checks(rows: &[&OtaFigures], markdown: bool) -> String {
         pairs.len(),
         t.as_ref().is_none_or(|(x, _)| *x <= 0.02),
         t.map_or(String::new(), |(x, at)| {
-            format!("worst +{:.2} % ({at})", 100.0 * x)
+            format!("worst {:+.2} % ({at})", 100.0 * x)
         }),
     );
     out
