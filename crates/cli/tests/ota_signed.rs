@@ -167,6 +167,31 @@ fn signed_bundles_install_and_everything_untrusted_is_refused_with_its_reason() 
         );
     }
 
+    // A verified bundle served as classic OTA (for stock nodes): the target has a trusted
+    // key, so it refuses classic OTA altogether, says so once in its log and counts it.
+    let (_, out, err) = push(
+        &control,
+        &sign(&dir, &fleet, &image(4, 40_000), 5, "v5"),
+        "classic",
+    );
+    assert!(!out.contains("1 installed"), "{out}\n{err}");
+    wait_until(
+        Duration::from_secs(20),
+        "the classic refusal in the target's status",
+        || {
+            let st = status(&target.control);
+            st["classic_receive_stats"]["untrusted"] == 1
+        },
+    );
+    let st = status(&target.control);
+    assert_eq!(st["classic_receive_stats"]["chunks_written"], 0, "{st}");
+    assert_eq!(
+        target.log_text().matches("classic OTA refused").count(),
+        1,
+        "logged once"
+    );
+    assert_eq!(current(&dir, 3).unwrap()["sha256"], sha.as_str());
+
     // An older release, validly signed: the gateway announces it, the target refuses it
     // (rollback) and keeps the image it runs.
     let old = sign(&dir, &fleet, &image(3, 60_000), 2, "v2");
@@ -178,6 +203,13 @@ fn signed_bundles_install_and_everything_untrusted_is_refused_with_its_reason() 
         "the rollback refusal in the target's log",
         || target.log_text().contains("rollback"),
     );
+}
+
+/// `pmesh ota status` of a node, as JSON.
+fn status(control: &Path) -> serde_json::Value {
+    let (code, out, err) = pmesh(&["ota", "status", "--control", control.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
 }
 
 fn pmesh_sha(bytes: &[u8]) -> String {

@@ -1312,7 +1312,13 @@ pub fn status_json<S: FirmwareSink, T: OtaStore>(o: &NodeOta<S, T>) -> Value {
             "frames_rejected": ota.classic_frames_rejected()},
         "pmesh_stats": {"data_frames_sent": p.data_frames_sent, "data_bytes_sent": p.data_bytes_sent,
             "control_bytes_sent": p.control_bytes_sent, "chunks_written": p.chunks_written,
-            "duplicates": p.duplicates, "corrupt": p.corrupt, "rewants": p.rewants, "malformed": p.malformed},
+            "duplicates": p.duplicates, "corrupt": p.corrupt, "rewants": p.rewants, "malformed": p.malformed,
+            "untrusted": p.untrusted, "bad_digests": p.bad_digests, "unverifiable": p.unverifiable},
+        "classic_receive_stats": ota.classic_receiver().map(|r| {
+            let c = r.stats();
+            json!({"requests": c.requests, "chunks_written": c.chunks_written,
+                "duplicates": c.duplicates, "dropped": c.dropped, "untrusted": c.untrusted})
+        }),
     })
 }
 

@@ -469,3 +469,54 @@ fn a_node_without_keys_checks_signed_chunks_for_integrity_but_never_moves_its_co
         "{s1:?}"
     );
 }
+
+#[test]
+fn a_node_with_a_trusted_key_refuses_classic_ota_once_and_counts_it() {
+    // Gateway (no key, offers a plain classic image) → node 1 (trusted key) → node 2 (no key):
+    // node 2 installs the classic image, node 1 refuses it, once, named and counted.
+    let mut open = OtaConfig::new("sensor", "ESP32");
+    open.trust = TrustConfig {
+        keys: vec![],
+        allow_unsigned: true,
+    };
+    let mut specs = vec![
+        Spec::new(100, OtaConfig::new("gateway", "ESP32")),
+        Spec::new(101, cfg("sensor")),
+        Spec::new(102, open),
+    ];
+    specs[0].root = true;
+    let mut mesh = Mesh::new(specs);
+    mesh.chain();
+    mesh.run_for(30.0);
+    let image = firmware(20_000, 14);
+    let o = Offer::new(
+        "sensor",
+        "ESP32",
+        pmesh_ota::MemorySource::new(image.clone()),
+    );
+    mesh.with(0, |ota, ctx| ota.offer(ctx, o)).unwrap();
+    // Several announces (one a minute) reach node 1 while node 2 downloads.
+    assert!(mesh.run_until(mesh.now + 5 * MIN, |m| m.installed(2)));
+    mesh.run_for(180.0);
+    assert!(!mesh.installed(1), "node 1 installed a classic image");
+    let refusals: Vec<&str> = mesh.events[1]
+        .iter()
+        .filter_map(|e| match e {
+            OtaEvent::Refused {
+                id,
+                reason: Refusal::Untrusted { code, .. },
+            } if id.mode != pmesh_ota::event::Mode::Pmesh => Some(*code),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refusals, ["unsigned"], "refused once, named");
+    let rx = mesh.with(1, |ota, _| ota.classic_receiver().unwrap().stats());
+    assert_eq!(rx.untrusted, 1);
+    assert_eq!(rx.chunks_written, 0);
+    assert!(
+        !mesh.events[1]
+            .iter()
+            .any(|e| matches!(e, OtaEvent::Accepted { .. })),
+        "node 1 began a classic transfer"
+    );
+}
