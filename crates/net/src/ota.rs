@@ -769,6 +769,18 @@ fn hash_image(source: &mut FileSource) -> Result<String, String> {
     Ok(hasher.finish_hex())
 }
 
+/// Unix seconds now, for `TrustConfig::wall_clock` (a node then refuses expired signed
+/// manifests). Call it right before the mesh starts: the runtime's clock starts at the node's
+/// `Instant::ZERO` then, and the moments between do not matter for an expiry. `None` when the
+/// system clock reads before 2024-01-01 (a board without RTC or NTP yet).
+pub fn wall_clock() -> Option<u64> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    (now >= 1_704_067_200).then_some(now)
+}
+
 /// What `ota push` offers: a plain image file, or a signed bundle (`pmesh ota sign`).
 enum PushImage {
     Plain(FileSource),

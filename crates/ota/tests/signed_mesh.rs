@@ -27,6 +27,7 @@ fn cfg(role: &str) -> OtaConfig {
     c.trust = TrustConfig {
         keys: vec![fleet().public()],
         allow_unsigned: false,
+        wall_clock: None,
     };
     c
 }
@@ -448,6 +449,7 @@ fn a_node_without_keys_checks_signed_chunks_for_integrity_but_never_moves_its_co
     open.trust = TrustConfig {
         keys: vec![],
         allow_unsigned: true,
+        wall_clock: None,
     };
     let mut specs = vec![Spec::new(100, cfg("gateway")), Spec::new(101, open)];
     specs[0].root = true;
@@ -478,6 +480,7 @@ fn a_node_with_a_trusted_key_refuses_classic_ota_once_and_counts_it() {
     open.trust = TrustConfig {
         keys: vec![],
         allow_unsigned: true,
+        wall_clock: None,
     };
     let mut specs = vec![
         Spec::new(100, OtaConfig::new("gateway", "ESP32")),
@@ -519,4 +522,62 @@ fn a_node_with_a_trusted_key_refuses_classic_ota_once_and_counts_it() {
             .any(|e| matches!(e, OtaEvent::Accepted { .. })),
         "node 1 began a classic transfer"
     );
+}
+
+#[test]
+fn nodes_with_a_wall_clock_refuse_and_do_not_relay_an_expired_manifest() {
+    // Gateway → relay (wall clock: year 2033) → sensor. The bundle expired in 2030: the
+    // relay refuses it before relaying, the sensor never sees it. Without a wall clock the
+    // same relay passes it on (as a microcontroller without a trusted clock does).
+    let expired = {
+        let spec = BundleSpec {
+            role: "sensor",
+            hardware: "ESP32",
+            version: "old",
+            sequence: 9,
+            chunk_size: 1024,
+            compressed: false,
+            expires: Some(1_900_000_000),
+        };
+        Bundle::build(&fleet(), &firmware(10_000, 15), &spec).unwrap()
+    };
+    for clock in [Some(2_000_000_000), None] {
+        let mut relay = cfg("relay");
+        relay.trust.wall_clock = clock;
+        let mut specs = vec![
+            Spec::new(100, cfg("gateway")),
+            Spec::new(101, relay),
+            Spec::new(102, cfg("sensor")),
+        ];
+        specs[0].root = true;
+        let mut mesh = Mesh::new(specs);
+        mesh.chain();
+        mesh.run_for(30.0);
+        offer(&mut mesh, &expired);
+        let installed = mesh.run_until(mesh.now + 2 * MIN, |m| m.installed(2));
+        let codes: Vec<&str> = mesh.events[1]
+            .iter()
+            .filter_map(|e| match e {
+                OtaEvent::Refused {
+                    reason: Refusal::Untrusted { code, .. },
+                    ..
+                } => Some(*code),
+                _ => None,
+            })
+            .collect();
+        if clock.is_some() {
+            assert_eq!(codes, ["expired"], "named once");
+            assert!(!installed, "an expired manifest went past the relay");
+            assert!(stats(&mut mesh, 1).untrusted >= 1);
+            assert_eq!(
+                stats(&mut mesh, 2).untrusted,
+                0,
+                "nothing reached the sensor"
+            );
+            assert!(mesh.with(2, |ota, _| ota.pmesh().status()).is_none());
+        } else {
+            assert!(codes.is_empty(), "{codes:?}");
+            assert!(installed, "without a clock the expiry cannot be checked");
+        }
+    }
 }

@@ -499,11 +499,16 @@ impl PmeshAgent {
     }
 
     /// Checks a manifest against the trust configuration (see `trust::check_manifest`).
-    fn check_trust(&mut self, m: &Manifest) -> Result<Option<SignedRollout>, Refusal> {
+    fn check_trust(
+        &mut self,
+        m: &Manifest,
+        now: Instant,
+    ) -> Result<Option<SignedRollout>, Refusal> {
         let own = Own {
             role: &self.role,
             hardware: &self.hardware,
             confirmed: self.confirmed,
+            now_unix: self.trust.now_unix(now),
         };
         let out = trust::check_manifest(&self.trust, m, own, &mut self.verified_sm);
         if out.is_err() {
@@ -617,7 +622,7 @@ impl PmeshAgent {
             let _ = store.clear_transfer();
             return;
         };
-        let signed = match self.check_trust(&m) {
+        let signed = match self.check_trust(&m, ctx.now()) {
             Ok(s) => s,
             Err(_) => {
                 let _ = store.clear_transfer();
@@ -939,7 +944,7 @@ impl PmeshAgent {
                 self.evaluate_upstream(ctx);
             }
             wire::MANIFEST => match Manifest::from_envelope(env) {
-                Ok(m) if m.from != me => match self.check_trust(&m) {
+                Ok(m) if m.from != me => match self.check_trust(&m, ctx.now()) {
                     Ok(signed) => self.on_manifest(ctx, (m, signed), f, sink, store, busy),
                     Err(reason) => self.refuse(ctx, m.id, reason),
                 },
@@ -1044,7 +1049,7 @@ impl PmeshAgent {
         match env.ty {
             wire::MANIFEST => match Manifest::from_envelope(env) {
                 Ok(m) if m.from == ctx.node_id() => true,
-                Ok(m) => match self.check_trust(&m) {
+                Ok(m) => match self.check_trust(&m, ctx.now()) {
                     Ok(_) => true,
                     Err(reason) => {
                         self.refuse(ctx, m.id, reason);

@@ -31,6 +31,8 @@ pub(crate) struct Own<'a> {
     pub role: &'a str,
     pub hardware: &'a str,
     pub confirmed: Option<u64>,
+    /// Unix seconds now, when the host gave the node a wall clock.
+    pub now_unix: Option<u64>,
 }
 
 #[cfg(feature = "signature")]
@@ -51,19 +53,31 @@ mod imp {
         /// Without keys: take part in unsigned rollouts (true) or refuse every pmesh rollout
         /// (false). Ignored when keys are set.
         pub allow_unsigned: bool,
+        /// Unix time (seconds) at the node's `Instant::ZERO`, when the host has a wall clock
+        /// (pmesh-net sets it from the system clock): the node then refuses expired signed
+        /// manifests, relays included (`Refused { Untrusted { code: "expired" } }`). `None`
+        /// (the default: a microcontroller without a trusted clock): expiry is not checked.
+        pub wall_clock: Option<u64>,
     }
 
     impl Default for TrustConfig {
-        /// No keys, unsigned allowed: the library default (a `pmesh node` sets its own).
+        /// No keys, unsigned allowed, no wall clock: the library default (a `pmesh node` sets
+        /// its own).
         fn default() -> Self {
             TrustConfig {
                 keys: Vec::new(),
                 allow_unsigned: true,
+                wall_clock: None,
             }
         }
     }
 
     impl TrustConfig {
+        /// Unix seconds at node time `now`, when the host gave a wall clock.
+        pub fn now_unix(&self, now: pmesh_node::Instant) -> Option<u64> {
+            self.wall_clock.map(|t| t + now.as_micros() / 1_000_000)
+        }
+
         /// Only signed rollouts are accepted (and relayed).
         pub fn requires_signed(&self) -> bool {
             !self.keys.is_empty() || !self.allow_unsigned
@@ -263,12 +277,14 @@ mod imp {
                 "manifest fields differ from the signed manifest",
             )));
         }
+        // Expired manifests are neither used nor relayed (when this node knows the time).
+        crate::signed::check_expiry(&s.body, own.now_unix).map_err(untrusted)?;
         if s.body.role == own.role && s.body.hardware == own.hardware {
             let policy = Policy {
                 role: own.role,
                 hardware: own.hardware,
                 confirmed: own.confirmed,
-                now_unix: None,
+                now_unix: own.now_unix,
             };
             policy.check(&s.body).map_err(untrusted)?;
         }
@@ -326,6 +342,11 @@ mod imp {
         /// Only signed rollouts are accepted: without the feature, that means none.
         pub fn requires_signed(&self) -> bool {
             !self.allow_unsigned
+        }
+
+        /// No wall clock without the `signature` feature (nothing checks an expiry).
+        pub fn now_unix(&self, _now: pmesh_node::Instant) -> Option<u64> {
+            None
         }
     }
 

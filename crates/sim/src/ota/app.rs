@@ -772,6 +772,7 @@ impl OtaApp {
             cfg.trust = pmesh_ota::pmesh::TrustConfig {
                 keys: vec![sim_key().public()],
                 allow_unsigned: false,
+                wall_clock: None,
             };
         }
         cfg
