@@ -402,7 +402,7 @@ fn a_rewritten_span_table_is_refused_and_not_relayed() {
         let text = String::from_utf8(f.to_vec()).unwrap();
         let at = text.find("\"spans\":\"").unwrap() + 9;
         let end = at + text[at..].find('"').unwrap();
-        let mut units = pmesh_ota::b85::decode(text[at..end].as_bytes()).unwrap();
+        let mut units = pmesh_ota::b85::decode(&text.as_bytes()[at..end]).unwrap();
         if units[0] > 0 {
             units[0] -= 1;
             units[1] += 1;
