@@ -472,6 +472,7 @@ fn temporary_node_push_and_a_receiver_resumes_after_a_crash() {
                 "pmesh",
                 "--connect",
                 &target,
+                "--allow-unsigned",
                 "--rate-limit",
                 "60000",
                 "--expect",

@@ -167,6 +167,31 @@ fn signed_bundles_install_and_everything_untrusted_is_refused_with_its_reason() 
         );
     }
 
+    // A verified bundle served as classic OTA (for stock nodes): the target has a trusted
+    // key, so it refuses classic OTA altogether, says so once in its log and counts it.
+    let (_, out, err) = push(
+        &control,
+        &sign(&dir, &fleet, &image(4, 40_000), 5, "v5"),
+        "classic",
+    );
+    assert!(!out.contains("1 installed"), "{out}\n{err}");
+    wait_until(
+        Duration::from_secs(20),
+        "the classic refusal in the target's status",
+        || {
+            let st = status(&target.control);
+            st["classic_receive_stats"]["untrusted"] == 1
+        },
+    );
+    let st = status(&target.control);
+    assert_eq!(st["classic_receive_stats"]["chunks_written"], 0, "{st}");
+    assert_eq!(
+        target.log_text().matches("classic OTA refused").count(),
+        1,
+        "logged once"
+    );
+    assert_eq!(current(&dir, 3).unwrap()["sha256"], sha.as_str());
+
     // An older release, validly signed: the gateway announces it, the target refuses it
     // (rollback) and keeps the image it runs.
     let old = sign(&dir, &fleet, &image(3, 60_000), 2, "v2");
@@ -178,6 +203,84 @@ fn signed_bundles_install_and_everything_untrusted_is_refused_with_its_reason() 
         "the rollback refusal in the target's log",
         || target.log_text().contains("rollback"),
     );
+}
+
+/// `ota push --connect` through the gateway (the temporary node distributes) with `extra`.
+fn push_connect(port: u16, file: &Path, extra: &[&str]) -> (i32, String, String) {
+    let target = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "ota",
+        "push",
+        file.to_str().unwrap(),
+        "--role",
+        "sensor",
+        "--hardware",
+        "ESP32",
+        "--mode",
+        "pmesh",
+        "--connect",
+        &target,
+        "--timeout",
+        "40s",
+        "--settle",
+        "3s",
+    ];
+    args.extend_from_slice(extra);
+    pmesh(&args)
+}
+
+#[test]
+fn a_push_through_a_temporary_node_verifies_with_the_keys_it_is_given() {
+    let dir = TempDir::new("ota-signed-connect");
+    let (fleet, public) = key(&dir, "fleet.key");
+    let (rogue, _) = key(&dir, "rogue.key");
+    let pub_file = dir.0.join("fleet.key.pub");
+    let trusted = pub_file.to_str().unwrap();
+    let p: Vec<u16> = (0..2).map(|_| free_port()).collect();
+    let gw = node(&dir, 1, p[0], &[], &public, false);
+    let target = node(&dir, 2, p[1], &[p[0]], &public, true);
+    wait_until(Duration::from_secs(20), "the mesh to form", || {
+        [&gw, &target].iter().all(|n| n.nodes().len() == 1)
+    });
+    let good = image(6, 50_000);
+    let bundle = sign(&dir, &fleet, &good, 3, "c3");
+    let raw = dir.0.join("c3.bin");
+    let rogue_bundle = sign(&dir, &rogue, &image(7, 30_000), 8, "r8");
+    // Each refused, with its reason, before anything is announced.
+    for (file, extra, reason) in [
+        (&raw, vec![], "unsigned"),
+        (&raw, vec!["--trusted", trusted], "unsigned"),
+        (&bundle, vec![], "unknown_key"),
+        (&rogue_bundle, vec!["--trusted", trusted], "unknown_key"),
+    ] {
+        let (code, out, err) = push_connect(p[0], file, &extra);
+        assert_ne!(code, 0, "{} {extra:?} accepted:\n{out}", file.display());
+        assert!(
+            out.contains(reason) || err.contains(reason),
+            "{reason} not named for {} {extra:?}:\n{out}\n{err}",
+            file.display()
+        );
+    }
+    assert!(current(&dir, 2).is_none(), "something was installed");
+    // --allow-unsigned needs no key and conflicts with --trusted.
+    let (code, _, err) = push_connect(p[0], &raw, &["--trusted", trusted, "--allow-unsigned"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot be used with"), "{err}");
+    // The trusted bundle installs.
+    let (code, out, err) = push_connect(p[0], &bundle, &["--trusted", trusted, "--expect", "2"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("1 installed, 0 failed"), "{out}");
+    assert_eq!(
+        current(&dir, 2).unwrap()["sha256"],
+        pmesh_sha(&good).as_str()
+    );
+}
+
+/// `pmesh ota status` of a node, as JSON.
+fn status(control: &Path) -> serde_json::Value {
+    let (code, out, err) = pmesh(&["ota", "status", "--control", control.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
 }
 
 fn pmesh_sha(bytes: &[u8]) -> String {

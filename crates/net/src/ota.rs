@@ -769,6 +769,18 @@ fn hash_image(source: &mut FileSource) -> Result<String, String> {
     Ok(hasher.finish_hex())
 }
 
+/// Unix seconds now, for `TrustConfig::wall_clock` (a node then refuses expired signed
+/// manifests). Call it right before the mesh starts: the runtime's clock starts at the node's
+/// `Instant::ZERO` then, and the moments between do not matter for an expiry. `None` when the
+/// system clock reads before 2024-01-01 (a board without RTC or NTP yet).
+pub fn wall_clock() -> Option<u64> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    (now >= 1_704_067_200).then_some(now)
+}
+
 /// What `ota push` offers: a plain image file, or a signed bundle (`pmesh ota sign`).
 enum PushImage {
     Plain(FileSource),
@@ -838,11 +850,14 @@ fn build_offer(
             o
         }
     };
+    // A signed pmesh rollout is compressed exactly when its bundle is (the signer fixed the
+    // chunk layout); asking for compression of an uncompressed bundle is refused by the agent.
+    let compressed = opts.compressed || (opts.mode == PushMode::Pmesh && offer.compressed);
     offer.protocol = pmesh_ota::Protocol::Classic;
     offer = offer
         .forced(opts.forced)
         .broadcast(opts.broadcast)
-        .compressed(opts.compressed)
+        .compressed(compressed)
         .apply(if opts.apply_on_verify {
             ApplyPolicy::OnVerify
         } else {
@@ -1309,7 +1324,13 @@ pub fn status_json<S: FirmwareSink, T: OtaStore>(o: &NodeOta<S, T>) -> Value {
             "frames_rejected": ota.classic_frames_rejected()},
         "pmesh_stats": {"data_frames_sent": p.data_frames_sent, "data_bytes_sent": p.data_bytes_sent,
             "control_bytes_sent": p.control_bytes_sent, "chunks_written": p.chunks_written,
-            "duplicates": p.duplicates, "corrupt": p.corrupt, "rewants": p.rewants, "malformed": p.malformed},
+            "duplicates": p.duplicates, "corrupt": p.corrupt, "rewants": p.rewants, "malformed": p.malformed,
+            "untrusted": p.untrusted, "bad_digests": p.bad_digests, "unverifiable": p.unverifiable},
+        "classic_receive_stats": ota.classic_receiver().map(|r| {
+            let c = r.stats();
+            json!({"requests": c.requests, "chunks_written": c.chunks_written,
+                "duplicates": c.duplicates, "dropped": c.dropped, "untrusted": c.untrusted})
+        }),
     })
 }
 

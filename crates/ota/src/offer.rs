@@ -136,8 +136,8 @@ impl Offer {
     }
 
     /// A signed pmesh offer from a bundle (`pmesh ota sign`'s file), verified first against
-    /// `keys` (and its expiry, when `now_unix` is known): role, hardware, version and chunk
-    /// size come from its manifest. Refused with the exact reason otherwise.
+    /// `keys` (and its expiry, when `now_unix` is known): role, hardware, version, chunk
+    /// layout and compression come from its manifest. Refused with the exact reason otherwise.
     #[cfg(feature = "signature")]
     pub fn from_bundle(
         bytes: &[u8],
@@ -147,20 +147,16 @@ impl Offer {
         let b = crate::signed::Bundle::parse(bytes)?;
         b.verify(keys, now_unix)?;
         let m = &b.manifest.body;
-        let digests_end = bytes.len() - b.image().len();
-        let digests = &bytes[b.manifest.bytes.len()..digests_end];
         let mut offer = Offer::new(
             m.role.clone(),
             m.hardware.clone(),
             MemorySource::new(b.image().to_vec()),
         )
-        .pmesh();
+        .pmesh()
+        .compressed(m.compression.is_deflate());
         offer.version = m.version.clone();
         offer.chunk_size = m.chunk_size;
-        offer.signed = Some(crate::pmesh::SignedRollout::from_bundle(
-            b.manifest.clone(),
-            digests,
-        ));
+        offer.signed = Some(crate::pmesh::SignedRollout::from_bundle(&b));
         Ok(offer)
     }
 

@@ -112,11 +112,10 @@ impl<S: FirmwareSink, T: OtaStore> Ota<S, T> {
     /// resume) on its first callback.
     pub fn new(cfg: OtaConfig, sink: S, store: T) -> Self {
         let classic_rx = match cfg.classic_receiver {
-            ClassicReceiverKind::Pmesh => ClassicRx::Pmesh(ClassicReceiver::new(
-                cfg.role.clone(),
-                cfg.hardware.clone(),
-                cfg.classic,
-            )),
+            ClassicReceiverKind::Pmesh => ClassicRx::Pmesh(
+                ClassicReceiver::new(cfg.role.clone(), cfg.hardware.clone(), cfg.classic)
+                    .signed_only(has_trusted_key(&cfg.trust)),
+            ),
             ClassicReceiverKind::Reference => ClassicRx::Reference(ReferenceReceiver::new(
                 cfg.role.clone(),
                 cfg.hardware.clone(),
@@ -447,6 +446,20 @@ impl<S: FirmwareSink, T: OtaStore> Plugin for Ota<S, T> {
         .into_iter()
         .flatten()
         .min()
+    }
+}
+
+/// A node with a trusted key refuses classic OTA altogether: a classic image carries only an
+/// MD5, which nothing signed vouches for (docs/ota.md, "Classic OTA and stock nodes").
+fn has_trusted_key(trust: &crate::pmesh::TrustConfig) -> bool {
+    #[cfg(feature = "signature")]
+    {
+        !trust.keys.is_empty()
+    }
+    #[cfg(not(feature = "signature"))]
+    {
+        let _ = trust;
+        false
     }
 }
 

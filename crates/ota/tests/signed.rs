@@ -30,6 +30,7 @@ fn spec(sequence: u64, chunk_size: u32) -> BundleSpec<'static> {
         version: "1.2.3",
         sequence,
         chunk_size,
+        compressed: false,
         expires: Some(2_000_000_000),
     }
 }
@@ -237,6 +238,95 @@ fn a_random_sample_of_flips_in_a_large_bundle_is_refused() {
         (x % (bytes.len() as u64 * 8)) as usize
     });
     for bit in (0..mlen * 8).chain(random) {
+        flipped[bit / 8] ^= 1 << (bit % 8);
+        assert!(refused(&flipped, &keys), "flip of bit {bit} accepted");
+        flipped[bit / 8] ^= 1 << (bit % 8);
+    }
+}
+
+/// Firmware-like bytes that deflate well (runs, tables, text) between noisy stretches.
+fn compressible(len: usize, seed: u32) -> Vec<u8> {
+    let noise = image(len, seed);
+    (0..len)
+        .map(|i| match (i / 700) % 3 {
+            0 => noise[i],
+            1 => 0,
+            _ => b"mesh node "[i % 10],
+        })
+        .collect()
+}
+
+fn compressed_spec(sequence: u64, chunk_size: u32) -> BundleSpec<'static> {
+    BundleSpec {
+        compressed: true,
+        ..spec(sequence, chunk_size)
+    }
+}
+
+#[test]
+fn a_compressed_bundle_signs_its_span_table_and_digests_image_bytes() {
+    let k = key(8);
+    let img = compressible(60_000, 8);
+    let bytes = Bundle::build(&k, &img, &compressed_spec(4, 1024)).unwrap();
+    let b = Bundle::parse(&bytes).unwrap();
+    b.verify(&[k.public()], None).unwrap();
+    let m = &b.manifest.body;
+    let spans = b.spans().expect("a span table");
+    assert!(m.compression.is_deflate());
+    assert_eq!(
+        (spans.count(), spans.max_len()),
+        (m.chunk_count, m.chunk_size)
+    );
+    // Spans are longer than the DEFLATE target where the image compresses, so fewer chunks
+    // than fixed 1 KiB ones; each chunk's digest covers its image bytes.
+    assert!(m.chunk_count < 60, "{} chunks", m.chunk_count);
+    let mut joined = Vec::new();
+    for i in 0..m.chunk_count {
+        let c = b.chunk(i);
+        assert_eq!(pmesh_ota::signed::chunk_digest(c), b.digest(i));
+        joined.extend_from_slice(c);
+    }
+    assert_eq!(joined, img);
+    assert!(b.manifest.bytes.len() <= pmesh_ota::signed::manifest::MAX_MANIFEST_BYTES);
+    // The offer follows the bundle: compressed, pmesh.
+    let o = pmesh_ota::Offer::from_bundle(&bytes, &[k.public()], None).unwrap();
+    assert!(o.compressed && o.protocol == pmesh_ota::Protocol::Pmesh);
+}
+
+#[test]
+fn a_compressed_bundle_with_another_span_table_is_refused() {
+    let k = key(9);
+    let img = compressible(20_000, 9);
+    let bytes = Bundle::build(&k, &img, &compressed_spec(1, 512)).unwrap();
+    let b = Bundle::parse(&bytes).unwrap();
+    let at = b.manifest.bytes.len();
+    let count = b.manifest.body.chunk_count as usize;
+    assert!(count >= 3, "{count} spans");
+    // Move one unit from the first span to the second: still adds up to the image.
+    let mut moved = bytes.clone();
+    let (first, second) = (moved[at], moved[at + 1]);
+    if first > 0 {
+        moved[at] = first - 1;
+        moved[at + 1] = second + 1;
+    } else {
+        moved[at] = first + 1;
+        moved[at + 1] = second - 1;
+    }
+    let err = Bundle::parse(&moved).unwrap_err();
+    assert_eq!(err.code(), "malformed", "{err}");
+}
+
+#[test]
+fn every_single_bit_flip_of_a_small_compressed_bundle_is_refused() {
+    let k = key(10);
+    let keys = [k.public()];
+    // 6 KiB in spans deflating to at most 256 bytes: a span table, one digest page.
+    let bytes = Bundle::build(&k, &compressible(6 * 1024, 10), &compressed_spec(3, 256)).unwrap();
+    let b = Bundle::parse(&bytes).unwrap();
+    assert!(b.manifest.body.chunk_count >= 3);
+    assert!(!refused(&bytes, &keys));
+    let mut flipped = bytes.clone();
+    for bit in 0..bytes.len() * 8 {
         flipped[bit / 8] ^= 1 << (bit % 8);
         assert!(refused(&flipped, &keys), "flip of bit {bit} accepted");
         flipped[bit / 8] ^= 1 << (bit % 8);

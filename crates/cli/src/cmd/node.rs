@@ -373,6 +373,8 @@ impl OtaSettings {
                     .context("--trusted-key / [ota] trusted_keys")?
             },
             allow_unsigned: args.allow_unsigned || s.allow_unsigned.unwrap_or(false),
+            // Set from the system clock when the node starts (`run`).
+            wall_clock: None,
         };
         let dir = args
             .ota_dir
@@ -743,7 +745,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         (FileSink::disabled(), FileStore::disabled())
     };
     log_trust(&o.config.trust);
-    let ota = NodeOta::new(Ota::new(o.config.clone(), sink, store));
+    let mut config = o.config.clone();
+    // Expired signed manifests are refused by this node, relays included.
+    config.trust.wall_clock = pmesh_net::ota::wall_clock();
+    let ota = NodeOta::new(Ota::new(config, sink, store));
     let status = settings.status.clone().map(|cfg| {
         info!(interval_s = cfg.interval.as_secs_f64(), target = ?cfg.target, firmware = %cfg.firmware,
             "status reports on (EnhancedStatusPackage)");

@@ -126,6 +126,16 @@ pub struct PushArgs {
     /// How long the temporary node waits to join the mesh.
     #[arg(long, default_value = "30s", requires = "connect")]
     join_timeout: String,
+    /// A trusted public key: a file of key lines, or the line itself; repeatable. The FILE
+    /// must then be a bundle signed by one of them (checked here first, expiry included).
+    /// With --connect the temporary node trusts exactly these and verifies the bundle before
+    /// announcing it; through --control the node verifies it against its own keys as well.
+    #[arg(long, value_name = "PUB")]
+    trusted: Vec<String>,
+    /// With --connect and no --trusted: let the temporary node offer a plain (unsigned) image.
+    /// Without it, such a node refuses to, as a `pmesh node` without keys does.
+    #[arg(long, requires = "connect", conflicts_with = "trusted")]
+    allow_unsigned: bool,
     /// Print progress as JSON lines (one per item) instead of bars or text.
     #[arg(long)]
     json: bool,
@@ -229,16 +239,43 @@ fn options(args: &PushArgs) -> anyhow::Result<PushOptions> {
     Ok(o)
 }
 
+/// With --trusted: the file must be a bundle that verifies against those keys now.
+fn verify_locally(args: &PushArgs) -> anyhow::Result<Vec<pmesh_ota::signed::TrustedKey>> {
+    if args.trusted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys = crate::cmd::sign::read_trusted(&args.trusted)?;
+    let bytes = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let verdict = pmesh_ota::signed::Bundle::parse(&bytes).and_then(|b| {
+        b.verify(&keys, Some(crate::cmd::sign::unix_now()))
+            .map(|_| ())
+    });
+    if let Err(e) = verdict {
+        let e = match e {
+            pmesh_ota::signed::TrustError::Malformed(_)
+                if !bytes.starts_with(&pmesh_ota::signed::manifest::MAGIC) =>
+            {
+                pmesh_ota::signed::TrustError::Unsigned
+            }
+            e => e,
+        };
+        bail!("refused: {}: {}: {e}", e.code(), args.file.display());
+    }
+    Ok(keys)
+}
+
 /// `pmesh ota push`.
 fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
     let opts = options(&args)?;
+    let keys = verify_locally(&args)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let mut view = Renderer::new(args.json, opts.mode);
     let end = rt.block_on(async {
         match &args.connect {
-            Some(target) => push_joined(&args, target, opts, &mut view).await,
+            Some(target) => push_joined(&args, target, opts, keys, &mut view).await,
             None => push_control(&args, opts, &mut view).await,
         }
     })?;
@@ -303,6 +340,7 @@ async fn push_joined(
     args: &PushArgs,
     target: &str,
     opts: PushOptions,
+    keys: Vec<pmesh_ota::signed::TrustedKey>,
     view: &mut Renderer,
 ) -> anyhow::Result<End> {
     if !target.contains(':') {
@@ -317,6 +355,13 @@ async fn push_joined(
     cfg.pmesh_receiver = false;
     cfg.classic_receiver = pmesh_ota::ClassicReceiverKind::Off;
     cfg.pmesh.rate_limit = args.rate_limit.filter(|&r| r > 0);
+    // The temporary node is the verifying side: it trusts --trusted, or with none refuses
+    // plain images unless --allow-unsigned (as a `pmesh node` does).
+    cfg.trust = pmesh_ota::pmesh::TrustConfig {
+        keys,
+        allow_unsigned: args.allow_unsigned,
+        wall_clock: pmesh_net::ota::wall_clock(),
+    };
     let ota = NodeOta::new(Ota::new(cfg, FileSink::disabled(), FileStore::disabled()));
     let net = NetConfig {
         listen: None,

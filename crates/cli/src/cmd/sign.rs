@@ -71,9 +71,15 @@ pub struct SignArgs {
     /// Expiry: Unix seconds, or `+DURATION` from now (`+720h`).
     #[arg(long, value_name = "T")]
     expires: Option<String>,
-    /// Image bytes per chunk (each chunk gets its own digest).
-    #[arg(long, value_name = "BYTES", default_value_t = 4096)]
-    chunk_size: u32,
+    /// Chunks travel deflated, cut into spans that each deflate to about --chunk-size bytes
+    /// (the pmesh protocol's compressed mode; the span table is signed, the digests cover
+    /// image bytes). A compressed bundle is always pushed compressed.
+    #[arg(long)]
+    compressed: bool,
+    /// Bytes per chunk (each chunk gets its own digest) [default: 4096 image bytes, or with
+    /// --compressed at most 3072 DEFLATE bytes].
+    #[arg(long, value_name = "BYTES")]
+    chunk_size: Option<u32>,
     /// The bundle to write [default: FILE.pmb].
     #[arg(long, short, value_name = "BUNDLE")]
     out: Option<PathBuf>,
@@ -194,7 +200,12 @@ pub fn sign(a: SignArgs) -> anyhow::Result<ExitCode> {
         hardware: &a.hardware,
         version: &a.fw_version,
         sequence: a.sequence,
-        chunk_size: a.chunk_size,
+        chunk_size: a.chunk_size.unwrap_or(if a.compressed {
+            pmesh_ota::offer::PMESH_COMPRESSED_CHUNK
+        } else {
+            pmesh_ota::offer::PMESH_CHUNK
+        }),
+        compressed: a.compressed,
         expires: a.expires.as_deref().map(parse_expiry).transpose()?,
     };
     let bundle =
@@ -223,7 +234,8 @@ pub fn manifest_json(b: &Bundle<'_>) -> serde_json::Value {
     let m = &b.manifest.body;
     json!({
         "role": m.role, "hardware": m.hardware, "version": m.version, "sequence": m.sequence,
-        "size": m.size, "sha256": pmesh_ota::codec::hex(&m.sha256), "compression": "none",
+        "size": m.size, "sha256": pmesh_ota::codec::hex(&m.sha256),
+        "compression": if m.compression.is_deflate() { "deflate" } else { "none" },
         "chunkSize": m.chunk_size, "chunks": m.chunk_count, "pages": m.page_count(),
         "pagesRoot": pmesh_ota::codec::hex(&m.pages_root), "keyId": pmesh_ota::codec::hex(&m.key_id.0),
         "expires": m.expires, "manifestBytes": b.manifest.bytes.len(),

@@ -96,6 +96,9 @@ pub struct ClassicReceiverStats {
     pub duplicates: u64,
     /// Chunks dropped: bad base64, wrong length, out of order without staging.
     pub dropped: u64,
+    /// Classic offers for this node refused because it takes signed firmware only (it has a
+    /// trusted key: classic OTA carries nothing it could verify). Once per offer.
+    pub untrusted: u64,
 }
 
 /// pmesh's classic receiver.
@@ -107,6 +110,8 @@ pub struct ClassicReceiver {
     t: Option<Transfer>,
     refused: Vec<(String, &'static str)>,
     stats: ClassicReceiverStats,
+    /// Refuse every classic offer (the node has trusted keys).
+    signed_only: bool,
 }
 
 impl core::fmt::Debug for ClassicReceiver {
@@ -134,7 +139,16 @@ impl ClassicReceiver {
             t: None,
             refused: Vec::new(),
             stats: ClassicReceiverStats::default(),
+            signed_only: false,
         }
+    }
+
+    /// Refuse every classic offer for this node (`Refused { Untrusted { code: "unsigned" } }`,
+    /// once per offer, counted in [`ClassicReceiverStats::untrusted`]): set on a node with a
+    /// trusted key, since a classic image carries only an MD5 nothing signed vouches for.
+    pub fn signed_only(mut self, on: bool) -> Self {
+        self.signed_only = on;
+        self
     }
 
     /// Counters.
@@ -178,6 +192,10 @@ impl ClassicReceiver {
         let Some(rec) = store.load_transfer() else {
             return;
         };
+        if self.signed_only {
+            // A classic transfer begun before a trusted key was configured is not resumed.
+            return;
+        }
         let Ok(env) = pmesh_proto::Envelope::parse(&rec.offer, pmesh_proto::DEFAULT_MAX_DEPTH)
         else {
             return;
@@ -235,6 +253,15 @@ impl ClassicReceiver {
             let reason = Refusal::WrongHardware {
                 offered: a.info.hardware.clone(),
                 mine: self.hardware.clone(),
+            };
+            return self.refuse(ctx, id, &a, reason);
+        }
+        if self.signed_only {
+            let reason = Refusal::Untrusted {
+                code: "unsigned",
+                reason: "classic OTA refused: this node has a trusted key and installs only \
+                         signed pmesh rollouts"
+                    .into(),
             };
             return self.refuse(ctx, id, &a, reason);
         }
@@ -310,6 +337,9 @@ impl ClassicReceiver {
                 self.refused.remove(0);
             }
             self.refused.push(key);
+            if matches!(reason, Refusal::Untrusted { .. }) {
+                self.stats.untrusted += 1;
+            }
             ctx.emit(OtaEvent::Refused { id, reason });
         }
     }

@@ -499,11 +499,16 @@ impl PmeshAgent {
     }
 
     /// Checks a manifest against the trust configuration (see `trust::check_manifest`).
-    fn check_trust(&mut self, m: &Manifest) -> Result<Option<SignedRollout>, Refusal> {
+    fn check_trust(
+        &mut self,
+        m: &Manifest,
+        now: Instant,
+    ) -> Result<Option<SignedRollout>, Refusal> {
         let own = Own {
             role: &self.role,
             hardware: &self.hardware,
             confirmed: self.confirmed,
+            now_unix: self.trust.now_unix(now),
         };
         let out = trust::check_manifest(&self.trust, m, own, &mut self.verified_sm);
         if out.is_err() {
@@ -617,7 +622,7 @@ impl PmeshAgent {
             let _ = store.clear_transfer();
             return;
         };
-        let signed = match self.check_trust(&m) {
+        let signed = match self.check_trust(&m, ctx.now()) {
             Ok(s) => s,
             Err(_) => {
                 let _ = store.clear_transfer();
@@ -705,8 +710,14 @@ impl PmeshAgent {
         }) {
             return Err(Refusal::Busy);
         }
-        if offer.signed.is_some() && offer.compressed {
-            return Err(Refusal::BadOffer("signed rollouts are not compressed"));
+        if offer
+            .signed
+            .as_ref()
+            .is_some_and(|s| s.compressed() != offer.compressed)
+        {
+            return Err(Refusal::BadOffer(
+                "a signed rollout is compressed exactly when its bundle is (ota sign --compressed)",
+            ));
         }
         if offer.signed.is_none() && self.trust.requires_signed() {
             return Err(Refusal::Untrusted {
@@ -729,8 +740,11 @@ impl PmeshAgent {
             return Err(Refusal::BadOffer("empty image"));
         }
         // Compressed images are cut into spans that deflate to about `chunk` bytes each
-        // (equal frames, see `spans`); uncompressed ones into `chunk` image bytes each.
-        let (chunk, count, spans) = if offer.compressed {
+        // (equal frames, see `spans`); uncompressed ones into `chunk` image bytes each. A
+        // signed rollout's layout is the signer's.
+        let (chunk, count, spans) = if let Some(s) = &offer.signed {
+            s.layout()
+        } else if offer.compressed {
             let spans = Spans::plan(offer.image.as_mut(), size, chunk).map_err(|e| match e {
                 PlanError::Io(e) => Refusal::Io(e),
                 PlanError::ShortImage => Refusal::BadOffer("image source ended early"),
@@ -930,7 +944,7 @@ impl PmeshAgent {
                 self.evaluate_upstream(ctx);
             }
             wire::MANIFEST => match Manifest::from_envelope(env) {
-                Ok(m) if m.from != me => match self.check_trust(&m) {
+                Ok(m) if m.from != me => match self.check_trust(&m, ctx.now()) {
                     Ok(signed) => self.on_manifest(ctx, (m, signed), f, sink, store, busy),
                     Err(reason) => self.refuse(ctx, m.id, reason),
                 },
@@ -1035,7 +1049,7 @@ impl PmeshAgent {
         match env.ty {
             wire::MANIFEST => match Manifest::from_envelope(env) {
                 Ok(m) if m.from == ctx.node_id() => true,
-                Ok(m) => match self.check_trust(&m) {
+                Ok(m) => match self.check_trust(&m, ctx.now()) {
                     Ok(_) => true,
                     Err(reason) => {
                         self.refuse(ctx, m.id, reason);
@@ -1057,19 +1071,14 @@ impl PmeshAgent {
         let signed = self
             .r
             .as_ref()
-            .and_then(|r| r.signed.as_ref().map(|s| (r.m.id, s)));
-        let Some((id, s)) = signed else {
+            .and_then(|r| r.signed.as_ref().map(|s| (&r.m, s)));
+        let Some((m, s)) = signed else {
             return !self.trust.requires_signed();
         };
-        let Some(c) = ChunkMsg::from_envelope(env).filter(|c| c.id == id) else {
+        let Some(c) = ChunkMsg::from_envelope(env).filter(|c| c.id == m.id) else {
             return !self.trust.requires_signed();
         };
-        let verdict = if c.deflated {
-            ChunkCheck::Bad
-        } else {
-            s.check_chunk(c.index, &c.payload)
-        };
-        match verdict {
+        match check_signed_chunk(m, s, &c).0 {
             ChunkCheck::Good => true,
             ChunkCheck::Bad => {
                 self.stats.bad_digests += 1;
@@ -1361,12 +1370,11 @@ impl PmeshAgent {
             u.rewant_at = Some(now + tuning.rewant_after);
         }
         let i = c.index;
+        // A signed chunk's image bytes, when it was inflated to check its digest.
+        let mut inflated = None;
         if let Some(s) = &r.signed {
-            let verdict = if c.deflated {
-                ChunkCheck::Bad
-            } else {
-                s.check_chunk(i, &c.payload)
-            };
+            let (verdict, bytes) = check_signed_chunk(&r.m, s, &c);
+            inflated = bytes;
             match verdict {
                 ChunkCheck::Good => {}
                 ChunkCheck::Bad => {
@@ -1410,12 +1418,22 @@ impl PmeshAgent {
                     self.stats.duplicates += 1;
                 } else {
                     let (offset, len) = r.m.chunk_range(i);
-                    let bytes = if c.deflated {
+                    let bytes = if inflated.is_some() {
+                        inflated
+                    } else if c.deflated {
                         codec::inflate_chunk(&c.payload, len).ok()
                     } else {
                         Some(c.payload)
                     };
-                    match bytes.filter(|b| b.len() == len && codec::crc32(b) == c.crc) {
+                    // Signed chunks carry no CRC: their digest was checked above. A build
+                    // without `signature` takes a signed rollout as unsigned and has only the
+                    // image's SHA-256 (checked before anything is committed) for them.
+                    let digested = r.signed.is_some() || !cfg!(feature = "signature");
+                    let intact = |b: &Vec<u8>| match c.crc {
+                        Some(crc) => codec::crc32(b) == crc,
+                        None => digested,
+                    };
+                    match bytes.filter(|b| b.len() == len && intact(b)) {
                         None => self.stats.corrupt += 1,
                         Some(bytes) => {
                             if let Err(e) = sink
@@ -1685,7 +1703,7 @@ impl PmeshAgent {
         };
         let _ = store.set_current_image(&image);
         let _ = store.clear_transfer();
-        if let Some(s) = &r.signed {
+        if let Some(s) = r.signed.as_ref().filter(|s| s.verified()) {
             // Anti-rollback: the counter moves when the node commits a signed image.
             let seq = s.sequence();
             let _ = store.set_confirmed_sequence(&self.role, &self.hardware, seq);
@@ -2201,6 +2219,26 @@ impl PmeshAgent {
     }
 }
 
+/// Checks chunk `c` of a signed rollout against its digest, which covers the chunk's image
+/// bytes: a deflated chunk is inflated to its range first (one that does not inflate to
+/// exactly that is bad). Returns the verdict and the inflated bytes, when it inflated them.
+fn check_signed_chunk(
+    m: &Manifest,
+    s: &SignedRollout,
+    c: &ChunkMsg,
+) -> (ChunkCheck, Option<Vec<u8>>) {
+    if c.index >= m.count {
+        return (ChunkCheck::Bad, None);
+    }
+    if !c.deflated {
+        return (s.check_chunk(c.index, &c.payload), None);
+    }
+    match codec::inflate_chunk(&c.payload, m.chunk_range(c.index).1) {
+        Ok(bytes) => (s.check_chunk(c.index, &bytes), Some(bytes)),
+        Err(_) => (ChunkCheck::Bad, None),
+    }
+}
+
 fn new_rollout(m: Manifest, role: Role, have: ChunkBitmap) -> Rollout {
     Rollout {
         m,
@@ -2261,8 +2299,10 @@ fn build_chunk(
         }
         Role::Relay => return None,
     };
+    // A signed rollout's chunks carry no CRC: every node checks their digest instead.
+    let crc = r.signed.is_none();
     Some(wire::encode_chunk_with(
-        me, via, r.m.id, i, &bytes, compress,
+        me, via, r.m.id, i, &bytes, compress, crc,
     ))
 }
 

@@ -31,15 +31,18 @@ pub(crate) struct Own<'a> {
     pub role: &'a str,
     pub hardware: &'a str,
     pub confirmed: Option<u64>,
+    /// Unix seconds now, when the host gave the node a wall clock.
+    pub now_unix: Option<u64>,
 }
 
 #[cfg(feature = "signature")]
 mod imp {
     use super::*;
+    use crate::pmesh::spans::Spans;
     use crate::pmesh::wire;
     use crate::signed::{
-        DigestPage, Hash, Policy, SignedManifest, TrustError, TrustedKey, bundle, merkle,
-        verify_signature,
+        Bundle, DigestPage, Hash, Policy, SignedCompression, SignedManifest, TrustError,
+        TrustedKey, bundle, merkle, verify_signature,
     };
 
     /// Which firmware a node trusts (part of `OtaConfig`).
@@ -50,19 +53,31 @@ mod imp {
         /// Without keys: take part in unsigned rollouts (true) or refuse every pmesh rollout
         /// (false). Ignored when keys are set.
         pub allow_unsigned: bool,
+        /// Unix time (seconds) at the node's `Instant::ZERO`, when the host has a wall clock
+        /// (pmesh-net sets it from the system clock): the node then refuses expired signed
+        /// manifests, relays included (`Refused { Untrusted { code: "expired" } }`). `None`
+        /// (the default: a microcontroller without a trusted clock): expiry is not checked.
+        pub wall_clock: Option<u64>,
     }
 
     impl Default for TrustConfig {
-        /// No keys, unsigned allowed: the library default (a `pmesh node` sets its own).
+        /// No keys, unsigned allowed, no wall clock: the library default (a `pmesh node` sets
+        /// its own).
         fn default() -> Self {
             TrustConfig {
                 keys: Vec::new(),
                 allow_unsigned: true,
+                wall_clock: None,
             }
         }
     }
 
     impl TrustConfig {
+        /// Unix seconds at node time `now`, when the host gave a wall clock.
+        pub fn now_unix(&self, now: pmesh_node::Instant) -> Option<u64> {
+            self.wall_clock.map(|t| t + now.as_micros() / 1_000_000)
+        }
+
         /// Only signed rollouts are accepted (and relayed).
         pub fn requires_signed(&self) -> bool {
             !self.keys.is_empty() || !self.allow_unsigned
@@ -75,13 +90,23 @@ mod imp {
     pub struct SignedRollout {
         manifest: SignedManifest,
         pages: Vec<Option<(DigestPage, Vec<Hash>)>>,
+        /// A distributor's span table (compressed layout); receivers take it from the
+        /// MANIFEST, checked against the signed hash.
+        spans: Option<Spans>,
+        /// The signature was checked under a trusted key. A node without keys that allows
+        /// unsigned firmware still checks pages and chunks against the manifest's root (for
+        /// integrity: signed chunks carry no CRC), but never moves its anti-rollback counter.
+        verified: bool,
     }
 
     impl SignedRollout {
-        /// A distributor's: every page of a bundle's digests (already verified as a bundle).
-        pub fn from_bundle(manifest: SignedManifest, digests: &[u8]) -> Self {
+        /// A distributor's: the manifest, span table and every digest page of a bundle
+        /// (verified first with [`Bundle::verify`]).
+        pub fn from_bundle(b: &Bundle<'_>) -> Self {
+            let digests = b.digests();
             let leaves = bundle::page_leaves(digests);
-            let mut s = SignedRollout::new(manifest);
+            let mut s = SignedRollout::new(b.manifest.clone());
+            s.spans = b.spans().cloned();
             for (p, page) in digests
                 .chunks(32 * crate::signed::PAGE_CHUNKS as usize)
                 .enumerate()
@@ -96,7 +121,26 @@ mod imp {
             SignedRollout {
                 manifest,
                 pages: alloc::vec![None; n],
+                spans: None,
+                verified: true,
             }
+        }
+
+        /// Whether the signature was checked under a trusted key.
+        pub fn verified(&self) -> bool {
+            self.verified
+        }
+
+        /// The signed chunk layout for a distributor: chunk size (the longest span), count
+        /// and the span table (compressed layout).
+        pub(crate) fn layout(&self) -> (u32, u32, Option<Spans>) {
+            let b = &self.manifest.body;
+            (b.chunk_size, b.chunk_count, self.spans.clone())
+        }
+
+        /// Whether chunks travel deflated (the signer chose the compressed layout).
+        pub(crate) fn compressed(&self) -> bool {
+            self.manifest.body.compression.is_deflate()
         }
 
         /// The signed manifest.
@@ -202,19 +246,26 @@ mod imp {
                 Ok(None)
             };
         };
-        if cfg.keys.is_empty() {
-            // Nothing to check it with: an unsigned rollout as far as this node knows.
-            return if cfg.allow_unsigned {
-                Ok(None)
-            } else {
-                Err(untrusted(TrustError::Unsigned))
-            };
+        if cfg.keys.is_empty() && !cfg.allow_unsigned {
+            return Err(untrusted(TrustError::Unsigned));
         }
         let (s, used) = SignedManifest::decode(sm).map_err(untrusted)?;
         if used != sm.len() {
             return Err(untrusted(TrustError::Malformed(
                 "bytes after the signed manifest",
             )));
+        }
+        if cfg.keys.is_empty() {
+            // Nothing to check the signature with: unsigned as far as this node knows, but
+            // its chunks are still checked against the manifest's digests (they carry no CRC).
+            if !matches_json(m, &s) {
+                return Err(untrusted(TrustError::Malformed(
+                    "manifest fields differ from the signed manifest",
+                )));
+            }
+            let mut r = SignedRollout::new(s);
+            r.verified = false;
+            return Ok(Some(r));
         }
         if verified.as_slice() != sm.as_slice() {
             verify_signature(&s, &cfg.keys).map_err(untrusted)?;
@@ -226,30 +277,39 @@ mod imp {
                 "manifest fields differ from the signed manifest",
             )));
         }
+        // Expired manifests are neither used nor relayed (when this node knows the time).
+        crate::signed::check_expiry(&s.body, own.now_unix).map_err(untrusted)?;
         if s.body.role == own.role && s.body.hardware == own.hardware {
             let policy = Policy {
                 role: own.role,
                 hardware: own.hardware,
                 confirmed: own.confirmed,
-                now_unix: None,
+                now_unix: own.now_unix,
             };
             policy.check(&s.body).map_err(untrusted)?;
         }
         Ok(Some(SignedRollout::new(s)))
     }
 
-    /// The JSON fields a node acts on are the signed ones.
+    /// The JSON fields a node acts on are the signed ones; a span table hashes to the
+    /// signed hash (so every chunk's image range is the signer's).
     fn matches_json(m: &Manifest, s: &SignedManifest) -> bool {
         let b = &s.body;
-        m.size == b.size
+        let layout = match (&b.compression, &m.spans) {
+            (SignedCompression::None, None) => m.compression == wire::Compression::None,
+            (SignedCompression::Deflate { spans }, Some(table)) => {
+                m.compression == wire::Compression::Deflate && bundle::spans_hash(table) == *spans
+            }
+            _ => false,
+        };
+        layout
+            && m.size == b.size
             && m.chunk == b.chunk_size
             && m.count == b.chunk_count
             && m.sha256 == crate::codec::hex(&b.sha256)
             && m.version == b.version
             && m.role == b.role
             && m.hardware == b.hardware
-            && m.compression == wire::Compression::None
-            && m.spans.is_none()
     }
 
     /// A PAGE envelope: (id, page, digests, proof), or `None` if malformed.
@@ -283,6 +343,11 @@ mod imp {
         pub fn requires_signed(&self) -> bool {
             !self.allow_unsigned
         }
+
+        /// No wall clock without the `signature` feature (nothing checks an expiry).
+        pub fn now_unix(&self, _now: pmesh_node::Instant) -> Option<u64> {
+            None
+        }
     }
 
     /// Cannot exist without the `signature` feature.
@@ -291,6 +356,15 @@ mod imp {
 
     impl SignedRollout {
         pub(crate) fn sequence(&self) -> u64 {
+            match *self {}
+        }
+        pub(crate) fn verified(&self) -> bool {
+            match *self {}
+        }
+        pub(crate) fn layout(&self) -> (u32, u32, Option<crate::pmesh::spans::Spans>) {
+            match *self {}
+        }
+        pub(crate) fn compressed(&self) -> bool {
             match *self {}
         }
         pub(crate) fn page_count(&self) -> u32 {

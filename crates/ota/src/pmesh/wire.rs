@@ -11,7 +11,7 @@
 //! | 710 | HELLO | 0 | `v` (protocol version) |
 //! | 711 | MANIFEST | 2 (0 to one neighbour) | `id,size,chunk,count,sha256,version,role,hardware,compression[,spans],forced,apply[,at]` |
 //! | 712 | WANT | 0 (1 + `dest` to the distributor) | `id,n,have[,re][,stop]` |
-//! | 713 | CHUNK | 0 (1 + `dest`) | `id,i,z,crc,d` |
+//! | 713 | CHUNK | 0 (1 + `dest`) | `id,i,z[,crc],d` (no `crc` in signed rollouts) |
 //! | 714 | ACK | 0 (1 + `dest`) | `id,n[,p]` |
 //! | 715 | APPLY | 2 | `id,at` |
 //! | 716 | CANCEL | 2 | `id` |
@@ -46,7 +46,9 @@ pub const CANCEL: i32 = 716;
 /// PAGE: a digest page of a signed rollout with its Merkle proof (see `crate::signed`).
 pub const PAGE: i32 = 717;
 /// Longest signed manifest a MANIFEST's `sm` may carry (bytes, before base85).
-pub const MAX_SIGNED_MANIFEST: usize = 375;
+pub const MAX_SIGNED_MANIFEST: usize = 402;
+#[cfg(feature = "signature")]
+const _: () = assert!(MAX_SIGNED_MANIFEST == crate::signed::manifest::MAX_MANIFEST_BYTES);
 
 /// Most chunks a manifest may have (a 128 KiB bitmap); more is refused as malformed, so a
 /// bad manifest cannot make a relay allocate without bound.
@@ -467,6 +469,7 @@ pub(crate) type Compressor = fn(&[u8]) -> Vec<u8>;
 
 /// The CHUNK frame for chunk `index` whose image bytes are `data`: the payload is the raw
 /// DEFLATE of `data` when `deflate` and that is smaller, else `data` itself.
+#[cfg(test)]
 pub(crate) fn encode_chunk(
     from: u32,
     via: Via,
@@ -476,7 +479,7 @@ pub(crate) fn encode_chunk(
     deflate: bool,
 ) -> Vec<u8> {
     let compress = deflate.then_some(crate::codec::deflate_chunk as Compressor);
-    encode_chunk_with(from, via, id, index, data, compress)
+    encode_chunk_with(from, via, id, index, data, compress, true)
 }
 
 /// [`encode_chunk`] with the compressor given (None: the payload is `data` itself).
@@ -487,8 +490,9 @@ pub(crate) fn encode_chunk_with(
     index: u32,
     data: &[u8],
     compress: Option<Compressor>,
+    crc: bool,
 ) -> Vec<u8> {
-    let crc = crate::codec::crc32(data);
+    let crc = crc.then(|| crate::codec::crc32(data));
     if let Some(compress) = compress {
         let z = compress(data);
         if z.len() < data.len() {
@@ -499,10 +503,19 @@ pub(crate) fn encode_chunk_with(
 }
 
 /// The CHUNK frame (JSON, NUL excluded) node `from` sends a neighbour for chunk `index` of
-/// rollout `id`, whose image bytes are `data` — byte for byte what the agent sends. For
-/// simulators and benchmarks that need exact wire sizes.
-pub fn neighbour_chunk_json(from: u32, id: u32, index: u32, data: &[u8], deflate: bool) -> Vec<u8> {
-    encode_chunk(from, Via::Neighbour, id, index, data, deflate)
+/// rollout `id`, whose image bytes are `data` — byte for byte what the agent sends (a
+/// `signed` rollout's chunks carry no CRC: their digest replaces it). For simulators and
+/// benchmarks that need exact wire sizes.
+pub fn neighbour_chunk_json(
+    from: u32,
+    id: u32,
+    index: u32,
+    data: &[u8],
+    deflate: bool,
+    signed: bool,
+) -> Vec<u8> {
+    let compress = deflate.then_some(crate::codec::deflate_chunk as Compressor);
+    encode_chunk_with(from, Via::Neighbour, id, index, data, compress, !signed)
 }
 
 /// Builds a CHUNK frame around already-encoded payload bytes.
@@ -512,7 +525,7 @@ pub(crate) fn chunk_frame(
     id: u32,
     index: u32,
     deflated: bool,
-    crc: u32,
+    crc: Option<u32>,
     payload: &[u8],
 ) -> Vec<u8> {
     let mut o = routed_head(CHUNK, from, via);
@@ -520,7 +533,9 @@ pub(crate) fn chunk_frame(
     num(&mut o, "id", u64::from(id));
     num(&mut o, "i", u64::from(index));
     num(&mut o, "z", u64::from(deflated));
-    num(&mut o, "crc", u64::from(crc));
+    if let Some(crc) = crc {
+        num(&mut o, "crc", u64::from(crc));
+    }
     o.extend_from_slice(b",\"d\":\"");
     b85::encode_into(payload, &mut o);
     o.extend_from_slice(b"\"}");
@@ -533,7 +548,8 @@ pub(crate) struct ChunkMsg {
     pub id: u32,
     pub index: u32,
     pub deflated: bool,
-    pub crc: u32,
+    /// CRC-32 of the image bytes; absent in signed rollouts (the chunk digest replaces it).
+    pub crc: Option<u32>,
     pub payload: Vec<u8>,
 }
 
@@ -547,7 +563,10 @@ impl ChunkMsg {
             id: env.get("id")?.as_u32_strict()?,
             index: env.get("i")?.as_u32_strict()?,
             deflated: env.get("z")?.as_u32_strict()? != 0,
-            crc: env.get("crc")?.as_u32_strict()?,
+            crc: match env.get("crc") {
+                None => None,
+                Some(v) => Some(v.as_u32_strict()?),
+            },
             payload,
         })
     }
@@ -663,6 +682,7 @@ mod tests {
             3,
             &data,
             None,
+            true,
         )))
         .unwrap();
         assert!(!raw.deflated);
@@ -774,7 +794,7 @@ mod tests {
             5,
             2,
             true,
-            0xdead_beef,
+            Some(0xdead_beef),
             b"\x00\x01payload\"\\",
         );
         assert!(!f.contains(&0));
@@ -783,7 +803,7 @@ mod tests {
         let c = ChunkMsg::from_envelope(&env).unwrap();
         assert_eq!(
             (c.id, c.index, c.deflated, c.crc),
-            (5, 2, true, 0xdead_beef)
+            (5, 2, true, Some(0xdead_beef))
         );
         assert_eq!(c.payload, b"\x00\x01payload\"\\");
         let mut have = ChunkBitmap::new(70);

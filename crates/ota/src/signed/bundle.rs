@@ -1,9 +1,10 @@
 //! The bundle file `pmesh ota sign` writes and gateways serve from: one signed manifest, then
-//! the digest of every chunk (32 B each, in chunk order: the digest pages back to back), then
-//! the image. Nothing else, no padding; the manifest says how long the rest is.
+//! (compressed layout only) the span table, then the digest of every chunk (32 B each, in
+//! chunk order: the digest pages back to back), then the image. Nothing else, no padding; the
+//! manifest says how long the rest is.
 //!
 //! ```text
-//! | signed manifest (≤ 375 B) | chunk_count × 32 B digests | image (size B) |
+//! | signed manifest (≤ 402 B) | [chunk_count B span table] | chunk_count × 32 B digests | image (size B) |
 //! ```
 
 use alloc::vec::Vec;
@@ -14,12 +15,16 @@ use super::merkle::{self, Hash, PAGE_CHUNKS};
 use super::{
     KeyId, SigningKey, TrustError, TrustedKey, check_expiry, chunk_digest, verify_signature,
 };
+use crate::io::MemorySource;
+use crate::pmesh::spans::{PlanError, Spans};
 
 /// A bundle laid over its bytes (see the module docs).
 #[derive(Clone, Debug)]
 pub struct Bundle<'a> {
     /// The manifest (layout checked, signature not yet).
     pub manifest: SignedManifest,
+    /// The span table (compressed layout), checked against the image size and the manifest.
+    spans: Option<Spans>,
     digests: &'a [u8],
     image: &'a [u8],
 }
@@ -35,8 +40,12 @@ pub struct BundleSpec<'a> {
     pub version: &'a str,
     /// Anti-rollback sequence.
     pub sequence: u64,
-    /// Image bytes per chunk.
+    /// Uncompressed: image bytes per chunk. Compressed: the most DEFLATE bytes a chunk may
+    /// take (each chunk spans as many image bytes as fit, see `pmesh::spans`).
     pub chunk_size: u32,
+    /// Chunks travel deflated, cut into spans the signer plans (the pmesh protocol's
+    /// compressed mode); the digests still cover image bytes.
+    pub compressed: bool,
     /// Optional expiry (Unix seconds).
     pub expires: Option<u64>,
 }
@@ -48,6 +57,21 @@ pub fn digests_of(image: &[u8], chunk_size: u32) -> Vec<u8> {
         out.extend_from_slice(&chunk_digest(c));
     }
     out
+}
+
+/// The digest of every span of `image`, concatenated.
+pub fn span_digests(image: &[u8], spans: &Spans) -> Vec<u8> {
+    let mut out = Vec::with_capacity(spans.count() as usize * 32);
+    for i in 0..spans.count() {
+        let (at, len) = spans.range(i);
+        out.extend_from_slice(&chunk_digest(&image[at as usize..at as usize + len]));
+    }
+    out
+}
+
+/// The SHA-256 a compressed manifest signs for a span table.
+pub fn spans_hash(spans: &Spans) -> Hash {
+    Sha256::digest(spans.units()).into()
 }
 
 /// The leaf hash of every digest page of `digests`.
@@ -65,7 +89,33 @@ impl<'a> Bundle<'a> {
         image: &[u8],
         spec: &BundleSpec<'_>,
     ) -> Result<Vec<u8>, TrustError> {
-        let digests = digests_of(image, spec.chunk_size);
+        if image.is_empty() {
+            return Err(TrustError::Malformed("empty image"));
+        }
+        let spans = if spec.compressed {
+            let mut source = MemorySource::new(image.to_vec());
+            let planned = Spans::plan(&mut source, image.len() as u64, spec.chunk_size);
+            Some(planned.map_err(|e| match e {
+                PlanError::TooManyChunks => TrustError::Malformed("more than 2^16 spans"),
+                _ => TrustError::Malformed("image could not be cut into spans"),
+            })?)
+        } else {
+            None
+        };
+        let (digests, compression, chunk_size) = match &spans {
+            Some(s) => (
+                span_digests(image, s),
+                SignedCompression::Deflate {
+                    spans: spans_hash(s),
+                },
+                s.max_len(),
+            ),
+            None => (
+                digests_of(image, spec.chunk_size),
+                SignedCompression::None,
+                spec.chunk_size,
+            ),
+        };
         let body = ManifestBody {
             role: spec.role.into(),
             hardware: spec.hardware.into(),
@@ -73,8 +123,8 @@ impl<'a> Bundle<'a> {
             sequence: spec.sequence,
             size: image.len() as u64,
             sha256: Sha256::digest(image).into(),
-            compression: SignedCompression::None,
-            chunk_size: spec.chunk_size,
+            compression,
+            chunk_size,
             chunk_count: (digests.len() / 32) as u32,
             pages_root: merkle::root(&page_leaves(&digests)),
             key_id: KeyId([0; 8]),
@@ -82,29 +132,55 @@ impl<'a> Bundle<'a> {
         };
         let manifest = key.sign(body)?;
         let mut out = manifest.bytes;
+        if let Some(s) = &spans {
+            out.extend_from_slice(s.units());
+        }
         out.extend_from_slice(&digests);
         out.extend_from_slice(image);
         Ok(out)
     }
 
-    /// Lays a bundle over `bytes`: manifest layout and exact total length. Nothing else is
-    /// checked yet: call [`Bundle::verify`].
+    /// Lays a bundle over `bytes`: manifest layout, exact total length and, for a compressed
+    /// layout, the span table against the image size and the manifest's hash of it. The
+    /// signature and digests are not checked yet: call [`Bundle::verify`].
     pub fn parse(bytes: &'a [u8]) -> Result<Self, TrustError> {
         let (manifest, used) = SignedManifest::decode(bytes)?;
-        let digest_len = manifest.body.chunk_count as usize * 32;
+        let body = &manifest.body;
+        let table_len = if body.compression.is_deflate() {
+            body.chunk_count as usize
+        } else {
+            0
+        };
+        let digest_len = body.chunk_count as usize * 32;
         let rest = &bytes[used..];
-        let size = usize::try_from(manifest.body.size).unwrap_or(usize::MAX);
-        if rest.len().checked_sub(digest_len) != Some(size) {
+        let size = usize::try_from(body.size).unwrap_or(usize::MAX);
+        if rest.len().checked_sub(table_len + digest_len) != Some(size) {
             return Err(TrustError::Malformed(
                 "bundle length does not match the manifest",
             ));
         }
+        let (table, rest) = rest.split_at(table_len);
+        let spans = match body.compression {
+            SignedCompression::None => None,
+            SignedCompression::Deflate { spans: hash } => Some(parse_spans(body, table, hash)?),
+        };
         let (digests, image) = rest.split_at(digest_len);
         Ok(Bundle {
             manifest,
+            spans,
             digests,
             image,
         })
+    }
+
+    /// The span table of a compressed layout.
+    pub fn spans(&self) -> Option<&Spans> {
+        self.spans.as_ref()
+    }
+
+    /// All chunk digests, concatenated (the digest pages back to back).
+    pub fn digests(&self) -> &'a [u8] {
+        self.digests
     }
 
     /// Checks everything: signature under one of `keys`, expiry at `now_unix` (when known),
@@ -151,9 +227,14 @@ impl<'a> Bundle<'a> {
 
     /// Chunk `i`'s image bytes (`i` < chunk count).
     pub fn chunk(&self, i: u32) -> &'a [u8] {
-        let cs = self.manifest.body.chunk_size as usize;
-        let start = i as usize * cs;
-        &self.image[start.min(self.image.len())..(start + cs).min(self.image.len())]
+        let (start, len) = match &self.spans {
+            Some(s) => (s.range(i).0 as usize, s.range(i).1),
+            None => {
+                let cs = self.manifest.body.chunk_size as usize;
+                (i as usize * cs, cs)
+            }
+        };
+        &self.image[start.min(self.image.len())..(start + len).min(self.image.len())]
     }
 
     /// Chunk `i`'s listed digest (`i` < chunk count).
@@ -175,4 +256,22 @@ impl<'a> Bundle<'a> {
     pub fn page_proof(&self, p: u32) -> Vec<Hash> {
         merkle::proof(&page_leaves(self.digests), p as usize)
     }
+}
+
+/// A compressed bundle's span table: it must add up to the image, agree with the manifest's
+/// chunk count and longest span, and hash to what the manifest signs.
+fn parse_spans(body: &ManifestBody, table: &[u8], hash: Hash) -> Result<Spans, TrustError> {
+    let spans = Spans::from_units(table.to_vec(), body.size)
+        .map_err(|_| TrustError::Malformed("span table does not add up to the image"))?;
+    if spans.count() != body.chunk_count || spans.max_len() != body.chunk_size {
+        return Err(TrustError::Malformed(
+            "span table does not match the manifest's chunk count and size",
+        ));
+    }
+    if spans_hash(&spans) != hash {
+        return Err(TrustError::Malformed(
+            "span table does not match the manifest's hash",
+        ));
+    }
+    Ok(spans)
 }

@@ -12,16 +12,17 @@
 //!            8  sequence (u64 LE): anti-rollback counter
 //!            8  image size in bytes (u64 LE)
 //!           32  SHA-256 of the image
-//!            1  compression of chunk payloads (0 = none)
-//!            4  chunk size in image bytes (u32 LE, 256..=32768)
-//!            4  chunk count (u32 LE) = ceil(size / chunk size), ≤ 2^20
+//!            1  chunk layout and compression: 0 = none, fixed chunks; 1 = deflate, spans
+//!          [32] with 1: SHA-256 of the span table (one byte per chunk, `pmesh::spans`)
+//!            4  chunk size in image bytes (u32 LE, 256..=32768); with 1 the longest span
+//!            4  chunk count (u32 LE): 0: ceil(size / chunk size), ≤ 2^20; 1: spans, ≤ 2^16
 //!           32  Merkle root (RFC 9162) over the digest pages
 //!            8  key id: first 8 bytes of SHA-256 of the signing public key
 //!           [8] expiry, Unix seconds (u64 LE), when flag bit 0 is set
 //!           64  ed25519 signature over every byte before it
 //! ```
 //!
-//! At most 375 bytes, whatever the image.
+//! At most 402 bytes, whatever the image.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -41,17 +42,37 @@ pub const MAX_CHUNKS: u32 = 1 << 20;
 pub const SIGNATURE_BYTES: usize = 64;
 /// The largest encoded manifest.
 pub const MAX_MANIFEST_BYTES: usize =
-    6 + 3 * (1 + MAX_TEXT) + 8 + 8 + 32 + 1 + 4 + 4 + 32 + 8 + 8 + 64;
+    6 + 3 * (1 + MAX_TEXT) + 8 + 8 + 32 + 1 + 32 + 4 + 4 + 32 + 8 + 8 + 64;
+/// Most chunks a compressed (span) layout may describe (`pmesh::spans::MAX_SPANS`).
+pub const MAX_SPAN_CHUNKS: u32 = 1 << 16;
+/// Every span but the last is at least this many image bytes (`pmesh::spans::SPAN_UNIT`).
+const MIN_SPAN: u64 = 256;
 
 /// Identifies a signing key: the first 8 bytes of SHA-256 of its public key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyId(pub [u8; 8]);
 
-/// Chunk payload compression named by a signed manifest.
+/// Chunk layout and payload compression named by a signed manifest. Either way a chunk's
+/// digest covers its *image bytes* (after inflating), so the signer fixes which image bytes
+/// each chunk holds, never the DEFLATE bytes: any holder can rebuild and re-deflate a chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SignedCompression {
-    /// Chunks are image bytes.
+    /// Chunks are `chunk_size` image bytes each and travel as they are.
     None,
+    /// Chunks are cut by a span table (`pmesh::spans`: one byte per chunk, carried by the
+    /// pmesh MANIFEST's `spans` and by the bundle) whose SHA-256 this is, and travel deflated
+    /// (or raw where deflating does not shrink them).
+    Deflate {
+        /// SHA-256 of the span table's bytes.
+        spans: Hash,
+    },
+}
+
+impl SignedCompression {
+    /// Whether chunks are deflated and cut by spans.
+    pub fn is_deflate(&self) -> bool {
+        matches!(self, SignedCompression::Deflate { .. })
+    }
 }
 
 /// What a manifest says about an image, before the signature: the fields a signer fills in.
@@ -70,11 +91,11 @@ pub struct ManifestBody {
     pub size: u64,
     /// SHA-256 of the image.
     pub sha256: Hash,
-    /// Chunk payload compression.
+    /// Chunk layout and payload compression.
     pub compression: SignedCompression,
-    /// Image bytes per chunk (the last chunk may be shorter).
+    /// Image bytes per chunk (the last chunk may be shorter); with spans, the longest span.
     pub chunk_size: u32,
-    /// Number of chunks.
+    /// Number of chunks (of spans, with [`SignedCompression::Deflate`]).
     pub chunk_count: u32,
     /// RFC 9162 Merkle root over the digest pages.
     pub pages_root: Hash,
@@ -85,7 +106,8 @@ pub struct ManifestBody {
 }
 
 /// A decoded signed manifest: the body, the signature and the exact bytes they came from.
-/// Decoding checks the layout only; [`super::Verifier`] checks signature and policy.
+/// Decoding checks the layout only; [`super::verify_signature`] and [`super::Policy`] check
+/// signature and policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignedManifest {
     /// The fields.
@@ -116,9 +138,13 @@ impl ManifestBody {
         out.extend_from_slice(&self.sequence.to_le_bytes());
         out.extend_from_slice(&self.size.to_le_bytes());
         out.extend_from_slice(&self.sha256);
-        out.push(match self.compression {
-            SignedCompression::None => 0,
-        });
+        match self.compression {
+            SignedCompression::None => out.push(0),
+            SignedCompression::Deflate { spans } => {
+                out.push(1);
+                out.extend_from_slice(&spans);
+            }
+        }
         out.extend_from_slice(&self.chunk_size.to_le_bytes());
         out.extend_from_slice(&self.chunk_count.to_le_bytes());
         out.extend_from_slice(&self.pages_root);
@@ -143,9 +169,23 @@ impl ManifestBody {
         if self.chunk_count == 0 || self.chunk_count > MAX_CHUNKS {
             return Err(bad("chunk count outside 1..=2^20"));
         }
-        let needed = self.size.div_ceil(u64::from(self.chunk_size));
-        if self.size == 0 || needed != u64::from(self.chunk_count) {
-            return Err(bad("chunk count does not match size and chunk size"));
+        let (count, chunk) = (u64::from(self.chunk_count), u64::from(self.chunk_size));
+        if self.size == 0 {
+            return Err(bad("empty image"));
+        }
+        if !self.compression.is_deflate() {
+            if self.size.div_ceil(chunk) != count {
+                return Err(bad("chunk count does not match size and chunk size"));
+            }
+            return Ok(());
+        }
+        // Spans: the table itself is checked against `size` where it is read; here only
+        // what the manifest alone can tell (every span ≤ the longest, all but the last ≥ 256).
+        if self.chunk_count > MAX_SPAN_CHUNKS {
+            return Err(bad("span count above 2^16"));
+        }
+        if count * chunk < self.size || (count - 1) * MIN_SPAN >= self.size {
+            return Err(bad("span count does not match size and longest span"));
         }
         Ok(())
     }
@@ -234,6 +274,7 @@ fn read_body(r: &mut Reader<'_>, has_expiry: bool) -> Result<ManifestBody, Trust
     let sha256 = r.array()?;
     let compression = match r.u8()? {
         0 => SignedCompression::None,
+        1 => SignedCompression::Deflate { spans: r.array()? },
         _ => return Err(TrustError::Malformed("unknown compression")),
     };
     let body = ManifestBody {

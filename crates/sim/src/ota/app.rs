@@ -785,6 +785,7 @@ impl OtaApp {
             cfg.trust = pmesh_ota::pmesh::TrustConfig {
                 keys: vec![sim_key().public()],
                 allow_unsigned: false,
+                wall_clock: None,
             };
         }
         cfg
@@ -851,6 +852,7 @@ impl OtaApp {
                     i as u32,
                     data,
                     self.ota.compressed,
+                    self.ota.signed,
                 );
                 json.len() as u64 + 1
             })
@@ -866,18 +868,22 @@ impl OtaApp {
     /// A signed pmesh offer of the image (a bundle made and verified here, as `ota push`
     /// does with a file from `pmesh ota sign`).
     fn signed_offer(&self) -> Result<Offer, String> {
-        if self.ota.compressed || self.ota.mode != OtaMode::Pmesh {
-            return Err("signed rollouts are pmesh and uncompressed (use --uncompressed)".into());
+        if self.ota.mode != OtaMode::Pmesh {
+            return Err("signed rollouts are pmesh rollouts".into());
         }
+        let compressed = self.ota.compressed;
         let spec = pmesh_ota::signed::bundle::BundleSpec {
             role: TARGET_ROLE,
             hardware: HARDWARE,
             version: "sim",
             sequence: 1,
-            chunk_size: self
-                .ota
-                .chunk_bytes
-                .unwrap_or(pmesh_ota::offer::PMESH_CHUNK),
+            // The same chunking as the unsigned offer of the image (`make_offer`).
+            chunk_size: self.ota.chunk_bytes.unwrap_or(if compressed {
+                pmesh_ota::offer::PMESH_COMPRESSED_CHUNK
+            } else {
+                pmesh_ota::offer::PMESH_CHUNK
+            }),
+            compressed,
             expires: None,
         };
         let key = sim_key();

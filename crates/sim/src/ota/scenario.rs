@@ -269,7 +269,8 @@ pub struct OtaScenario {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sink_capacity: Option<ByteSize>,
     /// pmesh mode: a signed rollout (a bundle signed with the simulator's key; every pmesh
-    /// node trusts only that key and checks manifest, digest pages and chunks). Uncompressed.
+    /// node trusts only that key and checks manifest, digest pages and chunks), compressed
+    /// or not as `compressed` says (the bundle is signed with the same chunking).
     pub signed: bool,
     /// Push mode: Data bytes per second the distributor floods (default 250,000; 0 for
     /// unlimited).

@@ -41,7 +41,7 @@ pub struct Args {
     pmesh_nodes: Vec<u32>,
     /// Variants instead of the preset's: unicast, unicast-stock, broadcast, broadcast-stock,
     /// broadcast-mixed, push-stock, push-stock-unlimited, push-mixed, pmesh, pmesh-signed
-    /// (uncompressed only) (comma-separated).
+    /// (comma-separated).
     #[arg(long, value_delimiter = ',')]
     modes: Vec<String>,
     /// Pace of the push variants instead of theirs, Data bytes per second (0 unlimited).
@@ -107,7 +107,7 @@ enum Faults {
 struct Variant {
     mode: OtaMode,
     receivers: Receivers,
-    /// A signed rollout (pmesh, uncompressed): every node checks signature, pages, chunks.
+    /// A signed rollout (pmesh): every node checks signature, pages, chunks.
     signed: bool,
     /// Push mode: Data bytes per second (0 unlimited).
     push_rate: Option<u64>,
@@ -1066,7 +1066,11 @@ fn signed_checks(out: &mut String, markdown: bool, rows: &[&OtaFigures], pmesh: 
                     == (&s.topology, s.nodes, &s.faults, s.image_bytes)
             })?;
             let wire = |f: &OtaFigures| (f.data_bytes + f.control_bytes) as f64;
-            let time = (s.completion_s? / u.completion_s?) - 1.0;
+            // A signed row that did not complete fails the check (it is not left out).
+            let time = match (s.completion_s, u.completion_s) {
+                (Some(s), Some(u)) => s / u - 1.0,
+                _ => f64::INFINITY,
+            };
             Some((wire(s) / wire(u) - 1.0, time, push_row_id(s)))
         })
         .collect();
@@ -1095,7 +1099,7 @@ fn signed_checks(out: &mut String, markdown: bool, rows: &[&OtaFigures], pmesh: 
             pairs.len(),
             w.as_ref().is_none_or(|(x, _)| *x <= bound),
             w.map_or(String::new(), |(x, at)| {
-                format!("worst +{:.2} % ({at})", 100.0 * x)
+                format!("worst {:+.2} % ({at})", 100.0 * x)
             }),
         );
     }

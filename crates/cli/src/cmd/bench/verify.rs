@@ -49,6 +49,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         version: "1",
         sequence: 1,
         chunk_size: a.chunk_size,
+        compressed: false,
         expires: None,
     };
     let bytes = Bundle::build(&key, &image, &spec).map_err(|e| anyhow::anyhow!("{e}"))?;
