@@ -26,8 +26,8 @@ use std::time::Duration;
 use pmesh_node::{ConnectionChange, Context, Event, Handled, Incoming, Instant, Plugin};
 use pmesh_ota::classic::ClassicDistributor;
 use pmesh_ota::{
-    ApplyPolicy, ChunkBitmap, DoneInput, FailReason, FirmwareSink, Mode, NodePhase, Offer, Ota,
-    OtaEvent, OtaStore, Phase, Refusal, RolloutView, TransferId, rollout_done,
+    ApplyPolicy, ChunkBitmap, DoneInput, FirmwareSink, Mode, Offer, Ota, OtaEvent, OtaStore, Phase,
+    Refusal, RefusalCode, RolloutPhase, RolloutView, TransferId, rollout_done,
 };
 use pmesh_proto::message::types;
 use pmesh_proto::ota::DataRequest;
@@ -211,28 +211,28 @@ impl<S: FirmwareSink, T: OtaStore, B: Plugin<Event = OtaEvent>> OtaHost for (Nod
 // --- logging -------------------------------------------------------------------------------
 
 /// What a failure means to an operator, and what to do.
-pub fn refusal_help(reason: FailReason) -> &'static str {
+pub fn refusal_help(reason: RefusalCode) -> &'static str {
     match reason {
-        FailReason::WrongRole => "the image is for another role (check --role)",
-        FailReason::WrongHardware => "the image is for other hardware (check --hardware)",
-        FailReason::AlreadyCurrent => {
+        RefusalCode::WrongRole => "the image is for another role (check --role)",
+        RefusalCode::WrongHardware => "the image is for other hardware (check --hardware)",
+        RefusalCode::AlreadyCurrent => {
             "the node already runs this image (use --forced to install again)"
         }
-        FailReason::TooLarge => "the image does not fit the node's firmware slot",
-        FailReason::UnknownCompression => {
+        RefusalCode::TooLarge => "the image does not fit the node's firmware slot",
+        RefusalCode::UnknownCompression => {
             "the node cannot decompress this image (push without --compressed)"
         }
-        FailReason::BadOffer => "the offer is malformed",
-        FailReason::HashMismatch => {
+        RefusalCode::BadOffer => "the offer is malformed",
+        RefusalCode::HashMismatch => {
             "the written image does not have the announced hash; nothing was installed"
         }
-        FailReason::Busy => "the node is busy with another transfer",
-        FailReason::Io => "the node's firmware storage failed (disk full? permissions?)",
-        FailReason::Codec => "the compressed stream is damaged",
-        FailReason::Untrusted => {
+        RefusalCode::Busy => "the node is busy with another transfer",
+        RefusalCode::Io => "the node's firmware storage failed (disk full? permissions?)",
+        RefusalCode::Codec => "the compressed stream is damaged",
+        RefusalCode::Untrusted => {
             "the node does not trust the image (see docs/ota.md, signed firmware)"
         }
-        FailReason::Other(_) => "see docs/ota.md",
+        RefusalCode::Other(_) => "see docs/ota.md",
     }
 }
 
@@ -354,7 +354,7 @@ impl OtaLogger {
                     node,
                     done,
                     total,
-                    phase = NodePhase::of_report(*phase).name(),
+                    phase = RolloutPhase::of_report(*phase).name(),
                     "OTA: node progress"
                 )
             }
@@ -541,7 +541,7 @@ pub fn auto_broadcast(named_targets: usize, mesh_nodes: usize) -> bool {
 /// Where one node is in a push, as the distributor sees it.
 ///
 /// On the wire (JSON) the phase is a `state` text and, for a failure, a `reason` text
-/// ([`NodePhase::name`], [`FailReason::name`]); in Rust it is typed.
+/// ([`RolloutPhase::name`], [`RefusalCode::name`]); in Rust it is typed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(into = "NodeViewJson", try_from = "NodeViewJson")]
 pub struct NodeView {
@@ -552,7 +552,7 @@ pub struct NodeView {
     /// Chunks in the image.
     pub total: u32,
     /// Its phase (pmesh: receiving, verified, installed, failed; classic: requesting, served).
-    pub phase: NodePhase,
+    pub phase: RolloutPhase,
     /// Classic: DataRequests answered for it (duplicates included).
     pub requests: Option<u64>,
     /// Classic: seconds since its last request.
@@ -598,7 +598,7 @@ impl From<NodeView> for NodeViewJson {
 impl TryFrom<NodeViewJson> for NodeView {
     type Error = String;
     fn try_from(v: NodeViewJson) -> Result<Self, String> {
-        let phase = NodePhase::parse(&v.state, v.reason.as_deref())
+        let phase = RolloutPhase::parse(&v.state, v.reason.as_deref())
             .ok_or_else(|| format!("unknown node state {:?}", v.state))?;
         Ok(NodeView {
             node: v.node,
@@ -875,7 +875,7 @@ const TICK: Duration = Duration::from_millis(250);
 /// The follower keeps a [`RolloutView`]: pmesh targets' progress comes from the node's events
 /// ([`OtaEvent::NodeProgress`], subscribed to before the offer); classic requesters raise no
 /// event, so their requests (and a push's passes) are read from the node every [`TICK`].
-/// [`rollout_done`] decides when the rollout is done.
+/// Changed nodes are sent once per tick; [`rollout_done`] decides when the rollout is done.
 ///
 /// Returns the summary (also sent as the last item), or why the push could not start.
 pub async fn run_push<P>(
@@ -1100,6 +1100,9 @@ struct Follower {
     node_now: Instant,
     /// The event subscription lagged: re-read the reports at the next tick.
     resync: bool,
+    /// Nodes changed since the last tick (shown once per tick, as the operator's view
+    /// needs no more).
+    dirty: std::collections::BTreeSet<u32>,
 }
 
 impl Follower {
@@ -1117,6 +1120,7 @@ impl Follower {
             mesh_now: Vec::new(),
             node_now: Instant::from_micros(0),
             resync: false,
+            dirty: Default::default(),
         }
     }
 
@@ -1137,7 +1141,7 @@ impl Follower {
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
-                    Ok(ev) => self.on_event(&ev, out).await,
+                    Ok(ev) => self.on_event(&ev),
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         debug!(missed = n, "OTA: follower lagged; re-reading the reports");
                         self.resync = true;
@@ -1156,11 +1160,11 @@ impl Follower {
     }
 
     /// A node event: a pmesh target's report changes the view.
-    async fn on_event(&mut self, ev: &MeshEvent<OtaEvent>, out: &mpsc::Sender<PushItem>) {
+    fn on_event(&mut self, ev: &MeshEvent<OtaEvent>) {
         if let MeshEvent::Node(Event::Plugin(ev)) = ev
             && let Some(node) = self.view.on_event(ev)
         {
-            self.changed(node, out).await;
+            self.changed(node);
         }
     }
 
@@ -1183,32 +1187,33 @@ impl Follower {
         }
         self.mesh_now = s.mesh_nodes;
         self.node_now = s.now;
-        let mut changed: Vec<u32> = Vec::new();
         for (node, done, phase) in s.reports.into_iter().flatten() {
             if self.view.report(node, done, phase) {
-                changed.push(node);
+                self.changed(node);
             }
         }
-        changed.extend(self.view.set_push(s.push));
+        for node in self.view.set_push(s.push) {
+            self.changed(node);
+        }
         for (node, requests, parts, last_at) in s.served {
             if self.view.served(node, requests, parts, last_at) {
-                changed.push(node);
+                self.changed(node);
             }
         }
         self.view.set_served_union(s.served_union);
-        for node in changed {
-            self.changed(node, out).await;
+        for node in std::mem::take(&mut self.dirty) {
+            if let Some(v) = self.node_view(node) {
+                let _ = out.send(PushItem::Node(v)).await;
+            }
         }
         self.send_stats(s.stats, out).await;
         self.verdict()
     }
 
-    /// Records a change of `node` and shows it.
-    async fn changed(&mut self, node: u32, out: &mpsc::Sender<PushItem>) {
+    /// Records a change of `node`, shown at the next tick.
+    fn changed(&mut self, node: u32) {
         self.last_change = std::time::Instant::now();
-        if let Some(v) = self.node_view(node) {
-            let _ = out.send(PushItem::Node(v)).await;
-        }
+        self.dirty.insert(node);
     }
 
     /// Counters, about once a second.
@@ -1408,7 +1413,7 @@ pub fn status_json<S: FirmwareSink, T: OtaStore>(o: &NodeOta<S, T>) -> Value {
     let pmesh = ota.pmesh().status().map(|s| {
         json!({
             "transfer": s.id.id, "distributor": s.distributor, "target": s.target,
-            "have": s.have, "total": s.total, "phase": NodePhase::of_report(s.phase).name(), "subscribers": s.subscribers,
+            "have": s.have, "total": s.total, "phase": RolloutPhase::of_report(s.phase).name(), "subscribers": s.subscribers,
         })
     });
     let classic_rx = ota
@@ -1557,7 +1562,7 @@ mod tests {
         let back: PushItem = serde_json::from_value(v).unwrap();
         assert!(
             matches!(back, PushItem::Node(n) if n.node == 7 && n.finished()
-            && n.phase == NodePhase::Failed(FailReason::HashMismatch))
+            && n.phase == RolloutPhase::Failed(RefusalCode::HashMismatch))
         );
         let bad = json!({"kind": "node", "node": 1, "done": 0, "total": 1, "state": "sleeping"});
         assert!(serde_json::from_value::<PushItem>(bad).is_err());

@@ -56,4 +56,4 @@ pub use io::{
 pub use offer::{ApplyPolicy, Offer, Protocol};
 pub use plugin::{ClassicReceiverKind, Ota, OtaConfig};
 pub use pmesh::{FrameKind, PmeshTuning};
-pub use rollout::{DoneInput, FailReason, NodePhase, NodeState, RolloutView, rollout_done};
+pub use rollout::{DoneInput, RefusalCode, RolloutNode, RolloutPhase, RolloutView, rollout_done};

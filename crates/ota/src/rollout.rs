@@ -7,8 +7,11 @@
 //! is the pure rule over that view. pmesh-net's `run_push` subscribes to the node's events and
 //! feeds one view per push; the simulator and tests can feed one the same way in virtual time.
 //!
-//! Text appears only at the edges: [`NodePhase::name`] and [`FailReason::name`] are what JSON
-//! and MQTT payloads carry, and [`NodePhase::parse`] reads them back.
+//! This is one transfer as its distributor sees it; a staged [`crate::campaign`] sits above
+//! (waves, health gates, its own per-node phases from apply to confirmation).
+//!
+//! Text appears only at the edges: [`RolloutPhase::name`] and [`RefusalCode::name`] are what JSON
+//! and MQTT payloads carry, and [`RolloutPhase::parse`] reads them back.
 
 use alloc::collections::BTreeMap;
 use core::time::Duration;
@@ -21,7 +24,7 @@ use crate::event::{Mode, OtaEvent, Phase, Refusal, TransferId};
 /// Why a target refused or failed a rollout, as its progress report carries it (the wire code
 /// of a [`Refusal`]; the details stay on the node).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FailReason {
+pub enum RefusalCode {
     /// The image is for another role.
     WrongRole,
     /// The image is for other hardware.
@@ -48,63 +51,63 @@ pub enum FailReason {
     Other(u8),
 }
 
-impl FailReason {
+impl RefusalCode {
     /// The reason a [`Phase::Failed`] code stands for (see [`Refusal::wire_code`]).
     pub fn from_wire(code: u8) -> Self {
         match code {
-            1 => FailReason::WrongRole,
-            2 => FailReason::WrongHardware,
-            3 => FailReason::AlreadyCurrent,
-            4 => FailReason::TooLarge,
-            5 => FailReason::UnknownCompression,
-            6 => FailReason::BadOffer,
-            7 => FailReason::HashMismatch,
-            8 => FailReason::Busy,
-            9 => FailReason::Io,
-            10 => FailReason::Codec,
-            11 => FailReason::Untrusted,
-            other => FailReason::Other(other),
+            1 => RefusalCode::WrongRole,
+            2 => RefusalCode::WrongHardware,
+            3 => RefusalCode::AlreadyCurrent,
+            4 => RefusalCode::TooLarge,
+            5 => RefusalCode::UnknownCompression,
+            6 => RefusalCode::BadOffer,
+            7 => RefusalCode::HashMismatch,
+            8 => RefusalCode::Busy,
+            9 => RefusalCode::Io,
+            10 => RefusalCode::Codec,
+            11 => RefusalCode::Untrusted,
+            other => RefusalCode::Other(other),
         }
     }
 
     /// The name JSON and MQTT payloads carry (`hash_mismatch`, ...; `unknown` for
-    /// [`FailReason::Other`]).
+    /// [`RefusalCode::Other`]).
     pub fn name(self) -> &'static str {
         match self {
-            FailReason::WrongRole => "wrong_role",
-            FailReason::WrongHardware => "wrong_hardware",
-            FailReason::AlreadyCurrent => "already_current",
-            FailReason::TooLarge => "too_large",
-            FailReason::UnknownCompression => "unknown_compression",
-            FailReason::BadOffer => "bad_offer",
-            FailReason::HashMismatch => "hash_mismatch",
-            FailReason::Busy => "busy",
-            FailReason::Io => "io",
-            FailReason::Codec => "codec",
-            FailReason::Untrusted => "untrusted",
-            FailReason::Other(_) => "unknown",
+            RefusalCode::WrongRole => "wrong_role",
+            RefusalCode::WrongHardware => "wrong_hardware",
+            RefusalCode::AlreadyCurrent => "already_current",
+            RefusalCode::TooLarge => "too_large",
+            RefusalCode::UnknownCompression => "unknown_compression",
+            RefusalCode::BadOffer => "bad_offer",
+            RefusalCode::HashMismatch => "hash_mismatch",
+            RefusalCode::Busy => "busy",
+            RefusalCode::Io => "io",
+            RefusalCode::Codec => "codec",
+            RefusalCode::Untrusted => "untrusted",
+            RefusalCode::Other(_) => "unknown",
         }
     }
 
-    /// The inverse of [`FailReason::name`] (`unknown` and names this version does not know
+    /// The inverse of [`RefusalCode::name`] (`unknown` and names this version does not know
     /// read as `Other(0)`).
     pub fn parse(name: &str) -> Self {
         (1..=11)
-            .map(FailReason::from_wire)
+            .map(RefusalCode::from_wire)
             .find(|r| r.name() == name)
-            .unwrap_or(FailReason::Other(0))
+            .unwrap_or(RefusalCode::Other(0))
     }
 }
 
-impl From<&Refusal> for FailReason {
+impl From<&Refusal> for RefusalCode {
     fn from(r: &Refusal) -> Self {
-        FailReason::from_wire(r.wire_code())
+        RefusalCode::from_wire(r.wire_code())
     }
 }
 
 /// Where one node is in a rollout, as the distributor sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum NodePhase {
+pub enum RolloutPhase {
     /// pmesh: receiving chunks.
     Receiving,
     /// pmesh: every chunk written and the hash checked; waiting for the apply time.
@@ -112,7 +115,7 @@ pub enum NodePhase {
     /// pmesh: the image is committed; the node reboots into it.
     Installed,
     /// pmesh: the node refused or failed.
-    Failed(FailReason),
+    Failed(RefusalCode),
     /// Classic: the node asked for chunks and was not yet served all of them.
     Requesting,
     /// Classic: the node was served every chunk (on request, or by a push pass it was in the
@@ -120,39 +123,41 @@ pub enum NodePhase {
     Served,
 }
 
-impl NodePhase {
+impl RolloutPhase {
     /// The phase a pmesh progress report's [`Phase`] stands for.
     pub fn of_report(p: Phase) -> Self {
         match p {
-            Phase::Distribute => NodePhase::Receiving,
-            Phase::Verified => NodePhase::Verified,
-            Phase::Applied => NodePhase::Installed,
-            Phase::Failed(code) => NodePhase::Failed(FailReason::from_wire(code)),
+            Phase::Distribute => RolloutPhase::Receiving,
+            Phase::Verified => RolloutPhase::Verified,
+            Phase::Applied => RolloutPhase::Installed,
+            Phase::Failed(code) => RolloutPhase::Failed(RefusalCode::from_wire(code)),
         }
     }
 
     /// `receiving`, `verified`, `installed`, `failed`, `requesting` or `served`: the `state`
-    /// of JSON and MQTT payloads (a failure's reason goes next to it, [`FailReason::name`]).
+    /// of JSON and MQTT payloads (a failure's reason goes next to it, [`RefusalCode::name`]).
     pub fn name(self) -> &'static str {
         match self {
-            NodePhase::Receiving => "receiving",
-            NodePhase::Verified => "verified",
-            NodePhase::Installed => "installed",
-            NodePhase::Failed(_) => "failed",
-            NodePhase::Requesting => "requesting",
-            NodePhase::Served => "served",
+            RolloutPhase::Receiving => "receiving",
+            RolloutPhase::Verified => "verified",
+            RolloutPhase::Installed => "installed",
+            RolloutPhase::Failed(_) => "failed",
+            RolloutPhase::Requesting => "requesting",
+            RolloutPhase::Served => "served",
         }
     }
 
     /// Reads a `state` (and, for `failed`, its `reason`) back; None for an unknown state.
     pub fn parse(state: &str, reason: Option<&str>) -> Option<Self> {
         Some(match state {
-            "receiving" => NodePhase::Receiving,
-            "verified" => NodePhase::Verified,
-            "installed" => NodePhase::Installed,
-            "failed" => NodePhase::Failed(reason.map_or(FailReason::Other(0), FailReason::parse)),
-            "requesting" => NodePhase::Requesting,
-            "served" => NodePhase::Served,
+            "receiving" => RolloutPhase::Receiving,
+            "verified" => RolloutPhase::Verified,
+            "installed" => RolloutPhase::Installed,
+            "failed" => {
+                RolloutPhase::Failed(reason.map_or(RefusalCode::Other(0), RefusalCode::parse))
+            }
+            "requesting" => RolloutPhase::Requesting,
+            "served" => RolloutPhase::Served,
             _ => return None,
         })
     }
@@ -161,14 +166,14 @@ impl NodePhase {
     pub fn finished(self) -> bool {
         matches!(
             self,
-            NodePhase::Installed | NodePhase::Failed(_) | NodePhase::Served
+            RolloutPhase::Installed | RolloutPhase::Failed(_) | RolloutPhase::Served
         )
     }
 
     /// The failure's reason, if the node failed.
-    pub fn failure(self) -> Option<FailReason> {
+    pub fn failure(self) -> Option<RefusalCode> {
         match self {
-            NodePhase::Failed(r) => Some(r),
+            RolloutPhase::Failed(r) => Some(r),
             _ => None,
         }
     }
@@ -176,13 +181,13 @@ impl NodePhase {
 
 /// One node in a [`RolloutView`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeState {
+pub struct RolloutNode {
     /// Chunks it holds (pmesh) or was served (classic).
     pub done: u32,
     /// Chunks in the image.
     pub total: u32,
     /// Its phase.
-    pub phase: NodePhase,
+    pub phase: RolloutPhase,
     /// Classic: requests answered for it (duplicates included); None for pmesh targets and
     /// for nodes a push pass covered without their asking.
     pub requests: Option<u64>,
@@ -195,7 +200,7 @@ pub struct NodeState {
 pub struct RolloutView {
     id: TransferId,
     chunks: u32,
-    nodes: BTreeMap<u32, NodeState>,
+    nodes: BTreeMap<u32, RolloutNode>,
     served_union: u32,
     push: Option<PushProgress>,
 }
@@ -223,12 +228,12 @@ impl RolloutView {
     }
 
     /// One node, if it reported or requested.
-    pub fn node(&self, node: u32) -> Option<&NodeState> {
+    pub fn node(&self, node: u32) -> Option<&RolloutNode> {
         self.nodes.get(&node)
     }
 
     /// Every node that reported or requested, by id.
-    pub fn nodes(&self) -> impl Iterator<Item = (u32, &NodeState)> {
+    pub fn nodes(&self) -> impl Iterator<Item = (u32, &RolloutNode)> {
         self.nodes.iter().map(|(n, s)| (*n, s))
     }
 
@@ -262,7 +267,7 @@ impl RolloutView {
             Phase::Verified | Phase::Applied => total,
             _ => done,
         };
-        self.set(node, done, NodePhase::of_report(phase), None, None)
+        self.set(node, done, RolloutPhase::of_report(phase), None, None)
     }
 
     /// A classic requester as the distributor's ledger has it: `requests` answered, `parts`
@@ -270,9 +275,9 @@ impl RolloutView {
     /// count changed (a later `last_at` alone is recorded, not a change).
     pub fn served(&mut self, node: u32, requests: u64, parts: u32, last_at: Instant) -> bool {
         let phase = if parts >= self.chunks {
-            NodePhase::Served
+            RolloutPhase::Served
         } else {
-            NodePhase::Requesting
+            RolloutPhase::Requesting
         };
         self.set(node, parts, phase, Some(requests), Some(last_at))
     }
@@ -289,7 +294,7 @@ impl RolloutView {
         let mut changed = alloc::vec::Vec::new();
         for &node in push.iter().flat_map(|p| p.covered.iter()) {
             let asked = self.nodes.get(&node).is_some_and(|s| s.requests.is_some());
-            if !asked && self.set(node, self.chunks, NodePhase::Served, None, None) {
+            if !asked && self.set(node, self.chunks, RolloutPhase::Served, None, None) {
                 changed.push(node);
             }
         }
@@ -301,11 +306,11 @@ impl RolloutView {
         &mut self,
         node: u32,
         done: u32,
-        phase: NodePhase,
+        phase: RolloutPhase,
         requests: Option<u64>,
         last_request: Option<Instant>,
     ) -> bool {
-        let new = NodeState {
+        let new = RolloutNode {
             done,
             total: self.chunks,
             phase,
@@ -383,33 +388,33 @@ mod tests {
     #[test]
     fn reasons_round_trip_through_their_wire_codes_and_names() {
         for code in 0..=255u8 {
-            let r = FailReason::from_wire(code);
-            if let FailReason::Other(c) = r {
+            let r = RefusalCode::from_wire(code);
+            if let RefusalCode::Other(c) = r {
                 assert_eq!(c, code);
                 assert_eq!(r.name(), "unknown");
             } else {
-                assert_eq!(FailReason::parse(r.name()), r, "{code}");
+                assert_eq!(RefusalCode::parse(r.name()), r, "{code}");
             }
         }
         assert_eq!(
-            FailReason::from(&Refusal::HashMismatch {
+            RefusalCode::from(&Refusal::HashMismatch {
                 expected: "a".into(),
                 actual: "b".into()
             }),
-            FailReason::HashMismatch
+            RefusalCode::HashMismatch
         );
         for p in [
-            NodePhase::Receiving,
-            NodePhase::Verified,
-            NodePhase::Installed,
-            NodePhase::Failed(FailReason::Busy),
-            NodePhase::Requesting,
-            NodePhase::Served,
+            RolloutPhase::Receiving,
+            RolloutPhase::Verified,
+            RolloutPhase::Installed,
+            RolloutPhase::Failed(RefusalCode::Busy),
+            RolloutPhase::Requesting,
+            RolloutPhase::Served,
         ] {
-            let reason = p.failure().map(FailReason::name);
-            assert_eq!(NodePhase::parse(p.name(), reason), Some(p));
+            let reason = p.failure().map(RefusalCode::name);
+            assert_eq!(RolloutPhase::parse(p.name(), reason), Some(p));
         }
-        assert_eq!(NodePhase::parse("done", None), None);
+        assert_eq!(RolloutPhase::parse("done", None), None);
     }
 
     #[test]
@@ -433,11 +438,14 @@ mod tests {
         // Installed nodes report the chunks they still hold (none); they had them all.
         assert_eq!(v.on_event(&progress(id, 2, 0, Phase::Applied)), Some(2));
         let s = v.node(2).unwrap();
-        assert_eq!((s.done, s.total, s.phase), (10, 10, NodePhase::Installed));
+        assert_eq!(
+            (s.done, s.total, s.phase),
+            (10, 10, RolloutPhase::Installed)
+        );
         assert_eq!(v.on_event(&progress(id, 3, 4, Phase::Failed(7))), Some(3));
         assert_eq!(
             v.node(3).unwrap().phase,
-            NodePhase::Failed(FailReason::HashMismatch)
+            RolloutPhase::Failed(RefusalCode::HashMismatch)
         );
         assert!(v.any_failed());
     }
@@ -485,7 +493,7 @@ mod tests {
         );
         assert!(!rollout_done(&v, &input(&[5], &[], 60)));
         assert!(v.served(5, 4, 4, t));
-        assert_eq!(v.node(5).unwrap().phase, NodePhase::Served);
+        assert_eq!(v.node(5).unwrap().phase, RolloutPhase::Served);
         assert!(rollout_done(&v, &input(&[5], &[], 60)));
     }
 
@@ -503,8 +511,8 @@ mod tests {
         assert!(!rollout_done(&v, &input(&[5, 6], &[], 60)), "a pass runs");
         assert_eq!(v.set_push(Some(pass(None, &[5, 6]))), vec![5]);
         // 6 asked on its own: its requests stay what the view shows of it.
-        assert_eq!(v.node(6).unwrap().phase, NodePhase::Requesting);
-        assert_eq!(v.node(5).unwrap().phase, NodePhase::Served);
+        assert_eq!(v.node(6).unwrap().phase, RolloutPhase::Requesting);
+        assert_eq!(v.node(5).unwrap().phase, RolloutPhase::Served);
         assert!(rollout_done(&v, &input(&[5, 6], &[], 60)));
         assert!(
             !rollout_done(&v, &input(&[5, 6, 7], &[], 60)),

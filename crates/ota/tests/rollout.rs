@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{Mesh, Spec, firmware};
 use pmesh_ota::{
-    DoneInput, FailReason, MemorySource, NodePhase, Offer, OtaConfig, RolloutView, rollout_done,
+    DoneInput, MemorySource, Offer, OtaConfig, RefusalCode, RolloutPhase, RolloutView, rollout_done,
 };
 
 const SETTLE: Duration = Duration::from_secs(3);
@@ -83,7 +83,7 @@ fn done_once_every_target_installed_and_nothing_changed_for_the_settle_time() {
     for i in [1, 2, 3, 5] {
         assert!(mesh.installed(i), "node {i} installed before done");
         let s = view.node(mesh.id(i)).expect("every target reported");
-        assert_eq!(s.phase, NodePhase::Installed, "node {i}");
+        assert_eq!(s.phase, RolloutPhase::Installed, "node {i}");
         assert_eq!(s.done, s.total);
     }
     // Node 4 runs another role: not a target, it never reports, and it does not hold it up.
@@ -100,13 +100,13 @@ fn a_failed_target_finishes_the_rollout_with_its_reason() {
     assert!(done_at.is_some(), "a failure is an end too");
     assert_eq!(
         view.node(mesh.id(2)).map(|s| s.phase),
-        Some(NodePhase::Failed(FailReason::TooLarge))
+        Some(RolloutPhase::Failed(RefusalCode::TooLarge))
     );
     assert!(view.any_failed());
     for i in [1, 3] {
         assert_eq!(
             view.node(mesh.id(i)).map(|s| s.phase),
-            Some(NodePhase::Installed)
+            Some(RolloutPhase::Installed)
         );
     }
 }
@@ -122,7 +122,7 @@ fn an_expected_node_that_never_reports_holds_the_rollout_open() {
         assert!(mesh.installed(i));
         assert_eq!(
             view.node(mesh.id(i)).map(|s| s.phase),
-            Some(NodePhase::Installed)
+            Some(RolloutPhase::Installed)
         );
     }
 }

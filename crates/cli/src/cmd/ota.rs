@@ -20,7 +20,7 @@ use pmesh_net::ota::{
 };
 use pmesh_net::{MeshBuilder, NetConfig};
 use pmesh_node::{Config, Node};
-use pmesh_ota::{NodePhase, Ota, OtaConfig};
+use pmesh_ota::{Ota, OtaConfig, RolloutPhase};
 use serde_json::{Value, json};
 
 use crate::cmd::control::ControlArgs;
@@ -407,7 +407,7 @@ struct Renderer {
     node_bars: BTreeMap<u32, ProgressBar>,
     nodes: BTreeMap<u32, NodeView>,
     /// Plain mode: last 10 % step printed per node, and for the total.
-    printed: BTreeMap<u32, (u32, NodePhase)>,
+    printed: BTreeMap<u32, (u32, RolloutPhase)>,
     printed_total: u32,
     mode: PushMode,
     chunks: u32,
@@ -620,7 +620,7 @@ pub fn summary_text(s: &Summary, mode: PushMode) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let finished =
-        |in_phase: fn(NodePhase) -> bool| s.nodes.iter().filter(|v| in_phase(v.phase)).count();
+        |in_phase: fn(RolloutPhase) -> bool| s.nodes.iter().filter(|v| in_phase(v.phase)).count();
     let head = match s.outcome {
         Outcome::Done => "done",
         Outcome::Timeout => "timed out",
@@ -631,14 +631,14 @@ pub fn summary_text(s: &Summary, mode: PushMode) -> String {
     let what = match mode {
         PushMode::Pmesh => format!(
             "{} installed, {} failed, {} unfinished of {} reporting targets",
-            finished(|p| p == NodePhase::Installed),
+            finished(|p| p == RolloutPhase::Installed),
             finished(|p| p.failure().is_some()),
             s.nodes.iter().filter(|v| !v.finished()).count(),
             s.nodes.len()
         ),
         PushMode::Classic => format!(
             "{} of {} requesting nodes served every chunk",
-            finished(|p| p == NodePhase::Served),
+            finished(|p| p == RolloutPhase::Served),
             s.nodes.len()
         ),
     };
@@ -719,9 +719,9 @@ fn ids(v: &[u32]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pmesh_ota::FailReason;
+    use pmesh_ota::RefusalCode;
 
-    fn view(node: u32, done: u32, phase: NodePhase) -> NodeView {
+    fn view(node: u32, done: u32, phase: RolloutPhase) -> NodeView {
         NodeView {
             node,
             done,
@@ -739,9 +739,9 @@ mod tests {
             ok: false,
             elapsed_s: 12.0,
             nodes: vec![
-                view(2, 10, NodePhase::Installed),
-                view(3, 4, NodePhase::Receiving),
-                view(4, 10, NodePhase::Failed(FailReason::HashMismatch)),
+                view(2, 10, RolloutPhase::Installed),
+                view(3, 4, RolloutPhase::Receiving),
+                view(4, 10, RolloutPhase::Failed(RefusalCode::HashMismatch)),
             ],
             silent: vec![9],
             missing: vec![5],

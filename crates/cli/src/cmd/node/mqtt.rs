@@ -38,7 +38,7 @@ use pmesh_net::MeshHandle;
 use pmesh_net::control::{ControlServer, Reply, Request};
 use pmesh_net::ota::{OtaHost, Outcome, PushItem, PushMode, PushOptions, run_push};
 use pmesh_node::Event;
-use pmesh_ota::{Mode, NodePhase};
+use pmesh_ota::{Mode, RolloutPhase};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -654,16 +654,16 @@ fn progress_of(campaign: u64, item: &PushItem, bytes_seen: &mut u64) -> Vec<OtaP
             targets: Vec::new(),
         }],
         PushItem::Node(v) => vec![match v.phase {
-            NodePhase::Installed | NodePhase::Served => OtaProgress::NodeDone {
+            RolloutPhase::Installed | RolloutPhase::Served => OtaProgress::NodeDone {
                 campaign,
                 node: v.node,
             },
-            NodePhase::Failed(reason) => OtaProgress::NodeFailed {
+            RolloutPhase::Failed(reason) => OtaProgress::NodeFailed {
                 campaign,
                 node: v.node,
                 reason: reason.name().into(),
             },
-            NodePhase::Receiving | NodePhase::Verified | NodePhase::Requesting => {
+            RolloutPhase::Receiving | RolloutPhase::Verified | RolloutPhase::Requesting => {
                 OtaProgress::Node {
                     campaign,
                     node: v.node,
@@ -993,7 +993,7 @@ mod tests {
     #[test]
     fn push_progress_maps_to_bridge_progress() {
         use pmesh_net::ota::{NodeView, PushStats};
-        use pmesh_ota::FailReason;
+        use pmesh_ota::RefusalCode;
         let view = |phase| {
             PushItem::Node(NodeView {
                 node: 5,
@@ -1006,7 +1006,7 @@ mod tests {
         };
         let mut b = 0;
         assert_eq!(
-            progress_of(9, &view(NodePhase::Receiving), &mut b),
+            progress_of(9, &view(RolloutPhase::Receiving), &mut b),
             [OtaProgress::Node {
                 campaign: 9,
                 node: 5,
@@ -1015,14 +1015,14 @@ mod tests {
             }]
         );
         assert_eq!(
-            progress_of(9, &view(NodePhase::Installed), &mut b),
+            progress_of(9, &view(RolloutPhase::Installed), &mut b),
             [OtaProgress::NodeDone {
                 campaign: 9,
                 node: 5
             }]
         );
         assert!(matches!(
-            &progress_of(9, &view(NodePhase::Failed(FailReason::HashMismatch)), &mut b)[..],
+            &progress_of(9, &view(RolloutPhase::Failed(RefusalCode::HashMismatch)), &mut b)[..],
             [OtaProgress::NodeFailed { reason, .. }] if reason == "hash_mismatch"
         ));
         let stats = |served, data| {
