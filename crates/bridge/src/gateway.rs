@@ -7,6 +7,7 @@
 //! abort an OTA campaign). Both directions are non-blocking.
 
 use pmesh_node::{Counter, NodeStats};
+use pmesh_ota::Mode;
 use pmesh_proto::{Envelope, NodeTree};
 
 /// Why the gateway refused or failed an action; the text goes into the MQTT response.
@@ -55,42 +56,51 @@ pub trait Gateway: Send + Sync + 'static {
     fn ota_abort(&self, campaign: u64) -> Result<(), GatewayError>;
 }
 
-/// How firmware travels (spec §6 and design/ota.md).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// How firmware travels, as a campaign asks for it (spec §6 and design/ota.md): one protocol
+/// ([`Mode`]: classic unicast, classic broadcast, pmesh), or the gateway's choice. On MQTT it
+/// is `unicast`, `broadcast`, `pmesh` ([`Mode::name`]) or `auto`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OtaMode {
-    /// Classic painlessMesh: each node pulls every chunk (stock nodes).
-    Unicast,
-    /// Classic painlessMesh broadcast mode (chunks flooded along the tree; a pmesh gateway
-    /// pushes them in order, which stock nodes take unasked).
-    Broadcast,
     /// Classic, the gateway chooses: broadcast unless the campaign has a single known target
     /// (see docs/ota.md, "Classic push broadcast").
     Auto,
-    /// pmesh's own pipelined protocol (pmesh nodes).
-    Pmesh,
+    /// This protocol. Classic broadcast from a pmesh gateway is a push (chunks flooded in
+    /// order, which stock nodes take unasked).
+    Fixed(Mode),
 }
 
 impl OtaMode {
+    /// The names on MQTT, in the order error messages list them.
+    pub const NAMES: [&'static str; 4] = ["unicast", "broadcast", "auto", "pmesh"];
+
     /// The name used on MQTT.
     pub fn as_str(self) -> &'static str {
         match self {
-            OtaMode::Unicast => "unicast",
-            OtaMode::Broadcast => "broadcast",
             OtaMode::Auto => "auto",
-            OtaMode::Pmesh => "pmesh",
+            OtaMode::Fixed(m) => m.name(),
         }
     }
 
     /// Parses the MQTT name.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
-            "unicast" => Some(OtaMode::Unicast),
-            "broadcast" => Some(OtaMode::Broadcast),
             "auto" => Some(OtaMode::Auto),
-            "pmesh" => Some(OtaMode::Pmesh),
-            _ => None,
+            _ => Mode::parse(s).map(OtaMode::Fixed),
         }
+    }
+}
+
+impl From<Mode> for OtaMode {
+    fn from(m: Mode) -> Self {
+        OtaMode::Fixed(m)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for OtaMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        OtaMode::parse(&name)
+            .ok_or_else(|| serde::de::Error::unknown_variant(&name, &OtaMode::NAMES))
     }
 }
 
@@ -233,6 +243,20 @@ pub enum MeshEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modes_are_read_and_written_by_their_mqtt_names() {
+        for name in OtaMode::NAMES {
+            assert_eq!(OtaMode::parse(name).map(OtaMode::as_str), Some(name));
+        }
+        assert_eq!(
+            OtaMode::parse("broadcast"),
+            Some(OtaMode::Fixed(Mode::ClassicBroadcast))
+        );
+        assert_eq!(OtaMode::parse("push"), None);
+        let e = serde_json::from_str::<OtaMode>("\"multicast\"").unwrap_err();
+        assert!(e.to_string().contains("unknown variant `multicast`"), "{e}");
+    }
 
     #[test]
     fn single_sends_go_to_other_nodes_of_the_mesh() {

@@ -879,6 +879,7 @@ impl NodeRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pmesh_ota::Mode;
 
     fn tree(gw: u32, kids: &[u32]) -> NodeTree {
         NodeTree {
@@ -1030,7 +1031,7 @@ mod tests {
             campaign: id,
             role: "sensor".into(),
             hardware: "ESP32".into(),
-            mode: OtaMode::Pmesh,
+            mode: OtaMode::Fixed(Mode::Pmesh),
             compressed: false,
             size: 100,
             md5: String::new(),
@@ -1068,7 +1069,7 @@ mod tests {
             state: "running",
             role: "r".into(),
             hardware: "ESP32".into(),
-            mode: OtaMode::Broadcast,
+            mode: OtaMode::Fixed(Mode::ClassicBroadcast),
             compressed: false,
             size: 10,
             md5: String::new(),

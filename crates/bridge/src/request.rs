@@ -481,6 +481,7 @@ pub fn parse_legacy_dest(dest: &str) -> Result<LegacyDest, RequestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pmesh_ota::Mode;
     use serde_json::json;
 
     fn err(verb: &str, payload: &str) -> RequestError {
@@ -588,7 +589,7 @@ mod tests {
                 image: ImageSource::FirmwareDir("esp32/fw.bin".into()),
                 role: "sensor".into(),
                 hardware: Hardware::Esp8266,
-                mode: OtaMode::Pmesh,
+                mode: OtaMode::Fixed(Mode::Pmesh),
                 compressed: true,
             })
         );

@@ -1,11 +1,12 @@
-//! OTA on a Linux node: the plugin a node runs ([`NodeOta`]), a rollout follower that turns the
-//! distributor's view into progress items and a verdict ([`run_push`]), and the control
-//! endpoint's `ota_push`, `ota_cancel` and `ota_status` commands ([`routes`]).
+//! OTA on a Linux node: the plugin a node runs ([`NodeOta`]), a rollout follower that keeps
+//! the distributor's [`RolloutView`] (fed with the node's OTA events) and turns it into
+//! progress items and a verdict ([`run_push`]), and the control endpoint's `ota_push`,
+//! `ota_cancel` and `ota_status` commands ([`routes`]).
 //!
 //! `pmesh ota push` uses the follower in both of its modes: against a running node's control
 //! endpoint (the node runs the follower and streams its items), or on a temporary node of its
-//! own (`--connect`). Either way the same items reach the terminal and the same rules decide
-//! when a rollout is done:
+//! own (`--connect`). Either way the same items reach the terminal and the same rules
+//! ([`pmesh_ota::rollout_done`]) decide when a rollout is done:
 //!
 //! - **pmesh mode**: targets report their progress and phase. The rollout is done when every
 //!   reporting target (and every `expect`ed node) has installed the image or failed, and no new
@@ -19,24 +20,25 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use pmesh_node::{ConnectionChange, Context, Handled, Incoming, Instant, Plugin};
+use pmesh_node::{ConnectionChange, Context, Event, Handled, Incoming, Instant, Plugin};
 use pmesh_ota::classic::ClassicDistributor;
 use pmesh_ota::{
-    ApplyPolicy, ChunkBitmap, FirmwareSink, Mode, Offer, Ota, OtaEvent, OtaStore, Phase, Refusal,
-    TransferId,
+    ApplyPolicy, ChunkBitmap, DoneInput, FirmwareSink, Mode, Offer, Ota, OtaEvent, OtaStore, Phase,
+    Refusal, RefusalCode, RolloutPhase, RolloutView, TransferId, rollout_done,
 };
 use pmesh_proto::message::types;
 use pmesh_proto::ota::DataRequest;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::control::{ControlServer, Reply, Request};
 use crate::firmware::FileSource;
-use crate::handle::{MeshError, MeshHandle};
+use crate::handle::{MeshError, MeshEvent, MeshHandle};
 
 // --- the plugin ------------------------------------------------------------------------------
 
@@ -208,41 +210,29 @@ impl<S: FirmwareSink, T: OtaStore, B: Plugin<Event = OtaEvent>> OtaHost for (Nod
 
 // --- logging -------------------------------------------------------------------------------
 
-/// The name of a refusal's wire code (pmesh progress reports carry only the code).
-pub fn refusal_name(code: u8) -> &'static str {
-    match code {
-        1 => "wrong_role",
-        2 => "wrong_hardware",
-        3 => "already_current",
-        4 => "too_large",
-        5 => "unknown_compression",
-        6 => "bad_offer",
-        7 => "hash_mismatch",
-        8 => "busy",
-        9 => "io",
-        10 => "codec",
-        _ => "unknown",
-    }
-}
-
-/// What a refusal code means to an operator, and what to do.
-pub fn refusal_help(code: &str) -> &'static str {
-    match code {
-        "wrong_role" => "the image is for another role (check --role)",
-        "wrong_hardware" => "the image is for other hardware (check --hardware)",
-        "already_current" => "the node already runs this image (use --forced to install again)",
-        "too_large" => "the image does not fit the node's firmware slot",
-        "unknown_compression" => {
+/// What a failure means to an operator, and what to do.
+pub fn refusal_help(reason: RefusalCode) -> &'static str {
+    match reason {
+        RefusalCode::WrongRole => "the image is for another role (check --role)",
+        RefusalCode::WrongHardware => "the image is for other hardware (check --hardware)",
+        RefusalCode::AlreadyCurrent => {
+            "the node already runs this image (use --forced to install again)"
+        }
+        RefusalCode::TooLarge => "the image does not fit the node's firmware slot",
+        RefusalCode::UnknownCompression => {
             "the node cannot decompress this image (push without --compressed)"
         }
-        "bad_offer" => "the offer is malformed",
-        "hash_mismatch" => {
+        RefusalCode::BadOffer => "the offer is malformed",
+        RefusalCode::HashMismatch => {
             "the written image does not have the announced hash; nothing was installed"
         }
-        "busy" => "the node is busy with another transfer",
-        "io" => "the node's firmware storage failed (disk full? permissions?)",
-        "codec" => "the compressed stream is damaged",
-        _ => "see docs/ota.md",
+        RefusalCode::Busy => "the node is busy with another transfer",
+        RefusalCode::Io => "the node's firmware storage failed (disk full? permissions?)",
+        RefusalCode::Codec => "the compressed stream is damaged",
+        RefusalCode::Untrusted => {
+            "the node does not trust the image (see docs/ota.md, signed firmware)"
+        }
+        RefusalCode::Other(_) => "see docs/ota.md",
     }
 }
 
@@ -364,7 +354,7 @@ impl OtaLogger {
                     node,
                     done,
                     total,
-                    phase = phase_name(*phase),
+                    phase = RolloutPhase::of_report(*phase).name(),
                     "OTA: node progress"
                 )
             }
@@ -399,16 +389,6 @@ impl OtaLogger {
                 )
             }
         }
-    }
-}
-
-/// `receiving`, `verified`, `installed`, `failed`.
-pub fn phase_name(p: Phase) -> &'static str {
-    match p {
-        Phase::Distribute => "receiving",
-        Phase::Verified => "verified",
-        Phase::Applied => "installed",
-        Phase::Failed(_) => "failed",
     }
 }
 
@@ -559,7 +539,11 @@ pub fn auto_broadcast(named_targets: usize, mesh_nodes: usize) -> bool {
 }
 
 /// Where one node is in a push, as the distributor sees it.
+///
+/// On the wire (JSON) the phase is a `state` text and, for a failure, a `reason` text
+/// ([`RolloutPhase::name`], [`RefusalCode::name`]); in Rust it is typed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(into = "NodeViewJson", try_from = "NodeViewJson")]
 pub struct NodeView {
     /// The node.
     pub node: u32,
@@ -567,23 +551,78 @@ pub struct NodeView {
     pub done: u32,
     /// Chunks in the image.
     pub total: u32,
-    /// `receiving`, `verified`, `installed`, `failed` (pmesh); `requesting`, `served` (classic).
-    pub state: String,
-    /// Why it failed (refusal code), if it did.
-    #[serde(default)]
-    pub reason: Option<String>,
+    /// Its phase (pmesh: receiving, verified, installed, failed; classic: requesting, served).
+    pub phase: RolloutPhase,
     /// Classic: DataRequests answered for it (duplicates included).
-    #[serde(default)]
     pub requests: Option<u64>,
     /// Classic: seconds since its last request.
-    #[serde(default)]
     pub idle_s: Option<f64>,
 }
 
 impl NodeView {
     /// The node needs nothing more from the distributor (installed, failed, or served all).
     pub fn finished(&self) -> bool {
-        matches!(self.state.as_str(), "installed" | "failed" | "served")
+        self.phase.finished()
+    }
+}
+
+/// [`NodeView`] as JSON carries it.
+#[derive(Serialize, Deserialize)]
+struct NodeViewJson {
+    node: u32,
+    done: u32,
+    total: u32,
+    state: String,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    requests: Option<u64>,
+    #[serde(default)]
+    idle_s: Option<f64>,
+}
+
+impl From<NodeView> for NodeViewJson {
+    fn from(v: NodeView) -> Self {
+        NodeViewJson {
+            node: v.node,
+            done: v.done,
+            total: v.total,
+            state: v.phase.name().into(),
+            reason: v.phase.failure().map(|r| r.name().into()),
+            requests: v.requests,
+            idle_s: v.idle_s,
+        }
+    }
+}
+
+impl TryFrom<NodeViewJson> for NodeView {
+    type Error = String;
+    fn try_from(v: NodeViewJson) -> Result<Self, String> {
+        let phase = RolloutPhase::parse(&v.state, v.reason.as_deref())
+            .ok_or_else(|| format!("unknown node state {:?}", v.state))?;
+        Ok(NodeView {
+            node: v.node,
+            done: v.done,
+            total: v.total,
+            phase,
+            requests: v.requests,
+            idle_s: v.idle_s,
+        })
+    }
+}
+
+/// [`Mode`] as JSON carries it: `unicast`, `broadcast` or `pmesh` ([`Mode::name`]).
+mod mode_text {
+    use pmesh_ota::Mode;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(m: &Mode, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(m.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Mode, D::Error> {
+        let name = String::deserialize(d)?;
+        Mode::parse(&name).ok_or_else(|| D::Error::custom(format!("unknown mode {name:?}")))
     }
 }
 
@@ -652,8 +691,9 @@ pub enum PushItem {
     Offered {
         /// Transfer id (pmesh rollout id, or the MD5's first 32 bits).
         transfer: u32,
-        /// `unicast`, `broadcast` or `pmesh`.
-        mode: String,
+        /// The protocol (`unicast`, `broadcast` or `pmesh` in JSON).
+        #[serde(with = "mode_text")]
+        mode: Mode,
         /// The distributing node.
         distributor: u32,
         /// The image file.
@@ -704,44 +744,6 @@ impl std::fmt::Display for PushError {
 }
 
 impl std::error::Error for PushError {}
-
-/// What the follower reads from the node on every tick.
-struct Poll {
-    mesh_nodes: Vec<u32>,
-    /// pmesh: this rollout is still the node's current one.
-    current: bool,
-    reports: Vec<(u32, u32, Phase)>,
-    /// Classic, per requester: (node, requests, distinct chunks served, µs since its last request).
-    served: Vec<(u32, u64, u32, u64)>,
-    /// Classic: distinct chunks served to anyone.
-    served_union: u32,
-    /// Classic broadcast: the push's passes and the nodes they covered.
-    push: Option<pmesh_ota::classic::PushProgress>,
-    stats: PushStats,
-}
-
-/// The follower's interval between looks at the node.
-const TICK: Duration = Duration::from_millis(250);
-
-fn view_of_report(node: u32, done: u32, total: u32, phase: Phase) -> NodeView {
-    NodeView {
-        node,
-        // A node reports the chunks it still holds for the rollout: none once it installed
-        // (the partial image became the installed one), but it had them all.
-        done: match phase {
-            Phase::Verified | Phase::Applied => total,
-            _ => done,
-        },
-        total,
-        state: phase_name(phase).into(),
-        reason: match phase {
-            Phase::Failed(code) => Some(refusal_name(code).into()),
-            _ => None,
-        },
-        requests: None,
-        idle_s: None,
-    }
-}
 
 /// The SHA-256 (hex) of an image file, read in blocks: never more than one block in memory,
 /// and refused when empty or larger than a node takes ([`crate::firmware::DEFAULT_CAPACITY`]).
@@ -877,10 +879,18 @@ fn build_offer(
     Ok(offer)
 }
 
+/// The follower's interval between looks at the node (classic ledger, counters, mesh).
+const TICK: Duration = Duration::from_millis(250);
+
 /// Offers `opts.file` from the node behind `h` and follows the rollout, sending progress items
 /// to `out` until it is done, times out, `cancel` completes, or `out` is closed. Unless
 /// `opts.keep`, the offer is withdrawn at the end (pmesh: CANCEL, which makes unfinished
 /// targets discard their partial image; classic: no more announces or answers).
+///
+/// The follower keeps a [`RolloutView`]: pmesh targets' progress comes from the node's events
+/// ([`OtaEvent::NodeProgress`], subscribed to before the offer); classic requesters raise no
+/// event, so their requests (and a push's passes) are read from the node every [`TICK`].
+/// Changed nodes are sent once per tick; [`rollout_done`] decides when the rollout is done.
 ///
 /// Returns the summary (also sent as the last item), or why the push could not start.
 pub async fn run_push<P>(
@@ -904,7 +914,42 @@ where
         PushImage::Plain(source) => pmesh_ota::FirmwareSource::len(source),
         PushImage::Bundle { image_bytes, .. } => *image_bytes,
     };
-    let mut opts = opts;
+    let opts = choose_auto(&h, opts).await?;
+    // Subscribed before the offer: no report of this rollout is missed.
+    let events = h.subscribe();
+    let offered = offer(&h, image, &opts).await?;
+    let id = offered.id;
+    info!(mode = id.mode.name(), transfer = id.id, file = %file_name, image_bytes, chunks = offered.chunks, sha256 = %sha256, "OTA: offered");
+    let _ = out
+        .send(PushItem::Offered {
+            transfer: id.id,
+            mode: id.mode,
+            distributor: h.node_id(),
+            file: file_name,
+            image_bytes,
+            sha256,
+            md5: offered.md5.clone(),
+            chunks: offered.chunks,
+            mesh_nodes: offered.mesh_nodes.clone(),
+        })
+        .await;
+    let mut f = Follower::new(&opts, &offered);
+    let outcome = f.follow(&h, &out, events, cancel).await;
+    let still_offered = opts.keep && outcome != Outcome::Stopped;
+    if !still_offered && outcome != Outcome::Replaced {
+        withdraw(&h, offered.md5).await;
+        info!(mode = id.mode.name(), transfer = id.id, outcome = ?outcome, "OTA: offer withdrawn");
+    }
+    let summary = f.summary(outcome, &opts.expect, still_offered);
+    let _ = out.send(PushItem::Finished(summary.clone())).await;
+    Ok(summary)
+}
+
+/// Classic `auto`: decides between the broadcast push and unicast ([`auto_broadcast`]).
+async fn choose_auto<P>(h: &MeshHandle<P>, mut opts: PushOptions) -> Result<PushOptions, PushError>
+where
+    P: OtaHost + 'static,
+{
     if opts.auto && opts.mode == PushMode::Classic {
         let nodes = h
             .call(|node, _| node.node_list(false).len())
@@ -918,242 +963,345 @@ where
             "OTA: auto mode chose"
         );
     }
-    let opts_for_offer = opts.clone();
+    Ok(opts)
+}
 
-    // The offer, and what it became (id, chunks, classic MD5).
-    let (id, chunks, md5, mesh_nodes) = h
-        .call(move |node, now| {
-            let offer = build_offer(
-                image,
-                &opts_for_offer,
-                node.plugin().node_ota().ota().config(),
-            )?;
-            let id =
-                node.with_plugin(now, |p, ctx| p.node_ota_mut().ota_mut().offer(ctx, offer))?;
-            let ota = node.plugin().node_ota().ota();
-            let (chunks, md5) = match id.mode {
-                Mode::Pmesh => (ota.pmesh().status().map_or(0, |s| s.total), None),
-                _ => ota
-                    .classic_distributor()
-                    .into_iter()
-                    .flat_map(ClassicDistributor::offers)
-                    .find(|o| TransferId::classic(&o.md5, o.broadcasted) == id)
-                    .map_or((0, None), |o| (o.no_part, Some(o.md5.clone()))),
-            };
-            Ok((id, chunks, md5, node.node_list(false)))
-        })
-        .await
-        .map_err(PushError::Mesh)?
-        .map_err(PushError::Refused)?;
-    let started = std::time::Instant::now();
-    info!(mode = id.mode.name(), transfer = id.id, file = %file_name, image_bytes, chunks, sha256 = %sha256, "OTA: offered");
-    let _ = out
-        .send(PushItem::Offered {
-            transfer: id.id,
-            mode: id.mode.name().into(),
-            distributor: h.node_id(),
-            file: file_name,
-            image_bytes,
-            sha256,
-            md5: md5.clone(),
+/// What an offer became on the distributing node.
+struct Offered {
+    id: TransferId,
+    chunks: u32,
+    /// Classic: the MD5 announces carry.
+    md5: Option<String>,
+    /// Other nodes in the mesh at the offer.
+    mesh_nodes: Vec<u32>,
+}
+
+/// Makes the offer on the node's thread.
+async fn offer<P>(
+    h: &MeshHandle<P>,
+    image: PushImage,
+    opts: &PushOptions,
+) -> Result<Offered, PushError>
+where
+    P: OtaHost + 'static,
+{
+    let opts = opts.clone();
+    h.call(move |node, now| {
+        let offer = build_offer(image, &opts, node.plugin().node_ota().ota().config())?;
+        let id = node.with_plugin(now, |p, ctx| p.node_ota_mut().ota_mut().offer(ctx, offer))?;
+        let ota = node.plugin().node_ota().ota();
+        let (chunks, md5) = match id.mode {
+            Mode::Pmesh => (ota.pmesh().status().map_or(0, |s| s.total), None),
+            _ => ota
+                .classic_distributor()
+                .into_iter()
+                .flat_map(ClassicDistributor::offers)
+                .find(|o| TransferId::classic(&o.md5, o.broadcasted) == id)
+                .map_or((0, None), |o| (o.no_part, Some(o.md5.clone()))),
+        };
+        Ok(Offered {
+            id,
             chunks,
-            mesh_nodes,
+            md5,
+            mesh_nodes: node.node_list(false),
+        })
+    })
+    .await
+    .map_err(PushError::Mesh)?
+    .map_err(PushError::Refused)
+}
+
+/// Withdraws the offer: pmesh (`md5` None) with a CANCEL; classic: no more announces or
+/// answers, and the ledger of its requesters is dropped.
+async fn withdraw<P>(h: &MeshHandle<P>, md5: Option<String>)
+where
+    P: OtaHost + 'static,
+{
+    let _ = h
+        .call(move |node, now| {
+            node.with_plugin(now, |p, ctx| {
+                let o = p.node_ota_mut();
+                match &md5 {
+                    None => {
+                        o.ota_mut().cancel_pmesh(ctx);
+                    }
+                    Some(m) => {
+                        o.ota_mut().cancel_classic(m);
+                        o.served.forget(m);
+                    }
+                }
+            })
         })
         .await;
+}
 
-    tokio::pin!(cancel);
-    let settle = opts.settle();
-    let timeout = Duration::from_secs_f64(opts.timeout_s);
-    let mut views: BTreeMap<u32, NodeView> = BTreeMap::new();
-    let mut last_change = std::time::Instant::now();
-    let mut last_stats = std::time::Instant::now() - Duration::from_secs(10);
-    let mut mesh_now: Vec<u32> = Vec::new();
-    let md5_key = md5.clone().unwrap_or_default();
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// What the follower reads from the node on every tick.
+struct Sample {
+    /// The node's clock (for classic requesters' idle time).
+    now: Instant,
+    mesh_nodes: Vec<u32>,
+    /// pmesh: this rollout is still the node's current one.
+    current: bool,
+    /// pmesh, after the subscription lagged: the distributor's table of reports.
+    reports: Option<Vec<(u32, u32, Phase)>>,
+    /// Classic, per requester: (node, requests, distinct chunks served, last request).
+    served: Vec<(u32, u64, u32, Instant)>,
+    /// Classic: distinct chunks served to anyone.
+    served_union: u32,
+    /// Classic broadcast: the push's passes and the nodes they covered.
+    push: Option<pmesh_ota::classic::PushProgress>,
+    stats: PushStats,
+}
 
-    let outcome = loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = &mut cancel => break Outcome::Cancelled,
-            _ = out.closed() => break Outcome::Cancelled,
+/// Reads a [`Sample`] on the node's thread; `resync` also reads the pmesh reports.
+async fn sample<P>(
+    h: &MeshHandle<P>,
+    id: TransferId,
+    chunks: u32,
+    md5: &str,
+    resync: bool,
+) -> Result<Sample, MeshError>
+where
+    P: OtaHost + 'static,
+{
+    let key = md5.to_owned();
+    h.call(move |node, now| {
+        let o = node.plugin().node_ota();
+        let ota = o.ota();
+        let current = ota.pmesh().status().is_some_and(|s| s.id == id);
+        let (d, p) = (ota.classic_stats(), ota.pmesh().stats());
+        let mut union = ChunkBitmap::new(chunks);
+        let mut served = Vec::new();
+        for (n, s) in o.served().for_image(&key).into_iter().flatten() {
+            served.push((*n, s.requests, s.parts.count(), s.last_at));
+            union.union_with(&s.parts);
         }
-        let key = md5_key.clone();
-        let poll = h
-            .call(move |node, now| {
-                let o = node.plugin().node_ota();
-                let ota = o.ota();
-                let current = ota.pmesh().status().is_some_and(|s| s.id == id);
-                let d = ota.classic_stats();
-                let p = ota.pmesh().stats();
-                let mut served = Vec::new();
-                let mut union = ChunkBitmap::new(chunks);
-                for (n, s) in o.served().for_image(&key).into_iter().flatten() {
-                    let idle = now.as_micros().saturating_sub(s.last_at.as_micros());
-                    served.push((*n, s.requests, s.parts.count(), idle));
-                    union.union_with(&s.parts);
-                }
-                Poll {
-                    mesh_nodes: node.node_list(false),
-                    current,
-                    reports: if current {
-                        ota.pmesh().reports()
-                    } else {
-                        Vec::new()
-                    },
-                    served,
-                    served_union: union.count(),
-                    push: ota
-                        .classic_distributor()
-                        .and_then(|d| d.push_progress(&key)),
-                    stats: PushStats {
-                        elapsed_s: 0.0,
-                        mesh_nodes: 0,
-                        announces: d.announces,
-                        requests_answered: d.requests_answered,
-                        bytes_served: d.bytes_served,
-                        data_bytes_sent: p.data_bytes_sent,
-                        control_bytes_sent: p.control_bytes_sent,
-                    },
-                }
-            })
-            .await;
-        let Ok(poll) = poll else {
-            break Outcome::Stopped;
-        };
-        if id.mode == Mode::Pmesh && !poll.current {
-            break Outcome::Replaced;
-        }
-        mesh_now = poll.mesh_nodes;
-        let mut fresh: Vec<NodeView> = Vec::new();
-        match id.mode {
-            Mode::Pmesh => {
-                for (node, done, phase) in poll.reports {
-                    fresh.push(view_of_report(node, done, chunks, phase));
-                }
-            }
-            _ => {
-                // A push pass that a node stayed in the mesh for flooded it every chunk.
-                let covered = poll.push.iter().flat_map(|p| p.covered.iter());
-                for &node in covered {
-                    if !poll.served.iter().any(|s| s.0 == node) {
-                        fresh.push(NodeView {
-                            node,
-                            done: chunks,
-                            total: chunks,
-                            state: "served".into(),
-                            reason: None,
-                            requests: None,
-                            idle_s: None,
-                        });
-                    }
-                }
-                for (node, requests, parts, idle_us) in poll.served {
-                    fresh.push(NodeView {
-                        node,
-                        done: parts,
-                        total: chunks,
-                        state: if parts >= chunks {
-                            "served"
-                        } else {
-                            "requesting"
-                        }
-                        .into(),
-                        reason: None,
-                        requests: Some(requests),
-                        idle_s: Some(idle_us as f64 / 1e6),
-                    });
-                }
-            }
-        }
-        for v in fresh {
-            let changed = views.get(&v.node).is_none_or(|old| {
-                old.done != v.done || old.state != v.state || old.requests != v.requests
-            });
-            if changed {
-                last_change = std::time::Instant::now();
-                views.insert(v.node, v.clone());
-                if out.send(PushItem::Node(v)).await.is_err() {
-                    break;
-                }
-            } else {
-                views.insert(v.node, v);
-            }
-        }
-        let elapsed = started.elapsed();
-        if last_stats.elapsed() >= Duration::from_secs(1) {
-            last_stats = std::time::Instant::now();
-            let mut s = poll.stats;
-            s.elapsed_s = elapsed.as_secs_f64();
-            s.mesh_nodes = mesh_now.len();
-            let _ = out.send(PushItem::Stats(s)).await;
-        }
-        // Done?
-        let expected_done = opts
-            .expect
-            .iter()
-            .all(|n| views.get(n).is_some_and(NodeView::finished));
-        let quiet = last_change.elapsed() >= settle && elapsed >= settle;
-        let all_finished = !views.is_empty() && views.values().all(NodeView::finished);
-        let done = match id.mode {
-            // Every chunk served to anyone was flooded to the whole mesh.
-            // Push: a pass settled, none runs, every node in the mesh was covered by one.
-            Mode::ClassicBroadcast => match &poll.push {
-                Some(p) => {
-                    p.passes > 0
-                        && p.running.is_none()
-                        && mesh_now.iter().all(|n| p.covered.contains(n))
-                        && quiet
-                        && expected_done
-                }
-                None => poll.served_union >= chunks && quiet && expected_done,
+        Sample {
+            now,
+            mesh_nodes: node.node_list(false),
+            current,
+            reports: (resync && current).then(|| ota.pmesh().reports()),
+            served,
+            served_union: union.count(),
+            push: ota
+                .classic_distributor()
+                .and_then(|d| d.push_progress(&key)),
+            stats: PushStats {
+                elapsed_s: 0.0,
+                mesh_nodes: 0,
+                announces: d.announces,
+                requests_answered: d.requests_answered,
+                bytes_served: d.bytes_served,
+                data_bytes_sent: p.data_bytes_sent,
+                control_bytes_sent: p.control_bytes_sent,
             },
-            _ => all_finished && quiet && expected_done,
-        };
-        if done {
-            break Outcome::Done;
         }
-        if elapsed >= timeout {
-            break Outcome::Timeout;
-        }
-    };
+    })
+    .await
+}
 
-    let still_offered = opts.keep && outcome != Outcome::Stopped;
-    if !still_offered && outcome != Outcome::Replaced {
-        let md5 = md5.clone();
-        let _ = h
-            .call(move |node, now| {
-                node.with_plugin(now, |p, ctx| {
-                    let o = p.node_ota_mut();
-                    match &md5 {
-                        None => {
-                            o.ota_mut().cancel_pmesh(ctx);
-                        }
-                        Some(m) => {
-                            o.ota_mut().cancel_classic(m);
-                            o.served.forget(m);
-                        }
-                    }
-                })
-            })
-            .await;
-        info!(mode = id.mode.name(), transfer = id.id, outcome = ?outcome, "OTA: offer withdrawn");
+/// Follows one rollout: its view, the times the done rule needs, what the operator was shown.
+struct Follower {
+    view: RolloutView,
+    md5: String,
+    expect: Vec<u32>,
+    settle: Duration,
+    timeout: Duration,
+    started: std::time::Instant,
+    last_change: std::time::Instant,
+    last_stats: Option<std::time::Instant>,
+    mesh_now: Vec<u32>,
+    /// The node's clock at the last sample.
+    node_now: Instant,
+    /// The event subscription lagged: re-read the reports at the next tick.
+    resync: bool,
+    /// Nodes changed since the last tick (shown once per tick, as the operator's view
+    /// needs no more).
+    dirty: std::collections::BTreeSet<u32>,
+}
+
+impl Follower {
+    fn new(opts: &PushOptions, offered: &Offered) -> Self {
+        let now = std::time::Instant::now();
+        Follower {
+            view: RolloutView::new(offered.id, offered.chunks),
+            md5: offered.md5.clone().unwrap_or_default(),
+            expect: opts.expect.clone(),
+            settle: opts.settle(),
+            timeout: Duration::from_secs_f64(opts.timeout_s),
+            started: now,
+            last_change: now,
+            last_stats: None,
+            mesh_now: Vec::new(),
+            node_now: Instant::from_micros(0),
+            resync: false,
+            dirty: Default::default(),
+        }
     }
-    let silent: Vec<u32> = mesh_now
-        .iter()
-        .copied()
-        .filter(|n| !views.contains_key(n))
-        .collect();
-    let missing: Vec<u32> = opts
-        .expect
-        .iter()
-        .copied()
-        .filter(|n| !views.contains_key(n))
-        .collect();
-    let nodes: Vec<NodeView> = views.into_values().collect();
-    let failed = nodes.iter().any(|v| v.state == "failed");
-    let ok = outcome == Outcome::Done && !failed && missing.is_empty();
-    let note = match id.mode {
+
+    /// Runs until the rollout is done or stops; returns how it ended.
+    async fn follow<P>(
+        &mut self,
+        h: &MeshHandle<P>,
+        out: &mpsc::Sender<PushItem>,
+        mut events: broadcast::Receiver<Arc<MeshEvent<OtaEvent>>>,
+        cancel: impl std::future::Future<Output = ()>,
+    ) -> Outcome
+    where
+        P: OtaHost + 'static,
+    {
+        tokio::pin!(cancel);
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Ok(ev) => self.on_event(&ev),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        debug!(missed = n, "OTA: follower lagged; re-reading the reports");
+                        self.resync = true;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Outcome::Stopped,
+                },
+                _ = tick.tick() => {
+                    if let Some(end) = self.on_tick(h, out).await {
+                        return end;
+                    }
+                }
+                _ = &mut cancel => return Outcome::Cancelled,
+                _ = out.closed() => return Outcome::Cancelled,
+            }
+        }
+    }
+
+    /// A node event: a pmesh target's report changes the view.
+    fn on_event(&mut self, ev: &MeshEvent<OtaEvent>) {
+        if let MeshEvent::Node(Event::Plugin(ev)) = ev
+            && let Some(node) = self.view.on_event(ev)
+        {
+            self.changed(node);
+        }
+    }
+
+    /// A tick: samples the node, feeds the view, sends counters, applies the done rule.
+    async fn on_tick<P>(
+        &mut self,
+        h: &MeshHandle<P>,
+        out: &mpsc::Sender<PushItem>,
+    ) -> Option<Outcome>
+    where
+        P: OtaHost + 'static,
+    {
+        let id = self.view.id();
+        let resync = std::mem::take(&mut self.resync);
+        let Ok(s) = sample(h, id, self.view.chunks(), &self.md5, resync).await else {
+            return Some(Outcome::Stopped);
+        };
+        if id.mode == Mode::Pmesh && !s.current {
+            return Some(Outcome::Replaced);
+        }
+        self.mesh_now = s.mesh_nodes;
+        self.node_now = s.now;
+        for (node, done, phase) in s.reports.into_iter().flatten() {
+            if self.view.report(node, done, phase) {
+                self.changed(node);
+            }
+        }
+        for node in self.view.set_push(s.push) {
+            self.changed(node);
+        }
+        for (node, requests, parts, last_at) in s.served {
+            if self.view.served(node, requests, parts, last_at) {
+                self.changed(node);
+            }
+        }
+        self.view.set_served_union(s.served_union);
+        for node in std::mem::take(&mut self.dirty) {
+            if let Some(v) = self.node_view(node) {
+                let _ = out.send(PushItem::Node(v)).await;
+            }
+        }
+        self.send_stats(s.stats, out).await;
+        self.verdict()
+    }
+
+    /// Records a change of `node`, shown at the next tick.
+    fn changed(&mut self, node: u32) {
+        self.last_change = std::time::Instant::now();
+        self.dirty.insert(node);
+    }
+
+    /// Counters, about once a second.
+    async fn send_stats(&mut self, mut stats: PushStats, out: &mpsc::Sender<PushItem>) {
+        if self
+            .last_stats
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_stats = Some(std::time::Instant::now());
+        stats.elapsed_s = self.started.elapsed().as_secs_f64();
+        stats.mesh_nodes = self.mesh_now.len();
+        let _ = out.send(PushItem::Stats(stats)).await;
+    }
+
+    /// Done (by [`rollout_done`]), timed out, or on.
+    fn verdict(&self) -> Option<Outcome> {
+        let input = DoneInput {
+            mesh: &self.mesh_now,
+            expect: &self.expect,
+            quiet_for: self.last_change.elapsed().min(self.started.elapsed()),
+            settle: self.settle,
+        };
+        if rollout_done(&self.view, &input) {
+            Some(Outcome::Done)
+        } else {
+            (self.started.elapsed() >= self.timeout).then_some(Outcome::Timeout)
+        }
+    }
+
+    /// What the operator is shown of `node`.
+    fn node_view(&self, node: u32) -> Option<NodeView> {
+        let s = self.view.node(node)?;
+        let idle =
+            |t: Instant| self.node_now.as_micros().saturating_sub(t.as_micros()) as f64 / 1e6;
+        Some(NodeView {
+            node,
+            done: s.done,
+            total: s.total,
+            phase: s.phase,
+            requests: s.requests,
+            idle_s: s.last_request.map(idle),
+        })
+    }
+
+    /// The verdict of the push.
+    fn summary(&self, outcome: Outcome, expect: &[u32], still_offered: bool) -> Summary {
+        let unseen = |n: &&u32| self.view.node(**n).is_none();
+        let silent: Vec<u32> = self.mesh_now.iter().filter(unseen).copied().collect();
+        let missing: Vec<u32> = expect.iter().filter(unseen).copied().collect();
+        let nodes: Vec<NodeView> = self
+            .view
+            .nodes()
+            .filter_map(|(n, _)| self.node_view(n))
+            .collect();
+        let ok = outcome == Outcome::Done && !self.view.any_failed() && missing.is_empty();
+        Summary {
+            outcome,
+            ok,
+            elapsed_s: self.started.elapsed().as_secs_f64(),
+            nodes,
+            silent,
+            missing,
+            still_offered,
+            note: mode_note(self.view.id().mode).into(),
+        }
+    }
+}
+
+/// What the distributor can and cannot know in `mode`.
+fn mode_note(mode: Mode) -> &'static str {
+    match mode {
         Mode::Pmesh => {
             "pmesh nodes report their progress and install; nodes that never reported are not targets (other role or hardware, image already current), stock nodes, or out of reach"
         }
@@ -1163,19 +1311,7 @@ where
         Mode::ClassicBroadcast => {
             "classic broadcast OTA (push): the distributor floods every chunk in order to the whole mesh and nodes do not report; 'served' means the node was in the mesh for a whole pass (or was sent every chunk on request), after which it checks the MD5 and installs silently (stock nodes reboot)"
         }
-    };
-    let summary = Summary {
-        outcome,
-        ok,
-        elapsed_s: started.elapsed().as_secs_f64(),
-        nodes,
-        silent,
-        missing,
-        still_offered,
-        note: note.into(),
-    };
-    let _ = out.send(PushItem::Finished(summary.clone())).await;
-    Ok(summary)
+    }
 }
 
 // --- control endpoint ----------------------------------------------------------------------
@@ -1292,7 +1428,7 @@ pub fn status_json<S: FirmwareSink, T: OtaStore>(o: &NodeOta<S, T>) -> Value {
     let pmesh = ota.pmesh().status().map(|s| {
         json!({
             "transfer": s.id.id, "distributor": s.distributor, "target": s.target,
-            "have": s.have, "total": s.total, "phase": phase_name(s.phase), "subscribers": s.subscribers,
+            "have": s.have, "total": s.total, "phase": RolloutPhase::of_report(s.phase).name(), "subscribers": s.subscribers,
         })
     });
     let classic_rx = ota
@@ -1423,13 +1559,46 @@ mod tests {
 
     #[test]
     fn items_round_trip_as_json() {
-        let item = PushItem::Node(view_of_report(7, 3, 10, Phase::Failed(7)));
+        let mut view = RolloutView::new(
+            TransferId {
+                mode: Mode::Pmesh,
+                id: 1,
+            },
+            10,
+        );
+        view.report(7, 3, Phase::Failed(7));
+        let s = view.node(7).unwrap();
+        let item = PushItem::Node(NodeView {
+            node: 7,
+            done: s.done,
+            total: s.total,
+            phase: s.phase,
+            requests: None,
+            idle_s: None,
+        });
         let v = serde_json::to_value(&item).unwrap();
         assert_eq!(v["kind"], "node");
         assert_eq!(v["state"], "failed");
         assert_eq!(v["reason"], "hash_mismatch");
         let back: PushItem = serde_json::from_value(v).unwrap();
-        assert!(matches!(back, PushItem::Node(n) if n.node == 7 && n.finished()));
+        assert!(
+            matches!(back, PushItem::Node(n) if n.node == 7 && n.finished()
+            && n.phase == RolloutPhase::Failed(RefusalCode::HashMismatch))
+        );
+        let bad = json!({"kind": "node", "node": 1, "done": 0, "total": 1, "state": "sleeping"});
+        assert!(serde_json::from_value::<PushItem>(bad).is_err());
+        let offered = json!({"kind": "offered", "transfer": 1, "mode": "broadcast",
+            "distributor": 2, "file": "f", "image_bytes": 3, "sha256": "s", "md5": null,
+            "chunks": 1, "mesh_nodes": []});
+        let back: PushItem = serde_json::from_value(offered.clone()).unwrap();
+        assert!(matches!(
+            back,
+            PushItem::Offered {
+                mode: Mode::ClassicBroadcast,
+                ..
+            }
+        ));
+        assert_eq!(serde_json::to_value(&back).unwrap(), offered);
     }
 
     #[test]

@@ -26,6 +26,13 @@ impl Mode {
             Mode::Pmesh => "pmesh",
         }
     }
+
+    /// The inverse of [`Mode::name`].
+    pub fn parse(name: &str) -> Option<Mode> {
+        [Mode::ClassicUnicast, Mode::ClassicBroadcast, Mode::Pmesh]
+            .into_iter()
+            .find(|m| m.name() == name)
+    }
 }
 
 /// Identifies a transfer: the pmesh rollout id, or for classic OTA the first 32 bits of the MD5.

@@ -12,6 +12,8 @@
 //! - **Firmware I/O** ([`io`]): source, sink and store traits, with in-memory versions.
 //! - **Staged campaigns** ([`campaign`]): waves, thresholds and per-node health gates as a
 //!   sans-IO state machine, with save/restore.
+//! - **Rollout view** ([`rollout`]): a distributor's per-node view of a rollout, fed with
+//!   the plugin's own events, and the pure rule that says when a rollout is done.
 //! - **The arithmetic** ([`bounds`]): the optimum and the pipelined lower bound every figure
 //!   is printed next to.
 //!
@@ -41,6 +43,7 @@ pub mod io;
 pub mod offer;
 pub mod plugin;
 pub mod pmesh;
+pub mod rollout;
 #[cfg(feature = "signature")]
 pub mod signed;
 
@@ -53,3 +56,4 @@ pub use io::{
 pub use offer::{ApplyPolicy, Offer, Protocol};
 pub use plugin::{ClassicReceiverKind, Ota, OtaConfig};
 pub use pmesh::{FrameKind, PmeshTuning};
+pub use rollout::{DoneInput, RefusalCode, RolloutNode, RolloutPhase, RolloutView, rollout_done};

@@ -20,7 +20,7 @@ use pmesh_net::ota::{
 };
 use pmesh_net::{MeshBuilder, NetConfig};
 use pmesh_node::{Config, Node};
-use pmesh_ota::{Ota, OtaConfig};
+use pmesh_ota::{Ota, OtaConfig, RolloutPhase};
 use serde_json::{Value, json};
 
 use crate::cmd::control::ControlArgs;
@@ -452,7 +452,7 @@ struct Renderer {
     node_bars: BTreeMap<u32, ProgressBar>,
     nodes: BTreeMap<u32, NodeView>,
     /// Plain mode: last 10 % step printed per node, and for the total.
-    printed: BTreeMap<u32, (u32, String)>,
+    printed: BTreeMap<u32, (u32, RolloutPhase)>,
     printed_total: u32,
     mode: PushMode,
     chunks: u32,
@@ -539,8 +539,9 @@ impl Renderer {
             } => {
                 self.chunks = *chunks;
                 self.line(&format!(
-                    "offering {file} ({image_bytes} bytes, sha256 {}) from node {distributor}: mode {mode}, transfer {transfer}, {chunks} chunks{}; {} other node{} in the mesh",
+                    "offering {file} ({image_bytes} bytes, sha256 {}) from node {distributor}: mode {}, transfer {transfer}, {chunks} chunks{}; {} other node{} in the mesh",
                     &sha256[..sha256.len().min(16)],
+                    mode.name(),
                     md5.as_deref().map_or(String::new(), |m| format!(", md5 {m}")),
                     mesh_nodes.len(),
                     if mesh_nodes.len() == 1 { "" } else { "s" },
@@ -608,10 +609,10 @@ impl Renderer {
 
     fn node(&mut self, v: &NodeView) {
         self.nodes.insert(v.node, v.clone());
-        let state = match (&v.reason, v.requests) {
-            (Some(r), _) => format!("{} ({r})", v.state),
-            (None, Some(n)) => format!("{} · {n} requests", v.state),
-            _ => v.state.clone(),
+        let state = match (v.phase.failure(), v.requests) {
+            (Some(r), _) => format!("{} ({})", v.phase.name(), r.name()),
+            (None, Some(n)) => format!("{} · {n} requests", v.phase.name()),
+            _ => v.phase.name().to_owned(),
         };
         if let Some(m) = &self.bars {
             let bar = self.node_bars.entry(v.node).or_insert_with(|| {
@@ -633,14 +634,11 @@ impl Renderer {
             return;
         }
         let p = pct(v.done, v.total);
-        let (last_p, last_state) = self
-            .printed
-            .get(&v.node)
-            .cloned()
-            .unwrap_or((0, String::new()));
-        let first = !self.printed.contains_key(&v.node);
-        if first || p / 10 > last_p / 10 || v.state != last_state {
-            self.printed.insert(v.node, (p, v.state.clone()));
+        let last = self.printed.get(&v.node).copied();
+        let changed =
+            last.is_none_or(|(last_p, last_phase)| p / 10 > last_p / 10 || v.phase != last_phase);
+        if changed {
+            self.printed.insert(v.node, (p, v.phase));
             println!(
                 "node {:>10} {p:>3}% ({}/{} chunks) {state}",
                 v.node, v.done, v.total
@@ -666,7 +664,8 @@ impl Renderer {
 pub fn summary_text(s: &Summary, mode: PushMode) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let finished = |st: &str| s.nodes.iter().filter(|v| v.state == st).count();
+    let finished =
+        |in_phase: fn(RolloutPhase) -> bool| s.nodes.iter().filter(|v| in_phase(v.phase)).count();
     let head = match s.outcome {
         Outcome::Done => "done",
         Outcome::Timeout => "timed out",
@@ -677,14 +676,14 @@ pub fn summary_text(s: &Summary, mode: PushMode) -> String {
     let what = match mode {
         PushMode::Pmesh => format!(
             "{} installed, {} failed, {} unfinished of {} reporting targets",
-            finished("installed"),
-            finished("failed"),
+            finished(|p| p == RolloutPhase::Installed),
+            finished(|p| p.failure().is_some()),
             s.nodes.iter().filter(|v| !v.finished()).count(),
             s.nodes.len()
         ),
         PushMode::Classic => format!(
             "{} of {} requesting nodes served every chunk",
-            finished("served"),
+            finished(|p| p == RolloutPhase::Served),
             s.nodes.len()
         ),
     };
@@ -696,8 +695,8 @@ pub fn summary_text(s: &Summary, mode: PushMode) -> String {
             "NODE", "STATE", "CHUNKS"
         );
         for v in &s.nodes {
-            let note = match (&v.reason, v.requests, v.idle_s) {
-                (Some(r), _, _) => format!("{r}: {}", refusal_help(r)),
+            let note = match (v.phase.failure(), v.requests, v.idle_s) {
+                (Some(r), _, _) => format!("{}: {}", r.name(), refusal_help(r)),
                 (None, Some(n), Some(idle)) if !v.finished() => {
                     format!("{n} requests, last {idle:.0} s ago")
                 }
@@ -707,7 +706,7 @@ pub fn summary_text(s: &Summary, mode: PushMode) -> String {
             let row = format!(
                 "{:>10}  {:<10}  {:>15}  {note}",
                 v.node,
-                v.state,
+                v.phase.name(),
                 format!("{}/{}", v.done, v.total)
             );
             let _ = writeln!(out, "{}", row.trim_end());
@@ -765,14 +764,14 @@ fn ids(v: &[u32]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pmesh_ota::RefusalCode;
 
-    fn view(node: u32, done: u32, state: &str, reason: Option<&str>) -> NodeView {
+    fn view(node: u32, done: u32, phase: RolloutPhase) -> NodeView {
         NodeView {
             node,
             done,
             total: 10,
-            state: state.into(),
-            reason: reason.map(Into::into),
+            phase,
             requests: None,
             idle_s: None,
         }
@@ -785,9 +784,9 @@ mod tests {
             ok: false,
             elapsed_s: 12.0,
             nodes: vec![
-                view(2, 10, "installed", None),
-                view(3, 4, "receiving", None),
-                view(4, 10, "failed", Some("hash_mismatch")),
+                view(2, 10, RolloutPhase::Installed),
+                view(3, 4, RolloutPhase::Receiving),
+                view(4, 10, RolloutPhase::Failed(RefusalCode::HashMismatch)),
             ],
             silent: vec![9],
             missing: vec![5],

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use pmesh_node::{ConnectionChange, Context, Event, Handled, Incoming, Instant, Plugin};
 use pmesh_ota::{
-    ApplyPolicy, MemorySink, MemoryStore, Offer, Ota, OtaConfig, OtaEvent, Phase, TransferId,
+    ApplyPolicy, MemorySink, MemoryStore, Mode, Offer, Ota, OtaConfig, OtaEvent, Phase, TransferId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -479,12 +479,12 @@ impl OtaApp {
                 }
             })
             .collect();
-        let (served_bytes, chunk_bytes) = match ota.mode {
-            OtaMode::Pmesh => (
+        let (served_bytes, chunk_bytes) = match ota.mode.protocol() {
+            Mode::Pmesh => (
                 image.len(),
                 ota.chunk_bytes.unwrap_or(pmesh_ota::offer::PMESH_CHUNK),
             ),
-            OtaMode::Unicast | OtaMode::Broadcast | OtaMode::Push => (
+            Mode::ClassicUnicast | Mode::ClassicBroadcast => (
                 if ota.compressed {
                     pmesh_ota::codec::gzip(image.source.bytes()).len() as u64
                 } else {

@@ -45,6 +45,16 @@ impl OtaMode {
             OtaMode::Pmesh => "pmesh",
         }
     }
+
+    /// The protocol the scenario's transfer uses (pmesh-ota's one [`pmesh_ota::Mode`]): a
+    /// push is classic broadcast, flooded by the distributor rather than on request.
+    pub fn protocol(self) -> pmesh_ota::Mode {
+        match self {
+            OtaMode::Unicast => pmesh_ota::Mode::ClassicUnicast,
+            OtaMode::Broadcast | OtaMode::Push => pmesh_ota::Mode::ClassicBroadcast,
+            OtaMode::Pmesh => pmesh_ota::Mode::Pmesh,
+        }
+    }
 }
 
 /// Which receiver logic the nodes run.
@@ -572,6 +582,14 @@ impl OtaOverrides {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scenario_modes_map_onto_the_one_protocol_mode() {
+        for m in [OtaMode::Unicast, OtaMode::Broadcast, OtaMode::Pmesh] {
+            assert_eq!(m.protocol().name(), m.name());
+        }
+        assert_eq!(OtaMode::Push.protocol(), pmesh_ota::Mode::ClassicBroadcast);
+    }
     #[test]
     fn sizes() {
         assert_eq!(ByteSize::parse("1MiB").unwrap(), ByteSize(1 << 20));

@@ -16,8 +16,8 @@ use std::time::Duration;
 use pmesh_bridge::{OtaMode, OtaProgress};
 use pmesh_node::{Event, Instant, StatusConfig, StatusPlugin, StatusTarget};
 use pmesh_ota::{
-    ApplyPolicy, MemorySink, MemorySource, MemoryStore, Offer, Ota, OtaConfig, OtaEvent, Refusal,
-    TransferId,
+    ApplyPolicy, MemorySink, MemorySource, MemoryStore, Mode, Offer, Ota, OtaConfig, OtaEvent,
+    Refusal, TransferId,
 };
 use pmesh_proto::Envelope;
 use pmesh_sim::app::{Boot, NodeHandle, SimApp};
@@ -247,14 +247,14 @@ impl DemoApp {
             .compressed(spec.compressed)
             .version(spec.version.clone());
         offer = match spec.mode {
-            OtaMode::Unicast => offer,
+            OtaMode::Fixed(Mode::ClassicUnicast) => offer,
             // As a pmesh gateway does: the distributor pushes the flood in order.
-            OtaMode::Broadcast | OtaMode::Auto => {
+            OtaMode::Fixed(Mode::ClassicBroadcast) | OtaMode::Auto => {
                 offer.push(pmesh_ota::classic::PushPace::default())
             }
-            OtaMode::Pmesh => offer.pmesh().apply(ApplyPolicy::OnVerify),
+            OtaMode::Fixed(Mode::Pmesh) => offer.pmesh().apply(ApplyPolicy::OnVerify),
         };
-        let served = if spec.compressed && spec.mode != OtaMode::Pmesh {
+        let served = if spec.compressed && spec.mode != OtaMode::Fixed(Mode::Pmesh) {
             pmesh_ota::codec::gzip(&spec.image)
         } else {
             spec.image.clone()
@@ -275,7 +275,7 @@ impl DemoApp {
         let transfer =
             result.map_err(|e: Refusal| format!("the gateway refused the offer: {e}"))?;
         let chunks = match spec.mode {
-            OtaMode::Pmesh => pmesh_chunks.unwrap_or(classic_chunks),
+            OtaMode::Fixed(Mode::Pmesh) => pmesh_chunks.unwrap_or(classic_chunks),
             _ => classic_chunks,
         };
         let now = sim.now();
@@ -316,7 +316,7 @@ impl DemoApp {
         let (mode, md5) = (c.mode, c.served_md5.clone());
         sim.with_node(GATEWAY, |h| {
             h.node.with_plugin(h.now, |(ota, _), ctx| match mode {
-                OtaMode::Pmesh => ota.cancel_pmesh(ctx),
+                OtaMode::Fixed(Mode::Pmesh) => ota.cancel_pmesh(ctx),
                 _ => ota.cancel_classic(&md5),
             })
         });
@@ -532,9 +532,19 @@ mod tests {
         let mut targets = sim.node(GATEWAY).unwrap().node_list(false);
         targets.sort_unstable();
         assert_eq!(targets, (2..=7).collect::<Vec<_>>());
-        DemoApp::start(&mut sim, spec(9, OtaMode::Pmesh, 40 << 10), targets).unwrap();
+        DemoApp::start(
+            &mut sim,
+            spec(9, OtaMode::Fixed(Mode::Pmesh), 40 << 10),
+            targets,
+        )
+        .unwrap();
         assert!(
-            DemoApp::start(&mut sim, spec(10, OtaMode::Pmesh, 1024), vec![2]).is_err(),
+            DemoApp::start(
+                &mut sim,
+                spec(10, OtaMode::Fixed(Mode::Pmesh), 1024),
+                vec![2]
+            )
+            .is_err(),
             "one campaign at a time"
         );
         run_campaign(&mut sim, 300);
@@ -622,7 +632,7 @@ mod tests {
         DemoApp::start(
             &mut sim,
             // Large enough to be still running after half a second of the paced push.
-            spec(1, OtaMode::Broadcast, 1 << 20),
+            spec(1, OtaMode::Fixed(Mode::ClassicBroadcast), 1 << 20),
             targets.clone(),
         )
         .unwrap();
@@ -638,7 +648,12 @@ mod tests {
             })
         );
         assert!(DemoApp::abort(&mut sim, 1).is_err(), "already ended");
-        DemoApp::start(&mut sim, spec(2, OtaMode::Unicast, 8 << 10), targets).unwrap();
+        DemoApp::start(
+            &mut sim,
+            spec(2, OtaMode::Fixed(Mode::ClassicUnicast), 8 << 10),
+            targets,
+        )
+        .unwrap();
         run_campaign(&mut sim, 600);
         let c = sim.app().campaign.as_ref().unwrap();
         assert_eq!((c.id, c.done(), c.failed()), (2, 4, 0));

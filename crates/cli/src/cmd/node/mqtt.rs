@@ -38,6 +38,7 @@ use pmesh_net::MeshHandle;
 use pmesh_net::control::{ControlServer, Reply, Request};
 use pmesh_net::ota::{OtaHost, Outcome, PushItem, PushMode, PushOptions, run_push};
 use pmesh_node::Event;
+use pmesh_ota::{Mode, RolloutPhase};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -629,8 +630,8 @@ fn push_options(req: &OtaStart, file: PathBuf) -> PushOptions {
     let mut o = PushOptions::new(file, &req.role, &req.hardware);
     o.compressed = req.compressed;
     match req.mode {
-        OtaMode::Unicast => o.mode = PushMode::Classic,
-        OtaMode::Broadcast => {
+        OtaMode::Fixed(Mode::ClassicUnicast) => o.mode = PushMode::Classic,
+        OtaMode::Fixed(Mode::ClassicBroadcast) => {
             o.mode = PushMode::Classic;
             o.broadcast = true;
         }
@@ -638,7 +639,7 @@ fn push_options(req: &OtaStart, file: PathBuf) -> PushOptions {
             o.mode = PushMode::Classic;
             o.auto = true;
         }
-        OtaMode::Pmesh => o.mode = PushMode::Pmesh,
+        OtaMode::Fixed(Mode::Pmesh) => o.mode = PushMode::Pmesh,
     }
     o
 }
@@ -652,22 +653,24 @@ fn progress_of(campaign: u64, item: &PushItem, bytes_seen: &mut u64) -> Vec<OtaP
             campaign,
             targets: Vec::new(),
         }],
-        PushItem::Node(v) => vec![match v.state.as_str() {
-            "installed" | "served" => OtaProgress::NodeDone {
+        PushItem::Node(v) => vec![match v.phase {
+            RolloutPhase::Installed | RolloutPhase::Served => OtaProgress::NodeDone {
                 campaign,
                 node: v.node,
             },
-            "failed" => OtaProgress::NodeFailed {
+            RolloutPhase::Failed(reason) => OtaProgress::NodeFailed {
                 campaign,
                 node: v.node,
-                reason: v.reason.clone().unwrap_or_else(|| "failed".into()),
+                reason: reason.name().into(),
             },
-            _ => OtaProgress::Node {
-                campaign,
-                node: v.node,
-                done: u64::from(v.done),
-                total: u64::from(v.total),
-            },
+            RolloutPhase::Receiving | RolloutPhase::Verified | RolloutPhase::Requesting => {
+                OtaProgress::Node {
+                    campaign,
+                    node: v.node,
+                    done: u64::from(v.done),
+                    total: u64::from(v.total),
+                }
+            }
         }],
         PushItem::Stats(s) => {
             let total = s.bytes_served + s.data_bytes_sent;
@@ -789,7 +792,7 @@ fn begun(campaign: u64, opts: &PushOptions, item: &PushItem) -> Option<OtaProgre
         campaign,
         role: opts.role.clone(),
         hardware: opts.hardware.clone(),
-        mode: OtaMode::parse(mode)?,
+        mode: OtaMode::Fixed(*mode),
         compressed: opts.compressed,
         size: *image_bytes,
         md5: md5.clone().unwrap_or_default(),
@@ -990,20 +993,20 @@ mod tests {
     #[test]
     fn push_progress_maps_to_bridge_progress() {
         use pmesh_net::ota::{NodeView, PushStats};
-        let view = |state: &str| {
+        use pmesh_ota::RefusalCode;
+        let view = |phase| {
             PushItem::Node(NodeView {
                 node: 5,
                 done: 3,
                 total: 10,
-                state: state.into(),
-                reason: (state == "failed").then(|| "hash_mismatch".into()),
+                phase,
                 requests: None,
                 idle_s: None,
             })
         };
         let mut b = 0;
         assert_eq!(
-            progress_of(9, &view("receiving"), &mut b),
+            progress_of(9, &view(RolloutPhase::Receiving), &mut b),
             [OtaProgress::Node {
                 campaign: 9,
                 node: 5,
@@ -1012,14 +1015,14 @@ mod tests {
             }]
         );
         assert_eq!(
-            progress_of(9, &view("installed"), &mut b),
+            progress_of(9, &view(RolloutPhase::Installed), &mut b),
             [OtaProgress::NodeDone {
                 campaign: 9,
                 node: 5
             }]
         );
         assert!(matches!(
-            &progress_of(9, &view("failed"), &mut b)[..],
+            &progress_of(9, &view(RolloutPhase::Failed(RefusalCode::HashMismatch)), &mut b)[..],
             [OtaProgress::NodeFailed { reason, .. }] if reason == "hash_mismatch"
         ));
         let stats = |served, data| {
