@@ -27,6 +27,24 @@ pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(value * scale).with_context(|| format!("'{s}' is out of range"))
 }
 
+/// The longest duration a setting takes: one year. Longer is a typo, and the node's timers
+/// could not hold it: a node instant is microseconds in a `u64` (a duration past about
+/// 584,000 years wraps to a short one), and pmesh OTA doubles its re-want backoff
+/// (`Duration * 2` past `Duration::MAX` panics).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A duration setting: [`parse_duration`], at most [`MAX_DURATION`].
+pub fn parse_setting(s: &str) -> anyhow::Result<Duration> {
+    let d = parse_duration(s)?;
+    if d > MAX_DURATION {
+        bail!(
+            "'{}' is longer than a year, the longest a setting takes",
+            s.trim()
+        );
+    }
+    Ok(d)
+}
+
 /// Sets `slot` from a `[timers]`, `[limits]` or `[retry]` value, if given.
 pub(crate) fn set_duration(
     slot: &mut Duration,
@@ -34,7 +52,7 @@ pub(crate) fn set_duration(
     key: &str,
 ) -> anyhow::Result<()> {
     if let Some(v) = value {
-        *slot = parse_duration(v).with_context(|| format!("[timers/limits/retry] {key}"))?;
+        *slot = parse_setting(v).with_context(|| format!("[timers/limits/retry] {key}"))?;
     }
     Ok(())
 }
@@ -51,5 +69,18 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn settings_are_at_most_a_year() {
+        assert_eq!(parse_setting("8760h").unwrap(), MAX_DURATION);
+        assert!(parse_setting("8760.001h").is_err());
+        // Past u64 microseconds: the node's clock would wrap it to a short interval.
+        let e = parse_setting("5124095576.1h").unwrap_err();
+        assert!(e.to_string().contains("longer than a year"), "{e}");
+        assert!(
+            parse_duration("5124095576.1h").is_ok(),
+            "other commands keep their range"
+        );
     }
 }

@@ -29,7 +29,7 @@ mod mqtt;
 mod ota;
 mod settings;
 
-pub use duration::parse_duration;
+pub use duration::{MAX_DURATION, parse_duration, parse_setting};
 pub use file::{
     FileConfig, LimitsSection, LogSection, NodeSection, RetrySection, StatusSection, TimersSection,
 };

@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use pmesh_bridge::{AlertThresholds, BridgeConfig, BrokerConfig, Streams, TlsOptions};
 use serde::{Deserialize, Serialize};
 
-use crate::{Host, MqttFlags, parse_duration};
+use crate::{Host, MqttFlags, parse_setting};
 
 /// `[mqtt]` in pmesh.toml.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
@@ -205,7 +205,7 @@ fn topics_and_interval(
         cfg.ha_prefix = p.clone();
     }
     if let Some(i) = args.interval.as_deref().or(file.interval.as_deref()) {
-        let i = parse_duration(i).context("--mqtt-interval / [mqtt] interval")?;
+        let i = parse_setting(i).context("--mqtt-interval / [mqtt] interval")?;
         if i < Duration::from_secs(1) {
             bail!("the MQTT publish interval must be at least 1s");
         }

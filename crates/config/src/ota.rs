@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 use pmesh_ota::{ClassicReceiverKind, OtaConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::{Flags, Host, parse_duration, read_trusted};
+use crate::{Flags, Host, parse_setting, read_trusted};
 
 /// `[ota]`: receiving firmware, and OTA protocol timers (defaults: the reference's and
 /// pmesh-ota's; shorten them only to test).
@@ -147,7 +147,7 @@ impl OtaSection {
     fn timers(&self, config: &mut OtaConfig) -> anyhow::Result<()> {
         let set = |slot: &mut Duration, v: &Option<String>, key: &str| -> anyhow::Result<()> {
             if let Some(v) = v {
-                *slot = parse_duration(v).with_context(|| format!("[ota] {key}"))?;
+                *slot = parse_setting(v).with_context(|| format!("[ota] {key}"))?;
             }
             Ok(())
         };

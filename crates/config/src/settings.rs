@@ -12,7 +12,7 @@ use pmesh_proto::packages::Generation;
 
 use crate::duration::set_duration;
 use crate::{
-    FileConfig, Flags, Host, NodeSection, OtaSettings, StatusSection, parse_duration, resolve_mqtt,
+    FileConfig, Flags, Host, NodeSection, OtaSettings, StatusSection, parse_setting, resolve_mqtt,
 };
 
 /// Everything `pmesh node` needs, resolved from flags, file and defaults.
@@ -206,7 +206,7 @@ fn retry(net: &mut NetConfig, file: &FileConfig) -> anyhow::Result<()> {
         net.retry = RetrySchedule {
             steps: steps
                 .iter()
-                .map(|s| parse_duration(s))
+                .map(|s| parse_setting(s))
                 .collect::<anyhow::Result<_>>()
                 .context("[retry] steps")?,
             max: net.retry.max,
@@ -226,7 +226,7 @@ impl StatusSection {
         let Some(every) = flag.or(self.interval.as_deref()) else {
             return Ok(None);
         };
-        let interval = parse_duration(every).context("--status-every / [status] interval")?;
+        let interval = parse_setting(every).context("--status-every / [status] interval")?;
         if interval < Duration::from_secs(1) {
             bail!("status reports at most once a second");
         }
