@@ -32,6 +32,7 @@ for target in $(cargo fuzz list); do
   opts=("${common[@]}" -max_total_time="$secs")
   case $target in
     toml_config) opts+=(-dict=fuzz/dicts/toml.dict) ;;
+    node_config) opts+=(-dict=fuzz/dicts/node_config.dict) ;;
     bridge_request) opts+=(-dict=fuzz/dicts/request.dict) ;;
     ota_frames) opts+=(-dict=fuzz/dicts/frames.dict -max_len=16384) ;;
     *) opts+=(-dict=fuzz/dicts/frames.dict) ;;
