@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use pmesh_ota::signed::bundle::BundleSpec;
 use pmesh_ota::signed::{Bundle, SigningKey, TrustedKey};
 use serde_json::json;
