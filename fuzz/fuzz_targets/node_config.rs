@@ -155,20 +155,7 @@ fn check_bounds(s: &Settings) {
         o.pmesh.rewant_after,
     ];
     durations.extend(&net.retry.steps);
-    let longest_step = net
-        .retry
-        .steps
-        .iter()
-        .max()
-        .copied()
-        .unwrap_or(Duration::from_secs(1));
-    for attempt in [0, 1, 5, 16, 17, 63, 1 << 20, usize::MAX - 1] {
-        let d = net.retry.delay(attempt);
-        assert!(
-            d <= net.retry.max.max(longest_step),
-            "retry {attempt}: {d:?}"
-        );
-    }
+    check_retry(&net.retry.steps, net.retry.max, |a| net.retry.delay(a));
     if let Some(st) = &s.status {
         assert!(
             st.interval >= Duration::from_secs(1),
@@ -198,6 +185,19 @@ fn check_bounds(s: &Settings) {
     }
     for d in durations {
         assert!(d <= MAX_DURATION, "a duration of {d:?} resolved");
+    }
+}
+
+/// The reconnect schedule's delays stay within its steps and its cap, for any attempt.
+fn check_retry(steps: &[Duration], max: Duration, delay: impl Fn(usize) -> Duration) {
+    let longest_step = steps
+        .iter()
+        .max()
+        .copied()
+        .unwrap_or(Duration::from_secs(1));
+    for attempt in [0, 1, 5, 16, 17, 63, 1 << 20, usize::MAX - 1] {
+        let d = delay(attempt);
+        assert!(d <= max.max(longest_step), "retry {attempt}: {d:?}");
     }
 }
 
