@@ -36,6 +36,7 @@ fn main() {
     write_all(&out.join("ota_frames"), ota_seeds());
     write_all(&out.join("toml_config"), toml_seeds(repo));
     write_all(&out.join("bridge_request"), bridge_seeds(&frames));
+    write_all(&out.join("node_config"), node_config_seeds(repo));
     println!("seeds written to {}", out.display());
 }
 
@@ -373,6 +374,67 @@ fn toml_seeds(repo: &Path) -> Vec<(String, Vec<u8>)> {
         if split_scenario_toml(&small).is_ok() {
             seeds.push((format!("small-{name}"), small.into_bytes()));
         }
+    }
+    seeds
+}
+
+/// The `[timers]`/`[retry]`/`[limits]` the CLI tests run their nodes with
+/// (crates/cli/tests/net_support: FAST_TIMERS).
+const FAST_TIMERS: &str = r#"
+[timers]
+node_sync_interval = "1s"
+node_timeout = "1s"
+ap_first_sync_delay = "500ms"
+time_sync_unsynced_interval = "1s"
+time_sync_interval = "5s"
+[retry]
+steps = ["100ms", "200ms", "400ms", "800ms", "800ms"]
+max = "1s"
+[limits]
+write_stall_timeout = "3s"
+"#;
+
+/// pmesh.toml: every example in docs/user-guide.md (as written, and with its commented-out
+/// keys switched on), the configurations the CLI tests give their nodes, and the bad ones
+/// they expect refused.
+fn node_config_seeds(repo: &Path) -> Vec<(String, Vec<u8>)> {
+    let guide = fs::read_to_string(repo.join("docs/user-guide.md")).expect("docs/user-guide.md");
+    let mut seeds = Vec::new();
+    let blocks: Vec<&str> = guide
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .collect();
+    for (i, block) in blocks.iter().enumerate() {
+        seeds.push((format!("user-guide-{i}"), block.as_bytes().to_vec()));
+        // `# key = value` lines switched on (one key per line; the doubled one kept off).
+        let on: String = block
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(kv) if kv.contains(" = ") && kv.matches(" = ").count() == 1 => kv,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        seeds.push((format!("user-guide-{i}-all-keys"), on.into_bytes()));
+    }
+    let ota = "[ota]\nrole = \"sensor\"\nhardware = \"ESP32\"\ndir = \"/tmp/ota-b\"\n";
+    let tests: [(&str, String); 12] = [
+        ("fast-timers", FAST_TIMERS.to_owned()),
+        ("status", format!("{FAST_TIMERS}\n[status]\ninterval = \"1s\"\nfirmware = \"gw-7\"\n")),
+        ("ota-receiver", ota.to_owned()),
+        ("ota-classic-timers", format!("{ota}classic_broadcast_idle = \"2s\"\nclassic_broadcast_jitter = \"100ms\"\n")),
+        ("ota-push", format!("{FAST_TIMERS}[ota]\nrole = \"sensor\"\nhardware = \"ESP32\"\ndir = \"/tmp/ota2\"\nclassic_broadcast_idle = \"1s\"\nclassic_broadcast_jitter = \"500ms\"\nstock = true\npmesh_rewant_after = \"500ms\"\nmax_image_bytes = 100000\n")),
+        ("mqtt-gateway", format!("{FAST_TIMERS}\n[mqtt]\nprefix = \"from-file\"\ninterval = \"60s\"\n[mqtt.streams]\nha_discovery = false\n")),
+        ("mqtt-rate-limit", format!("{FAST_TIMERS}\n[ota]\nrate_limit = 20000\n")),
+        ("mqtt-file", "[mqtt]\nurl = \"mqtt://u@file:1\"\npassword = \"from-file\"\nprefix = \"site1\"\ninterval = \"10s\"\nstate_dir = \"none\"\nmetrics_listen = \"127.0.0.1:9999\"\n[mqtt.streams]\nha_discovery = false\nlegacy_gateway = false\n[mqtt.alerts]\npartition_share = 0.5\n".to_owned()),
+        ("mqtts", "[mqtt]\nurl = \"mqtts://broker:8883\"\nca = \"/etc/ca.pem\"\ncert = \"c.pem\"\nkey = \"k.pem\"\nusername = \"u\"\n[ota]\nfirmware_dir = \"/srv/fw\"\ntrusted_keys = [\"pmesh-ed25519-pub 00\"]\nallow_unsigned = true\n".to_owned()),
+        ("node-file", "[node]\nid = 99\nroot = true\nrate_discipline = true\nlisten = \"127.0.0.1:6000\"\nconnect = [\"127.0.0.1:6001\"]\n[status]\ninterval = \"10s\"\nto = 7\npackage_type = 203\n[sim]\nseed = 1\n".to_owned()),
+        ("refused-typo", "[node]\nlisen = \"0.0.0.0:5555\"\n".to_owned()),
+        ("refused-timer", "[timers]\nnode_timeout = \"10\"\n".to_owned()),
+    ];
+    for (name, text) in tests {
+        seeds.push((format!("test-{name}"), text.into_bytes()));
     }
     seeds
 }

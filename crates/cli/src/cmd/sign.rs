@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use pmesh_ota::signed::bundle::BundleSpec;
 use pmesh_ota::signed::{Bundle, SigningKey, TrustedKey};
 use serde_json::json;
@@ -153,25 +153,7 @@ fn read_secret(path: &Path) -> anyhow::Result<SigningKey> {
 /// Trusted keys from `--trusted` values: files of key lines (`#` comments and blank lines
 /// skipped), or key lines given directly.
 pub fn read_trusted(values: &[String]) -> anyhow::Result<Vec<TrustedKey>> {
-    let mut keys = Vec::new();
-    for v in values {
-        if v.trim_start().starts_with(pmesh_ota::signed::PUBLIC_PREFIX) {
-            keys.push(TrustedKey::from_text(v).map_err(|e| anyhow::anyhow!("{e}"))?);
-            continue;
-        }
-        let text = fs::read_to_string(v).with_context(|| format!("trusted key file {v}"))?;
-        for line in text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        {
-            keys.push(TrustedKey::from_text(line).map_err(|e| anyhow::anyhow!("{v}: {e}"))?);
-        }
-    }
-    if keys.is_empty() {
-        bail!("no trusted key in {values:?}");
-    }
-    Ok(keys)
+    pmesh_config::read_trusted(&pmesh_config::SystemHost, values)
 }
 
 /// Now in Unix seconds.
