@@ -298,6 +298,13 @@ impl RolloutView {
                 changed.push(node);
             }
         }
+        // A stock node whose EnhancedStatus names the offered image says it runs it.
+        for &node in push.iter().flat_map(|p| p.installed.iter()) {
+            let requests = self.nodes.get(&node).and_then(|s| s.requests);
+            if self.set(node, self.chunks, RolloutPhase::Installed, requests, None) {
+                changed.push(node);
+            }
+        }
         self.push = push;
         changed
     }
@@ -506,6 +513,7 @@ mod tests {
             passes: 1,
             running,
             covered: covered.to_vec(),
+            installed: vec![],
         };
         assert_eq!(v.set_push(Some(pass(Some(3), &[]))), vec![]);
         assert!(!rollout_done(&v, &input(&[5, 6], &[], 60)), "a pass runs");
@@ -518,6 +526,11 @@ mod tests {
             !rollout_done(&v, &input(&[5, 6, 7], &[], 60)),
             "7 joined later"
         );
+        // 5's EnhancedStatus names the offered image: installed, not only served.
+        let mut reported = pass(None, &[5, 6]);
+        reported.installed = vec![5];
+        assert_eq!(v.set_push(Some(reported)), vec![5]);
+        assert_eq!(v.node(5).unwrap().phase, RolloutPhase::Installed);
         // Broadcast on request (no push): every chunk served to someone.
         let mut v = RolloutView::new(id, 4);
         v.set_served_union(3);
