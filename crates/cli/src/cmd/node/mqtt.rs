@@ -38,7 +38,6 @@ use pmesh_net::control::{ControlServer, Reply, Request};
 use pmesh_net::ota::{OtaHost, Outcome, PushItem, PushMode, PushOptions, run_push};
 use pmesh_node::Event;
 use pmesh_ota::{Mode, RolloutPhase};
-use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{info, warn};
