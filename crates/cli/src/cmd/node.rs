@@ -276,6 +276,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut config = o.config.clone();
     // Expired signed manifests are refused by this node, relays included.
     config.trust.wall_clock = pmesh_net::ota::wall_clock();
+    let trust = config.trust.clone();
     let ota = NodeOta::new(Ota::new(config, sink, store));
     let status = settings.status.clone().map(|cfg| {
         info!(interval_s = cfg.interval.as_secs_f64(), target = ?cfg.target, firmware = %cfg.firmware,
@@ -293,7 +294,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let bridge = settings
         .mqtt
         .clone()
-        .map(|cfg| mqtt::MqttBridge::new(cfg, settings.node.node_id));
+        .map(|cfg| mqtt::MqttBridge::new(cfg, settings.node.node_id).with_trust(trust));
     let bridge_hook = bridge.as_ref().map(|b| b.hook::<OtaEvent>());
     let bridge_routes = bridge.as_ref().map(mqtt::MqttBridge::routes);
     serve(

@@ -37,6 +37,8 @@ use pmesh_net::MeshHandle;
 use pmesh_net::control::{ControlServer, Reply, Request};
 use pmesh_net::ota::{OtaHost, Outcome, PushItem, PushMode, PushOptions, run_push};
 use pmesh_node::Event;
+use pmesh_ota::pmesh::TrustConfig;
+use pmesh_ota::signed::TrustError;
 use pmesh_ota::{Mode, RolloutPhase};
 use serde_json::Value;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -127,7 +129,13 @@ struct Shared {
     campaign: Mutex<Option<CampaignRun>>,
     /// Last campaign id given to a push started on the control endpoint.
     last_campaign: AtomicU64,
+    /// Highest signed sequence this gateway started an MQTT campaign with, per (role,
+    /// hardware) (at most [`MAX_CLASSES`]): an older bundle is refused as a rollback.
+    offered: Mutex<BTreeMap<(String, String), u64>>,
 }
+
+/// Classes whose last offered sequence the gateway remembers.
+const MAX_CLASSES: usize = 256;
 
 impl Shared {
     fn with_bridge(&self, f: impl FnOnce(&BridgeHandle)) {
@@ -190,6 +198,7 @@ pub struct MqttBridge {
     cfg: BridgeConfig,
     node_id: u32,
     shared: Arc<Shared>,
+    trust: TrustConfig,
 }
 
 impl MqttBridge {
@@ -199,7 +208,15 @@ impl MqttBridge {
             cfg,
             node_id,
             shared: Arc::default(),
+            trust: TrustConfig::default(),
         }
+    }
+
+    /// The node's trust configuration: `ota/start` checks bundles against it (and refuses
+    /// plain images when it has keys) before anything is announced.
+    pub fn with_trust(mut self, trust: TrustConfig) -> Self {
+        self.trust = trust;
+        self
     }
 
     /// The hook to register with [`pmesh_net::MeshBuilder::on_event`]: forwards every message
@@ -255,6 +272,7 @@ impl MqttBridge {
             me: self.node_id,
             shared: self.shared.clone(),
             work_dir,
+            trust: self.trust,
         });
         let bridge = Bridge::spawn(self.cfg, self.node_id, gateway)
             .context("cannot start the MQTT bridge")?;
@@ -369,6 +387,44 @@ pub struct NetGateway<P: OtaHost> {
     shared: Arc<Shared>,
     /// Where images received over MQTT are written for the push (removed after it).
     work_dir: PathBuf,
+    /// The node's trusted keys, for [`precheck`].
+    trust: TrustConfig,
+}
+
+/// Checks an image requested over MQTT before anything is announced, so that the response
+/// names the refusal: a bundle must verify against the node's keys now (unknown_key,
+/// bad_signature, expired, a bad digest or image), be for the requested role and hardware
+/// (wrong_class) and not be older than what this gateway last offered for that class
+/// (rollback); with trusted keys a plain image is refused (unsigned). Returns the bundle's
+/// class and sequence, recorded once the campaign starts.
+fn precheck(
+    trust: &TrustConfig,
+    offered: &BTreeMap<(String, String), u64>,
+    req: &OtaStart,
+) -> Result<Option<((String, String), u64)>, TrustError> {
+    if !req.image.starts_with(&pmesh_ota::signed::manifest::MAGIC) {
+        return match trust.keys.is_empty() {
+            true => Ok(None),
+            false => Err(TrustError::Unsigned),
+        };
+    }
+    let b = pmesh_ota::signed::Bundle::parse(&req.image)?;
+    b.verify(&trust.keys, pmesh_net::ota::wall_clock())?;
+    let m = &b.manifest.body;
+    let class = (m.role.clone(), m.hardware.clone());
+    if m.role != req.role || m.hardware != req.hardware {
+        return Err(TrustError::WrongClass {
+            role: class.0,
+            hardware: class.1,
+        });
+    }
+    if let Some(&confirmed) = offered.get(&class).filter(|&&c| m.sequence < c) {
+        return Err(TrustError::Rollback {
+            offered: m.sequence,
+            confirmed,
+        });
+    }
+    Ok(Some((class, m.sequence)))
 }
 
 impl<P> Gateway for NetGateway<P>
@@ -403,9 +459,26 @@ where
     }
 
     fn ota_start(&self, req: OtaStart) -> Result<(), GatewayError> {
+        let mut offered = self
+            .shared
+            .offered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let signed = precheck(&self.trust, &offered, &req).map_err(|e| {
+            warn!(campaign = req.campaign, code = e.code(), error = %e,
+                "MQTT bridge: firmware refused before any announce");
+            GatewayError(format!("refused ({}): {e}", e.code()))
+        })?;
         let cancel_rx = self.shared.claim_campaign(req.campaign).map_err(|id| {
             GatewayError(format!("campaign {id} is still running on this gateway"))
         })?;
+        if let Some((class, seq)) = signed
+            && (offered.len() < MAX_CLASSES || offered.contains_key(&class))
+        {
+            let e = offered.entry(class).or_insert(seq);
+            *e = (*e).max(seq);
+        }
+        drop(offered);
         tokio::spawn(run_campaign(
             self.h.clone(),
             self.me,
