@@ -131,11 +131,14 @@ struct Shared {
     last_campaign: AtomicU64,
     /// Highest signed sequence this gateway started an MQTT campaign with, per (role,
     /// hardware) (at most [`MAX_CLASSES`]): an older bundle is refused as a rollback.
-    offered: Mutex<BTreeMap<(String, String), u64>>,
+    offered: Mutex<BTreeMap<Class, u64>>,
 }
 
 /// Classes whose last offered sequence the gateway remembers.
 const MAX_CLASSES: usize = 256;
+
+/// A firmware class: (role, hardware).
+type Class = (String, String);
 
 impl Shared {
     fn with_bridge(&self, f: impl FnOnce(&BridgeHandle)) {
@@ -399,9 +402,9 @@ pub struct NetGateway<P: OtaHost> {
 /// class and sequence, recorded once the campaign starts.
 fn precheck(
     trust: &TrustConfig,
-    offered: &BTreeMap<(String, String), u64>,
+    offered: &BTreeMap<Class, u64>,
     req: &OtaStart,
-) -> Result<Option<((String, String), u64)>, TrustError> {
+) -> Result<Option<(Class, u64)>, TrustError> {
     if !req.image.starts_with(&pmesh_ota::signed::manifest::MAGIC) {
         return match trust.keys.is_empty() {
             true => Ok(None),
