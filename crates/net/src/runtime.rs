@@ -17,7 +17,9 @@ use std::thread;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use pmesh_node::{ConnId, Direction, Event, FrameDropReason, Instant, Node, Plugin, Transmit};
+use pmesh_node::{
+    ConnId, Direction, Event, FrameDropReason, Instant, Node, Plugin, SplitMix64, Transmit,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -861,32 +863,23 @@ where
 }
 
 /// ±10 % jitter on retry delays, so nodes restarted together do not dial in lockstep.
-/// (A few lines of SplitMix64 rather than a dependency on an RNG crate.)
-struct Jitter(u64);
+struct Jitter(SplitMix64);
 
 impl Jitter {
     fn new(seed: &str) -> Self {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        Jitter(
+        Jitter(SplitMix64::new(
             seed.bytes()
                 .fold(t ^ u64::from(std::process::id()), |h, b| {
                     h.rotate_left(5) ^ u64::from(b)
                 }),
-        )
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        ))
     }
 
     fn apply(&mut self, d: Duration) -> Duration {
-        let permille = 900 + self.next() % 201; // 0.900 ..= 1.100
+        let permille = 900 + self.0.next_u64() % 201; // 0.900 ..= 1.100
         d * permille as u32 / 1000
     }
 }

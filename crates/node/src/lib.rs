@@ -39,6 +39,7 @@ pub mod event;
 pub mod node;
 pub mod ntp;
 pub mod plugin;
+pub mod rng;
 pub mod stats;
 pub mod status;
 #[cfg(feature = "testing")]
@@ -50,6 +51,7 @@ pub use event::{ConnId, Direction, DropReason, Event, FrameDropReason, Transmit}
 pub use node::{Node, SendError};
 pub use plugin::{ConnectionChange, Context, Handled, Incoming, MapEvents, Neighbour, Plugin};
 pub use pmesh_proto as proto;
+pub use rng::SplitMix64;
 pub use stats::{Counter, CounterKind, NodeStats};
 pub use status::{StatusConfig, StatusPlugin, StatusTarget};
 pub use time::Instant;

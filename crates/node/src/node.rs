@@ -21,6 +21,7 @@ use crate::config::{Config, FrameBudget, MAX_RATE_PPB, RATE_BASELINE};
 use crate::event::{ConnId, Direction, DropReason, Event, FrameDropReason, Transmit};
 use crate::ntp;
 use crate::plugin::{ConnectionChange, Context, Handled, Incoming, Neighbour, Plugin};
+use crate::rng::SplitMix64;
 use crate::stats::NodeStats;
 use crate::time::{Instant, earliest};
 
@@ -209,20 +210,6 @@ impl RouteIndex {
     }
 }
 
-/// SplitMix64: a tiny deterministic generator, so the node needs no RNG crate on `no_std`.
-#[derive(Debug)]
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 /// State of the optional frequency discipline ([`Config::rate_discipline`]).
 #[derive(Debug, Default)]
 struct RateState {
@@ -264,7 +251,7 @@ pub(crate) struct Core {
     sync_scratch: FlatTree,
     /// Plugin callbacks owed after the current input is processed.
     pending_changes: Vec<ConnectionChange>,
-    pub(crate) rng: Rng,
+    pub(crate) rng: SplitMix64,
     stats: NodeStats,
 }
 
@@ -302,7 +289,7 @@ impl<P: Plugin> Node<P> {
                 routes: RefCell::new(RouteIndex::default()),
                 sync_scratch: FlatTree::leaf(0),
                 pending_changes: Vec::new(),
-                rng: Rng(seed),
+                rng: SplitMix64::new(seed),
                 stats: NodeStats::default(),
             },
             plugin,

@@ -339,7 +339,7 @@ impl<E> Context<'_, E> {
 
     /// A pseudo-random number from the node's seeded generator.
     pub fn random(&mut self) -> u64 {
-        self.core.rng.next()
+        self.core.rng.next_u64()
     }
 
     /// Reports an event to the application.

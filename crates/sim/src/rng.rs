@@ -1,35 +1,33 @@
 //! The simulator's random numbers.
 //!
-//! Hand-written (SplitMix64) rather than `rand`: the report must be byte-identical for a seed
+//! pmesh-node's SplitMix64 rather than `rand`: the report must be byte-identical for a seed
 //! across builds and dependency upgrades, and `rand`'s `StdRng` does not promise value
 //! stability between versions. SplitMix64 is tiny, fast and good enough for placement,
 //! latencies and fault timing.
 
+use pmesh_node::SplitMix64;
+
 /// A seeded generator.
 #[derive(Clone, Debug)]
-pub struct SimRng(u64);
+pub struct SimRng(SplitMix64);
 
 impl SimRng {
     /// A generator from a seed.
     pub fn new(seed: u64) -> Self {
-        SimRng(seed)
+        SimRng(SplitMix64::new(seed))
     }
 
     /// An independent stream derived from this seed and a label (so adding one use of
     /// randomness does not shift every other one).
     pub fn stream(seed: u64, label: u64) -> Self {
-        let mut r = SimRng(seed ^ label.wrapping_mul(0xA24B_AED4_963E_E407));
+        let mut r = SimRng::new(seed ^ label.wrapping_mul(0xA24B_AED4_963E_E407));
         r.next_u64();
         r
     }
 
     /// Next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `[0, n)` (`n > 0`).

@@ -9,29 +9,18 @@
 
 use alloc::vec::Vec;
 
+use pmesh_node::SplitMix64;
+
 use super::NodeId;
 use super::plan::{Plan, PlanError, WaveSpec};
 
-/// SplitMix64 (Steele, Lea, Flood 2014): a tiny, well-mixed, seedable generator.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in 0..n (n > 0), by rejection so no index is favoured.
-    fn below(&mut self, n: u64) -> u64 {
-        let zone = u64::MAX - u64::MAX % n;
-        loop {
-            let x = self.next();
-            if x < zone {
-                return x % n;
-            }
+/// Uniform in 0..n (n > 0), by rejection so no index is favoured.
+fn below(rng: &mut SplitMix64, n: u64) -> u64 {
+    let zone = u64::MAX - u64::MAX % n;
+    loop {
+        let x = rng.next_u64();
+        if x < zone {
+            return x % n;
         }
     }
 }
@@ -97,9 +86,9 @@ pub(crate) fn assign(plan: &Plan, fleet: &[NodeId], seed: u64) -> Result<Assignm
         .copied()
         .filter(|n| explicit.binary_search(n).is_err())
         .collect();
-    let mut rng = SplitMix64(seed);
+    let mut rng = SplitMix64::new(seed);
     for i in (1..pool.len()).rev() {
-        pool.swap(i, rng.below(i as u64 + 1) as usize);
+        pool.swap(i, below(&mut rng, i as u64 + 1) as usize);
     }
     let n = fleet.len() as u32;
     let (mut covered, mut next) = (0u32, 0usize);
