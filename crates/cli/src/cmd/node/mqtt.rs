@@ -412,21 +412,19 @@ fn precheck(
         };
     }
     let b = pmesh_ota::signed::Bundle::parse(&req.image)?;
-    b.verify(&trust.keys, pmesh_net::ota::wall_clock())?;
+    let now_unix = pmesh_net::ota::wall_clock();
+    b.verify(&trust.keys, now_unix)?;
     let m = &b.manifest.body;
     let class = (m.role.clone(), m.hardware.clone());
-    if m.role != req.role || m.hardware != req.hardware {
-        return Err(TrustError::WrongClass {
-            role: class.0,
-            hardware: class.1,
-        });
+    // The nodes' own class and anti-rollback rule, with what this gateway offered standing in
+    // for a confirmed sequence.
+    pmesh_ota::signed::Policy {
+        role: &req.role,
+        hardware: &req.hardware,
+        confirmed: offered.get(&class).copied(),
+        now_unix,
     }
-    if let Some(&confirmed) = offered.get(&class).filter(|&&c| m.sequence < c) {
-        return Err(TrustError::Rollback {
-            offered: m.sequence,
-            confirmed,
-        });
-    }
+    .check(m)?;
     Ok(Some((class, m.sequence)))
 }
 
